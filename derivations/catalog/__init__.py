@@ -1,0 +1,45 @@
+"""The built-in catalog of variants, by name."""
+
+from __future__ import annotations
+
+import difflib
+
+from derivations.catalog.delta import delta_rule
+from derivations.catalog.lact import (
+    lact,
+    lact_ga,
+    lact_mse,
+    lact_no_query,
+    lact_v1,
+    lact_v2,
+    lact_v3,
+    lact_v4,
+    lact_v5,
+    lact_v6,
+)
+from derivations.errors import VariantNotFound
+from derivations.variant import Variant
+
+CATALOG: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        lact, lact_v1, lact_v2, lact_v3, lact_v4, lact_v5, lact_v6,
+        lact_ga, lact_no_query, lact_mse, delta_rule,
+    )
+}
+
+
+def get(name: str) -> Variant:
+    """The catalog variant ``name``; an unknown name gets a did-you-mean suggestion."""
+    try:
+        return CATALOG[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, CATALOG, n=3)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise VariantNotFound(
+            f"no catalog variant named {name!r}{hint} (run 'tttla list' for the catalog, "
+            "or pass a file: path/to/file.py[:attr])"
+        ) from None
+
+
+__all__ = ["CATALOG", "get"]

@@ -1,0 +1,218 @@
+"""Element-wise functions of the variant language.
+
+Each entry has a numeric implementation (torch) and a symbolic one (a SymPy scalar
+function whose ``fdiff`` gives its derivative), so a variant that calls ``silu(x @ W0)``
+runs as torch code in the oracle and traces to ``silu`` applied element-wise in the
+derivation engine. Extend the table with :func:`register`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import sympy
+
+__all__ = [
+    "ElementwiseFunction",
+    "FUNCTIONS",
+    "register",
+    "silu",
+    "gelu",
+    "gelu_tanh",
+    "tanh",
+    "sigmoid",
+    "relu",
+    "identity",
+]
+
+
+# --- symbolic scalar functions ------------------------------------------------------
+
+
+class sigmoid_(sympy.Function):
+    """σ(x) = 1 / (1 + e^{-x})."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        s = sigmoid_(self.args[0])
+        return s * (1 - s)
+
+    def _eval_rewrite_as_exp(self, x, **kwargs):
+        return 1 / (1 + sympy.exp(-x))
+
+    def _latex(self, printer):
+        return r"\sigma\left(%s\right)" % printer._print(self.args[0])
+
+
+class silu_(sympy.Function):
+    """silu(x) = x σ(x)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        x = self.args[0]
+        s = sigmoid_(x)
+        return s * (1 + x * (1 - s))
+
+    def _eval_rewrite_as_exp(self, x, **kwargs):
+        return x / (1 + sympy.exp(-x))
+
+    def _latex(self, printer):
+        return r"\operatorname{silu}\left(%s\right)" % printer._print(self.args[0])
+
+
+class gelu_(sympy.Function):
+    """gelu(x) = x Φ(x), Φ the standard normal CDF (the exact, erf-based form)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        x = self.args[0]
+        cdf = (1 + sympy.erf(x / sympy.sqrt(2))) / 2
+        pdf = sympy.exp(-(x**2) / 2) / sympy.sqrt(2 * sympy.pi)
+        return cdf + x * pdf
+
+    def _eval_rewrite_as_erf(self, x, **kwargs):
+        return x * (1 + sympy.erf(x / sympy.sqrt(2))) / 2
+
+    def _latex(self, printer):
+        return r"\operatorname{gelu}\left(%s\right)" % printer._print(self.args[0])
+
+
+_GELU_C = sympy.sqrt(2 / sympy.pi)
+_GELU_A = sympy.Rational(44715, 1000000)
+
+
+class gelu_tanh_(sympy.Function):
+    """gelu_tanh(x) = x/2 (1 + tanh(√(2/π)(x + 0.044715 x³)))."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        x = self.args[0]
+        u = sympy.tanh(_GELU_C * (x + _GELU_A * x**3))
+        return (1 + u) / 2 + x * (1 - u**2) * _GELU_C * (1 + 3 * _GELU_A * x**2) / 2
+
+    def _eval_rewrite_as_tanh(self, x, **kwargs):
+        return x * (1 + sympy.tanh(_GELU_C * (x + _GELU_A * x**3))) / 2
+
+    def _latex(self, printer):
+        return r"\operatorname{gelu}_{\tanh}\left(%s\right)" % printer._print(self.args[0])
+
+
+class relu_(sympy.Function):
+    """relu(x) = max(0, x); its derivative is the Heaviside step (0 at 0)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return sympy.Heaviside(self.args[0], 0)
+
+    def _eval_rewrite_as_Max(self, x, **kwargs):
+        return sympy.Max(0, x)
+
+    def _latex(self, printer):
+        return r"\operatorname{relu}\left(%s\right)" % printer._print(self.args[0])
+
+
+def _identity_sym(x):
+    return x
+
+
+# --- the table ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ElementwiseFunction:
+    """An element-wise function with its two interpretations.
+
+    ``numeric`` maps a torch tensor to a torch tensor; ``symbolic`` maps a SymPy scalar to
+    a SymPy scalar (differentiable with ``sympy.diff``); ``torch_source`` is how generated
+    code spells it (``F`` is ``torch.nn.functional``).
+    """
+
+    name: str
+    numeric: Callable
+    symbolic: Callable
+    torch_source: str
+
+    def __call__(self, arg):
+        from derivations.mat import Mat
+
+        if isinstance(arg, Mat):
+            return arg.apply(self)
+        import torch
+
+        if isinstance(arg, torch.Tensor):
+            return self.numeric(arg)
+        if isinstance(arg, sympy.Basic) and not isinstance(arg, sympy.MatrixBase):
+            return self.symbolic(arg)
+        raise TypeError(
+            f"{self.name}() takes a fast-weight expression, a torch tensor or a SymPy scalar; "
+            f"got {type(arg).__name__}"
+        )
+
+    def __repr__(self):
+        return f"<element-wise function {self.name}>"
+
+
+FUNCTIONS: dict[str, ElementwiseFunction] = {}
+
+
+def register(name: str, numeric: Callable, symbolic: Callable, torch_source: str) -> ElementwiseFunction:
+    """Add an element-wise function to the language and return its DSL callable.
+
+    ``symbolic`` must be differentiable by SymPy (a ``sympy.Function`` subclass with
+    ``fdiff``, or a lambda built from differentiable SymPy functions).
+    """
+    if name in FUNCTIONS:
+        raise ValueError(f"element-wise function {name!r} is already registered")
+    fn = ElementwiseFunction(name, numeric, symbolic, torch_source)
+    FUNCTIONS[name] = fn
+    return fn
+
+
+def _torch_fns():
+    import torch
+    import torch.nn.functional as F
+
+    return torch, F
+
+
+def _silu(x):
+    return _torch_fns()[1].silu(x)
+
+
+def _gelu(x):
+    return _torch_fns()[1].gelu(x)
+
+
+def _gelu_tanh(x):
+    return _torch_fns()[1].gelu(x, approximate="tanh")
+
+
+def _tanh(x):
+    return _torch_fns()[0].tanh(x)
+
+
+def _sigmoid(x):
+    return _torch_fns()[0].sigmoid(x)
+
+
+def _relu(x):
+    return _torch_fns()[1].relu(x)
+
+
+def _identity(x):
+    return x
+
+
+silu = register("silu", _silu, silu_, "F.silu({})")
+gelu = register("gelu", _gelu, gelu_, "F.gelu({})")
+gelu_tanh = register("gelu_tanh", _gelu_tanh, gelu_tanh_, "F.gelu({}, approximate='tanh')")
+tanh = register("tanh", _tanh, sympy.tanh, "torch.tanh({})")
+sigmoid = register("sigmoid", _sigmoid, sigmoid_, "torch.sigmoid({})")
+relu = register("relu", _relu, relu_, "F.relu({})")
+identity = register("identity", _identity, _identity_sym, "{}")

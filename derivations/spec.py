@@ -1,0 +1,214 @@
+"""The parts of an inner-loop update rule, as small immutable records.
+
+A variant is declared with one of each (see :func:`derivations.variant`): learning rate,
+momentum, orthogonalisation, weight normalisation and schedule. Each constructor checks
+its own arguments, so a malformed rule fails where it is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from derivations.errors import DeclarationError
+
+__all__ = [
+    "LearningRate",
+    "constant",
+    "per_token",
+    "Momentum",
+    "momentum",
+    "Orthogonalize",
+    "newton_schulz",
+    "LACT_NS5",
+    "FIXED_NS",
+    "WeightNorm",
+    "weight_norm",
+    "Schedule",
+    "chunked",
+    "token_level",
+    "bidirectional",
+    "ORDERS",
+]
+
+# --- learning rate --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LearningRate:
+    """``kind="constant"`` with ``value`` η, or ``kind="per_token"``: η_t supplied by the
+    caller, one ``[B, T, H]`` tensor per updated fast weight (it scales token t's gradient,
+    as in LaCT: the increment of a chunk is −Σ_t η_t ∇ℓ_t)."""
+
+    kind: str
+    value: float = 1.0
+
+    def describe(self) -> str:
+        return f"constant η = {self.value:g}" if self.kind == "constant" else "per-token η_t (caller-supplied)"
+
+
+def constant(value: float = 1.0) -> LearningRate:
+    """A constant inner learning rate η."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise DeclarationError(f"constant(): the learning rate must be a number, got {value!r}") from None
+    return LearningRate("constant", value)
+
+
+def per_token() -> LearningRate:
+    """A learning rate per token, head and updated fast weight, supplied at call time."""
+    return LearningRate("per_token")
+
+
+# --- momentum ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Momentum:
+    """Heavy-ball momentum M ← ΔW + α M, applied before orthogonalisation.
+
+    ``per="chunk"``: one coefficient per chunk, the mean of the caller's per-token α_t over
+    the chunk's tokens (LaCT). ``per="token"``: α_t at every token step (Theorem 5.3).
+    """
+
+    per: str
+
+    def describe(self) -> str:
+        return "per-chunk ᾱ_n = mean of α_t over chunk n" if self.per == "chunk" else "per-token α_t"
+
+
+def momentum(per: str = "chunk") -> Momentum:
+    """Heavy-ball momentum with caller-supplied coefficients α_t ∈ [0, 1), ``[B, T, H]``."""
+    if per not in ("chunk", "token"):
+        raise DeclarationError(f"momentum(per={per!r}): expected 'chunk' or 'token'")
+    return Momentum(per)
+
+
+# --- orthogonalisation ------------------------------------------------------------------
+
+#: LaCT's LLM schedule: five Newton–Schulz steps with per-step coefficients (a, b, c).
+LACT_NS5 = (
+    (4.0848, -6.8946, 2.9270),
+    (3.9505, -6.3029, 2.6377),
+    (3.7418, -5.5913, 2.3037),
+    (2.8769, -3.1427, 1.2046),
+    (2.8366, -3.0525, 1.2012),
+)
+#: LaCT NVS/video: the same fixed coefficients at every step.
+FIXED_NS = (3.4445, -4.7750, 2.0315)
+
+
+@dataclass(frozen=True)
+class Orthogonalize:
+    """Newton–Schulz orthogonalisation 𝓜 of each update (Muon).
+
+    X ← X / (‖X‖_F + eps); then for each (a, b, c) in ``coefficients``:
+    A = X Xᵀ, X ← a X + (b A + c A²) X; computed on the wide orientation (transposed when
+    rows > cols, and back at the end).
+    """
+
+    coefficients: tuple
+    eps: float = 1e-7
+
+    @property
+    def steps(self) -> int:
+        return len(self.coefficients)
+
+    def describe(self) -> str:
+        return f"Newton–Schulz, {self.steps} step{'s' if self.steps != 1 else ''}"
+
+
+def newton_schulz(steps: int = 5, coefficients="lact") -> Orthogonalize:
+    """Muon's Newton–Schulz orthogonalisation.
+
+    ``coefficients``: ``"lact"`` (LaCT's five-step LLM schedule; needs ``steps <= 5``, using
+    its first ``steps`` entries), ``"fixed"`` ((3.4445, −4.7750, 2.0315) at every step), or an
+    explicit sequence of ``steps`` triples (a, b, c).
+    """
+    if not isinstance(steps, int) or steps < 0:
+        raise DeclarationError(f"newton_schulz(steps={steps!r}): expected an integer >= 0")
+    if coefficients == "lact":
+        if steps > len(LACT_NS5):
+            raise DeclarationError(
+                f"newton_schulz(steps={steps}): LaCT's schedule has {len(LACT_NS5)} steps; "
+                "pass coefficients='fixed' or an explicit list for more"
+            )
+        coeffs = LACT_NS5[:steps]
+    elif coefficients == "fixed":
+        coeffs = (FIXED_NS,) * steps
+    else:
+        coeffs = tuple(tuple(float(c) for c in abc) for abc in coefficients)
+        if len(coeffs) != steps or any(len(abc) != 3 for abc in coeffs):
+            raise DeclarationError(
+                f"newton_schulz(steps={steps}): expected {steps} (a, b, c) triples, got {coefficients!r}"
+            )
+    return Orthogonalize(coeffs)
+
+
+# --- weight normalisation ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeightNorm:
+    """After each update, rescale every output channel (a column of W, ``[in, out]``) to
+    its initial norm: W[:, c] ← W[:, c] / (‖W[:, c]‖ + eps) · ‖W⁽⁰⁾[:, c]‖ (LaCT's post-norm;
+    the target norms are not detached)."""
+
+    eps: float = 1e-5
+
+    def describe(self) -> str:
+        return "column-wise L2 renormalisation to the initial norms"
+
+
+def weight_norm(eps: float = 1e-5) -> WeightNorm:
+    """LaCT's weight normalisation (per output channel, to the initial norms)."""
+    return WeightNorm(float(eps))
+
+
+# --- schedule ---------------------------------------------------------------------------
+
+ORDERS = {
+    "update_then_apply": "token-inclusive: token t reads the state after its own step "
+    "(steps per token; gradients at the chunk-start weights)",
+    "apply_then_update": "block-exclusive: chunk n reads the state after chunk n−1's update; "
+    "the last chunk is apply-only",
+    "block_inclusive": "block-inclusive: chunk n reads the state after its own update",
+    "bidirectional": "one update on all tokens, applied to all tokens",
+}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When the inner loop updates and when it reads.
+
+    ``chunk_size`` is the default mini-batch length L (the caller may override it, unless
+    ``fixed``: token-level rules have L = 1 by definition).
+    """
+
+    order: str
+    chunk_size: int | None
+    fixed: bool = False
+
+    def describe(self) -> str:
+        size = "the whole sequence" if self.order == "bidirectional" else f"chunks of {self.chunk_size}"
+        return f"{self.order} over {size}"
+
+
+def chunked(order: str = "apply_then_update", size: int = 64) -> Schedule:
+    """One mini-batch gradient step per chunk of ``size`` tokens, read in ``order``."""
+    if order not in ORDERS:
+        raise DeclarationError(f"unknown schedule order {order!r}; expected one of {', '.join(ORDERS)}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise DeclarationError(f"chunk size must be an integer >= 1, got {size!r}")
+    return Schedule(order, size)
+
+
+def token_level(order: str = "update_then_apply") -> Schedule:
+    """One step per token (chunk size fixed to 1), e.g. the delta rule."""
+    sched = chunked(order, 1)
+    return Schedule(sched.order, 1, fixed=True)
+
+
+def bidirectional() -> Schedule:
+    """One step on all tokens, then every token reads the updated weights."""
+    return Schedule("bidirectional", None, fixed=True)

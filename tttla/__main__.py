@@ -1,0 +1,3 @@
+from tttla.cli import main
+
+raise SystemExit(main())

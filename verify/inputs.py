@@ -1,0 +1,100 @@
+"""Random inputs for a variant: q, k, v, learning rates, momentum and initial fast weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from derivations.variant import Variant
+
+__all__ = ["Case", "make_case", "default_sizes"]
+
+
+@dataclass
+class Case:
+    """One set of layer inputs, ready for ``run_direct(variant, **case.kwargs())``."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    initial_weights: dict
+    lr: torch.Tensor | dict | None = None
+    momentum: torch.Tensor | None = None
+    chunk_size: int | None = None
+    sizes: dict = field(default_factory=dict)
+
+    def kwargs(self) -> dict:
+        return dict(q=self.q, k=self.k, v=self.v, initial_weights=self.initial_weights,
+                    lr=self.lr, momentum=self.momentum, chunk_size=self.chunk_size)
+
+    def leaves(self) -> dict[str, torch.Tensor]:
+        """Every input tensor, by name (for gradient checks)."""
+        out = {"q": self.q, "k": self.k, "v": self.v}
+        out.update({f"W[{n}]": w for n, w in self.initial_weights.items()})
+        if isinstance(self.lr, dict):
+            out.update({f"lr[{n}]": t for n, t in self.lr.items()})
+        elif self.lr is not None:
+            out["lr"] = self.lr
+        if self.momentum is not None:
+            out["momentum"] = self.momentum
+        return out
+
+
+def default_sizes(variant: Variant, dim: int) -> dict[str, int]:
+    """Every named dimension of the variant set to ``dim``."""
+    return {d: dim for d in (*variant.dims, variant.value_dim) if d.isidentifier()}
+
+
+def make_case(
+    variant: Variant,
+    *,
+    batch: int = 1,
+    seq_len: int = 16,
+    heads: int = 1,
+    sizes: dict[str, int] | None = None,
+    chunk_size: int | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
+    generator: torch.Generator | None = None,
+    requires_grad: bool = False,
+    lr_range: tuple[float, float] = (0.0, 1.0),
+    momentum_range: tuple[float, float] = (0.0, 1.0),
+    normalize_qk: bool = True,
+) -> Case:
+    """Random inputs for one call of ``variant``.
+
+    q and k rows are L2-normalised (as in LaCT) unless ``normalize_qk`` is False; v is
+    standard normal; fast weights are N(0, 1/rows); learning rates and momentum
+    coefficients are uniform in the given ranges.
+    """
+    sizes = sizes or default_sizes(variant, 8)
+    g = generator or torch.Generator().manual_seed(0)
+    B, T, H = batch, seq_len, heads
+    Dk, Dv = sizes[variant.key_dim], sizes.get(variant.value_dim, None) or int(variant.value_dim)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+
+    def uniform(lo, hi, *shape):
+        return (lo + (hi - lo) * torch.rand(*shape, generator=g, dtype=torch.float64)).to(dtype=dtype, device=device)
+
+    q, k = randn(B, T, H, Dk), randn(B, T, H, Dk)
+    if normalize_qk:
+        q, k = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
+    v = randn(B, T, H, Dv)
+    weights = {}
+    for name in variant.fast:
+        r, c = variant.shape_of(name, sizes)
+        weights[name] = randn(B, H, r, c) / r**0.5
+    lr = None
+    if variant.lr.kind == "per_token":
+        lr = {u: uniform(*lr_range, B, T, H) for u in variant.update}
+        if len(variant.update) == 1:
+            lr = lr[variant.update[0]]
+    mom = uniform(*momentum_range, B, T, H) if variant.momentum else None
+    case = Case(q, k, v, weights, lr, mom, chunk_size, dict(sizes))
+    if requires_grad:
+        for t in case.leaves().values():
+            t.requires_grad_(True)
+    return case

@@ -1,0 +1,236 @@
+"""The direct-TTT oracle: a declared inner loop, executed literally.
+
+Every generated form is checked against this. It is slow by design and meant to be read:
+per chunk it asks ``torch.autograd`` for the gradient of the inner loss at the current fast
+weights, then applies, in this order, the sign and learning rate, momentum,
+orthogonalisation, the weight update and weight normalisation, and reads the queries in
+the declared order. It never uses a derived gradient. With ``create_graph=True`` (chosen
+automatically when an input requires grad), gradients of an outer loss flow back to q, k,
+v, the learning rates, the momentum coefficients and the initial fast weights.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from derivations.loading import load_variant
+from derivations.mat import Mat
+from derivations.spec import Orthogonalize
+from derivations.variant import Variant
+from tttla_kernels.runtime import check_chunk_size, check_per_token, check_qkv, check_state
+
+__all__ = ["run_direct", "newton_schulz"]
+
+
+def newton_schulz(X: torch.Tensor, ortho: Orthogonalize) -> torch.Tensor:
+    """Muon's 𝓜 on a batch of matrices ``[..., m, n]``, in X's dtype."""
+    wide = X.shape[-2] <= X.shape[-1]
+    if not wide:
+        X = X.mT
+    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + ortho.eps)  # Frobenius norm
+    for a, b, c in ortho.coefficients:
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    return X if wide else X.mT
+
+
+def _column_norms(W: torch.Tensor) -> torch.Tensor:
+    """‖W[:, c]‖ for every output channel c (the norm over the input dimension)."""
+    return W.norm(dim=-2, keepdim=True)
+
+
+def _read(variant: Variant, W: Mapping[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """f(rows; W): the model applied to token rows ``[B, H, n, D]``."""
+    weights = {name: Mat.weight(w, name) for name, w in W.items()}
+    return variant.model(Mat.rows(rows), **weights).value
+
+
+def _token_losses(variant: Variant, W, K: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """ℓ_i = L(f(k_i; W), v_i) for each token row: ``[B, H, n, 1]``."""
+    prediction = _read(variant, W, K)
+    return variant.loss(Mat.rows(prediction, "y"), Mat.rows(V, "v")).value
+
+
+def _increments(variant, W, K, V, eta, create_graph) -> dict[str, torch.Tensor]:
+    """ΔW_u = ∓ Σ_i η_{u,i} ∇_{W_u} ℓ_i for every updated weight u, all at the weights W.
+
+    ``eta`` maps each updated name to a ``[B, H, n, 1]`` learning rate (or a float).
+    The sum over batch and heads is harmless: each (b, h) has its own weights.
+    """
+    losses = _token_losses(variant, W, K, V)
+    sign = 1.0 if variant.ascent else -1.0
+    out = {}
+    for u in variant.update:
+        weighted = (eta[u] * losses).sum()
+        (grad,) = torch.autograd.grad(weighted, W[u], create_graph=create_graph, retain_graph=True)
+        out[u] = sign * grad
+    return out
+
+
+def _eta_for(variant, lr, B, T, H, dtype, device) -> dict[str, torch.Tensor]:
+    """Learning rates per updated weight as ``[B, H, T, 1]`` tensors."""
+    if variant.lr.kind == "constant":
+        full = torch.full((B, H, T, 1), variant.lr.value, dtype=dtype, device=device)
+        return {u: full for u in variant.update}
+    per = lr if isinstance(lr, Mapping) else {u: lr for u in variant.update}
+    return {u: per[u].transpose(1, 2).unsqueeze(-1) for u in variant.update}
+
+
+def _check_inputs(variant, q, k, v, initial_weights, lr, momentum):
+    B, T, H, Dk, Dv = check_qkv(q, k, v)
+    if variant.lr.kind == "per_token":
+        if lr is None:
+            raise ValueError(f"variant {variant.name!r} has a per-token learning rate: pass lr ([B, T, H] or a dict per updated weight)")
+        per = lr if isinstance(lr, Mapping) else {u: lr for u in variant.update}
+        missing = [u for u in variant.update if u not in per]
+        if missing:
+            raise ValueError(f"lr: missing learning rates for {missing} (a dict needs one per updated weight)")
+        for u in variant.update:
+            check_per_token(f"lr[{u!r}]" if isinstance(lr, Mapping) else "lr", per[u], q)
+    elif lr is not None:
+        raise ValueError(f"variant {variant.name!r} has a constant learning rate ({variant.lr.value:g}); do not pass lr")
+    if variant.momentum is not None:
+        if momentum is None:
+            raise ValueError(f"variant {variant.name!r} uses momentum: pass momentum coefficients α of shape [B, T, H]")
+        check_per_token("momentum", momentum, q)
+    elif momentum is not None:
+        raise ValueError(f"variant {variant.name!r} has no momentum; do not pass momentum")
+    missing = [n for n in variant.fast if n not in initial_weights]
+    if missing:
+        raise ValueError(f"initial_weights: missing fast weight(s) {missing} of variant {variant.name!r}")
+    extra = [n for n in initial_weights if n not in variant.fast]
+    if extra:
+        raise ValueError(f"initial_weights: {extra} are not fast weights of variant {variant.name!r} ({list(variant.fast)})")
+    sizes = infer_sizes(variant, initial_weights, Dk, Dv)
+    for name, w in initial_weights.items():
+        check_state(f"initial_weights[{name!r}]", w, B, H, variant.shape_of(name, sizes), q.device)
+    return B, T, H
+
+
+def infer_sizes(variant: Variant, initial_weights: Mapping[str, torch.Tensor], Dk: int, Dv: int) -> dict[str, int]:
+    """Concrete sizes of the named dimensions, from the key/value widths and the weights."""
+    sizes = {variant.key_dim: Dk}
+    if variant.value_dim.isidentifier():
+        if sizes.setdefault(variant.value_dim, Dv) != Dv:
+            raise ValueError(
+                f"v must have Dv = {sizes[variant.value_dim]} (variant {variant.name!r} maps "
+                f"{variant.key_dim} to {variant.value_dim}), got Dv = {Dv}"
+            )
+    for name, (r, c) in variant.fast.items():
+        w = initial_weights.get(name)
+        if w is None:
+            continue
+        for dim, n in ((r, w.shape[-2]), (c, w.shape[-1])):
+            if isinstance(dim, str):
+                sizes.setdefault(dim, int(n))
+    return sizes
+
+
+def run_direct(
+    variant: Variant | str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    initial_weights: Mapping[str, torch.Tensor],
+    lr=None,
+    momentum: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Run the declared TTT layer literally.
+
+    Args:
+        variant: a :class:`Variant`, a catalog name or ``FILE.py[:ATTR]``.
+        q, k: ``[B, T, H, Dk]``; v: ``[B, T, H, Dv]``; any floating dtype, T >= 1.
+        initial_weights: every fast weight, ``[B, H, rows, cols]`` or ``[H, rows, cols]``
+            (shared across the batch). Non-updated ones are the layer's slow weights.
+        lr: per-token learning rates ``[B, T, H]`` (one tensor for all updated weights, or a
+            dict name → tensor); only for variants with ``per_token()`` lr.
+        momentum: per-token coefficients α ``[B, T, H]``; only for variants with momentum.
+        chunk_size: the mini-batch length L (default: the variant's); token-level and
+            bidirectional schedules fix it. T need not be a multiple of L.
+
+    Returns:
+        ``(o, final_weights)``: ``o`` is ``[B, T, H, Dv]``; ``final_weights`` maps each updated
+        fast weight to its value after the last update performed, ``[B, H, rows, cols]``.
+    """
+    variant = load_variant(variant)
+    B, T, H = _check_inputs(variant, q, k, v, initial_weights, lr, momentum)
+    sched = variant.schedule
+    if chunk_size is None:
+        chunk_size = sched.chunk_size or T
+    check_chunk_size(chunk_size)
+    if sched.fixed and sched.order != "bidirectional" and chunk_size != sched.chunk_size:
+        raise ValueError(f"variant {variant.name!r} steps once per token; chunk_size must be {sched.chunk_size}, got {chunk_size}")
+    if sched.order == "bidirectional":
+        chunk_size = T  # one step on all tokens
+
+    inputs = [q, k, v, *initial_weights.values()]
+    inputs += (list(lr.values()) if isinstance(lr, Mapping) else [lr]) + [momentum]
+    create_graph = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
+
+    # Per (batch, head), a matrix of token rows: [B, H, T, D].
+    Q, K, V = (t.transpose(1, 2) for t in (q, k, v))
+    if variant.queries == "key":
+        Q = K
+    eta = _eta_for(variant, lr, B, T, H, q.dtype, q.device)
+    alpha = momentum.transpose(1, 2)[..., None, None] if momentum is not None else None  # [B, H, T, 1, 1]
+
+    W = {n: (w.unsqueeze(0).expand(B, *w.shape) if w.dim() == 3 else w) for n, w in initial_weights.items()}
+    target_norms = {u: _column_norms(W[u]) for u in variant.update} if variant.weight_norm else {}
+    buffers = {u: torch.zeros_like(W[u]) for u in variant.update} if variant.momentum else {}
+
+    def step(W, increments, alpha_now):
+        """One inner step: momentum, orthogonalisation, update, weight norm."""
+        W = dict(W)
+        for u, inc in increments.items():
+            if variant.momentum is not None:
+                buffers[u] = inc + alpha_now * buffers[u]
+                inc = buffers[u]
+            if variant.orthogonalize is not None:
+                inc = newton_schulz(inc, variant.orthogonalize)
+            new = W[u] + inc
+            if variant.weight_norm is not None:
+                new = new / (_column_norms(new) + variant.weight_norm.eps) * target_norms[u]
+            W[u] = new if create_graph else new.detach()
+        return W
+
+    def grad_ready(W):
+        return {n: (w if (w.requires_grad or n not in variant.update) else w.detach().requires_grad_()) for n, w in W.items()}
+
+    outputs = []
+    with torch.enable_grad():
+        starts = list(range(0, T, chunk_size))
+        for n, s in enumerate(starts):
+            e = min(s + chunk_size, T)
+            if sched.order == "apply_then_update":
+                outputs.append(_read(variant, W, Q[..., s:e, :]))
+                if n == len(starts) - 1:
+                    break  # the last chunk is apply-only
+            W = grad_ready(W)
+            if sched.order == "update_then_apply":
+                # One step per token, every gradient taken at the chunk-start weights.
+                eta_c = {u: eta[u][..., s:e, :] for u in variant.update}
+                per_token = [
+                    _increments(variant, W, K[..., t:t + 1, :], V[..., t:t + 1, :],
+                                {u: eta_c[u][..., t - s:t - s + 1, :] for u in variant.update}, create_graph)
+                    for t in range(s, e)
+                ]
+                for t, inc in zip(range(s, e), per_token):
+                    W = step(W, inc, alpha[:, :, t] if alpha is not None else None)
+                    outputs.append(_read(variant, W, Q[..., t:t + 1, :]))
+                continue
+            inc = _increments(variant, W, K[..., s:e, :], V[..., s:e, :],
+                              {u: eta[u][..., s:e, :] for u in variant.update}, create_graph)
+            W = step(W, inc, alpha[:, :, s:e].mean(dim=2) if alpha is not None else None)
+            if sched.order != "apply_then_update":  # block-inclusive, bidirectional
+                outputs.append(_read(variant, W, Q[..., s:e, :]))
+
+    o = torch.cat(outputs, dim=2).transpose(1, 2)
+    final = {u: W[u] for u in variant.update}
+    if not create_graph:
+        o = o.detach()
+        final = {u: w.detach() for u, w in final.items()}
+    return o, final
