@@ -8,8 +8,8 @@ derivation engine. Extend the table with :func:`register`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import sympy
 
@@ -30,43 +30,66 @@ __all__ = [
 # --- symbolic scalar functions ------------------------------------------------------
 
 
-class sigmoid_(sympy.Function):
-    """σ(x) = 1 / (1 + e^{-x})."""
+class ScalarFunction(sympy.Function):
+    """A named element-wise function: printed by name, differentiated by ``fdiff``,
+    evaluated numerically through its closed form ``closed(x)``."""
 
     nargs = 1
+    latex_name = ""
+
+    @classmethod
+    def closed(cls, x):
+        raise NotImplementedError
+
+    def _eval_evalf(self, prec):
+        from sympy.core.evalf import prec_to_dps
+
+        return self.closed(self.args[0]).evalf(prec_to_dps(prec))
+
+    def _eval_rewrite_as_closed(self, x, **kwargs):
+        return self.closed(x)
+
+    def _latex(self, printer):
+        return rf"{self.latex_name}\left({printer._print(self.args[0])}\right)"
+
+
+class sigmoid_(ScalarFunction):
+    """σ(x) = 1 / (1 + e^{-x})."""
+
+    latex_name = r"\sigma"
+
+    @classmethod
+    def closed(cls, x):
+        return 1 / (1 + sympy.exp(-x))
 
     def fdiff(self, argindex=1):
         s = sigmoid_(self.args[0])
         return s * (1 - s)
 
-    def _eval_rewrite_as_exp(self, x, **kwargs):
-        return 1 / (1 + sympy.exp(-x))
 
-    def _latex(self, printer):
-        return r"\sigma\left(%s\right)" % printer._print(self.args[0])
-
-
-class silu_(sympy.Function):
+class silu_(ScalarFunction):
     """silu(x) = x σ(x)."""
 
-    nargs = 1
+    latex_name = r"\operatorname{silu}"
+
+    @classmethod
+    def closed(cls, x):
+        return x / (1 + sympy.exp(-x))
 
     def fdiff(self, argindex=1):
         x = self.args[0]
         s = sigmoid_(x)
         return s * (1 + x * (1 - s))
 
-    def _eval_rewrite_as_exp(self, x, **kwargs):
-        return x / (1 + sympy.exp(-x))
 
-    def _latex(self, printer):
-        return r"\operatorname{silu}\left(%s\right)" % printer._print(self.args[0])
-
-
-class gelu_(sympy.Function):
+class gelu_(ScalarFunction):
     """gelu(x) = x Φ(x), Φ the standard normal CDF (the exact, erf-based form)."""
 
-    nargs = 1
+    latex_name = r"\operatorname{gelu}"
+
+    @classmethod
+    def closed(cls, x):
+        return x * (1 + sympy.erf(x / sympy.sqrt(2))) / 2
 
     def fdiff(self, argindex=1):
         x = self.args[0]
@@ -74,47 +97,37 @@ class gelu_(sympy.Function):
         pdf = sympy.exp(-(x**2) / 2) / sympy.sqrt(2 * sympy.pi)
         return cdf + x * pdf
 
-    def _eval_rewrite_as_erf(self, x, **kwargs):
-        return x * (1 + sympy.erf(x / sympy.sqrt(2))) / 2
-
-    def _latex(self, printer):
-        return r"\operatorname{gelu}\left(%s\right)" % printer._print(self.args[0])
-
 
 _GELU_C = sympy.sqrt(2 / sympy.pi)
 _GELU_A = sympy.Rational(44715, 1000000)
 
 
-class gelu_tanh_(sympy.Function):
+class gelu_tanh_(ScalarFunction):
     """gelu_tanh(x) = x/2 (1 + tanh(√(2/π)(x + 0.044715 x³)))."""
 
-    nargs = 1
+    latex_name = r"\operatorname{gelu}_{\tanh}"
+
+    @classmethod
+    def closed(cls, x):
+        return x * (1 + sympy.tanh(_GELU_C * (x + _GELU_A * x**3))) / 2
 
     def fdiff(self, argindex=1):
         x = self.args[0]
         u = sympy.tanh(_GELU_C * (x + _GELU_A * x**3))
         return (1 + u) / 2 + x * (1 - u**2) * _GELU_C * (1 + 3 * _GELU_A * x**2) / 2
 
-    def _eval_rewrite_as_tanh(self, x, **kwargs):
-        return x * (1 + sympy.tanh(_GELU_C * (x + _GELU_A * x**3))) / 2
 
-    def _latex(self, printer):
-        return r"\operatorname{gelu}_{\tanh}\left(%s\right)" % printer._print(self.args[0])
-
-
-class relu_(sympy.Function):
+class relu_(ScalarFunction):
     """relu(x) = max(0, x); its derivative is the Heaviside step (0 at 0)."""
 
-    nargs = 1
+    latex_name = r"\operatorname{relu}"
+
+    @classmethod
+    def closed(cls, x):
+        return sympy.Max(0, x)
 
     def fdiff(self, argindex=1):
         return sympy.Heaviside(self.args[0], 0)
-
-    def _eval_rewrite_as_Max(self, x, **kwargs):
-        return sympy.Max(0, x)
-
-    def _latex(self, printer):
-        return r"\operatorname{relu}\left(%s\right)" % printer._print(self.args[0])
 
 
 def _identity_sym(x):
@@ -150,8 +163,7 @@ class ElementwiseFunction:
         if isinstance(arg, sympy.Basic) and not isinstance(arg, sympy.MatrixBase):
             return self.symbolic(arg)
         raise TypeError(
-            f"{self.name}() takes a fast-weight expression, a torch tensor or a SymPy scalar; "
-            f"got {type(arg).__name__}"
+            f"{self.name}() takes a fast-weight expression, a torch tensor or a SymPy scalar; got {type(arg).__name__}"
         )
 
     def __repr__(self):

@@ -58,7 +58,5 @@ def load_variant(ref: str | Variant) -> Variant:
         return found[attr]
     if len(found) != 1:
         have = ", ".join(found) or "none"
-        raise VariantNotFound(
-            f"{path_part} defines {len(found)} variants ({have}); name one as {path_part}:NAME"
-        )
+        raise VariantNotFound(f"{path_part} defines {len(found)} variants ({have}); name one as {path_part}:NAME")
     return next(iter(found.values()))

@@ -130,12 +130,9 @@ class Mat:
     def _elementwise(self, other, op, sym_fn, num_fn):
         self._check_same_family(other, op)
         label = f"({self.label} {op} {other.label})"
-        if self.shape != other.shape and not all(
-            sympy.simplify(a - b) == 0 for a, b in zip(self.shape, other.shape)
-        ):
+        if self.shape != other.shape and not all(sympy.simplify(a - b) == 0 for a, b in zip(self.shape, other.shape)):
             raise ShapeMismatch(
-                f"shape mismatch in {label}: {_fmt(self.shape)} {op} {_fmt(other.shape)} "
-                "needs equal shapes"
+                f"shape mismatch in {label}: {_fmt(self.shape)} {op} {_fmt(other.shape)} needs equal shapes"
             )
         if self.symbolic:
             return self._new(sym_fn(self.value, other.value), self.shape, "sym", label)
@@ -170,9 +167,7 @@ class Mat:
             if self.symbolic:
                 return self._new(sympy.MatMul(self.value[0, 0], other.value), other.shape, "sym", label)
             return self._new(self.value * other.value, other.shape, other.kind, label)
-        return self._elementwise(
-            other, "*", lambda a, b: sympy.HadamardProduct(a, b), lambda a, b: a * b
-        )
+        return self._elementwise(other, "*", lambda a, b: sympy.HadamardProduct(a, b), lambda a, b: a * b)
 
     def __rmul__(self, other):
         if _is_scalar(other):

@@ -12,8 +12,8 @@ import hashlib
 import inspect
 import keyword
 import textwrap
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import sympy
 
@@ -143,8 +143,7 @@ def _trace(name, model, loss, fast, key_dim) -> Trace:
     out = _call(name, "model", model, x, **weights)
     if not isinstance(out, Mat):
         raise DeclarationError(
-            f"variant {name!r}: the model must return a matrix expression of the input row, "
-            f"got {type(out).__name__}"
+            f"variant {name!r}: the model must return a matrix expression of the input row, got {type(out).__name__}"
         )
     if out.shape[0] != 1:
         raise DeclarationError(
@@ -171,9 +170,7 @@ def _check_fast(name, fast) -> dict:
         if not (isinstance(wname, str) and wname.isidentifier() and not keyword.iskeyword(wname)):
             raise DeclarationError(f"variant {name!r}: fast weight name {wname!r} is not a Python identifier")
         if not (isinstance(shape, (tuple, list)) and len(shape) == 2):
-            raise DeclarationError(
-                f"variant {name!r}: fast weight {wname!r} needs a shape (rows, cols), got {shape!r}"
-            )
+            raise DeclarationError(f"variant {name!r}: fast weight {wname!r} needs a shape (rows, cols), got {shape!r}")
         for s in shape:
             ok = (isinstance(s, str) and s.isidentifier()) or (isinstance(s, int) and not isinstance(s, bool) and s > 0)
             if not ok:
@@ -192,7 +189,10 @@ def _check_signature(name, model, fast):
     got, want = set(params[1:]), set(fast)
     if got != want:
         missing, extra = sorted(want - got), sorted(got - want)
-        parts = [f"missing {', '.join(missing)}" if missing else "", f"not declared in fast: {', '.join(extra)}" if extra else ""]
+        parts = [
+            f"missing {', '.join(missing)}" if missing else "",
+            f"not declared in fast: {', '.join(extra)}" if extra else "",
+        ]
         raise DeclarationError(
             f"variant {name!r}: the model's arguments after {params[0]!r} must be the fast weights "
             f"{sorted(want)} ({'; '.join(p for p in parts if p)})"
@@ -215,7 +215,9 @@ def _check_rule(name, update, lr, mom, ortho, wnorm, schedule):
         raise DeclarationError(f"variant {name!r}: chunk size must be >= 1, got {schedule.chunk_size}")
     if mom is not None:
         if schedule.order == "bidirectional":
-            raise DeclarationError(f"variant {name!r}: momentum needs several steps; a bidirectional schedule takes one")
+            raise DeclarationError(
+                f"variant {name!r}: momentum needs several steps; a bidirectional schedule takes one"
+            )
         token_steps = schedule.order == "update_then_apply"
         if mom.per == "chunk" and token_steps:
             raise DeclarationError(

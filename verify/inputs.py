@@ -25,8 +25,15 @@ class Case:
     sizes: dict = field(default_factory=dict)
 
     def kwargs(self) -> dict:
-        return dict(q=self.q, k=self.k, v=self.v, initial_weights=self.initial_weights,
-                    lr=self.lr, momentum=self.momentum, chunk_size=self.chunk_size)
+        return dict(
+            q=self.q,
+            k=self.k,
+            v=self.v,
+            initial_weights=self.initial_weights,
+            lr=self.lr,
+            momentum=self.momentum,
+            chunk_size=self.chunk_size,
+        )
 
     def leaves(self) -> dict[str, torch.Tensor]:
         """Every input tensor, by name (for gradient checks)."""

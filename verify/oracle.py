@@ -11,7 +11,7 @@ v, the learning rates, the momentum coefficients and the initial fast weights.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -82,7 +82,10 @@ def _check_inputs(variant, q, k, v, initial_weights, lr, momentum):
     B, T, H, Dk, Dv = check_qkv(q, k, v)
     if variant.lr.kind == "per_token":
         if lr is None:
-            raise ValueError(f"variant {variant.name!r} has a per-token learning rate: pass lr ([B, T, H] or a dict per updated weight)")
+            raise ValueError(
+                f"variant {variant.name!r} has a per-token learning rate: "
+                "pass lr ([B, T, H], or a dict with one per updated weight)"
+            )
         per = lr if isinstance(lr, Mapping) else {u: lr for u in variant.update}
         missing = [u for u in variant.update if u not in per]
         if missing:
@@ -90,7 +93,9 @@ def _check_inputs(variant, q, k, v, initial_weights, lr, momentum):
         for u in variant.update:
             check_per_token(f"lr[{u!r}]" if isinstance(lr, Mapping) else "lr", per[u], q)
     elif lr is not None:
-        raise ValueError(f"variant {variant.name!r} has a constant learning rate ({variant.lr.value:g}); do not pass lr")
+        raise ValueError(
+            f"variant {variant.name!r} has a constant learning rate ({variant.lr.value:g}); do not pass lr"
+        )
     if variant.momentum is not None:
         if momentum is None:
             raise ValueError(f"variant {variant.name!r} uses momentum: pass momentum coefficients α of shape [B, T, H]")
@@ -102,7 +107,9 @@ def _check_inputs(variant, q, k, v, initial_weights, lr, momentum):
         raise ValueError(f"initial_weights: missing fast weight(s) {missing} of variant {variant.name!r}")
     extra = [n for n in initial_weights if n not in variant.fast]
     if extra:
-        raise ValueError(f"initial_weights: {extra} are not fast weights of variant {variant.name!r} ({list(variant.fast)})")
+        raise ValueError(
+            f"initial_weights: {extra} are not fast weights of variant {variant.name!r} ({list(variant.fast)})"
+        )
     sizes = infer_sizes(variant, initial_weights, Dk, Dv)
     for name, w in initial_weights.items():
         check_state(f"initial_weights[{name!r}]", w, B, H, variant.shape_of(name, sizes), q.device)
@@ -163,7 +170,9 @@ def run_direct(
         chunk_size = sched.chunk_size or T
     check_chunk_size(chunk_size)
     if sched.fixed and sched.order != "bidirectional" and chunk_size != sched.chunk_size:
-        raise ValueError(f"variant {variant.name!r} steps once per token; chunk_size must be {sched.chunk_size}, got {chunk_size}")
+        raise ValueError(
+            f"variant {variant.name!r} steps once per token; chunk_size must be {sched.chunk_size}, got {chunk_size}"
+        )
     if sched.order == "bidirectional":
         chunk_size = T  # one step on all tokens
 
@@ -198,7 +207,10 @@ def run_direct(
         return W
 
     def grad_ready(W):
-        return {n: (w if (w.requires_grad or n not in variant.update) else w.detach().requires_grad_()) for n, w in W.items()}
+        return {
+            n: (w if (w.requires_grad or n not in variant.update) else w.detach().requires_grad_())
+            for n, w in W.items()
+        }
 
     outputs = []
     with torch.enable_grad():
@@ -214,16 +226,28 @@ def run_direct(
                 # One step per token, every gradient taken at the chunk-start weights.
                 eta_c = {u: eta[u][..., s:e, :] for u in variant.update}
                 per_token = [
-                    _increments(variant, W, K[..., t:t + 1, :], V[..., t:t + 1, :],
-                                {u: eta_c[u][..., t - s:t - s + 1, :] for u in variant.update}, create_graph)
+                    _increments(
+                        variant,
+                        W,
+                        K[..., t : t + 1, :],
+                        V[..., t : t + 1, :],
+                        {u: eta_c[u][..., t - s : t - s + 1, :] for u in variant.update},
+                        create_graph,
+                    )
                     for t in range(s, e)
                 ]
                 for t, inc in zip(range(s, e), per_token):
                     W = step(W, inc, alpha[:, :, t] if alpha is not None else None)
-                    outputs.append(_read(variant, W, Q[..., t:t + 1, :]))
+                    outputs.append(_read(variant, W, Q[..., t : t + 1, :]))
                 continue
-            inc = _increments(variant, W, K[..., s:e, :], V[..., s:e, :],
-                              {u: eta[u][..., s:e, :] for u in variant.update}, create_graph)
+            inc = _increments(
+                variant,
+                W,
+                K[..., s:e, :],
+                V[..., s:e, :],
+                {u: eta[u][..., s:e, :] for u in variant.update},
+                create_graph,
+            )
             W = step(W, inc, alpha[:, :, s:e].mean(dim=2) if alpha is not None else None)
             if sched.order != "apply_then_update":  # block-inclusive, bidirectional
                 outputs.append(_read(variant, W, Q[..., s:e, :]))

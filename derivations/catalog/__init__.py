@@ -23,8 +23,17 @@ from derivations.variant import Variant
 CATALOG: dict[str, Variant] = {
     v.name: v
     for v in (
-        lact, lact_v1, lact_v2, lact_v3, lact_v4, lact_v5, lact_v6,
-        lact_ga, lact_no_query, lact_mse, delta_rule,
+        lact,
+        lact_v1,
+        lact_v2,
+        lact_v3,
+        lact_v4,
+        lact_v5,
+        lact_v6,
+        lact_ga,
+        lact_no_query,
+        lact_mse,
+        delta_rule,
     )
 }
 

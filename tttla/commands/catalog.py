@@ -25,7 +25,9 @@ def add_parser(sub):
     )
     p.add_argument("--seq-len", "-T", type=int, default=256, metavar="T", help="tokens per sequence (default 256)")
     p.add_argument("--dim", "-D", type=int, default=16, metavar="D", help="size of every named dimension (default 16)")
-    p.add_argument("--chunk", "-C", type=int, default=64, metavar="C", help="chunk size for chunked variants (default 64)")
+    p.add_argument(
+        "--chunk", "-C", type=int, default=64, metavar="C", help="chunk size for chunked variants (default 64)"
+    )
     p.set_defaults(handler=run)
 
 
@@ -40,8 +42,12 @@ def run(args) -> int:
     rows = []
     for variant in tqdm(CATALOG.values(), desc="oracle", unit="variant", leave=False):
         case = make_case(
-            variant, seq_len=args.seq_len, heads=2, sizes=default_sizes(variant, args.dim),
-            chunk_size=None if variant.schedule.fixed else args.chunk, requires_grad=True,
+            variant,
+            seq_len=args.seq_len,
+            heads=2,
+            sizes=default_sizes(variant, args.dim),
+            chunk_size=None if variant.schedule.fixed else args.chunk,
+            requires_grad=True,
         )
         start = time.perf_counter()
         o, _ = run_direct(variant, **case.kwargs())
@@ -50,6 +56,8 @@ def run(args) -> int:
         finite = bool(torch.isfinite(o).all()) and all(
             t.grad is None or bool(torch.isfinite(t.grad).all()) for t in case.leaves().values()
         )
-        rows.append([variant.name, variant.schedule.order, f"{o.std().item():.3e}", "yes" if finite else "NO", f"{elapsed:.2f}"])
+        rows.append(
+            [variant.name, variant.schedule.order, f"{o.std().item():.3e}", "yes" if finite else "NO", f"{elapsed:.2f}"]
+        )
     print(format_table(["variant", "order", "std(o)", "finite fwd+bwd", "seconds"], rows, align="llrlr"))
     return 0 if all(r[3] == "yes" for r in rows) else 1

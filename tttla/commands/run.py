@@ -31,9 +31,20 @@ def add_parser(sub):
 
 
 def add_case_arguments(p, seq_len=256):
-    p.add_argument("--seq-len", "-T", type=int, default=seq_len, metavar="T", help=f"tokens per sequence (default {seq_len})")
-    p.add_argument("--dim", "-D", type=int, default=16, metavar="D", help="size of every named dimension (d, h, ...) (default 16)")
-    p.add_argument("--chunk", "-C", type=int, default=None, metavar="C", help="chunk size (default: 64, or the variant's fixed one)")
+    p.add_argument(
+        "--seq-len", "-T", type=int, default=seq_len, metavar="T", help=f"tokens per sequence (default {seq_len})"
+    )
+    p.add_argument(
+        "--dim", "-D", type=int, default=16, metavar="D", help="size of every named dimension (d, h, ...) (default 16)"
+    )
+    p.add_argument(
+        "--chunk",
+        "-C",
+        type=int,
+        default=None,
+        metavar="C",
+        help="chunk size (default: 64, or the variant's fixed one)",
+    )
     p.add_argument("--batch", "-B", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--heads", "-H", type=int, default=2, help="heads (default 2)")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64", help="dtype (default float64)")
@@ -46,7 +57,12 @@ def case_from_args(variant, args):
     from derivations.errors import TTTLAError
     from verify.inputs import default_sizes, make_case
 
-    for flag, value in (("--seq-len", args.seq_len), ("--dim", args.dim), ("--batch", args.batch), ("--heads", args.heads)):
+    for flag, value in (
+        ("--seq-len", args.seq_len),
+        ("--dim", args.dim),
+        ("--batch", args.batch),
+        ("--heads", args.heads),
+    ):
         if value < 1:
             raise TTTLAError(f"{flag} must be >= 1, got {value}")
     if args.chunk is not None and args.chunk < 1:
@@ -68,7 +84,14 @@ def case_from_args(variant, args):
 
 def _stats(name, t):
     t = t.double()
-    return [name, "×".join(map(str, t.shape)), f"{t.mean():+.4e}", f"{t.std():.4e}", f"{t.min():+.4e}", f"{t.max():+.4e}"]
+    return [
+        name,
+        "×".join(map(str, t.shape)),
+        f"{t.mean():+.4e}",
+        f"{t.std():.4e}",
+        f"{t.min():+.4e}",
+        f"{t.max():+.4e}",
+    ]
 
 
 def run(args) -> int:

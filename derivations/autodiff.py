@@ -1,0 +1,200 @@
+"""Reverse-mode differentiation of the matrix-expression IR (our own rules).
+
+SymPy's ``MatrixExpr.diff`` mishandles element-wise nonlinearities, so gradients are
+derived here by vector–Jacobian products over the IR nodes a traced variant produces:
+
+=======================  =====================================================================
+node                     cotangent ``G`` of the node (same shape) sent to its arguments
+=======================  =====================================================================
+``MatrixSymbol`` X       ``G`` if X is the variable, else nothing
+``MatAdd`` A + B         ``G`` to every term
+``MatMul`` c·A₁⋯Aₙ       ``c · (A₁⋯Aᵢ₋₁)ᵀ G (Aᵢ₊₁⋯Aₙ)ᵀ`` to Aᵢ; a scalar factor ``E[0, 0]`` of a
+                         1 × 1 expression E gets ``1ᵀ(G ⊙ rest)1`` (a 1 × 1 cotangent)
+``Transpose`` Aᵀ         ``Gᵀ`` to A
+``HadamardProduct``      ``G ⊙ (∏ⱼ≠ᵢ Aⱼ)`` to Aᵢ
+``ElementwiseApply`` f   ``G ⊙ f′(A)`` to A, f′ from SymPy's scalar derivative (``fdiff``)
+constants                nothing (``OneMatrix``, ``ZeroMatrix``, ``Identity``, explicit matrices)
+=======================  =====================================================================
+
+SymPy is used only for scalar derivatives of the element-wise functions; every result is
+again an IR expression (shapes stay symbolic).
+"""
+
+from __future__ import annotations
+
+import sympy
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+
+from derivations.errors import ReductionError
+
+__all__ = ["vjp", "grad", "scalar_function", "derivative_function", "tidy", "CONSTANT_NODES", "DERIVATIVE_OF"]
+
+CONSTANT_NODES = (sympy.OneMatrix, sympy.ZeroMatrix, sympy.Identity, sympy.MatrixBase)
+
+
+def tidy(expr):
+    """Light canonicalisation of an IR expression: flatten products, drop identities and
+    double transposes (``doit`` without evaluating element-wise functions)."""
+    if isinstance(expr, sympy.MatrixExpr):
+        return expr.doit(deep=True)
+    return expr
+
+
+def scalar_function(fn) -> tuple[sympy.Dummy, sympy.Expr]:
+    """``(d, body)`` with ``body`` the scalar function applied to the dummy ``d``.
+
+    ``fn`` is what ``ElementwiseApplyFunction`` stores: a SymPy ``Lambda`` (possibly
+    wrapping one of our function classes) or a function class itself.
+    """
+    if isinstance(fn, sympy.Lambda):
+        (d,) = fn.variables
+        return d, fn.expr
+    d = sympy.Dummy("d")
+    return d, fn(d)
+
+
+#: derivative Lambdas built by :func:`derivative_function` → the name of the function they
+#: differentiate (for printing ``silu'(·)``)
+DERIVATIVE_OF: dict = {}
+_DERIVATIVES: dict = {}
+
+
+def derivative_function(fn) -> sympy.Lambda:
+    """The scalar derivative f′ of an element-wise function, as a ``Lambda`` (cached per
+    function, so equal functions get the identical derivative node)."""
+    d, body = scalar_function(fn)
+    key = body.func if isinstance(body, sympy.Function) and body.args == (d,) else sympy.Lambda(d, body)
+    if key in _DERIVATIVES:
+        return _DERIVATIVES[key]
+    lam = _derivative_lambda(d, body)
+    _DERIVATIVES[key] = lam
+    from derivations.printing import function_name
+
+    name = function_name(fn)
+    if name:
+        DERIVATIVE_OF[lam] = name
+    return lam
+
+
+def _derivative_lambda(d, body) -> sympy.Lambda:
+    deriv = sympy.diff(body, d)
+    if deriv.has(sympy.Derivative) or deriv.has(sympy.Subs):
+        raise ReductionError(
+            f"cannot differentiate the element-wise function {body.func}: SymPy has no derivative "
+            "for it (give its symbolic side an fdiff, see derivations.functions.register)"
+        )
+    return sympy.Lambda(d, deriv)
+
+
+def _add(a, b):
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return sympy.MatAdd(a, b)
+
+
+def _matmul(*factors):
+    kept = [f for f in factors if not isinstance(f, sympy.Identity)]
+    factors = kept or list(factors[:1])
+    return sympy.MatMul(*factors) if len(factors) > 1 else factors[0]
+
+
+def _sum_entries(M):
+    """1ᵀ M 1 as a 1 × 1 expression (M is r × c)."""
+    r, c = M.shape
+    if r == 1 and c == 1:
+        return M
+    return sympy.MatMul(sympy.OneMatrix(1, r), M, sympy.OneMatrix(c, 1))
+
+
+def _matrix_elements_of(scalar):
+    """The 1 × 1 matrix expressions E whose element E[0, 0] appears in a scalar factor."""
+    return {a.parent for a in scalar.atoms(sympy.matrices.expressions.matexpr.MatrixElement)}
+
+
+def vjp(expr, wrt: sympy.MatrixSymbol, cotangent):
+    """The vector–Jacobian product ``∂⟨G, expr⟩/∂wrt`` for a matrix expression ``expr``.
+
+    Args:
+        expr: an IR expression of shape ``m × n``.
+        wrt: the matrix symbol to differentiate by, shape ``p × r``.
+        cotangent: ``G``, an ``m × n`` matrix expression.
+
+    Returns:
+        A ``p × r`` matrix expression, or ``sympy.ZeroMatrix`` when ``expr`` does not
+        depend on ``wrt``.
+    """
+    out = _vjp(expr, wrt, cotangent)
+    return sympy.ZeroMatrix(*wrt.shape) if out is None else tidy(out)
+
+
+def grad(scalar, wrt: sympy.MatrixSymbol):
+    """∇_wrt of a ``1 × 1`` expression (e.g. an inner loss), shape of ``wrt``."""
+    if scalar.shape != (1, 1):
+        raise ValueError(f"grad() needs a 1 × 1 expression, got shape {scalar.shape}")
+    return vjp(scalar, wrt, sympy.Identity(1))
+
+
+def _vjp(expr, wrt, G):
+    if not expr.has(wrt):
+        return None
+    if isinstance(expr, sympy.MatrixSymbol):
+        return G if expr == wrt else None
+    if isinstance(expr, CONSTANT_NODES):
+        return None
+    if isinstance(expr, sympy.MatAdd):
+        out = None
+        for term in expr.args:
+            out = _add(out, _vjp(term, wrt, G))
+        return out
+    if isinstance(expr, sympy.Transpose):
+        return _vjp(expr.arg, wrt, sympy.Transpose(G))
+    if isinstance(expr, sympy.MatMul):
+        return _vjp_matmul(expr, wrt, G)
+    if isinstance(expr, sympy.HadamardProduct):
+        out = None
+        for i, a in enumerate(expr.args):
+            others = [b for j, b in enumerate(expr.args) if j != i]
+            out = _add(out, _vjp(a, wrt, sympy.HadamardProduct(G, *others)))
+        return out
+    if isinstance(expr, ElementwiseApplyFunction):
+        fprime = derivative_function(expr.function)
+        return _vjp(expr.expr, wrt, sympy.HadamardProduct(G, ElementwiseApplyFunction(fprime, expr.expr)))
+    raise ReductionError(
+        f"no reverse-mode rule for {type(expr).__name__} in {expr}: the variant language builds "
+        "products, sums, transposes, element-wise products and element-wise functions only"
+    )
+
+
+def _vjp_matmul(expr, wrt, G):
+    scalars = [a for a in expr.args if not isinstance(a, sympy.MatrixExpr)]
+    mats = [a for a in expr.args if isinstance(a, sympy.MatrixExpr)]
+    c = sympy.Mul(*scalars)
+    out = None
+    for i, A in enumerate(mats):
+        left, right = mats[:i], mats[i + 1:]
+        parts = [sympy.Transpose(_matmul(*left))] if left else []
+        parts.append(G)
+        if right:
+            parts.append(sympy.Transpose(_matmul(*right)))
+        cot = _matmul(*parts)
+        if c != 1:
+            cot = sympy.MatMul(c, cot)
+        out = _add(out, _vjp(A, wrt, cot))
+    # scalar factors that are entries of 1 × 1 expressions (e.g. dot(a, b) * M)
+    rest = _matmul(*mats) if mats else None
+    for s in scalars:
+        for E in _matrix_elements_of(s):
+            if not E.has(wrt):
+                continue
+            if E.shape != (1, 1):
+                raise ReductionError(f"unsupported scalar factor {s} in {expr}: an entry of a non-1×1 matrix")
+            ds = sympy.diff(s, E[0, 0])
+            others = sympy.Mul(*[t for t in scalars if t is not s]) * ds
+            inner = sympy.HadamardProduct(G, rest) if rest is not None else G
+            cot = _sum_entries(inner)
+            if others != 1:
+                cot = sympy.MatMul(others, cot)
+            out = _add(out, _vjp(E, wrt, cot))
+    return out

@@ -1,0 +1,150 @@
+"""Readable text (Unicode) and LaTeX for IR expressions.
+
+``to_text(expr)`` prints ``(silu(k·W0) ⊙ (k·W2))·W1``; ``to_latex(expr)`` prints the same
+with ``\\odot``, ``^{\\top}`` and named element-wise functions (derivatives as ``silu'``).
+"""
+
+from __future__ import annotations
+
+import sympy
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.printing.latex import LatexPrinter
+from sympy.printing.str import StrPrinter
+
+from derivations.autodiff import DERIVATIVE_OF, scalar_function
+
+__all__ = ["to_text", "to_latex", "function_name"]
+
+_SUP = str.maketrans("0123456789+-()t", "⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻⁽⁾ᵗ")
+
+
+def function_name(fn) -> str | None:
+    """The language name of an element-wise function (``silu``, ``silu'``), or None."""
+    from derivations.functions import FUNCTIONS
+
+    if fn in DERIVATIVE_OF:
+        return DERIVATIVE_OF[fn] + "'"
+    d, body = scalar_function(fn)
+    if body == d:
+        return "identity"
+    for f in FUNCTIONS.values():
+        try:
+            if body == f.symbolic(d):
+                return f.name
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _needs_parens(arg, inside):
+    if isinstance(arg, sympy.MatAdd):
+        return True
+    if inside == "hadamard" and isinstance(arg, (sympy.MatMul, sympy.HadamardProduct)):
+        return True
+    if inside == "matmul" and isinstance(arg, sympy.HadamardProduct):
+        return True
+    if inside == "transpose" and not isinstance(arg, (sympy.MatrixSymbol, ElementwiseApplyFunction)):
+        return True
+    return False
+
+
+class TextPrinter(StrPrinter):
+    """Unicode one-line printer for the IR."""
+
+    def _wrap(self, arg, inside):
+        s = self._print(arg)
+        return f"({s})" if _needs_parens(arg, inside) else s
+
+    def _print_MatMul(self, expr):
+        scalars = [a for a in expr.args if not isinstance(a, sympy.MatrixExpr)]
+        mats = [a for a in expr.args if isinstance(a, sympy.MatrixExpr)]
+        c = sympy.Mul(*scalars)
+        body = "·".join(self._wrap(m, "matmul") for m in mats)
+        if c == 1:
+            return body
+        if c == -1:
+            return "−" + body
+        cs = self._print(c)
+        if isinstance(c, sympy.Add):
+            cs = f"({cs})"
+        return f"{cs}·{body}"
+
+    def _print_MatAdd(self, expr):
+        terms = [self._print(a) for a in expr.args]
+        out = terms[0]
+        for t in terms[1:]:
+            out += f" − {t[1:]}" if t.startswith("−") else f" + {t}"
+        return out
+
+    def _print_HadamardProduct(self, expr):
+        return " ⊙ ".join(self._wrap(a, "hadamard") for a in expr.args)
+
+    def _print_Transpose(self, expr):
+        return self._wrap(expr.arg, "transpose") + "ᵀ"
+
+    def _print_ElementwiseApplyFunction(self, expr):
+        name = function_name(expr.function) or str(scalar_function(expr.function)[1].func)
+        return f"{name}({self._print(expr.expr)})"
+
+    def _print_OneMatrix(self, expr):
+        return "𝟙"
+
+    def _print_MatrixSymbol(self, expr):
+        return expr.name
+
+
+class IRLatexPrinter(LatexPrinter):
+    """LaTeX for the IR with ⊙, ⊤ and named element-wise functions."""
+
+    def _wrap(self, arg, inside):
+        s = self._print(arg)
+        return rf"\left({s}\right)" if _needs_parens(arg, inside) else s
+
+    def _print_MatMul(self, expr):
+        scalars = [a for a in expr.args if not isinstance(a, sympy.MatrixExpr)]
+        mats = [a for a in expr.args if isinstance(a, sympy.MatrixExpr)]
+        c = sympy.Mul(*scalars)
+        body = " ".join(self._wrap(m, "matmul") for m in mats)
+        if c == 1:
+            return body
+        if c == -1:
+            return "-" + body
+        cs = self._print(c)
+        if isinstance(c, sympy.Add):
+            cs = rf"\left({cs}\right)"
+        return f"{cs} {body}"
+
+    def _print_HadamardProduct(self, expr):
+        return r" \odot ".join(self._wrap(a, "hadamard") for a in expr.args)
+
+    def _print_Transpose(self, expr):
+        return self._wrap(expr.arg, "transpose") + r"^{\top}"
+
+    def _print_ElementwiseApplyFunction(self, expr):
+        name = function_name(expr.function) or str(scalar_function(expr.function)[1].func)
+        prime = name.endswith("'")
+        base = name.rstrip("'")
+        op = {"sigmoid": r"\sigma"}.get(base, rf"\operatorname{{{base}}}")
+        return rf"{op}{chr(39) if prime else ''}\left({self._print(expr.expr)}\right)"
+
+    def _print_OneMatrix(self, expr):
+        return r"\mathbb{1}"
+
+    def _print_MatrixSymbol(self, expr):
+        name = expr.name
+        if "_" in name or "^" in name or "{" in name:
+            return name
+        head = name.rstrip("0123456789")
+        digits = name[len(head):]
+        head = {"eta": r"\eta", "phi": r"\phi", "alpha": r"\alpha"}.get(head, head)
+        return f"{head}_{{{digits}}}" if digits and head else head
+
+
+def to_text(expr) -> str:
+    """One-line Unicode text of an IR (or scalar) expression."""
+    return TextPrinter().doprint(expr)
+
+
+def to_latex(expr) -> str:
+    """LaTeX of an IR (or scalar) expression."""
+    return IRLatexPrinter().doprint(expr)

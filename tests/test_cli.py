@@ -1,0 +1,97 @@
+"""The tttla command line: list, run, catalog, user files and user mistakes."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tttla.cli import main
+
+USER_VARIANT = textwrap.dedent(
+    '''
+    from derivations import variant, dot, tanh, per_token, chunked
+
+    @variant(fast={"A": ("d", "h"), "B": ("h", "d")}, update=["B"],
+             loss=lambda y, v: -2.0 * dot(y, v), lr=per_token(),
+             schedule=chunked(order="block_inclusive", size=8))
+    def tanh_kernel(x, A, B):
+        """A tanh feature map with a linear last layer."""
+        return tanh(x @ A) @ B
+    '''
+)
+
+
+@pytest.fixture
+def user_file(tmp_path):
+    path = tmp_path / "my_rule.py"
+    path.write_text(USER_VARIANT)
+    return path
+
+
+def test_list_prints_the_catalog(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("lact", "lact_v1", "lact_v6", "lact_ga", "lact_no_query", "lact_mse", "delta_rule"):
+        assert f"\n{name} " in out
+    assert "V2: V1 without weight norm" in out
+
+
+def test_run_catalog_variant(capsys):
+    assert main(["run", "lact_v2", "--seq-len", "20", "--chunk", "8", "--dim", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "output o  1×20×2×4" in out
+    assert "final W1" in out
+
+
+def test_run_user_file(user_file, capsys):
+    assert main(["run", str(user_file), "--seq-len", "12", "--dim", "3", "--chunk", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tanh_kernel: A tanh feature map with a linear last layer.")
+    assert "final B" in out
+
+
+def test_run_user_file_with_attribute(user_file, capsys):
+    assert main(["run", f"{user_file}:tanh_kernel", "--seq-len", "5", "--dim", "2"]) == 0
+    assert "tanh_kernel" in capsys.readouterr().out
+
+
+def test_unknown_variant_suggests(capsys):
+    assert main(["run", "lact_v7"]) == 2
+    err = capsys.readouterr().err
+    assert "no catalog variant named 'lact_v7'; did you mean" in err
+    assert "'lact_v6'" in err
+
+
+def test_missing_file(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.py")]) == 2
+    assert "no such file:" in capsys.readouterr().err
+
+
+def test_unknown_attribute(user_file, capsys):
+    assert main(["run", f"{user_file}:other"]) == 2
+    assert "has no variant named 'other' (variants in it: tanh_kernel)" in capsys.readouterr().err
+
+
+def test_malformed_declaration_in_file(tmp_path, capsys):
+    path = tmp_path / "bad.py"
+    path.write_text(USER_VARIANT.replace('update=["B"]', 'update=["C"]'))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "update names 'C', which is not a fast weight" in err
+
+
+def test_bad_option_value(capsys):
+    assert main(["run", "lact_v6", "--seq-len", "0"]) == 2
+    assert "--seq-len must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_catalog_runs_every_variant(capsys):
+    assert main(["catalog", "--seq-len", "9", "--dim", "3", "--chunk", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" yes ") == 11
+
+
+def test_console_script_help():
+    res = subprocess.run([sys.executable, "-m", "tttla", "--help"], capture_output=True, text=True, check=True)
+    assert "examples:" in res.stdout and "run" in res.stdout
