@@ -24,20 +24,101 @@ from __future__ import annotations
 
 import sympy
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.matrices.expressions.matexpr import MatrixElement
 
 from derivations.errors import ReductionError
 
-__all__ = ["vjp", "grad", "scalar_function", "derivative_function", "tidy", "CONSTANT_NODES", "DERIVATIVE_OF"]
+
+def rationalize(expr):
+    """Replace floats by exact rationals (``0.5 → 1/2``) so that scalar factors cancel."""
+    floats = expr.atoms(sympy.Float)
+    return expr.xreplace({f: sympy.nsimplify(f, rational=True) for f in floats}) if floats else expr
+
+
+__all__ = [
+    "rationalize", "vjp", "grad", "scalar_function", "derivative_function", "tidy", "CONSTANT_NODES", "DERIVATIVE_OF",
+]
 
 CONSTANT_NODES = (sympy.OneMatrix, sympy.ZeroMatrix, sympy.Identity, sympy.MatrixBase)
 
 
 def tidy(expr):
-    """Light canonicalisation of an IR expression: flatten products, drop identities and
-    double transposes (``doit`` without evaluating element-wise functions)."""
-    if isinstance(expr, sympy.MatrixExpr):
-        return expr.doit(deep=True)
+    """Light canonicalisation of an IR expression: flatten sums and products, collect
+    scalar factors, drop identities and double transposes, pull scalars out of transposes.
+    Unlike ``doit`` it keeps ``(A·B)ᵀ`` and ``φ(k)ᵀ`` readable."""
+    if not isinstance(expr, sympy.MatrixExpr) or isinstance(expr, (sympy.MatrixSymbol, *CONSTANT_NODES)):
+        return expr
+    if isinstance(expr, sympy.Transpose):
+        arg = tidy(expr.arg)
+        if isinstance(arg, sympy.Transpose):
+            return arg.arg
+        if isinstance(arg, sympy.MatAdd):
+            return tidy(sympy.MatAdd(*[sympy.Transpose(t) for t in arg.args]))
+        if isinstance(arg, sympy.MatMul):
+            c, mats = _split_scalars(arg)
+            if c != 1:
+                inner = tidy(sympy.Transpose(_matmul(*mats)))
+                return tidy(sympy.MatMul(c, inner))
+        if isinstance(arg, sympy.Identity) or (isinstance(arg, sympy.MatrixExpr) and arg.shape == (1, 1)
+                                                and isinstance(arg, sympy.OneMatrix)):
+            return arg
+        return sympy.Transpose(arg)
+    if isinstance(expr, sympy.MatMul):
+        scalars, mats = [], []
+        for a in expr.args:
+            a = tidy(a)
+            if isinstance(a, sympy.MatMul):
+                c, ms = _split_scalars(a)
+                scalars.append(c)
+                mats.extend(ms)
+            elif isinstance(a, sympy.MatrixExpr):
+                mats.append(a)
+            else:
+                scalars.append(a)
+        c = sympy.Mul(*scalars)
+        mats = [m for m in mats if not isinstance(m, sympy.Identity)] or mats[:1]
+        if not mats:
+            return expr
+        if c == 0:
+            return sympy.ZeroMatrix(*expr.shape)
+        if c == 1 and len(mats) == 1:
+            return mats[0]
+        return sympy.MatMul(*([c] if c != 1 else []), *mats)
+    if isinstance(expr, sympy.MatAdd):
+        terms = []
+        for a in expr.args:
+            a = tidy(a)
+            terms.extend(a.args if isinstance(a, sympy.MatAdd) else [a])
+        collected: dict = {}
+        for t in terms:
+            if isinstance(t, sympy.ZeroMatrix):
+                continue
+            c, ms = _split_scalars(t) if isinstance(t, sympy.MatMul) else (sympy.Integer(1), [t])
+            key = _matmul(*ms)
+            collected[key] = collected.get(key, 0) + c
+        terms = [tidy(sympy.MatMul(c, m)) for m, c in collected.items() if c != 0]
+        if not terms:
+            return sympy.ZeroMatrix(*expr.shape)
+        terms.sort(key=sympy.default_sort_key)
+        return sympy.MatAdd(*terms) if len(terms) > 1 else terms[0]
+    if isinstance(expr, sympy.HadamardProduct):
+        factors, scale = [], sympy.Integer(1)
+        for a in expr.args:
+            a = tidy(a)
+            if isinstance(a, sympy.MatMul):
+                c, ms = _split_scalars(a)
+                scale, a = scale * c, _matmul(*ms)
+            factors.extend(a.args if isinstance(a, sympy.HadamardProduct) else [a])
+        had = sympy.HadamardProduct(*factors)
+        return had if scale == 1 else sympy.MatMul(scale, had)
+    if isinstance(expr, ElementwiseApplyFunction):
+        return ElementwiseApplyFunction(expr.function, tidy(expr.expr))
     return expr
+
+
+def _split_scalars(mm):
+    scalars = [a for a in mm.args if not isinstance(a, sympy.MatrixExpr)]
+    return sympy.Mul(*scalars), [a for a in mm.args if isinstance(a, sympy.MatrixExpr)]
 
 
 def scalar_function(fn) -> tuple[sympy.Dummy, sympy.Expr]:
@@ -106,11 +187,6 @@ def _sum_entries(M):
     if r == 1 and c == 1:
         return M
     return sympy.MatMul(sympy.OneMatrix(1, r), M, sympy.OneMatrix(c, 1))
-
-
-def _matrix_elements_of(scalar):
-    """The 1 × 1 matrix expressions E whose element E[0, 0] appears in a scalar factor."""
-    return {a.parent for a in scalar.atoms(sympy.matrices.expressions.matexpr.MatrixElement)}
 
 
 def vjp(expr, wrt: sympy.MatrixSymbol, cotangent):
@@ -185,16 +261,20 @@ def _vjp_matmul(expr, wrt, G):
     # scalar factors that are entries of 1 × 1 expressions (e.g. dot(a, b) * M)
     rest = _matmul(*mats) if mats else None
     for s in scalars:
-        for E in _matrix_elements_of(s):
+        for el in s.atoms(MatrixElement):
+            E = el.parent
             if not E.has(wrt):
                 continue
-            if E.shape != (1, 1):
-                raise ReductionError(f"unsupported scalar factor {s} in {expr}: an entry of a non-1×1 matrix")
-            ds = sympy.diff(s, E[0, 0])
+            ds = sympy.diff(s, el)
             others = sympy.Mul(*[t for t in scalars if t is not s]) * ds
             inner = sympy.HadamardProduct(G, rest) if rest is not None else G
-            cot = _sum_entries(inner)
-            if others != 1:
-                cot = sympy.MatMul(others, cot)
+            kappa = _sum_entries(inner)
+            if E.shape == (1, 1):
+                cot = kappa if others == 1 else sympy.MatMul(others, kappa)
+            elif all(n.is_Integer for n in E.shape):
+                unit = sympy.ImmutableMatrix(*E.shape, lambda i, j, el=el: int((i, j) == (el.i, el.j)))
+                cot = sympy.MatMul(others * kappa.as_explicit()[0, 0], unit)
+            else:
+                raise ReductionError(f"unsupported scalar factor {s} in {expr}: an entry of a non-1×1 matrix")
             out = _add(out, _vjp(E, wrt, cot))
     return out

@@ -84,6 +84,9 @@ def evaluate(expr, env):
         return torch.zeros(int(expr.shape[0]), int(expr.shape[1]), dtype=torch.float64)
     if isinstance(expr, sympy.Identity):
         return torch.eye(int(expr.shape[0]), dtype=torch.float64)
+    if isinstance(expr, sympy.MatrixBase):
+        return torch.stack([torch.stack([torch.as_tensor(evaluate_scalar(e, env), dtype=torch.float64)
+                                         for e in expr.row(i)]) for i in range(expr.rows)])
     if isinstance(expr, sympy.MatAdd):
         return sum(evaluate(a, env) for a in expr.args)
     if isinstance(expr, sympy.Transpose):

@@ -92,6 +92,13 @@ class TextPrinter(StrPrinter):
     def _print_MatrixSymbol(self, expr):
         return expr.name
 
+    def _print_Symbol(self, expr):
+        name = expr.name
+        for ascii_, greek in (("eta", "η"), ("alpha", "α"), ("phi", "φ")):
+            if name.startswith(ascii_):
+                name = greek + name[len(ascii_):]
+        return name
+
 
 class IRLatexPrinter(LatexPrinter):
     """LaTeX for the IR with ⊙, ⊤ and named element-wise functions."""

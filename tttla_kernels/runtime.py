@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_qkv", "check_per_token", "check_state", "check_chunk_size"]
+__all__ = [
+    "check_qkv", "check_per_token", "check_state", "check_chunk_size",
+    "state_dtype", "heads_first", "per_head", "token_coefficient",
+    "newton_schulz", "renormalize_columns", "chunk_means", "momentum_matrix", "split_chunks",
+    "resolve_sizes", "shape_in",
+]
 
 
 def _fail(msg: str):
@@ -67,3 +72,109 @@ def check_chunk_size(chunk_size) -> int:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         _fail(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     return chunk_size
+
+
+# --- numerics shared by generated forms ---------------------------------------------------
+
+
+def state_dtype(q: torch.Tensor) -> torch.dtype:
+    """The dtype of states and accumulators: fp32, or fp64 for fp64 inputs."""
+    return torch.promote_types(q.dtype, torch.float32)
+
+
+def heads_first(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, T, H, D]`` → ``[B, H, T, D]`` in ``dtype`` (one matrix of token rows per head)."""
+    return x.transpose(1, 2).to(dtype)
+
+
+def per_head(name: str, w, batch: int, heads: int, shape: tuple, device, dtype) -> torch.Tensor:
+    """A fast weight ``[H, r, c]`` or ``[B, H, r, c]`` as ``[B, H, r, c]`` in ``dtype``."""
+    check_state(name, w, batch, heads, shape, device)
+    w = w.to(dtype)
+    return w.unsqueeze(0).expand(batch, *w.shape) if w.dim() == 3 else w
+
+
+def token_coefficient(name: str, t, q: torch.Tensor, dtype) -> torch.Tensor:
+    """A per-token coefficient ``[B, T, H]`` as ``[B, H, T, 1]`` in ``dtype``."""
+    check_per_token(name, t, q)
+    return t.transpose(1, 2).unsqueeze(-1).to(dtype)
+
+
+def newton_schulz(X: torch.Tensor, coefficients, eps: float = 1e-7) -> torch.Tensor:
+    """Muon's 𝓜 on a batch of matrices ``[..., m, n]``: normalise by the Frobenius norm,
+    then X ← a X + (b A + c A²) X with A = X Xᵀ per step, on the wide orientation."""
+    wide = X.shape[-2] <= X.shape[-1]
+    if not wide:
+        X = X.mT
+    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)
+    for a, b, c in coefficients:
+        A = X @ X.mT
+        X = a * X + (b * A + c * (A @ A)) @ X
+    return X if wide else X.mT
+
+
+def renormalize_columns(W: torch.Tensor, target_norms: torch.Tensor, eps: float) -> torch.Tensor:
+    """Weight norm: every output channel (column) of W back to its target norm."""
+    return W / (W.norm(dim=-2, keepdim=True) + eps) * target_norms
+
+
+def chunk_means(alpha: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Per-chunk means of a per-token coefficient ``[B, H, T, 1]`` → ``[B, H, N]``; a
+    partial last chunk averages over its real tokens only."""
+    T = alpha.shape[2]
+    N = -(-T // chunk_size)
+    padded = torch.nn.functional.pad(alpha[..., 0], (0, N * chunk_size - T))
+    counts = torch.full((N,), float(chunk_size), dtype=alpha.dtype, device=alpha.device)
+    counts[-1] = T - (N - 1) * chunk_size
+    return padded.unflatten(-1, (N, chunk_size)).sum(-1) / counts
+
+
+def momentum_matrix(abar: torch.Tensor) -> torch.Tensor:
+    """B[n, j] = Π_{s=j+1}^{n} ᾱ_s for j ≤ n, else 0: ``[..., N]`` → ``[..., N, N]``.
+
+    M_n = Σ_j B[n, j] ΔS_j solves M_n = ΔS_n + ᾱ_n M_{n−1}. Built by a cumulative
+    product down each column (no division, so exact zeros and tiny ᾱ are safe).
+    """
+    N = abar.shape[-1]
+    rows = torch.arange(N, device=abar.device)
+    below = rows[:, None] > rows[None, :]  # n > j
+    factors = torch.where(below, abar[..., :, None], torch.ones_like(abar[..., :, None]))
+    return torch.cumprod(factors, dim=-2) * (rows[:, None] >= rows[None, :])
+
+
+def split_chunks(x: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """``[B, H, T, D]`` → ``[B, H, N, L, D]``, zero-padding the last chunk."""
+    T = x.shape[2]
+    N = -(-T // chunk_size)
+    x = torch.nn.functional.pad(x, (0, 0, 0, N * chunk_size - T))
+    return x.unflatten(2, (N, chunk_size))
+
+
+def resolve_sizes(known: list[tuple[str, str, int]], shapes: dict, tensors: dict) -> dict[str, int]:
+    """Sizes of a variant's named dimensions.
+
+    ``known``: ``(argument, dimension, size)`` triples read off q and v (two that name the
+    same dimension must agree); then each given tensor of ``tensors`` (name → tensor or
+    None) fills the dimensions of its declared ``shapes[name]`` from its last two axes.
+    """
+    sizes: dict[str, int] = {}
+    first: dict[str, str] = {}
+    for arg, dim, n in known:
+        if dim in sizes and sizes[dim] != n:
+            _fail(f"{arg} has size {n} along {dim!r}, but {first[dim]} has {sizes[dim]}")
+        sizes.setdefault(dim, n)
+        first.setdefault(dim, arg)
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.dim() >= 2:
+            for dim, n in zip(shapes[name], t.shape[-2:]):
+                if isinstance(dim, str):
+                    sizes.setdefault(dim, int(n))
+    return sizes
+
+
+def shape_in(sizes: dict[str, int], shape: tuple, what: str) -> tuple[int, int]:
+    """A declared shape with named dimensions replaced by their sizes."""
+    try:
+        return tuple(sizes[d] if isinstance(d, str) else int(d) for d in shape)
+    except KeyError as e:
+        _fail(f"cannot tell the size of dimension {e.args[0]!r} of {what}: pass {what} explicitly")

@@ -19,21 +19,16 @@ from derivations.loading import load_variant
 from derivations.mat import Mat
 from derivations.spec import Orthogonalize
 from derivations.variant import Variant
+from tttla_kernels import runtime
 from tttla_kernels.runtime import check_chunk_size, check_per_token, check_qkv, check_state
 
 __all__ = ["run_direct", "newton_schulz"]
 
 
 def newton_schulz(X: torch.Tensor, ortho: Orthogonalize) -> torch.Tensor:
-    """Muon's 𝓜 on a batch of matrices ``[..., m, n]``, in X's dtype."""
-    wide = X.shape[-2] <= X.shape[-1]
-    if not wide:
-        X = X.mT
-    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + ortho.eps)  # Frobenius norm
-    for a, b, c in ortho.coefficients:
-        A = X @ X.mT
-        X = a * X + (b * A + c * A @ A) @ X
-    return X if wide else X.mT
+    """Muon's 𝓜 on a batch of matrices ``[..., m, n]``, in X's dtype (the runtime's
+    implementation, itself checked against a per-matrix one written out in the tests)."""
+    return runtime.newton_schulz(X, ortho.coefficients, ortho.eps)
 
 
 def _column_norms(W: torch.Tensor) -> torch.Tensor:

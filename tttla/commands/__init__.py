@@ -7,4 +7,6 @@ COMMANDS = {
     "list": "list_",
     "run": "run",
     "catalog": "catalog",
+    "generate": "generate",
+    "derive": "derive",
 }

@@ -1,0 +1,318 @@
+"""Printing the matrix-expression IR as batched torch code.
+
+Two pieces, after SymPy's printers (``sympy/printing/numpy.py``):
+
+* :class:`TorchScalarPrinter` prints *scalar* SymPy expressions (the bodies of element-wise
+  functions and their derivatives) as torch code, from a lookup table of functions; the
+  entries of :data:`derivations.functions.FUNCTIONS` are added to it automatically.
+* :class:`TorchEmitter` walks a *matrix* expression and emits one named assignment per
+  intermediate value, with a shape comment, e.g. ``k_W0 = k @ W0  # [B, H, T, h]``.
+
+Batched semantics. Every matrix symbol has a *kind*: a ``"row"`` symbol is one 1 × D row
+per token, stored ``[B, H, T, D]``; a ``"weight"`` is one matrix per batch and head,
+``[B, H, r, c]``. A transposed row is a per-token column. The product of a column and a
+row, ``aᵀ b``, is printed ``a.mT @ b``: a **sum over tokens** — exactly what a weight's
+gradient Σ_i a_iᵀ b_i is. A row times a column (a dot product) is a per-token 1 × 1,
+stored ``[B, H, T, 1]``.
+"""
+
+from __future__ import annotations
+
+import sympy
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.matrices.expressions.matexpr import MatrixElement
+from sympy.printing.pycode import PythonCodePrinter
+
+from derivations.functions import FUNCTIONS
+
+__all__ = ["TorchScalarPrinter", "TorchEmitter", "ROW", "WEIGHT"]
+
+ROW, COL, WEIGHT, DOT = "row", "col", "weight", "dot"
+
+
+class TorchScalarPrinter(PythonCodePrinter):
+    """Scalar SymPy expressions as element-wise torch code."""
+
+    _kf = {
+        "exp": "torch.exp",
+        "log": "torch.log",
+        "tanh": "torch.tanh",
+        "sinh": "torch.sinh",
+        "cosh": "torch.cosh",
+        "erf": "torch.erf",
+        "sqrt": "torch.sqrt",
+        "Abs": "torch.abs",
+    }
+
+    def __init__(self, settings=None):
+        super().__init__(settings)
+        self.known_functions = dict(self._kf)
+        # our element-wise functions, printed through their torch spelling
+        self._by_class = {
+            fn.symbolic: fn for fn in FUNCTIONS.values() if isinstance(fn.symbolic, type)
+        }
+
+    def _print_Function(self, expr):
+        fn = self._by_class.get(type(expr))
+        if fn is not None:
+            return fn.torch_source.format(self._print(expr.args[0]))
+        return super()._print_Function(expr)
+
+    def _print_Heaviside(self, expr):
+        x = self._print(expr.args[0])
+        return f"({x} > 0).to({x}.dtype)"
+
+    def _print_Max(self, expr):
+        a, b = expr.args
+        return f"torch.clamp_min({self._print(b)}, {self._print(a)})" if a.is_number else super()._print_Max(expr)
+
+    def _print_Pi(self, expr):
+        return "math.pi"
+
+    def _print_Rational(self, expr):
+        return repr(float(expr))
+
+    def _print_Half(self, expr):
+        return "0.5"
+
+    def _print_Pow(self, expr, rational=False):
+        base, exp = expr.args
+        if exp == sympy.S.Half:
+            return f"math.sqrt({self._print(base)})" if base.is_number else f"torch.sqrt({self._print(base)})"
+        if base.is_number and exp.is_number:
+            return repr(float(expr))
+        return super()._print_Pow(expr, rational=rational)
+
+
+class TorchEmitter:
+    """Emit a matrix expression as named torch assignments (see the module docstring).
+
+    ``symbols`` maps each :class:`sympy.MatrixSymbol` to ``(code name, kind)``; ``dims``
+    maps dimension symbols to the names used in shape comments.
+    """
+
+    def __init__(self, symbols: dict, dims: dict | None = None, indent: str = "    "):
+        self.names = {s: n for s, (n, _) in symbols.items()}
+        self.kinds = {s: k for s, (_, k) in symbols.items()}
+        self.dims = {k: str(v) for k, v in (dims or {}).items()}
+        self.lines: list[str] = []
+        self.indent = indent
+        self.scalar = TorchScalarPrinter({"fully_qualified_modules": False})
+        self._memo: dict = {}
+        self._used: set[str] = set(self.names.values())
+
+    # --- public ---------------------------------------------------------------------
+
+    def assign(self, name: str, expr) -> str:
+        """Emit ``name = <expr>`` (with its intermediates) and return ``name``."""
+        fresh = canonical(expr) not in self._memo and not isinstance(expr, sympy.MatrixSymbol)
+        code, kind = self._code(expr)
+        if fresh and self.lines and self.lines[-1].startswith(f"{code} = "):
+            # the value was just computed under a generated name: give it the target's
+            self.lines[-1] = f"{name} = " + self.lines[-1].split(" = ", 1)[1]
+            self._used.discard(code)
+        else:
+            self._line(name, code, kind, expr.shape)
+        self._used.add(name)
+        self._memo[canonical(expr)] = (name, kind)
+        return name
+
+    def code(self) -> str:
+        return "\n".join(self.indent + line for line in self.lines)
+
+    def kind_of(self, expr) -> str:
+        return self._code(expr)[1]
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _shape(self, kind, shape) -> str:
+        cols = self.dims.get(shape[1], str(shape[1]))
+        if kind == ROW:
+            return f"[B, H, T, {cols}]"
+        if kind == COL:
+            return f"[B, H, T, {self.dims.get(shape[0], str(shape[0]))}] (columns, stored as rows)"
+        if kind == DOT:
+            return "[B, H, T, 1]"
+        return f"[B, H, {self.dims.get(shape[0], str(shape[0]))}, {cols}]"
+
+    def _line(self, name, code, kind, shape):
+        self.lines.append(f"{name} = {code}  # {self._shape(kind, shape)}")
+
+    def _fresh(self, hint: str) -> str:
+        hint = "".join(c if c.isalnum() else "_" for c in hint).strip("_") or "t"
+        if len(hint) > 16:
+            hint = "t"
+        name, i = hint, 1
+        while name in self._used:
+            name, i = f"{hint}{i}", i + 1
+        self._used.add(name)
+        return name
+
+    def _named(self, expr, code, kind, hint):
+        """Bind a composite value to a fresh name (each intermediate is computed once)."""
+        name = self._fresh(hint)
+        self._line(name, code, kind, expr.shape)
+        self._memo[canonical(expr)] = (name, kind)
+        return name, kind
+
+    def _code(self, expr):
+        key = canonical(expr)
+        if key in self._memo:
+            return self._memo[key]
+        if isinstance(expr, sympy.MatrixSymbol):
+            if expr not in self.names:
+                raise KeyError(f"no code name for matrix symbol {expr}")
+            return self.names[expr], self.kinds[expr]
+        if isinstance(expr, sympy.Transpose):
+            code, kind = self._code(expr.arg)
+            flipped = {ROW: COL, COL: ROW, DOT: DOT}
+            if kind in flipped:
+                return code, flipped[kind]
+            return f"{self._wrap(code)}.mT", WEIGHT
+        if isinstance(expr, sympy.MatMul):
+            return self._matmul(expr)
+        if isinstance(expr, sympy.MatAdd):
+            terms, kinds = [], []
+            for a in expr.args:
+                negated = _negated(a)
+                if negated is None:
+                    code, kind = self._code(a)
+                    terms.append(f"+ {code}")
+                else:
+                    code, kind = self._code(negated)
+                    terms.append(f"- {self._wrap(code)}")
+                kinds.append(kind)
+            code = " ".join(terms)
+            code = code[2:] if code.startswith("+ ") else "-" + code[2:]
+            return self._named(expr, code, _join_kinds(kinds, expr), "sum")
+        if isinstance(expr, sympy.HadamardProduct):
+            parts = [self._code(a) for a in expr.args]
+            kind = _join_kinds([k for _, k in parts], expr)
+            return self._named(expr, " * ".join(self._wrap(c) for c, _ in parts), kind, "prod")
+        if isinstance(expr, ElementwiseApplyFunction):
+            arg, kind = self._code(expr.expr)
+            code = self._elementwise(expr.function, arg, kind, expr.shape)
+            return self._named(expr, code, kind, _fn_hint(expr.function, arg))
+        if isinstance(expr, MatrixElement):
+            # E[0, 0] of a 1 × 1 expression: its per-token value [B, H, T, 1]
+            code, kind = self._code(expr.parent)
+            return code, DOT
+        if isinstance(expr, sympy.ZeroMatrix):
+            raise ValueError("a zero matrix should have been simplified away before printing")
+        raise TypeError(f"cannot print {type(expr).__name__} as torch code: {expr}")
+
+    def _elementwise(self, function, arg: str, kind: str, shape) -> str:
+        """Code for ``function`` applied element-wise to the tensor named ``arg``; shared
+        sub-expressions of the body (e.g. σ(a) in silu′) are bound to names first."""
+        x = sympy.Symbol(arg)
+        if isinstance(function, sympy.Lambda):
+            (var,), body = function.variables, function.expr
+            body = body.xreplace({var: x})
+        else:
+            body = function(x)
+        if body == x:
+            return arg
+        temps, (reduced,) = sympy.cse(body, symbols=sympy.numbered_symbols("_cse"))
+        subs = {}
+        for tmp, value in temps:
+            name = self._fresh(_scalar_hint(value, arg))
+            self._line(name, self.scalar.doprint(value.xreplace(subs)), kind, shape)
+            subs[tmp] = sympy.Symbol(name)
+        return self.scalar.doprint(reduced.xreplace(subs))
+
+    def _matmul(self, expr):
+        scalars = [a for a in expr.args if not isinstance(a, sympy.MatrixExpr) or isinstance(a, MatrixElement)]
+        mats = [a for a in expr.args if isinstance(a, sympy.MatrixExpr) and not isinstance(a, MatrixElement)]
+        code, kind = self._code(mats[0])
+        for m in mats[1:]:
+            rcode, rkind = self._code(m)
+            code, kind = _product(code, kind, rcode, rkind, expr)
+            if m is not mats[-1]:
+                code, kind = self._named(sympy.MatMul(*mats[: mats.index(m) + 1]), code, kind, "mm")
+        factors = []
+        for s in scalars:
+            if isinstance(s, MatrixElement):
+                c, k = self._code(s)
+                if kind == WEIGHT:
+                    raise ValueError(f"a per-token factor {s} scales a sum over tokens in {expr}")
+                factors.append(c)
+            else:
+                factors.append(self.scalar.doprint(s))
+        if factors:
+            code = " * ".join([*factors, self._wrap(code)])
+            if code.startswith("-1.0 * ") or code.startswith("-1 * "):
+                code = "-" + code.split(" * ", 1)[1]
+        operands = [self._code(m)[0] for m in mats]
+        hint = "_".join(operands) if all(o.isidentifier() for o in operands) else "mm"
+        return self._named(expr, code, kind, hint)
+
+    @staticmethod
+    def _wrap(code: str) -> str:
+        return code if code.replace("_", "").replace(".", "").isalnum() else f"({code})"
+
+
+def canonical(expr):
+    """A hashable key under which equal computations coincide: element-wise functions are
+    keyed by what they compute, not by the dummy variable of their ``Lambda``."""
+    if isinstance(expr, ElementwiseApplyFunction):
+        f = expr.function
+        if isinstance(f, sympy.Lambda):
+            (var,), body = f.variables, f.expr
+            fkey = type(body).__name__ if isinstance(body, sympy.Function) and body.args == (var,) else \
+                sympy.srepr(body.xreplace({var: sympy.Symbol("_arg")}))
+        else:
+            fkey = getattr(f, "__name__", sympy.srepr(f))
+        return ("apply", fkey, canonical(expr.expr))
+    if isinstance(expr, sympy.MatrixSymbol) or not isinstance(expr, sympy.Basic) or not expr.args:
+        return expr
+    return (type(expr).__name__, *(canonical(a) for a in expr.args))
+
+
+def _negated(expr):
+    """X when ``expr`` is −1·X, else None."""
+    if isinstance(expr, sympy.MatMul) and expr.args[0] == -1 and len(expr.args) == 2:
+        return expr.args[1]
+    return None
+
+
+def _product(a, ka, b, kb, expr):
+    wrap = TorchEmitter._wrap
+    if ka == ROW and kb == WEIGHT:
+        return f"{wrap(a)} @ {wrap(b)}", ROW
+    if ka == WEIGHT and kb == WEIGHT:
+        return f"{wrap(a)} @ {wrap(b)}", WEIGHT
+    if ka == WEIGHT and kb == COL:  # W cᵀ per token, kept as rows: c Wᵀ
+        return f"{wrap(b)} @ {wrap(a)}.mT", COL
+    if ka == COL and kb == ROW:  # Σ_i a_iᵀ b_i: a sum over tokens
+        return f"{wrap(a)}.mT @ {wrap(b)}", WEIGHT
+    if ka == ROW and kb == COL:  # a_i b_iᵀ per token
+        return f"({wrap(a)} * {wrap(b)}).sum(-1, keepdim=True)", DOT
+    if ka == DOT and kb in (ROW, DOT):  # a 1 × 1 per token times a row
+        return f"{wrap(a)} * {wrap(b)}", kb
+    if kb == DOT and ka in (COL, DOT):
+        return f"{wrap(a)} * {wrap(b)}", ka
+    raise TypeError(f"cannot print the product of a {ka} and a {kb} in {expr}")
+
+
+def _join_kinds(kinds, expr):
+    ks = set(kinds)
+    if len(ks) == 1:
+        return kinds[0]
+    if ks <= {ROW, WEIGHT} or ks <= {DOT, ROW}:
+        return ROW  # a (1, c) weight broadcasts over tokens
+    raise TypeError(f"cannot combine kinds {sorted(ks)} in {expr}")
+
+
+def _scalar_hint(value, arg):
+    if isinstance(value, sympy.Function):
+        return f"{type(value).__name__.rstrip('_')}_{arg}" if len(arg) <= 8 else type(value).__name__.rstrip("_")
+    return "tmp"
+
+
+def _fn_hint(function, arg):
+    if isinstance(function, sympy.Lambda):
+        body = function.expr
+        name = type(body).__name__.rstrip("_") if isinstance(body, sympy.Function) else "d"
+    else:
+        name = getattr(function, "__name__", "f").rstrip("_")
+    return f"{name}_{arg}" if len(arg) <= 8 else name

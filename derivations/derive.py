@@ -1,0 +1,111 @@
+"""``derive(variant)``: the linear-attention form of a declared variant, derived symbolically.
+
+Steps: trace the model and loss (the IR), split ``f(x) = φ(x; Θ)·W``
+(:mod:`derivations.classify`), differentiate the inner loss with our reverse-mode rules
+(:mod:`derivations.autodiff`), build q̂, k̂, v̂ and S_0 (Theorems 5.1–5.3), classify with
+reasons, and certify the rewrite exactly at tiny sizes (:mod:`derivations.certificate`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import sympy
+
+from derivations.autodiff import grad, rationalize, tidy
+from derivations.classify import classify, split_last_layer
+from derivations.form import Formula, LinearAttentionForm
+from derivations.loading import load_variant
+from derivations.printing import to_latex, to_text
+from derivations.unroll import chunk_transform, lr_placement, mask_of, momentum_coefficients, unrolled_state
+from derivations.variant import Variant
+
+__all__ = ["derive"]
+
+
+def _eta(variant: Variant):
+    if variant.lr.kind == "per_token":
+        return sympy.Symbol("eta_t", positive=True)
+    return sympy.nsimplify(variant.lr.value, rational=True)
+
+
+def _kernel_recurrence(variant, theta_t, theta_next, gradients, eta, sign, dynamic, plain_t):
+    if not dynamic:
+        return None
+    out = []
+    for name in variant.update:
+        if name not in theta_t:
+            continue
+        g = gradients[name]
+        step_l = f"{'+' if sign > 0 else '-'} {to_latex(eta)} \\nabla_{{{name}}} \\ell_t"
+        step_t = f"{'+' if sign > 0 else '−'} {to_text(eta)}·∇_{name} ℓ_t"
+        if variant.momentum or variant.orthogonalize or variant.weight_norm:
+            step_l = r"\text{ (through the same momentum / }\mathcal{M}\text{ / Norm as the state) }" + step_l
+            step_t += "  (through the same momentum / 𝓜 / Norm as the state)"
+        out.append(Formula(
+            f"{theta_next[name].name} = {theta_t[name].name} {step_l},\\quad \\nabla_{{{name}}} \\ell_t = "
+            f"{to_latex(g.xreplace(plain_t))}",
+            f"{theta_next[name].name} = {theta_t[name].name} {step_t},  ∇_{name} ℓ_t = {to_text(g.xreplace(plain_t))}",
+        ))
+    return tuple(out)
+
+
+def derive(variant: Variant | str, *, certify: bool = True) -> LinearAttentionForm:
+    """Derive the linear-attention form of ``variant`` (a Variant, catalog name or file).
+
+    Raises:
+        ReductionError: the model's last layer is not linear and bias-free in an updated fast
+            weight, or it uses an operation or function the engine cannot differentiate.
+    """
+    start = time.perf_counter()
+    variant = load_variant(variant)
+    tr = variant.trace()
+    W, phi = split_last_layer(variant, tr)
+    loss = rationalize(tr.loss)
+    phi = rationalize(phi)
+    feature_weights = tuple(n for n, w in tr.weights.items() if n != W and phi.has(w))
+    dloss = grad(loss, tr.y)
+    cls = classify(variant, W, feature_weights, dloss, tr.y)
+    dynamic = cls.kernel == "dynamic"
+
+    d = tr.x.shape[1]
+    q, k = sympy.MatrixSymbol("q", 1, d), sympy.MatrixSymbol("k", 1, d)
+    eta = _eta(variant)
+    sign = 1 if variant.ascent else -1
+    Wsym = tr.weights[W]
+    theta_t = {n: tr.weights[n] for n in feature_weights}
+    theta_next = dict(theta_t)
+    if dynamic:
+        theta_t = {n: sympy.MatrixSymbol(f"{n}_{{t}}", *w.shape) for n, w in theta_t.items()}
+        theta_next = {n: sympy.MatrixSymbol(f"{n}_{{t+1}}", *w.shape) for n, w in theta_next.items()}
+    state_t = sympy.MatrixSymbol(f"{W}_{{t}}", *Wsym.shape)
+    state0 = sympy.MatrixSymbol(f"{W}_{{0}}", *Wsym.shape)
+
+    plain_t = {tr.weights[n]: s for n, s in theta_t.items()}
+    plain_next = {tr.weights[n]: s for n, s in theta_next.items()}
+    key = tidy(phi.xreplace({tr.x: k, **plain_t}))
+    query = tidy(phi.xreplace({tr.x: k if variant.queries == "key" else q, **plain_next}))
+    value = tidy(sympy.MatMul(sign * eta, dloss.xreplace({tr.y: sympy.MatMul(key, state_t)})))
+
+    pred_k = rationalize(tr.prediction).xreplace({tr.x: k})
+    ell = loss.xreplace({tr.y: pred_k})
+    gradients = {u: grad(ell, tr.weights[u]) for u in variant.update}
+
+    mask, mask_formula = mask_of(variant)
+    form = LinearAttentionForm(
+        variant=variant, state=W, x=tr.x, feature=tidy(phi), feature_weights=feature_weights,
+        q=q, k=k, v=tr.v, eta=eta, y=tr.y, dloss=dloss, query=query, key=key, value=value,
+        state_t=state_t, theta_t=theta_t, theta_next=theta_next, state0=state0, gradients=gradients,
+        lr_placement=lr_placement(variant), mask=mask, mask_formula=mask_formula,
+        chunk_transform=chunk_transform(variant), unrolled=unrolled_state(variant, W, dynamic),
+        momentum=momentum_coefficients(variant),
+        kernel_recurrence=_kernel_recurrence(variant, theta_t, theta_next, gradients, eta, sign, dynamic,
+                                             {**plain_t, Wsym: state_t}),
+        classification=cls, weights=dict(tr.weights),
+    )
+    if certify:
+        from derivations.certificate import certify as run_certificate
+
+        object.__setattr__(form, "certificate", run_certificate(form))
+    object.__setattr__(form, "seconds", time.perf_counter() - start)
+    return form

@@ -1,0 +1,145 @@
+"""The derived linear-attention form of a variant (the output of :func:`derivations.derive`).
+
+Conventions (per head, rows act on the right, as in ``reference/ttt-math.md``):
+
+* the model splits as ``f(x) = φ(x; Θ) · W`` with ``x`` a ``1 × D_k`` row, ``φ(x; Θ)`` a
+  ``1 × D_h`` row (the *feature*), and ``W`` the ``D_h × D_v`` *state* (a fast weight the
+  inner loop updates);
+* the layer then reads ``o_t = q̂_t (S_0 + Σ_i C_{ti} k̂_iᵀ v̂_i)`` (Theorems 5.1–5.3), with the
+  mask ``C`` given by the schedule and momentum, an optional per-chunk transform 𝓜
+  (Newton–Schulz) and an optional weight norm wrapped around each state update.
+
+Every expression is a SymPy matrix expression of the IR (symbolic shapes). The code
+generator consumes ``feature`` (with ``x`` and ``feature_weights``), ``value`` (with ``k``,
+``v``, ``eta`` and, for state-dependent values, ``state_t``), ``state`` and
+``classification``; the printers in :mod:`derivations.printing` turn any of them into
+text or LaTeX.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy
+
+from derivations.variant import Variant
+
+__all__ = ["Formula", "Classification", "Certificate", "LinearAttentionForm"]
+
+
+@dataclass(frozen=True)
+class Formula:
+    """One displayed equation, as LaTeX and as one line of Unicode text."""
+
+    latex: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Classification:
+    """What the rewrite says about running the layer in parallel.
+
+    ``kernel`` is ``"static"`` or ``"dynamic"``; ``values`` is ``"state_independent"`` or
+    ``"state_dependent"``; ``parallel`` is true iff the state is an associative prefix sum
+    of precomputable chunk increments. ``reasons`` has one sentence per decision, citing
+    the theorem, section or component it rests on.
+    """
+
+    reducible: bool
+    kernel: str
+    values: str
+    parallel: bool
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A floating-point-free check of the rewrite at tiny sizes.
+
+    ``certified`` is true iff ``simplify(LA output − literal inner-loop output) == 0`` for
+    every token; ``checked`` says what was compared, ``abstract`` what was kept abstract
+    (feature maps, Newton–Schulz, weight norm), ``sizes`` the sizes used.
+    """
+
+    certified: bool
+    checked: str
+    abstract: tuple[str, ...]
+    sizes: dict
+    seconds: float
+    failure: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class LinearAttentionForm:
+    """A variant rewritten as (extended) linear attention.
+
+    Attributes:
+        variant: the declared variant.
+        state: the name of the state W (the model's last-layer fast weight), ``D_h × D_v``.
+        x: the ``1 × D_k`` input-row symbol that ``feature`` is written in.
+        feature: φ(x; Θ), a ``1 × D_h`` expression of ``x`` and ``feature_weights`` (just
+            ``x`` when the last layer is the whole model).
+        feature_weights: the fast weights inside φ (Θ), updated or not.
+        q, k, v: ``1 × D_k``, ``1 × D_k``, ``1 × D_v`` symbols of a query, key and value row.
+        eta: the learning rate η_t (a symbol) or a constant (a number).
+        y: the prediction symbol ``1 × D_v`` that ``dloss`` is written in.
+        dloss: ∂L/∂f as an expression of ``y`` and ``v`` (``1 × D_v``).
+        query: q̂ = φ_{t+1}(q) (φ at the updated Θ when the kernel is dynamic; ``k`` replaces
+            ``q`` when the variant reads with its keys), ``1 × D_h``.
+        key: k̂ = φ_t(k), ``1 × D_h``.
+        value: v̂ = g_t(k) = ∓η ∂L/∂f at f_t(k) = φ_t(k) W_t, ``1 × D_v`` (− for descent,
+            + for ascent); contains ``state_t`` only when values are state-dependent.
+        state_t: the symbol of the state W_t that ``value`` may read.
+        theta_t, theta_next: feature weights at steps t and t+1 (name → symbol; equal to
+            the plain symbols when the kernel is static).
+        state0: S_0 = W_0, the initial state (a symbol).
+        gradients: ∇_U ℓ for each updated fast weight U, at the current weights, for
+            ℓ = L(f(k), v) (derived with :mod:`derivations.autodiff`).
+        lr_placement, mask, mask_formula, chunk_transform: the schedule's reading in words
+            and formulas.
+        unrolled: the unrolled state and output (Theorem 5.2, chunk form of Section 5).
+        momentum: the β/B coefficients (Theorem 5.3), or None.
+        kernel_recurrence: Θ_{t+1} in terms of Θ_t for dynamic kernels, or None.
+        classification: reducible/kernel/values/parallel with reasons.
+        certificate: the exact symbolic check, or None when skipped.
+        seconds: wall time of the derivation (certificate included).
+    """
+
+    variant: Variant
+    state: str
+    x: sympy.MatrixSymbol
+    feature: sympy.MatrixExpr
+    feature_weights: tuple[str, ...]
+    q: sympy.MatrixSymbol
+    k: sympy.MatrixSymbol
+    v: sympy.MatrixSymbol
+    eta: sympy.Expr
+    y: sympy.MatrixSymbol
+    dloss: sympy.MatrixExpr
+    query: sympy.MatrixExpr
+    key: sympy.MatrixExpr
+    value: sympy.MatrixExpr
+    state_t: sympy.MatrixSymbol
+    theta_t: dict
+    theta_next: dict
+    state0: sympy.MatrixSymbol
+    gradients: dict
+    lr_placement: str
+    mask: str
+    mask_formula: Formula
+    chunk_transform: str | None
+    unrolled: tuple[Formula, ...]
+    momentum: tuple[Formula, ...] | None
+    kernel_recurrence: tuple[Formula, ...] | None
+    classification: Classification
+    certificate: Certificate | None = None
+    seconds: float = 0.0
+    weights: dict = field(default_factory=dict)
+
+    @property
+    def reducible(self) -> bool:
+        return self.classification.reducible
+
+    @property
+    def parallel(self) -> bool:
+        return self.classification.parallel

@@ -1,0 +1,114 @@
+"""The unrolled state, the mask, the momentum coefficients and the chunk transform of a
+variant's schedule, as formulas (Theorems 5.2–5.3 and Section 5 of the reference)."""
+
+from __future__ import annotations
+
+from derivations.form import Formula
+from derivations.variant import Variant
+
+__all__ = ["mask_of", "unrolled_state", "momentum_coefficients", "chunk_transform", "lr_placement"]
+
+MASKS = {
+    "update_then_apply": ("token-inclusive", r"C_{ti} = \mathbb{1}[i \le t]", "C_ti = 1[i ≤ t]"),
+    "apply_then_update": ("block-exclusive", r"C_{ti} = \mathbb{1}[c(i) < c(t)]", "C_ti = 1[c(i) < c(t)]"),
+    "block_inclusive": ("block-inclusive", r"C_{ti} = \mathbb{1}[c(i) \le c(t)]", "C_ti = 1[c(i) ≤ c(t)]"),
+    "bidirectional": ("bidirectional", r"C_{ti} = 1", "C_ti = 1"),
+}
+
+
+def mask_of(variant: Variant) -> tuple[str, Formula]:
+    """The read mask implied by the schedule (without momentum)."""
+    name, latex, text = MASKS[variant.schedule.order]
+    return name, Formula(latex, text)
+
+
+def lr_placement(variant: Variant) -> str:
+    if variant.lr.kind == "per_token":
+        return ("per-token η_i scales token i's gradient inside the outer product (LaCT): v̂_i = η_i·g_i, "
+                "so momentum mixes m_i = v̂_i Σ_j β_i^j")
+    return f"constant η = {variant.lr.value:g}, folded into the value v̂_i"
+
+
+def chunk_transform(variant: Variant) -> str | None:
+    o = variant.orthogonalize
+    if o is None:
+        return None
+    per = "step" if variant.schedule.order == "update_then_apply" else "chunk"
+    return (f"𝓜 = {o.describe()} applied to each {per}'s momentum-accumulated increment "
+            "(not to each outer product; pitfall 3)")
+
+
+def _wrap(variant, inner_latex, inner_text):
+    if variant.orthogonalize is not None:
+        inner_latex, inner_text = rf"\mathcal{{M}}\!\left({inner_latex}\right)", f"𝓜({inner_text})"
+    return inner_latex, inner_text
+
+
+def unrolled_state(variant: Variant, state: str, dynamic: bool) -> tuple[Formula, ...]:
+    """The state after n steps and the read, in the schedule's order."""
+    order = variant.schedule.order
+    token = order == "update_then_apply"
+    i, n = ("i", "t") if token else ("m", "n")
+    kq = r"\hat{k}_i^{\top} \hat{v}_i"
+    kt = "k̂_iᵀ v̂_i"
+    if token:
+        inc_l, inc_t = kq.replace("_i", "_j"), kt.replace("_i", "_j")
+        d_l, d_t = rf"\Delta_j = {inc_l}", f"Δ_j = {inc_t}"
+    else:
+        d_l, d_t = rf"\Delta^{{(j)}} = \sum_{{i \in C_j}} {kq}", f"Δ⁽ʲ⁾ = Σ_(i∈C_j) {kt}"
+    out = [Formula(d_l, d_t)]
+    J = "j" if token else "(j)"
+    m_l, m_t = (r"\Delta_{j}" if token else r"\Delta^{(j)}"), ("Δ_j" if token else "Δ⁽ʲ⁾")
+    if variant.momentum is not None:
+        coef = r"\beta_m^{j}" if token else r"B_m^{j}"
+        ms = r"\Delta_m" if token else r"\Delta^{(m)}"
+        letter = "β" if token else "B"
+        out.append(Formula(rf"M_{{{J}}} = \sum_{{m \le j}} {coef} {ms}", f"M_{J} = Σ_(m≤j) {letter}_m^j Δ_m"))
+        m_l, m_t = rf"M_{{{J}}}", f"M_{J}"
+    u_l, u_t = _wrap(variant, m_l, m_t)
+    s_prev = r"S_{j-1}" if token else r"S^{(j-1)}"
+    if variant.weight_norm is not None:
+        s = "S_j" if token else "S^{(j)}"
+        out.append(Formula(rf"{s} = \operatorname{{Norm}}\left({s_prev} + {u_l}\right),\quad S_0 = {state}_0",
+                           f"S_j = Norm(S_(j−1) + {u_t}), S_0 = {state}₀ (column norms reset to ‖{state}₀[:, c]‖)"))
+    else:
+        s = "S_n" if token else "S^{(n)}"
+        lt = s.replace("n", "t") if token else s
+        out.append(Formula(rf"{lt} = S_0 + \sum_{{j \le {n}}} {u_l},\quad S_0 = {state}_0",
+                           f"S_{n} = S_0 + Σ_(j≤{n}) {u_t}, S_0 = {state}₀"))
+    qh = r"\hat{q}_t" if token else r"\hat{Q}_n"
+    if order == "update_then_apply":
+        read = (rf"o_t = {qh} S_t", "o_t = q̂_t S_t  (read after the token's own step)")
+    elif order == "apply_then_update":
+        read = (rf"O_n = {qh} S^{{(n-1)}}", "O_n = Q̂_n S⁽ⁿ⁻¹⁾  (the last chunk is apply-only)")
+    elif order == "block_inclusive":
+        read = (rf"O_n = {qh} S^{{(n)}}", "O_n = Q̂_n S⁽ⁿ⁾")
+    else:
+        read = (r"O = \hat{Q} S^{(1)}", "O = Q̂ S⁽¹⁾  (one step on all tokens)")
+    out.append(Formula(*read))
+    if dynamic:
+        out.append(Formula(r"\hat{q}_t = \phi_{t+1}(q_t),\ \hat{k}_i = \phi_i(k_i)",
+                           "q̂_t = φ_{t+1}(q_t), k̂_i = φ_i(k_i): the kernel at the step's Θ (Theorem 5.2)"))
+    return tuple(out)
+
+
+def momentum_coefficients(variant: Variant) -> tuple[Formula, ...] | None:
+    """β (per token, Theorem 5.3) or B (per chunk, Section 5) coefficients."""
+    m = variant.momentum
+    if m is None:
+        return None
+    if m.per == "token":
+        return (
+            Formula(r"\beta_i^{j} = \prod_{s=i+1}^{j} \alpha_s,\quad \beta_i^{i} = 1",
+                    "β_i^j = Π_(s=i+1..j) α_s, β_i^i = 1"),
+            Formula(r"m_i = \hat{v}_i \sum_{j=i}^{t} \beta_i^{j}",
+                    "m_i = v̂_i Σ_(j=i..t) β_i^j  (depends on the read position t; Theorem 5.3)"),
+        )
+    r = {"apply_then_update": "n-1", "block_inclusive": "n"}.get(variant.schedule.order, "n")
+    return (
+        Formula(r"\bar{\alpha}_n = \operatorname{mean}_{t \in C_n} \alpha_t,\quad "
+                r"B_m^{j} = \prod_{s=m+1}^{j} \bar{\alpha}_s,\quad B_m^{m} = 1",
+                "ᾱ_n = mean_(t∈C_n) α_t, B_m^j = Π_(s=m+1..j) ᾱ_s, B_m^m = 1"),
+        Formula(rf"\mathcal{{C}}_{{nm}} = \sum_{{j=m}}^{{{r}}} B_m^{{j}}",
+                f"𝒞_nm = Σ_(j=m..{r}) B_m^j  (the chunk mask C = 𝒞 ⊗ 1_(L×L) without Muon)"),
+    )

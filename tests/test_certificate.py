@@ -1,0 +1,60 @@
+"""The exact symbolic certificate: every reducible catalog variant is certified, wrong forms are not."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import sympy
+
+from derivations import derive, dot, momentum, newton_schulz, sq_norm, variant, weight_norm
+from derivations.catalog import CATALOG
+from derivations.certificate import certify
+from derivations.spec import bidirectional, chunked, per_token, token_level
+
+
+@pytest.mark.parametrize("name", sorted(CATALOG))
+def test_catalog_is_certified(name):
+    form = derive(name)
+    cert = form.certificate
+    assert cert.certified, cert.failure
+    assert cert.sizes["T"] == 3 and cert.sizes["d"] == 2
+    assert any("φ" in a for a in cert.abstract)
+    v = form.variant
+    assert (v.orthogonalize is not None) == any("Newton–Schulz" in a for a in cert.abstract)
+    assert (v.weight_norm is not None) == any("weight norm" in a for a in cert.abstract)
+    if form.classification.parallel and v.orthogonalize is None:
+        assert cert.checked.startswith("attention form")
+    assert form.seconds < 10
+
+
+def test_wrong_value_is_not_certified():
+    form = derive("lact_v6", certify=False)
+    bad = dataclasses.replace(form, dloss=sympy.MatMul(2, form.dloss))
+    assert not certify(bad).certified
+    mse = derive("delta_rule", certify=False)
+    wrong = dataclasses.replace(mse, dloss=mse.v)  # drops the state dependence
+    result = certify(wrong)
+    assert not result.certified and "token" in result.failure
+
+
+def _v(schedule, mom=None, ns=None, wn=None, loss=lambda y, v: -dot(y, v)):
+    @variant(fast={"W0": ("d", "h"), "W": ("h", "d")}, update=["W"], loss=loss, lr=per_token(),
+             momentum=mom, orthogonalize=ns, weight_norm=wn, schedule=schedule)
+    def custom(x, W0, W):
+        return (x @ W0) @ W
+
+    return custom
+
+
+@pytest.mark.parametrize("rule", [
+    dict(schedule=chunked("block_inclusive", 2), mom=momentum("chunk")),
+    dict(schedule=chunked("apply_then_update", 2), mom=momentum("chunk")),
+    dict(schedule=bidirectional(), ns=newton_schulz(2)),
+    dict(schedule=token_level(), mom=momentum("token")),
+    dict(schedule=chunked("update_then_apply", 2)),
+    dict(schedule=token_level(), wn=weight_norm(), loss=lambda y, v: 0.5 * sq_norm(y - v)),
+])
+def test_schedules_and_components_are_certified(rule):
+    form = derive(_v(**rule))
+    assert form.certificate.certified, form.certificate.failure

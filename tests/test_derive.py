@@ -1,0 +1,159 @@
+"""derive(): classification of the catalog, errors naming the sub-expression, effective values."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import sympy
+import torch
+
+from derivations import ReductionError, derive, dot, silu, variant
+from derivations.catalog import CATALOG
+from derivations.functions import ElementwiseFunction
+from derivations.numeric import evaluate
+from derivations.spec import chunked, per_token
+
+EXPECTED = {
+    "lact": ("dynamic", "state_independent", False),
+    "lact_ga": ("dynamic", "state_independent", False),
+    "lact_no_query": ("dynamic", "state_independent", False),
+    "lact_v1": ("static", "state_independent", False),
+    "lact_v2": ("static", "state_independent", True),
+    "lact_v3": ("static", "state_independent", True),
+    "lact_v4": ("static", "state_independent", True),
+    "lact_v5": ("static", "state_independent", True),
+    "lact_v6": ("static", "state_independent", True),
+    "lact_mse": ("dynamic", "state_dependent", False),
+    "delta_rule": ("static", "state_dependent", False),
+}
+
+
+def test_every_catalog_variant_is_classified():
+    assert set(EXPECTED) == set(CATALOG)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_classification(name):
+    start = time.perf_counter()
+    form = derive(name)
+    elapsed = time.perf_counter() - start
+    print(f"derive({name}): {elapsed:.3f} s")  # reported, never asserted
+    c = form.classification
+    assert c.reducible
+    assert (c.kernel, c.values, c.parallel) == EXPECTED[name]
+    assert len(c.reasons) >= 4 and all(isinstance(r, str) and r for r in c.reasons)
+    if name == "lact_v1":
+        assert any("weight norm" in r for r in c.reasons)
+
+
+def test_lact_form_pieces():
+    form = derive("lact", certify=False)
+    assert form.state == "W1" and form.feature_weights == ("W0", "W2")
+    assert form.query.has(form.theta_next["W0"]) and form.key.has(form.theta_t["W0"])
+    assert set(form.gradients) == {"W0", "W1", "W2"}
+    assert form.kernel_recurrence and form.momentum and form.chunk_transform
+    assert form.mask == "block-exclusive"
+    nq = derive("lact_no_query", certify=False)
+    assert not nq.query.has(nq.q) and nq.query.has(nq.k)
+    ga = derive("lact_ga", certify=False)
+    # ascent flips v̂
+    assert ga.value == sympy.MatMul(-form.eta, form.v) and form.value == sympy.MatMul(form.eta, form.v)
+
+
+def test_identity_feature_and_state_dependent_value():
+    v6 = derive("lact_v6", certify=False)
+    assert v6.feature == v6.x and v6.query == v6.q and v6.key == v6.k and v6.value == v6.v
+    dr = derive("delta_rule", certify=False)
+    assert dr.value.has(dr.state_t) and dr.mask == "token-inclusive"
+
+
+def _declare(model, fast, update, loss=lambda y, v: -dot(y, v)):
+    return variant(fast=fast, update=update, loss=loss, schedule=chunked("apply_then_update", 4))(model)
+
+
+def test_nonlinear_last_layer_is_named():
+    def nonlinear(x, W):
+        return silu(x @ W)
+
+    v = _declare(nonlinear, {"W": ("d", "d")}, ["W"])
+    with pytest.raises(ReductionError, match=r"silu\(x·W\) is not linear in a fast weight: last operation is silu"):
+        derive(v)
+
+
+def test_biased_last_layer_is_named():
+    def biased(x, W, b):
+        return x @ W + b
+
+    v = _declare(biased, {"W": ("d", "d"), "b": (1, "d")}, ["W", "b"])
+    with pytest.raises(ReductionError, match=r"\+ b: a bias on the last layer"):
+        derive(v)
+
+
+def test_static_last_layer_is_named():
+    def two(x, W0, W1):
+        return silu(x @ W0) @ W1
+
+    v = _declare(two, {"W0": ("d", "d"), "W1": ("d", "d")}, ["W0"])
+    with pytest.raises(ReductionError, match="last layer W1 .* is not updated"):
+        derive(v)
+
+
+def test_unsupported_function_is_named():
+    mysin = ElementwiseFunction("mysin", torch.sin, sympy.Function("mysin"), "torch.sin({})")
+
+    def odd(x, W0, W1):
+        return mysin(x @ W0) @ W1
+
+    v = _declare(odd, {"W0": ("d", "d"), "W1": ("d", "d")}, ["W1"])
+    with pytest.raises(ReductionError, match=r"unsupported function mysin in mysin\(x·W0\)"):
+        derive(v)
+
+
+def test_feature_times_state_is_the_model():
+    form = derive("lact", certify=False)
+    g = torch.Generator().manual_seed(1)
+    env = {n: torch.randn(4, 4, dtype=torch.float64, generator=g) for n in ("W0", "W1", "W2")}
+    env["x"] = torch.randn(1, 4, dtype=torch.float64, generator=g)
+    trace = form.variant.trace()
+    torch.testing.assert_close(evaluate(form.feature, env) @ env["W1"], evaluate(trace.prediction, env))
+
+
+def test_lact_v2_effective_value_gives_the_oracle_increment():
+    """Σ_i k̂_iᵀ v̂_i over a chunk equals the oracle's ΔW1 (autograd) for that chunk."""
+    from verify.inputs import make_case
+    from verify.oracle import _increments
+
+    v2 = CATALOG["lact_v2"]
+    form = derive(v2, certify=False)
+    case = make_case(v2, seq_len=5, sizes={"d": 4, "h": 3}, generator=torch.Generator().manual_seed(3))
+    W = {n: w[0, 0].clone().requires_grad_(n in v2.update) for n, w in case.initial_weights.items()}
+    K, V, eta = case.k[0, :, 0], case.v[0, :, 0], case.lr[0, :, 0]
+    want = _increments(v2, W, K, V, {"W1": eta[:, None]}, False)["W1"]
+    got = torch.zeros_like(want)
+    for i in range(K.shape[0]):
+        env = {**{n: w.detach() for n, w in W.items()}, "k": K[i:i + 1], "v": V[i:i + 1], "eta_t": eta[i]}
+        got += evaluate(form.key, env).T @ evaluate(form.value, env)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_derived_gradients_match_autograd_for_lact():
+    form = derive("lact", certify=False)
+    g = torch.Generator().manual_seed(2)
+    env = {n: torch.randn(3, 3, dtype=torch.float64, generator=g).requires_grad_() for n in ("W0", "W1", "W2")}
+    env["k"] = torch.randn(1, 3, dtype=torch.float64, generator=g)
+    env["v"] = torch.randn(1, 3, dtype=torch.float64, generator=g)
+    pred = evaluate(form.feature.xreplace({form.x: form.k}), env) @ env["W1"]
+    ell = -(pred * env["v"]).sum()
+    for name, want in zip(("W0", "W1", "W2"), torch.autograd.grad(ell, [env[n] for n in ("W0", "W1", "W2")])):
+        torch.testing.assert_close(evaluate(form.gradients[name], env), want)
+
+
+def test_per_token_user_variant_derives():
+    @variant(fast={"W": ("d", "e")}, update="W", loss=lambda y, v: -dot(y, v), lr=per_token(),
+             schedule=chunked("block_inclusive", 8))
+    def wide(x, W):
+        return x @ W
+
+    form = derive(wide)
+    assert form.classification.parallel and form.mask == "block-inclusive" and form.certificate.certified

@@ -1,0 +1,58 @@
+"""``tttla generate``: emit the PyTorch forms of a variant."""
+
+from __future__ import annotations
+
+import argparse
+
+from tttla.commands._variant_arg import VARIANT_HELP
+
+EPILOG = """\
+examples:
+  tttla generate my_rule.py --out kernels/        writes kernels/my_rule/{__init__,recurrent,chunk}.py
+  tttla generate lact_v2 --out /tmp/k             a catalog variant, outside the package
+  tttla generate --catalog --force                regenerate the package's own tttla_kernels/ modules
+
+The generated package is importable by path (codegen.generate.import_generated) or, once its
+folder is on sys.path, as a normal package: from my_rule import chunk_my_rule.
+"""
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "generate",
+        help="generate PyTorch (recurrent and chunk) modules for a variant",
+        description="Derive a variant and write its generated modules: recurrent.py (the "
+        "linear-attention recurrence) and chunk.py (the parallel chunked form, or the chunk scan "
+        "for a variant that is not parallel).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("variant", metavar="VARIANT", nargs="?", help=VARIANT_HELP)
+    p.add_argument("--out", "-o", default="tttla_generated", metavar="DIR",
+                   help="folder to write VARIANT/ into (default ./tttla_generated)")
+    p.add_argument("--catalog", action="store_true", help="regenerate every catalog variant into tttla_kernels/")
+    p.add_argument("--force", action="store_true",
+                   help="allow writing into the tttla_kernels package or over a folder tttla did not generate")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from codegen.generate import PACKAGE_ROOT, GenerationError, generate
+    from derivations.catalog import CATALOG
+
+    if args.catalog:
+        if args.variant:
+            raise GenerationError("give either VARIANT or --catalog, not both")
+        for name in tqdm(CATALOG, desc="generate", unit="variant", leave=False):
+            generate(name, PACKAGE_ROOT, force=args.force)
+        print(f"regenerated {len(CATALOG)} variants in {PACKAGE_ROOT}")
+        return 0
+    if not args.variant:
+        raise GenerationError("name a VARIANT (catalog name or FILE.py[:ATTR]) or pass --catalog")
+    paths = generate(args.variant, args.out, force=args.force)
+    print(f"wrote {paths[0].parent}/")
+    for path in paths:
+        print(f"  {path.name}")
+    return 0
