@@ -97,7 +97,7 @@ class TorchEmitter:
         self.dims = {k: str(v) for k, v in (dims or {}).items()}
         self.lines: list[str] = []
         self.indent = indent
-        self.scalar = TorchScalarPrinter({"fully_qualified_modules": False})
+        self.scalar = TorchScalarPrinter()
         self._memo: dict = {}
         self._used: set[str] = set(self.names.values())
 

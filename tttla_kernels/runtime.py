@@ -150,25 +150,25 @@ def split_chunks(x: torch.Tensor, chunk_size: int) -> torch.Tensor:
     return x.unflatten(2, (N, chunk_size))
 
 
-def resolve_sizes(known: list[tuple[str, str, int]], shapes: dict, tensors: dict) -> dict[str, int]:
+def resolve_sizes(known: list[tuple[str, str, int]], tensors: list[tuple[str, tuple, object]]) -> dict[str, int]:
     """Sizes of a variant's named dimensions.
 
-    ``known``: ``(argument, dimension, size)`` triples read off q and v (two that name the
-    same dimension must agree); then each given tensor of ``tensors`` (name → tensor or
-    None) fills the dimensions of its declared ``shapes[name]`` from its last two axes.
+    ``known``: ``(argument, dimension, size)`` triples read off q and v; ``tensors``:
+    ``(argument, declared shape, tensor or None)`` for the weights, whose last two axes fill
+    in the remaining dimensions. Two arguments that disagree on a dimension are named.
     """
     sizes: dict[str, int] = {}
     first: dict[str, str] = {}
-    for arg, dim, n in known:
+    entries = [(arg, dim, n, None) for arg, dim, n in known]
+    for arg, shape, t in tensors:
+        if isinstance(t, torch.Tensor) and t.dim() >= 2:
+            entries += [(arg, dim, int(n), list(t.shape)) for dim, n in zip(shape, t.shape[-2:]) if isinstance(dim, str)]
+    for arg, dim, n, full in entries:
         if dim in sizes and sizes[dim] != n:
-            _fail(f"{arg} has size {n} along {dim!r}, but {first[dim]} has {sizes[dim]}")
+            where = f" (shape {full})" if full is not None else ""
+            _fail(f"{arg} has size {n} along {dim!r}{where}, but {first[dim]} has {sizes[dim]}")
         sizes.setdefault(dim, n)
         first.setdefault(dim, arg)
-    for name, t in tensors.items():
-        if isinstance(t, torch.Tensor) and t.dim() >= 2:
-            for dim, n in zip(shapes[name], t.shape[-2:]):
-                if isinstance(dim, str):
-                    sizes.setdefault(dim, int(n))
     return sizes
 
 

@@ -103,8 +103,7 @@ def recurrent_lact_no_query(
         raise ValueError(f"initial_state: {unknown} are not updated weights (expected keys {sorted(STATE_SHAPES)})")
     sizes = runtime.resolve_sizes(
         [("q", "d", Dk), ("v", "d", Dv)],
-        {**STATIC_SHAPES, **STATE_SHAPES},
-        {**given},
+        [*((f"initial_state[{name!r}]", STATE_SHAPES[name], t) for name, t in given.items())],
     )
     state = {}
     for name, shape in STATE_SHAPES.items():

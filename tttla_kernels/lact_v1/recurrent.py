@@ -94,8 +94,7 @@ def recurrent_lact_v1(
     given = {} if initial_state is None else {"W1": initial_state}
     sizes = runtime.resolve_sizes(
         [("q", "d", Dk), ("v", "d", Dv)],
-        {**STATIC_SHAPES, **STATE_SHAPES},
-        {"W0": W0, "W2": W2, **given},
+        [("W0", STATIC_SHAPES["W0"], W0), ("W2", STATIC_SHAPES["W2"], W2), ("initial_state", STATE_SHAPES["W1"], initial_state)],
     )
     W0 = runtime.per_head("W0", W0, B, H, runtime.shape_in(sizes, STATIC_SHAPES["W0"], "W0"), q.device, dtype)
     W2 = runtime.per_head("W2", W2, B, H, runtime.shape_in(sizes, STATIC_SHAPES["W2"], "W2"), q.device, dtype)

@@ -79,8 +79,7 @@ def recurrent_lact_v4(
     given = {} if initial_state is None else {"W": initial_state}
     sizes = runtime.resolve_sizes(
         [("q", "d", Dk), ("v", "d", Dv)],
-        {**STATIC_SHAPES, **STATE_SHAPES},
-        {**given},
+        [("initial_state", STATE_SHAPES["W"], initial_state)],
     )
     state = {}
     for name, shape in STATE_SHAPES.items():

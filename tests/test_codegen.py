@@ -1,0 +1,226 @@
+"""Code generation: printer semantics, committed modules regenerate identically, the
+generated forms equal the oracle, argument errors name the argument, and the overwrite
+guards hold."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import sympy
+import torch
+
+from codegen.generate import PACKAGE_ROOT, GenerationError, generate, import_generated, render_variant
+from codegen.printer import ROW, WEIGHT, TorchEmitter
+from derivations import Mat, dot, gelu_tanh, silu, tanh
+from derivations.catalog import CATALOG
+from tttla.cli import main
+from verify import make_case, run_direct
+
+d, h = sympy.symbols("d h", integer=True, positive=True)
+
+
+def _run_emitted(emitter, result, env):
+    code = "def f({}):\n{}\n    return {}".format(", ".join(env), emitter.code(), result)
+    scope = {"torch": torch, "F": torch.nn.functional, "math": __import__("math")}
+    exec(code, scope)  # noqa: S102 - testing printed code
+    return scope["f"](**env)
+
+
+class TestPrinter:
+    def setup_method(self):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(2, 3, 7, 4, generator=g, dtype=torch.float64)  # [B, H, T, d]
+        self.G = torch.randn(2, 3, 7, 5, generator=g, dtype=torch.float64)
+        self.W0 = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
+        self.W1 = torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64)
+        self.X, self.Gs = sympy.MatrixSymbol("x", 1, d), sympy.MatrixSymbol("G", 1, h)
+        self.S0, self.S1 = sympy.MatrixSymbol("W0", d, h), sympy.MatrixSymbol("W1", h, h)
+        self.symbols = {self.X: ("x", ROW), self.Gs: ("G", ROW), self.S0: ("W0", WEIGHT), self.S1: ("W1", WEIGHT)}
+
+    def test_rows_are_printed_batched_and_match_the_numeric_interpretation(self):
+        expr = (silu(Mat.sym(self.X) @ Mat.sym(self.S0)) * tanh(Mat.sym(self.X) @ Mat.sym(self.S0))) @ Mat.sym(self.S1)
+        em = TorchEmitter(self.symbols, {d: "d", h: "h"})
+        em.assign("out", expr.value)
+        got = _run_emitted(em, "out", {"x": self.x, "W0": self.W0, "W1": self.W1})
+        X, W0, W1 = Mat.rows(self.x), Mat.weight(self.W0), Mat.weight(self.W1)
+        torch.testing.assert_close(got, ((silu(X @ W0) * tanh(X @ W0)) @ W1).value, rtol=0, atol=0)
+        assert em.code().count("x @ W0") == 1  # a shared sub-expression is computed once
+        assert "# [B, H, T, h]" in em.code()
+
+    def test_column_times_row_is_a_sum_over_tokens(self):
+        expr = sympy.MatMul(sympy.Transpose(self.X), self.Gs)  # xᵀ G: d × h
+        em = TorchEmitter(self.symbols, {d: "d", h: "h"})
+        em.assign("grad", expr)
+        got = _run_emitted(em, "grad", {"x": self.x, "G": self.G})
+        torch.testing.assert_close(got, torch.einsum("bhtd,bhte->bhde", self.x, self.G))
+        assert "x.mT @ G" in em.code() and "# [B, H, d, h]" in em.code()
+
+    def test_elementwise_derivative_bodies_share_subexpressions(self):
+        from derivations.autodiff import vjp
+
+        f = gelu_tanh(Mat.sym(self.X) @ Mat.sym(self.S0)).value
+        em = TorchEmitter(self.symbols, {d: "d", h: "h"})
+        em.assign("grad", vjp(f, self.S0, self.Gs))
+        got = _run_emitted(em, "grad", {"x": self.x, "G": self.G, "W0": self.W0})
+        W = self.W0.clone().requires_grad_()
+        y = torch.nn.functional.gelu(self.x @ W, approximate="tanh")
+        (expected,) = torch.autograd.grad((y * self.G).sum(), W)
+        torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("name", sorted(CATALOG))
+def test_committed_modules_regenerate_identically(name):
+    for fname, text in render_variant(name).items():
+        path = PACKAGE_ROOT / name / fname
+        assert path.is_file(), f"{path} is missing: run 'tttla generate --catalog --force'"
+        assert path.read_text() == text, f"{path} differs from its regeneration: run 'tttla generate --catalog --force'"
+
+
+def form_kwargs(variant, case):
+    """A Case (oracle inputs) as keyword arguments of a generated form."""
+    kw = {n: case.initial_weights[n] for n in variant.static}
+    updated = {n: case.initial_weights[n] for n in variant.update}
+    kw["initial_state"] = updated if len(updated) > 1 else updated[variant.update[0]]
+    if case.lr is not None:
+        kw["lr"] = case.lr
+    if case.momentum is not None:
+        kw["momentum"] = case.momentum
+    if not variant.schedule.fixed:
+        kw["chunk_size"] = case.chunk_size
+    return dict(kw, output_final_state=True)
+
+
+@pytest.mark.parametrize("name", sorted(CATALOG))
+@pytest.mark.parametrize("T", [1, 3, 11])
+def test_generated_forms_equal_the_oracle_in_fp64(name, T):
+    variant = CATALOG[name]
+    module = import_generated(name)
+    case = make_case(variant, batch=2, seq_len=T, heads=2, sizes={"d": 5, "h": 3},
+                     chunk_size=None if variant.schedule.fixed else 4, requires_grad=True,
+                     generator=torch.Generator().manual_seed(T), lr_range=(-1.0, 2.0))
+    o_ref, final_ref = run_direct(variant, **case.kwargs())
+    named = [(n, t) for n, t in case.leaves().items() if not (n == "q" and variant.queries == "key")]
+    leaves = [t for _, t in named]
+    probe = torch.randn_like(o_ref)
+    ref_grads = torch.autograd.grad((o_ref * probe).sum(), leaves, allow_unused=True)
+    for form, fn in module.FORMS.items():
+        if form == "triton":
+            continue  # covered by tests/test_triton.py in the interpreter
+        o, final = fn(case.q, case.k, case.v, **form_kwargs(variant, case))
+        final = final if isinstance(final, dict) else {variant.update[0]: final}
+        torch.testing.assert_close(o, o_ref, rtol=1e-9, atol=1e-12, msg=f"{form}: output")
+        for u in variant.update:
+            torch.testing.assert_close(final[u], final_ref[u], rtol=1e-9, atol=1e-12, msg=f"{form}: state {u}")
+        grads = torch.autograd.grad((o * probe).sum(), leaves, allow_unused=True)
+        for (label, _), g, r in zip(named, grads, ref_grads):
+            if r is None:
+                assert g is None or not g.any(), f"{form}: gradient of {label} should vanish"
+                continue
+            torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-11, msg=f"{form}: gradient of {label}")
+
+
+USER = textwrap.dedent(
+    '''
+    from derivations import variant, dot, sq_norm, tanh, per_token, momentum, newton_schulz, chunked
+
+    @variant(fast={"A": ("d", "h"), "B": ("h", "e")}, update=["B"], key_dim="d",
+             loss=lambda y, v: -0.5 * dot(y, v), lr=per_token(), momentum=momentum("chunk"),
+             orthogonalize=newton_schulz(2, "fixed"), schedule=chunked("block_inclusive", 4))
+    def tanh_memory(x, A, B):
+        """A tanh kernel with its own value width e."""
+        return tanh(x @ A) @ B
+    '''
+)
+
+
+def test_user_variant_generate_and_match_oracle(tmp_path, capsys):
+    path = tmp_path / "user.py"
+    path.write_text(USER)
+    out = tmp_path / "kernels"
+    assert main(["generate", str(path), "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    module = import_generated("tanh_memory", out)
+    from derivations.loading import load_variant
+
+    variant = load_variant(str(path))
+    case = make_case(variant, seq_len=10, heads=2, sizes={"d": 4, "h": 3, "e": 2}, chunk_size=4)
+    o_ref, final_ref = run_direct(variant, **case.kwargs())
+    for fn in module.FORMS.values():
+        o, final = fn(case.q, case.k, case.v, **form_kwargs(variant, case))
+        torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(final, final_ref["B"], rtol=1e-10, atol=1e-12)
+    # generating again replaces the folder
+    assert main(["generate", str(path), "--out", str(out)]) == 0
+
+
+def test_generate_refuses_the_package_without_force(capsys):
+    assert main(["generate", "lact_v6", "--out", str(PACKAGE_ROOT)]) == 2
+    assert "inside the tttla_kernels package; pass --force" in capsys.readouterr().err
+
+
+def test_generate_refuses_a_foreign_folder(tmp_path):
+    (tmp_path / "lact_v6").mkdir()
+    (tmp_path / "lact_v6" / "notes.txt").write_text("mine")
+    with pytest.raises(GenerationError, match="was not generated by tttla; pass --force"):
+        generate("lact_v6", tmp_path)
+    assert (tmp_path / "lact_v6" / "notes.txt").read_text() == "mine"
+
+
+class TestArgumentErrors:
+    def setup_method(self):
+        self.v = CATALOG["lact_v2"]
+        self.fn = import_generated("lact_v2").FORMS["chunk"]
+        self.case = make_case(self.v, batch=2, seq_len=6, heads=2, sizes={"d": 4, "h": 3}, chunk_size=4)
+        self.kw = form_kwargs(self.v, self.case)
+
+    def call(self, **override):
+        args = {"q": self.case.q, "k": self.case.k, "v": self.case.v, **self.kw, **override}
+        return self.fn(**args)
+
+    def test_shape(self):
+        with pytest.raises(ValueError, match=r"k must have the shape of q"):
+            self.call(k=self.case.k[:, :2])
+
+    def test_dtype(self):
+        with pytest.raises(ValueError, match=r"v must have the dtype of q \(torch.float64\), got torch.float32"):
+            self.call(v=self.case.v.float())
+
+    def test_device(self):
+        with pytest.raises(ValueError, match=r"lr must be on the device of q \(cpu\), got meta"):
+            self.call(lr=self.case.lr.to("meta"))
+
+    @pytest.mark.parametrize("size", [0, -1])
+    def test_chunk_size(self, size):
+        with pytest.raises(ValueError, match=rf"chunk_size must be an integer >= 1, got {size}"):
+            self.call(chunk_size=size)
+
+    def test_slow_weight_shape(self):
+        with pytest.raises(ValueError, match=r"W2 has size 3 along 'h' \(shape \[2, 2, 4, 3\]\), but W0 has 2"):
+            self.call(W0=self.case.initial_weights["W0"][..., :2])
+
+    def test_initial_state_shape(self):
+        with pytest.raises(ValueError, match=r"initial_state has size 4 along 'h' \(shape \[2, 2, 4, 4\]\), but W0 has 3"):
+            self.call(initial_state=torch.zeros(2, 2, 4, 4, dtype=torch.float64))
+
+
+def test_kernels_import_without_sympy_or_jinja():
+    script = textwrap.dedent(
+        """
+        import importlib, pkgutil, sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("sympy", "jinja2"):
+                    raise ImportError(f"{name} is blocked")
+        sys.meta_path.insert(0, Block())
+        import tttla_kernels
+        for info in pkgutil.walk_packages(tttla_kernels.__path__, "tttla_kernels."):
+            importlib.import_module(info.name)
+        assert not any(m.split(".")[0] in ("sympy", "jinja2") for m in sys.modules)
+        print("ok")
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**__import__("os").environ, "TRITON_INTERPRET": "1"})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"
