@@ -12,7 +12,7 @@ import torch
 
 from codegen.generate import PACKAGE_ROOT, GenerationError, generate, import_generated, render_variant
 from codegen.printer import ROW, WEIGHT, TorchEmitter
-from derivations import Mat, dot, gelu_tanh, silu, tanh
+from derivations import Mat, gelu_tanh, silu, tanh
 from derivations.catalog import CATALOG
 from tttla.cli import main
 from verify import make_case, run_direct
@@ -200,7 +200,8 @@ class TestArgumentErrors:
             self.call(W0=self.case.initial_weights["W0"][..., :2])
 
     def test_initial_state_shape(self):
-        with pytest.raises(ValueError, match=r"initial_state has size 4 along 'h' \(shape \[2, 2, 4, 4\]\), but W0 has 3"):
+        msg = r"initial_state has size 4 along 'h' \(shape \[2, 2, 4, 4\]\), but W0 has 3"
+        with pytest.raises(ValueError, match=msg):
             self.call(initial_state=torch.zeros(2, 2, 4, 4, dtype=torch.float64))
 
 

@@ -162,7 +162,8 @@ def resolve_sizes(known: list[tuple[str, str, int]], tensors: list[tuple[str, tu
     entries = [(arg, dim, n, None) for arg, dim, n in known]
     for arg, shape, t in tensors:
         if isinstance(t, torch.Tensor) and t.dim() >= 2:
-            entries += [(arg, dim, int(n), list(t.shape)) for dim, n in zip(shape, t.shape[-2:]) if isinstance(dim, str)]
+            named = [(dim, n) for dim, n in zip(shape, t.shape[-2:]) if isinstance(dim, str)]
+            entries += [(arg, dim, int(n), list(t.shape)) for dim, n in named]
     for arg, dim, n, full in entries:
         if dim in sizes and sizes[dim] != n:
             where = f" (shape {full})" if full is not None else ""
