@@ -19,7 +19,10 @@ from derivations.autodiff import tidy, vjp
 from derivations.form import LinearAttentionForm
 from tttla import __version__
 
-__all__ = ["ModuleContext", "build_context", "PrintedFunction"]
+__all__ = ["ModuleContext", "build_context", "PrintedFunction", "COMPUTE_CHUNK"]
+
+#: default block size of the parallel forms when the schedule fixes the step (token level)
+COMPUTE_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,11 @@ class ModuleContext:
     feature_map: PrintedFunction
     effective_value: PrintedFunction | None
     increments: PrintedFunction
+    #: the default *compute* chunk of the parallel forms (chunk, triton) of a variant whose
+    #: schedule fixes the semantic step (token level) but whose chunked form is valid for any
+    #: block size (update_then_apply, state-independent values, no momentum or Newton–Schulz);
+    #: None when the chunk size is the schedule's own (or there is no parallel form)
+    compute_chunk: int | None = None
 
     @property
     def multi_state(self) -> bool:
@@ -186,4 +194,5 @@ def build_context(form: LinearAttentionForm) -> ModuleContext:
         feature_map=_feature_map(form, dims),
         effective_value=_effective_value(form, dims, eta_expr) if template_ok else None,
         increments=_increments(form, dims, multi),
+        compute_chunk=COMPUTE_CHUNK if template_ok and sched.fixed and token_steps else None,
     )

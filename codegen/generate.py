@@ -15,14 +15,14 @@ import tempfile
 from pathlib import Path
 
 from codegen.context import build_context
-from codegen.render import MODULES, render
+from codegen.render import modules_for, render
 from derivations.derive import derive
 from derivations.errors import TTTLAError
 from derivations.form import LinearAttentionForm
 from derivations.loading import load_variant
 from derivations.variant import Variant
 
-__all__ = ["render_variant", "generate", "import_generated", "PACKAGE_ROOT", "GenerationError"]
+__all__ = ["render_variant", "generate", "import_generated", "triton_refusal", "PACKAGE_ROOT", "GenerationError"]
 
 #: where the committed modules of the catalog live
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "tttla_kernels"
@@ -36,7 +36,16 @@ def render_variant(variant: Variant | str | LinearAttentionForm) -> dict[str, st
     """Every generated file of a variant, by file name, as text."""
     form = variant if isinstance(variant, LinearAttentionForm) else derive(load_variant(variant), certify=False)
     context = build_context(form)
-    return {fname: render(template, context) for fname, template in MODULES.items()}
+    return {fname: render(template, context) for fname, template in modules_for(context).items()}
+
+
+def triton_refusal(variant: Variant | str | LinearAttentionForm) -> str | None:
+    """Why ``variant`` gets no Triton form (one line), or None when it gets one."""
+    form = variant if isinstance(variant, LinearAttentionForm) else derive(load_variant(variant), certify=False)
+    context = build_context(form)
+    if context.parallel_template:
+        return None
+    return f"no Triton form for {context.name!r}: {context.fallback_reason}"
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -12,7 +12,7 @@ import jinja2
 
 from codegen.context import ModuleContext
 
-__all__ = ["environment", "render", "MODULES"]
+__all__ = ["environment", "render", "MODULES", "OPTIONAL_MODULES", "modules_for"]
 
 #: generated file → template
 MODULES = {
@@ -20,6 +20,18 @@ MODULES = {
     "recurrent.py": "recurrent.py.jinja",
     "chunk.py": "chunk.py.jinja",
 }
+
+#: generated file → (template, whether a variant's context gets it)
+OPTIONAL_MODULES = {
+    # Triton kernels exist for the parallel chunked form only
+    "triton_chunk.py": ("triton_chunk.py.jinja", lambda c: c.parallel_template),
+}
+
+
+def modules_for(context: ModuleContext) -> dict[str, str]:
+    """The generated files (→ template) of one variant: MODULES plus the optional ones it gets."""
+    extra = {f: t for f, (t, wanted) in OPTIONAL_MODULES.items() if wanted(context)}
+    return {**MODULES, **extra}
 
 
 @functools.cache

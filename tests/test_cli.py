@@ -89,7 +89,7 @@ def test_bad_option_value(capsys):
 def test_catalog_runs_every_variant(capsys):
     assert main(["catalog", "--seq-len", "9", "--dim", "3", "--chunk", "4"]) == 0
     out = capsys.readouterr().out
-    assert out.count(" yes ") == 11
+    assert out.count(" yes ") == 12
 
 
 def test_console_script_help():

@@ -26,6 +26,7 @@ EXPECTED = {
     "lact_v6": ("static", "state_independent", True),
     "lact_mse": ("dynamic", "state_dependent", False),
     "delta_rule": ("static", "state_dependent", False),
+    "linear_attention": ("static", "state_independent", True),
 }
 
 

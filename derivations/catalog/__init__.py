@@ -17,6 +17,7 @@ from derivations.catalog.lact import (
     lact_v5,
     lact_v6,
 )
+from derivations.catalog.linear import linear_attention
 from derivations.errors import VariantNotFound
 from derivations.variant import Variant
 
@@ -34,6 +35,7 @@ CATALOG: dict[str, Variant] = {
         lact_no_query,
         lact_mse,
         delta_rule,
+        linear_attention,
     )
 }
 

@@ -1,4 +1,4 @@
-"""``tttla generate``: emit the PyTorch forms of a variant."""
+"""``tttla generate``: emit the PyTorch forms of a variant, and its Triton form when it is parallel."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from tttla.commands._variant_arg import VARIANT_HELP
 EPILOG = """\
 examples:
   tttla generate my_rule.py --out kernels/        writes kernels/my_rule/{__init__,recurrent,chunk}.py
+                                                  (and triton_chunk.py for a parallel variant)
   tttla generate lact_v2 --out /tmp/k             a catalog variant, outside the package
   tttla generate --catalog --force                regenerate the package's own tttla_kernels/ modules
 
@@ -20,10 +21,11 @@ folder is on sys.path, as a normal package: from my_rule import chunk_my_rule.
 def add_parser(sub):
     p = sub.add_parser(
         "generate",
-        help="generate PyTorch (recurrent and chunk) modules for a variant",
+        help="generate PyTorch (recurrent and chunk) and Triton modules for a variant",
         description="Derive a variant and write its generated modules: recurrent.py (the "
-        "linear-attention recurrence) and chunk.py (the parallel chunked form, or the chunk scan "
-        "for a variant that is not parallel).",
+        "linear-attention recurrence), chunk.py (the parallel chunked form, or the chunk scan "
+        "for a variant that is not parallel) and, for a parallel variant, triton_chunk.py (Triton "
+        "forward and backward kernels of the chunked form).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -39,7 +41,7 @@ def add_parser(sub):
 def run(args) -> int:
     from tqdm import tqdm
 
-    from codegen.generate import PACKAGE_ROOT, GenerationError, generate
+    from codegen.generate import PACKAGE_ROOT, GenerationError, generate, triton_refusal
     from derivations.catalog import CATALOG
 
     if args.catalog:
@@ -55,4 +57,6 @@ def run(args) -> int:
     print(f"wrote {paths[0].parent}/")
     for path in paths:
         print(f"  {path.name}")
+    if not any(path.name == "triton_chunk.py" for path in paths):
+        print(triton_refusal(args.variant))
     return 0

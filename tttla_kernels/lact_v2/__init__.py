@@ -7,10 +7,11 @@ Parallel: reducible: the model is φ(x)·W1 with W1 an updated fast weight and n
 
 from .chunk import chunk_lact_v2
 from .recurrent import recurrent_lact_v2
+from .triton_chunk import triton_lact_v2
 
 VARIANT = 'lact_v2'
 SPEC_HASH = '7e06fb4304703571'
 #: every generated form, by name
-FORMS = {"recurrent": recurrent_lact_v2, "chunk": chunk_lact_v2}
+FORMS = {"recurrent": recurrent_lact_v2, "chunk": chunk_lact_v2, "triton": triton_lact_v2}
 
-__all__ = ["chunk_lact_v2", "recurrent_lact_v2", "FORMS", "VARIANT", "SPEC_HASH"]
+__all__ = ["chunk_lact_v2", "recurrent_lact_v2", "triton_lact_v2", "FORMS", "VARIANT", "SPEC_HASH"]

@@ -7,10 +7,11 @@ Parallel: reducible: the model is φ(x)·W with W an updated fast weight and no 
 
 from .chunk import chunk_lact_v3
 from .recurrent import recurrent_lact_v3
+from .triton_chunk import triton_lact_v3
 
 VARIANT = 'lact_v3'
 SPEC_HASH = '3197a9f9de801954'
 #: every generated form, by name
-FORMS = {"recurrent": recurrent_lact_v3, "chunk": chunk_lact_v3}
+FORMS = {"recurrent": recurrent_lact_v3, "chunk": chunk_lact_v3, "triton": triton_lact_v3}
 
-__all__ = ["chunk_lact_v3", "recurrent_lact_v3", "FORMS", "VARIANT", "SPEC_HASH"]
+__all__ = ["chunk_lact_v3", "recurrent_lact_v3", "triton_lact_v3", "FORMS", "VARIANT", "SPEC_HASH"]

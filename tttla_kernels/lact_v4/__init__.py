@@ -7,10 +7,11 @@ Parallel: reducible: the model is φ(x)·W with W an updated fast weight and no 
 
 from .chunk import chunk_lact_v4
 from .recurrent import recurrent_lact_v4
+from .triton_chunk import triton_lact_v4
 
 VARIANT = 'lact_v4'
 SPEC_HASH = '282bb3365711c787'
 #: every generated form, by name
-FORMS = {"recurrent": recurrent_lact_v4, "chunk": chunk_lact_v4}
+FORMS = {"recurrent": recurrent_lact_v4, "chunk": chunk_lact_v4, "triton": triton_lact_v4}
 
-__all__ = ["chunk_lact_v4", "recurrent_lact_v4", "FORMS", "VARIANT", "SPEC_HASH"]
+__all__ = ["chunk_lact_v4", "recurrent_lact_v4", "triton_lact_v4", "FORMS", "VARIANT", "SPEC_HASH"]

@@ -7,10 +7,11 @@ Parallel: reducible: the model is φ(x)·W with W an updated fast weight and no 
 
 from .chunk import chunk_lact_v5
 from .recurrent import recurrent_lact_v5
+from .triton_chunk import triton_lact_v5
 
 VARIANT = 'lact_v5'
 SPEC_HASH = '74080954bb4874ad'
 #: every generated form, by name
-FORMS = {"recurrent": recurrent_lact_v5, "chunk": chunk_lact_v5}
+FORMS = {"recurrent": recurrent_lact_v5, "chunk": chunk_lact_v5, "triton": triton_lact_v5}
 
-__all__ = ["chunk_lact_v5", "recurrent_lact_v5", "FORMS", "VARIANT", "SPEC_HASH"]
+__all__ = ["chunk_lact_v5", "recurrent_lact_v5", "triton_lact_v5", "FORMS", "VARIANT", "SPEC_HASH"]

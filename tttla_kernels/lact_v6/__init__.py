@@ -7,10 +7,11 @@ Parallel: reducible: the model is φ(x)·W with W an updated fast weight and no 
 
 from .chunk import chunk_lact_v6
 from .recurrent import recurrent_lact_v6
+from .triton_chunk import triton_lact_v6
 
 VARIANT = 'lact_v6'
 SPEC_HASH = '226e816e1d51edae'
 #: every generated form, by name
-FORMS = {"recurrent": recurrent_lact_v6, "chunk": chunk_lact_v6}
+FORMS = {"recurrent": recurrent_lact_v6, "chunk": chunk_lact_v6, "triton": triton_lact_v6}
 
-__all__ = ["chunk_lact_v6", "recurrent_lact_v6", "FORMS", "VARIANT", "SPEC_HASH"]
+__all__ = ["chunk_lact_v6", "recurrent_lact_v6", "triton_lact_v6", "FORMS", "VARIANT", "SPEC_HASH"]

@@ -1,0 +1,15 @@
+"""Causal linear attention as a TTT layer: one linear layer, dot-product loss, one step per token."""
+
+from derivations import constant, dot, token_level, variant
+
+
+@variant(
+    fast={"W": ("d", "d")},
+    update=["W"],
+    loss=lambda y, v: -dot(y, v),
+    lr=constant(1.0),
+    schedule=token_level(order="update_then_apply"),
+)
+def linear_attention(x, W):
+    """Causal linear attention: S_t = S_{t-1} + k_tᵀ v_t, o_t = q_t S_t (token-inclusive)."""
+    return x @ W
