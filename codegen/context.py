@@ -16,7 +16,9 @@ import sympy
 
 from codegen.printer import ROW, WEIGHT, TorchEmitter
 from derivations.autodiff import tidy, vjp
+from derivations.classify import delta_coefficient
 from derivations.form import LinearAttentionForm
+from derivations.printing import to_text
 from tttla import __version__
 
 __all__ = ["ModuleContext", "build_context", "PrintedFunction", "COMPUTE_CHUNK"]
@@ -74,6 +76,17 @@ class ModuleContext:
     #: block size (update_then_apply, state-independent values, no momentum or Newton–Schulz);
     #: None when the chunk size is the schedule's own (or there is no parallel form)
     compute_chunk: int | None = None
+    #: None, or the decay's order ("decay_then_gradient" / "gradient_then_decay"); the forms
+    #: take ``log_decay`` g = log γ ``[B, T, H]``
+    decay: str | None = None
+    #: "prefix_scan", "delta_chunk" or "sequential" (the classification's parallel form)
+    parallel_form: str = "sequential"
+    #: delta_chunk variants: b_t and β_t of v̂_t = b_t − β_t k̂_t S (printed), else None
+    delta_terms: PrintedFunction | None = None
+    #: the whole model f(x; θ) for headed/gated forms (the read is not φ(x)·W); None otherwise
+    model: PrintedFunction | None = None
+    #: clip each updated weight's increment column-wise, G[:, c] ← G[:, c]/(‖G[:, c]‖ + 1)
+    clip: bool = False
 
     @property
     def multi_state(self) -> bool:
@@ -124,7 +137,7 @@ def _increments(form: LinearAttentionForm, dims, multi) -> PrintedFunction:
     if form.feature_weights or form.feature != form.x:
         em.assign("k_hat", form.feature.xreplace({form.x: k, **{form.weights[n]: trace.weights[n]
                                                                for n in form.feature_weights}}))
-    if form.y in form.dloss.free_symbols:  # state-dependent values read the prediction f(k)
+    if form.y in form.dloss.free_symbols and form.head is None:  # state-dependent values read f(k)
         em.assign("prediction", trace.prediction)
     dloss = tidy(form.dloss.xreplace({form.y: trace.prediction}))
     em.assign("dL_df", dloss)
@@ -138,12 +151,58 @@ def _increments(form: LinearAttentionForm, dims, multi) -> PrintedFunction:
         em.names[G], em.kinds[G] = g_name, ROW
         em._used.add(g_name)
         em.lines.append(f"{g_name} = {sign}{eta} * dL_df  # [B, H, T, {variant.value_dim}]")
-        results.append(em.assign(f"d{name}", tidy(vjp(trace.prediction, trace.weights[name], G))))
+        result = em.assign(f"d{name}", tidy(vjp(trace.prediction, trace.weights[name], G)))
+        if em.kind_of(tidy(vjp(trace.prediction, trace.weights[name], G))) != WEIGHT:
+            # a per-token gradient (a bias: its key is constantly 1) sums over the tokens
+            em.lines.append(f"{result} = {result}.sum(-2, keepdim=True)  # [B, H, 1, {variant.value_dim}]")
+        results.append(result)
     eta_params = tuple(_eta_name(n, multi) for n in variant.update) if per_token else ()
     params = ("k", "v", *eta_params, *variant.fast)
     returns = "{" + ", ".join(f'"{n}": {r}' for n, r in zip(variant.update, results)) + "}"
     doc = "increments ΔU = " + ("+" if variant.ascent else "−") + "Σ_i η_i ∇_U ℓ_i of the updated weights"
     return PrintedFunction("chunk_increments", params, em.code(), returns, doc)
+
+
+def _model(form: LinearAttentionForm, dims) -> PrintedFunction | None:
+    """The whole model f(x; θ), for headed and gated forms (None when f = φ(x)·W)."""
+    if form.head is None:
+        return None
+    trace = form.variant.trace()
+    symbols = {trace.x: ("x", ROW), **{w: (n, WEIGHT) for n, w in trace.weights.items()}}
+    em = TorchEmitter(symbols, dims)
+    result = em.assign("prediction", trace.prediction)
+    params = ("x", *form.variant.fast)
+    doc = (f"f(x; θ) = {to_text(form.head)} with "
+           + ", ".join(f"{to_text(lay.z)} = {to_text(lay.layer)}" for lay in form.layers)
+           + f": [B, H, T, {form.variant.key_dim}] → [B, H, T, {form.variant.value_dim}]")
+    return PrintedFunction("model", params, em.code(), result, doc)
+
+
+def _delta_terms(form: LinearAttentionForm, dims) -> PrintedFunction:
+    """b and β of a delta_chunk variant: with ∂L/∂f = c·y + r(v) (derived), the effective value
+    at the state S is v̂ = ∓η (c·k̂S + r) = b − β k̂S with b = ∓η·r and β = ±η·c."""
+    variant = form.variant
+    c = delta_coefficient(form.dloss, form.y)
+    expanded = sympy.expand(form.dloss)
+    terms = [t for t in (expanded.args if isinstance(expanded, sympy.MatAdd) else (expanded,)) if not t.has(form.y)]
+    em = TorchEmitter({form.v: ("v", ROW)}, dims)
+    sign = "" if variant.ascent else "-"
+    per_token = variant.lr.kind == "per_token"
+    eta = "eta" if per_token else repr(float(variant.lr.value))
+    if terms:
+        em.assign("dL_df_at_0", tidy(sympy.MatAdd(*terms) if len(terms) > 1 else terms[0]))
+        em.lines.append(f"b = {sign}{eta} * dL_df_at_0  # [B, H, T, {variant.value_dim}]")
+    else:
+        em.lines.append("b = torch.zeros_like(v)  # ∂L/∂f has no term without the prediction")
+    beta = -float(c) if variant.ascent else float(c)
+    if per_token:
+        em.lines.append(f"beta = {beta!r} * eta  # [B, H, T, 1]")
+    else:
+        em.lines.append(f"beta = torch.full_like(v[..., :1], {beta * float(variant.lr.value)!r})  # [B, H, T, 1]")
+    params = ("v", "eta") if per_token else ("v",)
+    doc = (f"b and β of v̂_t = b_t − β_t k̂_t S (∂L/∂f = {c}·f + r(v), b = {sign or '+'}η·r, β = "
+           f"{'−' if variant.ascent else ''}{c}·η): [B, H, T, {variant.value_dim}], [B, H, T, 1]")
+    return PrintedFunction("delta_terms", params, em.code(), "b, beta", doc)
 
 
 def build_context(form: LinearAttentionForm) -> ModuleContext:
@@ -155,9 +214,18 @@ def build_context(form: LinearAttentionForm) -> ModuleContext:
     sched = variant.schedule
     token_steps = sched.order == "update_then_apply"
     template_ok = form.parallel and not (token_steps and (variant.momentum or variant.orthogonalize))
-    if not form.parallel:
+    template_ok = template_ok and variant.decay is None  # the prefix-scan templates have no decay yet
+    delta = form.classification.parallel_form == "delta_chunk"
+    template_ok = template_ok and form.head is None and getattr(variant, "clip", None) is None
+    if form.parallel and (form.head is not None or getattr(variant, "clip", None) is not None):
+        fallback = (f"its {form.classification.structure} form (f = {to_text(form.head or form.feature)}) "
+                    "has no parallel template yet (the chunk template covers f = φ(x)·W without clipping); "
+                    "its chunk form is the scan over its steps")
+    elif not form.parallel:
         fallback = "; ".join(r for r in form.classification.reasons if r.startswith("not parallel")) or \
             "it is not an associative prefix scan"
+    elif not template_ok and variant.decay is not None:
+        fallback = "a decayed prefix scan (simple_gla) is not among the chunk templates yet"
     elif not template_ok:
         fallback = ("per-token steps with momentum or Newton–Schulz are not expressed as a chunked "
                     "prefix sum yet")
@@ -194,5 +262,10 @@ def build_context(form: LinearAttentionForm) -> ModuleContext:
         feature_map=_feature_map(form, dims),
         effective_value=_effective_value(form, dims, eta_expr) if template_ok else None,
         increments=_increments(form, dims, multi),
-        compute_chunk=COMPUTE_CHUNK if template_ok and sched.fixed and token_steps else None,
+        compute_chunk=COMPUTE_CHUNK if (template_ok or delta) and sched.fixed and token_steps else None,
+        decay=variant.decay.order if variant.decay else None,
+        parallel_form=form.classification.parallel_form,
+        delta_terms=_delta_terms(form, dims) if delta else None,
+        model=_model(form, dims),
+        clip=getattr(variant, "clip", None) is not None,
     )

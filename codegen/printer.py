@@ -100,6 +100,7 @@ class TorchEmitter:
         self.scalar = TorchScalarPrinter()
         self._memo: dict = {}
         self._used: set[str] = set(self.names.values())
+        self._dim_names: dict = {}
 
     # --- public ---------------------------------------------------------------------
 
@@ -197,6 +198,8 @@ class TorchEmitter:
             # E[0, 0] of a 1 × 1 expression: its per-token value [B, H, T, 1]
             code, kind = self._code(expr.parent)
             return code, DOT
+        if _is_ones(expr):
+            return "1.0", DOT
         if isinstance(expr, sympy.ZeroMatrix):
             raise ValueError("a zero matrix should have been simplified away before printing")
         raise TypeError(f"cannot print {type(expr).__name__} as torch code: {expr}")
@@ -223,10 +226,36 @@ class TorchEmitter:
     def _matmul(self, expr):
         scalars = [a for a in expr.args if not isinstance(a, sympy.MatrixExpr) or isinstance(a, MatrixElement)]
         mats = [a for a in expr.args if isinstance(a, sympy.MatrixExpr) and not isinstance(a, MatrixElement)]
-        code, kind = self._code(mats[0])
+        if all(_is_ones(m) for m in mats):  # c·𝟙: a constant that broadcasts
+            return self._scalar_code(sympy.Mul(*scalars)), DOT
+        if _is_ones(mats[0]) and len(mats) > 1 and mats[0].shape[0] == 1:
+            # 𝟙ᵀ M: column sums of M (a row of ones times a weight or a sum over tokens)
+            code, kind = self._code(mats[1])
+            if kind != WEIGHT:
+                raise TypeError(f"cannot print a row of ones times a {kind} in {expr}")
+            code, kind = f"{self._wrap(code)}.sum(-2, keepdim=True)", WEIGHT
+            mats = [sympy.MatMul(mats[0], mats[1]), *mats[2:]]
+        else:
+            code, kind = self._code(mats[0])
+            if kind == COL and len(mats) > 2 and any(_is_ones(m) for m in mats[1:]):
+                # aᵀ (R 𝟙): reduce each token's row before summing over tokens
+                rest = sympy.MatMul(*mats[1:])
+                rcode, rkind = self._code(rest)
+                if rkind == DOT and rest.shape[1] != 1:
+                    rkind = ROW  # a per-token 1 × 1 broadcast along the row: aᵀ (s 𝟙) = (aᵀ s) 𝟙 broadcasts
+                code, kind = _product(code, kind, rcode, rkind, expr)
+                mats = [mats[0]]
         for m in mats[1:]:
+            if _is_ones(m):  # row reductions and broadcasts
+                code, kind = _ones_product(code, kind, m, expr)
+                continue
             rcode, rkind = self._code(m)
-            code, kind = _product(code, kind, rcode, rkind, expr)
+            if kind == DOT and rkind == WEIGHT:
+                # a per-token 1 × 1 (broadcast along a row when m has several rows) times m: s·(𝟙 m)
+                rcode = rcode if m.shape[0] == 1 else f"{self._wrap(rcode)}.sum(-2, keepdim=True)"
+                code, kind = f"{self._wrap(code)} * {self._wrap(rcode)}", ROW
+            else:
+                code, kind = _product(code, kind, rcode, rkind, expr)
             if m is not mats[-1]:
                 code, kind = self._named(sympy.MatMul(*mats[: mats.index(m) + 1]), code, kind, "mm")
         factors = []
@@ -237,14 +266,33 @@ class TorchEmitter:
                     raise ValueError(f"a per-token factor {s} scales a sum over tokens in {expr}")
                 factors.append(c)
             else:
-                factors.append(self.scalar.doprint(s))
+                factors.append(self._scalar_code(s))
         if factors:
             code = " * ".join([*factors, self._wrap(code)])
             if code.startswith("-1.0 * ") or code.startswith("-1 * "):
                 code = "-" + code.split(" * ", 1)[1]
-        operands = [self._code(m)[0] for m in mats]
+        operands = [self._code(m)[0] if not (_is_ones(m) or _is_ones(m.args[0])) else "(" for m in mats]
         hint = "_".join(operands) if all(o.isidentifier() for o in operands) else "mm"
         return self._named(expr, code, kind, hint)
+
+    def _scalar_code(self, s) -> str:
+        """A scalar factor as code; a dimension symbol in it (the ``1/d`` of a row mean) is
+        bound once to the size of a tensor that has it, e.g. ``d = x.shape[-1]``."""
+        subs = {}
+        for sym in sorted(s.free_symbols, key=str):
+            if sym not in self._dim_names:
+                for m, name in self.names.items():
+                    rows, cols = m.shape
+                    axis = -1 if cols == sym else (-2 if rows == sym and self.kinds[m] == WEIGHT else None)
+                    if axis is not None:
+                        dname = self._fresh(self.dims.get(sym, str(sym)))
+                        self.lines.append(f"{dname} = {name}.shape[{axis}]  # the size {sym}")
+                        self._dim_names[sym] = dname
+                        break
+                else:
+                    continue
+            subs[sym] = sympy.Symbol(self._dim_names[sym])
+        return self.scalar.doprint(s.xreplace(subs))
 
     @staticmethod
     def _wrap(code: str) -> str:
@@ -266,6 +314,32 @@ def canonical(expr):
     if isinstance(expr, sympy.MatrixSymbol) or not isinstance(expr, sympy.Basic) or not expr.args:
         return expr
     return (type(expr).__name__, *(canonical(a) for a in expr.args))
+
+
+def _is_ones(expr) -> bool:
+    """A matrix of ones 𝟙 (or its transpose): row sums, broadcasts and constants."""
+    if isinstance(expr, sympy.Transpose):
+        expr = expr.arg
+    return isinstance(expr, sympy.OneMatrix)
+
+
+def _ones_product(code, kind, ones, expr):
+    """``A · 𝟙``: a row sum when 𝟙 is n × 1 (n > 1), a broadcast when it is 1 × n."""
+    wrap = TorchEmitter._wrap
+    rows, cols = ones.shape
+    if rows == 1:  # 1 × n: a 1 × 1 per token broadcasts along the row
+        if kind not in (DOT,) and cols != 1:
+            raise TypeError(f"cannot broadcast a {kind} along a row in {expr}")
+        return code, kind
+    if cols != 1:  # n × m: the row sum, broadcast along a row of m
+        if kind in (ROW, DOT):
+            return f"{wrap(code)}.sum(-1, keepdim=True)", DOT
+        raise TypeError(f"cannot print a {kind} times an all-ones {rows} × {cols} matrix in {expr}")
+    if kind in (ROW, DOT):
+        return f"{wrap(code)}.sum(-1, keepdim=True)", DOT
+    if kind == WEIGHT:
+        return f"{wrap(code)}.sum(-1, keepdim=True)", WEIGHT
+    raise TypeError(f"cannot sum a {kind} along its row in {expr}")
 
 
 def _negated(expr):
@@ -300,6 +374,8 @@ def _join_kinds(kinds, expr):
         return kinds[0]
     if ks <= {ROW, WEIGHT} or ks <= {DOT, ROW}:
         return ROW  # a (1, c) weight broadcasts over tokens
+    if ks <= {ROW, WEIGHT, DOT} and expr.shape[0] == 1:
+        return ROW  # per-token 1 × 1 values and (1, c) weights broadcast along the row and over tokens
     raise TypeError(f"cannot combine kinds {sorted(ks)} in {expr}")
 
 

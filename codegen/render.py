@@ -31,6 +31,8 @@ OPTIONAL_MODULES = {
 def modules_for(context: ModuleContext) -> dict[str, str]:
     """The generated files (→ template) of one variant: MODULES plus the optional ones it gets."""
     extra = {f: t for f, (t, wanted) in OPTIONAL_MODULES.items() if wanted(context)}
+    if context.parallel_form == "delta_chunk":
+        extra["chunk.py"] = "delta_chunk.py.jinja"  # DeltaNet's WY/UT chunked form
     return {**MODULES, **extra}
 
 

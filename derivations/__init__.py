@@ -7,14 +7,16 @@ executed on torch tensors by :mod:`verify` (the oracle) and traced on SymPy matr
 from derivations.derive import derive
 from derivations.errors import DeclarationError, ReductionError, TTTLAError, VariantNotFound
 from derivations.form import LinearAttentionForm
-from derivations.functions import FUNCTIONS, gelu, gelu_tanh, identity, register, relu, sigmoid, silu, tanh
-from derivations.mat import Mat, dot, sq_norm, sum_all
+from derivations.functions import FUNCTIONS, gelu, gelu_tanh, identity, register, relu, rsqrt, sigmoid, silu, tanh
+from derivations.mat import Mat, add_constant, broadcast, dot, layer_norm, row_mean, row_var, sq_norm, sum_all
 from derivations.spec import (
     FIXED_NS,
     LACT_NS5,
     bidirectional,
     chunked,
+    column_clip,
     constant,
+    decay,
     momentum,
     newton_schulz,
     per_token,
@@ -26,8 +28,8 @@ from derivations.variant import Variant, variant
 __all__ = [
     "variant", "Variant", "Mat", "derive", "LinearAttentionForm",
     "silu", "gelu", "gelu_tanh", "tanh", "sigmoid", "relu", "identity", "register", "FUNCTIONS",
-    "dot", "sq_norm", "sum_all",
-    "constant", "per_token", "momentum", "newton_schulz", "weight_norm",
+    "dot", "sq_norm", "sum_all", "row_mean", "row_var", "broadcast", "add_constant", "layer_norm", "rsqrt",
+    "constant", "per_token", "momentum", "newton_schulz", "weight_norm", "decay", "column_clip",
     "chunked", "token_level", "bidirectional", "LACT_NS5", "FIXED_NS",
     "DeclarationError", "ReductionError", "TTTLAError", "VariantNotFound",
 ]

@@ -50,6 +50,8 @@ def tidy(expr):
         return expr
     if isinstance(expr, sympy.Transpose):
         arg = tidy(expr.arg)
+        if isinstance(arg, sympy.OneMatrix):
+            return sympy.OneMatrix(arg.shape[1], arg.shape[0])
         if isinstance(arg, sympy.Transpose):
             return arg.arg
         if isinstance(arg, sympy.MatAdd):

@@ -7,6 +7,8 @@ kernel (static/dynamic), the values (state-independent/dependent) and parallelis
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import sympy
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement
@@ -17,7 +19,8 @@ from derivations.form import Classification
 from derivations.printing import function_name, to_text
 from derivations.variant import Trace, Variant
 
-__all__ = ["check_supported", "split_last_layer", "classify", "values_state_independent"]
+__all__ = ["check_supported", "split_last_layer", "classify", "values_state_independent", "Layer", "split_layers",
+           "classify_layers", "delta_coefficient", "parallel_form_of"]
 
 _CONSTANTS = (sympy.OneMatrix, sympy.ZeroMatrix, sympy.Identity)
 
@@ -106,6 +109,67 @@ def values_state_independent(dloss, y) -> bool:
     return not dloss.has(y)
 
 
+def delta_coefficient(dloss, y):
+    """c when ∂L/∂f = c·y + r with r free of the prediction y and c a nonzero number, i.e.
+    ∂L/∂f is affine in y with Jacobian c·I (½‖f − v‖²: c = 1; c·‖f − v‖²: 2c); else None."""
+    expanded = sympy.expand(dloss)
+    c = sympy.Integer(0)
+    for term in expanded.args if isinstance(expanded, sympy.MatAdd) else (expanded,):
+        if not term.has(y):
+            continue
+        if term == y:
+            c += 1
+            continue
+        if isinstance(term, sympy.MatMul):
+            scalars = [a for a in term.args if not isinstance(a, sympy.MatrixExpr)]
+            mats = [a for a in term.args if isinstance(a, sympy.MatrixExpr)]
+            if mats == [y] and all(s.is_number for s in scalars):
+                c += sympy.Mul(*scalars)
+                continue
+        return None
+    c = sympy.nsimplify(c)
+    return c if c != 0 else None
+
+
+def parallel_form_of(variant: Variant, kernel: str, indep: bool, parallel: bool, dloss, y) -> tuple[str, str | None]:
+    """The parallel form (``prefix_scan``, ``delta_chunk`` or ``sequential``) and, unless it is
+    the prefix scan (whose reason is already given), one sentence saying why."""
+    if parallel:
+        return "prefix_scan", None
+    c = delta_coefficient(dloss, y)
+    sched = variant.schedule
+    blockers = []
+    if kernel == "dynamic":
+        blockers.append("the kernel is dynamic")
+    if not indep and c is None:
+        blockers.append(f"∂L/∂f = {to_text(dloss)} is not affine in the prediction with Jacobian c·I")
+    if variant.weight_norm is not None:
+        blockers.append("weight norm is not affine in the state")
+    if variant.orthogonalize is not None:
+        blockers.append("Newton–Schulz is not affine in the state")
+    if variant.momentum is not None:
+        blockers.append("momentum carries a second state (the momentum buffer)")
+    if not (sched.order == "update_then_apply" and sched.fixed and sched.chunk_size == 1):
+        blockers.append("the steps are not one per token")
+    if not blockers:
+        gated = getattr(variant, "decay", None) is not None
+        beta = to_text((-c if variant.ascent else c) * sympy.Symbol("η_t"))
+        return "delta_chunk", (
+            f"chunk-parallel (delta_chunk): ∂L/∂f = {to_text(dloss)} is affine in the prediction with Jacobian "
+            f"{c}·I and there is one step per token, so each step is the affine map "
+            f"S ↦ {'γ_t' if gated else ''}(I − β_t k̂_tᵀk̂_t)S + k̂_tᵀb_t with β_t = {beta} (Section 3, the delta "
+            "rule); such maps compose in DeltaNet's WY/UT representation, so a chunk's steps become one "
+            "triangular solve (I + A)⁻¹ and matrix products"
+            + (" with cumulative log-decays inside the chunk (gated DeltaNet)" if gated else "")
+            + ", and only the chunk states are sequential"
+        )
+    within = ""
+    if kernel == "static" and not indep and sched.order == "update_then_apply" and (sched.chunk_size or 1) > 1:
+        within = ("; within a chunk every gradient is taken at the chunk-start state, so each chunk is exact "
+                  "linear attention (Section 3), and the chunks run as a scan")
+    return "sequential", f"sequential: no chunked parallel form, because {'; '.join(blockers)}{within}."
+
+
 def classify(variant: Variant, W: str, feature_weights, dloss, y) -> Classification:
     """Kernel, values and parallelism of a reducible variant, one reason per decision."""
     reasons = [
@@ -148,10 +212,201 @@ def classify(variant: Variant, W: str, feature_weights, dloss, y) -> Classificat
     else:
         keep = [c for c, on in (("per-token η", variant.lr.kind == "per_token"),
                                 ("momentum (a cumulative-product scan)", variant.momentum is not None),
+                                ("decay (a cumulative-product scan, as simple_gla)", variant.decay is not None),
                                 ("Newton–Schulz per chunk", variant.orthogonalize is not None)) if on]
         extra = f"; {', '.join(keep)} keep it so (Section 4)" if keep else ""
         reasons.append(
             "parallel: static kernel, state-independent values and no weight norm, so chunk increments "
             f"φ(K_n)ᵀṼ_n are precomputable and the state is an associative prefix sum (Section 5){extra}"
         )
-    return Classification(True, kernel, values, not blockers, tuple(reasons))
+    parallel_form, why = parallel_form_of(variant, kernel, indep, not blockers, dloss, y)
+    if why:
+        reasons.append(why)
+    return Classification(True, kernel, values, not blockers, tuple(reasons), parallel_form)
+
+
+# --- linear layers under an output head (TTT-Linear/MLP) and gated branches (ViTTT GLU) ---------
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One linear layer ``z = φ(x)·W (+ b)`` of the model, with ``W`` (and ``b``) updated.
+
+    ``bias`` is an updated ``1 × n`` fast weight added to the layer: a key that is
+    constantly 1, so the state is ``[W; b]`` and the key ``[φ(x), 1]``. ``z`` is the symbol
+    that stands for the layer's output in the model's head.
+    """
+
+    state: str
+    bias: str | None
+    feature: sympy.MatrixExpr
+    layer: sympy.MatrixExpr
+    z: sympy.MatrixSymbol
+
+
+def _layer_candidate(node, trace, variant):
+    """``(W, bias, φ)`` when ``node`` is φ(x)·W (+ b) with W, b updated, else None."""
+    names = {w: n for n, w in trace.weights.items()}
+    updated = {trace.weights[u] for u in variant.update}
+    bias = None
+    product = node
+    if isinstance(node, sympy.MatAdd):
+        products = [t for t in node.args if isinstance(t, sympy.MatMul)]
+        rest = [t for t in node.args if not isinstance(t, sympy.MatMul)]
+        if len(products) != 1 or len(rest) != 1 or rest[0] not in updated or rest[0].shape[0] != 1:
+            return None
+        product, bias = products[0], names[rest[0]]
+    if not isinstance(product, sympy.MatMul):
+        return None
+    scalars = [a for a in product.args if not isinstance(a, sympy.MatrixExpr)]
+    mats = [a for a in product.args if isinstance(a, sympy.MatrixExpr)]
+    last = mats[-1]
+    if last not in updated or len(mats) < 2:
+        return None
+    inner = mats[:-1]
+    if any(a.has(last) for a in inner) or any(s.has(last) for s in scalars):
+        return None
+    if bias is not None and any(a.has(trace.weights[bias]) for a in inner):
+        return None
+    phi = sympy.MatMul(*scalars, *inner) if scalars or len(inner) > 1 else inner[0]
+    if not phi.has(trace.x):
+        return None
+    return names[last], bias, phi
+
+
+def _preorder(expr):
+    yield expr
+    for a in expr.args:
+        if isinstance(a, sympy.MatrixExpr):
+            yield from _preorder(a)
+
+
+def split_layers(variant: Variant, trace: Trace) -> tuple[tuple[Layer, ...], sympy.MatrixExpr]:
+    """``(layers, head)`` with ``f(x) = head(z_1, …, z_m; x)``, ``z_j = φ_j(x)·W_j (+ b_j)``.
+
+    The outermost linear layers in updated fast weights are taken out of the traced model
+    (each layer replaced, wherever it occurs, by a symbol ``z_j``) until the rest — the
+    *head* — no longer contains an updated fast weight. The head is ``z`` itself for
+    φ(x)·W, ``x + LN(z)`` for TTT-Linear, ``z_1 ⊙ silu(z_2)`` for a ViTTT GLU. Updated weights
+    inside φ_j (TTT-MLP's first layer) make the kernel dynamic.
+
+    Raises:
+        ReductionError: an updated fast weight is used outside any linear layer; the message
+            names the sub-expression.
+    """
+    pred = trace.prediction
+    check_supported(pred, f"variant {variant.name!r}: the model")
+    updated = {u: trace.weights[u] for u in variant.update}
+    head, layers, taken = pred, [], {}
+    for node in _preorder(pred):
+        if not any(head.has(w) for w in updated.values()):
+            break
+        cand = _layer_candidate(node, trace, variant)
+        if cand is None or node in taken or not head.has(node):
+            continue
+        W, bias, phi = cand
+        z = sympy.MatrixSymbol(f"z_{W}", *node.shape)
+        head = head.xreplace({node: z})
+        taken[node] = z
+        layers.append(Layer(W, bias, phi, node, z))
+    left = [u for u, w in updated.items() if head.has(w)]
+    if left:
+        u = left[0]
+        w = updated[u]
+        smallest = head  # the smallest sub-expression that uses w other than as a linear layer
+        for n in _preorder(head):
+            if n.has(w) and n != w and n.count_ops() < smallest.count_ops():
+                smallest = n
+        taken_text = ", ".join(f"{to_text(lay.z)} = {to_text(lay.layer)}" for lay in layers) or "none"
+        raise ReductionError(
+            f"variant {variant.name!r}: the model's output {to_text(pred)} is not linear attention: the updated fast "
+            f"weight {u} enters it through {to_text(smallest)}, which is not a linear layer φ(x)·{u} (+ bias) "
+            f"with {u} outside φ (linear layers taken out: {taken_text}; Section 5.1)"
+        )
+    return tuple(layers), head
+
+
+def classify_layers(variant: Variant, layers, head, feature_weights, dloss_z, z_symbols, y_dloss) -> Classification:
+    """Kernel, values and parallelism of a model ``head(z_1, …; x)`` of linear layers, with reasons.
+
+    ``dloss_z`` maps each layer's state to ∂ℓ/∂z_j of the effective loss ℓ = L(head(z), v);
+    ``y_dloss`` is ∂L/∂f of the declared loss (for the wording only).
+    """
+    gated = len(layers) > 1
+    plain_head = (not gated) and head == layers[0].z
+    structure = "gated" if gated else ("linear" if plain_head else "headed")
+    reasons = []
+    for lay in layers:
+        bias = (f" + {lay.bias}, the bias being a key constantly 1 (state [{lay.state}; {lay.bias}], key "
+                f"[φ(x), 1])" if lay.bias else "")
+        reasons.append(
+            f"reducible: {to_text(lay.z)} = {to_text(lay.layer)} is a linear layer φ(x)·{lay.state}{bias} in updated "
+            f"fast weights, so a gradient step on it adds the rank-1 term k̂ᵀ v̂ with v̂ = −η ∂ℓ/∂z (Theorem 5.1)"
+        )
+    if gated:
+        reasons.append(
+            f"gated: the output {to_text(head)} combines {len(layers)} linear-attention reads "
+            f"({', '.join(to_text(lay.z) for lay in layers)}), each linear in its own updated weight; "
+            "the combination is element-wise (a GLU of linear attentions, Section 7.4 set form)"
+        )
+    elif not plain_head:
+        reasons.append(
+            f"output head: f = {to_text(head)} with {to_text(layers[0].z)} the last linear layer; the head is "
+            "absorbed into the effective loss ℓ(z) = L(head(z), v), so v̂ = −η ∂ℓ/∂z = "
+            f"−η·{to_text(dloss_z[layers[0].state])}"
+            " (Section 3, LN-MSE)"
+        )
+    dyn = [u for u in variant.update if u in feature_weights]
+    if dyn:
+        kernel = "dynamic"
+        reasons.append(
+            f"kernel dynamic: the inner loop also updates {', '.join(dyn)} inside φ, so k̂_i = φ_i(k_i) and "
+            "q̂_t = φ_{t+1}(q_t) change with the history (Theorem 5.2)"
+        )
+    else:
+        kernel = "static"
+        slow = f" ({', '.join(feature_weights)} stay slow weights)" if feature_weights else ""
+        reasons.append(f"kernel static: no updated weight inside φ{slow}, so q̂ = φ(q) and k̂ = φ(k) (Theorem 5.2)")
+    dependent = {u: sorted(to_text(z) for z in z_symbols if g.has(z)) for u, g in dloss_z.items()}
+    indep = not any(dependent.values())
+    if indep:
+        values = "state_independent"
+        reasons.append("values state-independent: ∂ℓ/∂z does not involve the layers' outputs (Section 3)")
+    else:
+        values = "state_dependent"
+        which = "; ".join(f"∂ℓ/∂{to_text(next(lay.z for lay in layers if lay.state == u))} reads "
+                          f"{', '.join(zs)}" for u, zs in dependent.items() if zs)
+        reasons.append(
+            f"values state-dependent: {which}, i.e. the prediction at the current state"
+            + (", nonlinearly through the head" if not plain_head else "") + " (Section 3)"
+        )
+    one_step = variant.schedule.order == "bidirectional"
+    blockers = []
+    if not one_step:
+        if kernel == "dynamic":
+            blockers.append("the kernel is dynamic (φ_t depends on the whole history, Section 4)")
+        if not indep:
+            blockers.append(
+                "values depend on the state, so each chunk's increment needs the previous chunk's state "
+                "(exact linear attention within a chunk, whose gradients are all taken at the chunk-start "
+                "state; sequential across chunks, Section 3)"
+            )
+    if variant.weight_norm is not None:
+        blockers.append("weight norm wraps every step, and Norm(A + B) ≠ Norm(A) + Norm(B) (Section 4)")
+    clip = getattr(variant, "clip", None)
+    if blockers:
+        reasons.append("not parallel: " + "; ".join(blockers) + ".")
+    elif one_step:
+        extra = (f"; the {clip.describe()} rescales each increment by factors reduced over the whole update set "
+                 "(a diagonal rescale, Section 4)") if clip is not None else ""
+        reasons.append(
+            "parallel: one bidirectional step, so every value is taken at the initial state S_0 and the increments "
+            f"k̂ᵀv̂ of all tokens are one batched sum (a prefix scan of length one){extra}"
+        )
+    else:
+        reasons.append(
+            "parallel: static kernel and state-independent values, so chunk increments are precomputable and "
+            "the state is an associative prefix sum (Section 5)"
+        )
+    return Classification(True, kernel, values, not blockers, tuple(reasons),
+                          parallel_form="sequential" if blockers else "prefix_scan", structure=structure)

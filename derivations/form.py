@@ -24,7 +24,7 @@ import sympy
 
 from derivations.variant import Variant
 
-__all__ = ["Formula", "Classification", "Certificate", "LinearAttentionForm"]
+__all__ = ["Formula", "Classification", "Certificate", "LayerForm", "LinearAttentionForm"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,11 @@ class Classification:
     ``"state_dependent"``; ``parallel`` is true iff the state is an associative prefix sum
     of precomputable chunk increments. ``reasons`` has one sentence per decision, citing
     the theorem, section or component it rests on.
+
+    ``parallel_form`` names the chunked parallel form the layer has: ``"prefix_scan"``
+    (``parallel``: chunk increments and a prefix sum), ``"delta_chunk"`` (per-token steps whose
+    ∂L/∂f is affine in the prediction with Jacobian c·I: DeltaNet's WY/UT chunk form, the
+    chunk states sequential) or ``"sequential"`` (a scan over inner steps only).
     """
 
     reducible: bool
@@ -50,6 +55,10 @@ class Classification:
     values: str
     parallel: bool
     reasons: tuple[str, ...]
+    parallel_form: str = "sequential"
+    #: ``"linear"`` (f = φ(x)·W), ``"headed"`` (f = head(φ(x)·W + b; x), e.g. x + LN(z)) or
+    #: ``"gated"`` (an element-wise combination of several linear layers, e.g. a GLU)
+    structure: str = "linear"
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,29 @@ class Certificate:
     sizes: dict
     seconds: float
     failure: str | None = None
+
+
+@dataclass(frozen=True)
+class LayerForm:
+    """One linear layer ``z = φ(x)·W (+ b)`` of a headed or gated model, as linear attention.
+
+    ``key``/``query`` are φ_t(k) and φ_{t+1}(q); ``bias`` (an updated ``1 × n`` weight) extends
+    them by a constant 1 and the state ``W`` by the row ``b``; ``dloss_z`` is ∂ℓ/∂z of the
+    effective loss ℓ = L(head(z_1, …), v) (an expression of the ``z`` symbols, ``x`` and ``v``);
+    ``value`` is v̂ = ∓η ∂ℓ/∂z at z_j = k̂ W_{j,t} + b_{j,t} (it reads ``state_t``/``bias_t``).
+    """
+
+    state: str
+    bias: str | None
+    z: sympy.MatrixSymbol
+    layer: sympy.MatrixExpr
+    feature: sympy.MatrixExpr
+    key: sympy.MatrixExpr
+    query: sympy.MatrixExpr
+    dloss_z: sympy.MatrixExpr
+    value: sympy.MatrixExpr
+    state_t: sympy.MatrixSymbol
+    bias_t: sympy.MatrixSymbol | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,6 +167,10 @@ class LinearAttentionForm:
     certificate: Certificate | None = None
     seconds: float = 0.0
     weights: dict = field(default_factory=dict)
+    #: headed/gated models: the head ``f = head(z_1, …; x)`` (an expression of the layers' ``z``
+    #: symbols and ``x``) and one :class:`LayerForm` per linear layer; None/() for f = φ(x)·W
+    head: sympy.MatrixExpr | None = None
+    layers: tuple = ()
 
     @property
     def reducible(self) -> bool:

@@ -24,6 +24,7 @@ __all__ = [
     "sigmoid",
     "relu",
     "identity",
+    "rsqrt",
 ]
 
 
@@ -130,6 +131,19 @@ class relu_(ScalarFunction):
         return sympy.Heaviside(self.args[0], 0)
 
 
+class rsqrt_(ScalarFunction):
+    """rsqrt(x) = 1/√x (the inverse standard deviation of LayerNorm)."""
+
+    latex_name = r"\operatorname{rsqrt}"
+
+    @classmethod
+    def closed(cls, x):
+        return 1 / sympy.sqrt(x)
+
+    def fdiff(self, argindex=1):
+        return -rsqrt_(self.args[0]) ** 3 / 2
+
+
 def _identity_sym(x):
     return x
 
@@ -221,6 +235,10 @@ def _identity(x):
     return x
 
 
+def _rsqrt(x):
+    return _torch_fns()[0].rsqrt(x)
+
+
 silu = register("silu", _silu, silu_, "F.silu({})")
 gelu = register("gelu", _gelu, gelu_, "F.gelu({})")
 gelu_tanh = register("gelu_tanh", _gelu_tanh, gelu_tanh_, "F.gelu({}, approximate='tanh')")
@@ -228,3 +246,4 @@ tanh = register("tanh", _tanh, sympy.tanh, "torch.tanh({})")
 sigmoid = register("sigmoid", _sigmoid, sigmoid_, "torch.sigmoid({})")
 relu = register("relu", _relu, relu_, "F.relu({})")
 identity = register("identity", _identity, _identity_sym, "{}")
+rsqrt = register("rsqrt", _rsqrt, rsqrt_, "torch.rsqrt({})")

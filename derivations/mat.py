@@ -21,7 +21,8 @@ import numbers
 import sympy
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-__all__ = ["Mat", "ShapeMismatch", "dot", "sq_norm", "sum_all"]
+__all__ = ["Mat", "ShapeMismatch", "dot", "sq_norm", "sum_all", "row_mean", "row_var", "broadcast", "add_constant",
+           "layer_norm"]
 
 
 class ShapeMismatch(ValueError):
@@ -257,3 +258,58 @@ def sum_all(a: Mat) -> Mat:
         ones = sympy.OneMatrix(a.shape[1], 1)
         return Mat(sympy.MatMul(a.value, ones), (1, 1), "sym", f"Σ{a.label}")
     return Mat(a.value.sum(-1, keepdim=True), (1, 1), a.kind, f"Σ{a.label}")
+
+
+# --- row reductions and LayerNorm ---------------------------------------------------------
+
+
+def row_mean(a: Mat) -> Mat:
+    """The mean of a row's entries, a 1 × 1 matrix: ``sum_all(a) / n``."""
+    _need_row(a, "row_mean")
+    n = a.shape[1]
+    return sum_all(a).scale(sympy.Integer(1) / n if a.symbolic else 1.0 / n)
+
+
+def broadcast(s: Mat, like: Mat) -> Mat:
+    """A 1 × 1 matrix ``s`` repeated along ``like``'s row: ``s · 1_{1×n}`` (a 1 × n row)."""
+    _need_row(like, "broadcast")
+    if not isinstance(s, Mat) or s.shape != (1, 1):
+        raise ShapeMismatch(f"broadcast() takes a 1 × 1 matrix, got {getattr(s, 'label', s)}")
+    n = like.shape[1]
+    if s.symbolic:
+        return Mat(sympy.MatMul(s.value, sympy.OneMatrix(1, n)), (1, n), "sym", f"{s.label}·1")
+    return Mat(s.value.expand(*s.value.shape[:-1], n), (1, n), s.kind, f"{s.label}·1")
+
+
+def add_constant(a: Mat, c) -> Mat:
+    """``a + c`` for a scalar constant ``c`` added to every entry (e.g. an ε under a root)."""
+    if a.symbolic:
+        const = sympy.MatMul(sympy.sympify(c), sympy.OneMatrix(*a.shape))
+        return Mat(sympy.MatAdd(a.value, const), a.shape, "sym", f"({a.label} + {c})")
+    return Mat(a.value + c, a.shape, a.kind, f"({a.label} + {c})")
+
+
+def row_var(a: Mat) -> Mat:
+    """The (biased) variance of a row's entries, a 1 × 1 matrix: mean((a − mean(a))²)."""
+    _need_row(a, "row_var")
+    centered = a - broadcast(row_mean(a), a)
+    return row_mean(centered * centered)
+
+
+def layer_norm(z: Mat, gamma: Mat, beta: Mat, eps: float = 1e-6) -> Mat:
+    """LayerNorm of a row: ``γ ⊙ (z − μ) / sqrt(var(z) + eps) + β``, μ and var over the row.
+
+    Built from the language's own pieces (row means, a broadcast, the element-wise ``rsqrt``),
+    so it is executed by torch in the oracle and differentiated by the engine's reverse-mode
+    rules like everything else. ``gamma`` and ``beta`` are ``1 × n`` weights (slow weights of
+    the layer, or fast ones).
+    """
+    from derivations.functions import rsqrt
+
+    _need_row(z, "layer_norm")
+    for name, w in (("gamma", gamma), ("beta", beta)):
+        if not isinstance(w, Mat) or w.shape[0] != 1:
+            raise ShapeMismatch(f"layer_norm(): {name} must be a 1 × n weight, got {getattr(w, 'label', w)}")
+    centered = z - broadcast(row_mean(z), z)
+    inv_std = rsqrt(add_constant(row_mean(centered * centered), eps))
+    return gamma * (centered * broadcast(inv_std, z)) + beta

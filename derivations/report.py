@@ -6,16 +6,17 @@ The HTML report is self-contained: maths is converted to MathML at build time
 
 from __future__ import annotations
 
+import base64
 import html
 import json
+import re
 from pathlib import Path
-
-import jinja2
 
 from derivations.form import LinearAttentionForm
 from derivations.printing import to_latex, to_text
 
-__all__ = ["summary", "render_text", "render_latex", "render_json", "render_markdown", "render_html", "write_report"]
+__all__ = ["summary", "render_text", "render_latex", "render_json", "render_markdown", "render_html", "write_report",
+           "SECTIONS", "THEOREMS", "cited", "md_title", "markdown_to_html", "html_page", "write_pages"]
 
 
 def _effective(form: LinearAttentionForm, printer) -> dict:
@@ -32,6 +33,7 @@ def summary(form: LinearAttentionForm) -> dict:
         "kernel": c.kernel,
         "values": c.values,
         "parallel": c.parallel,
+        "parallel_form": c.parallel_form,
         "reasons": list(c.reasons),
         "certified": bool(cert and cert.certified),
         "certificate": None if cert is None else {
@@ -78,7 +80,8 @@ def _sections(form: LinearAttentionForm, printer, formula):
         out.append(("dynamic kernel recurrence", [formula(f) for f in form.kernel_recurrence]))
     out.append(("classification", [
         f"reducible: {'yes' if c.reducible else 'no'} · kernel: {c.kernel} · values: {c.values} · "
-        f"parallel: {'yes' if c.parallel else 'no'}", *[f"- {r}" for r in c.reasons]]))
+        f"parallel: {'yes' if c.parallel else 'no'} · parallel form: {c.parallel_form}",
+        *[f"- {r}" for r in c.reasons]]))
     cert = form.certificate
     if cert is not None:
         status = "CERTIFIED" if cert.certified else f"NOT certified: {cert.failure}"
@@ -112,84 +115,140 @@ def render_latex(form: LinearAttentionForm) -> str:
     return "\\begin{align*}\n" + " \\\\\n".join(rows) + "\n\\end{align*}"
 
 
-_MD = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False).from_string("""\
-# Derivation report: `{{ v.name }}`
+#: What each reference cited by a classification reason says (``reference/ttt-math.md``).
+THEOREMS = {
+    "Theorem 5.1": "one gradient step on a layer f(x) = φ(x)·W that is linear and bias-free in W adds the rank-1 "
+    "term φ_t(k)ᵀ g_t(k) with g_t = −η ∂L/∂f, so the read o = φ_{t+1}(q)(W_t + φ_t(k)ᵀ g_t(k)) is linear "
+    "attention with q̂ = φ_{t+1}(q), k̂ = φ_t(k), v̂ = g_t(k), S_0 = W_t (single step).",
+    "Theorem 5.2": "one step per token unrolls to W_{t+1} = W_0 + Σ_{i≤t} φ_i(k_i)ᵀ g_i(k_i): extended linear "
+    "attention, whose kernel φ_i is dynamic (depends on the history) exactly when weights inside φ are updated.",
+    "Theorem 5.3": "with momentum α the read is φ_{t+1}(q_t)(W_0 + Σ_i φ_i(k_i)ᵀ m_i), m_i = g_i Σ_{j=i}^{t} β_i^j, "
+    "β_i^j = Π_{s=i+1}^{j} α_s: momentum only remixes the values.",
+    "Section 3": "the effective value g = −η ∂L/∂f: a dot-product loss gives values that do not read the state; a "
+    "squared loss gives ∂L/∂f = f − v, which reads the current state (the delta rule).",
+    "Section 4": "components: a dynamic kernel, a weight norm (Norm(A + B) ≠ Norm(A) + Norm(B)) or state-dependent "
+    "values need the previous state; per-token η, momentum and per-chunk Newton–Schulz keep a prefix sum.",
+    "Section 5": "the parallel chunked form: with a static kernel, state-independent values and no weight norm, the "
+    "chunk increments φ(K_n)ᵀṼ_n are computed at once and the state is a prefix sum of them.",
+    "Section 5.1": "the rewrite needs a last layer that is linear and bias-free in an updated fast weight.",
+}
 
-{{ v.description }}
+_REF = re.compile(r"(Theorems? 5\.\d(?:[–-]5\.\d)?|Section \d(?:\.\d)?)")
 
-## Declaration
 
-```python
-{{ v.source }}```
+def cited(reason: str) -> list[str]:
+    """The theorems and sections a reason cites, in order (``Theorems 5.1–5.3`` expands)."""
+    out = []
+    for ref in _REF.findall(reason):
+        if ref.startswith("Theorems"):
+            lo, hi = (int(x[-1]) for x in re.split(r"[–-]", ref.split()[1]))
+            refs = [f"Theorem 5.{i}" for i in range(lo, hi + 1)]
+        else:
+            refs = [ref]
+        out += [r for r in refs if r not in out]
+    return out
 
-{% for key, value in v.summary().items() %}- **{{ key }}**: {{ value }}
-{% endfor %}
-## Split of the model
 
-$$f(x) = \\phi(x)\\,{{ form.state }},\\qquad \\phi(x) = {{ eff.feature }}$$
+def _decision(reason: str) -> tuple[str, str]:
+    """``("kernel static", "only W is updated …")`` from ``"kernel static: only W …"``."""
+    head, sep, rest = reason.partition(": ")
+    return (head, rest) if sep and len(head) < 40 else ("", reason)
 
-## Gradients of the inner loss (derived by our reverse-mode rules)
 
-$$\\frac{\\partial L}{\\partial f} = {{ dloss }}$$
-{% for u, g in grads.items() %}
-$$\\nabla_{ {{- u -}} } \\ell = {{ g }}$$
-{% endfor %}
-## Effective linear attention (Theorems 5.1–5.3)
+# ---- Markdown sections of the derivation report; each takes the form and returns Markdown ----
 
-$$\\hat q = {{ eff.query }}$$
+def md_declaration(form: LinearAttentionForm) -> str:
+    """The declaration as written, and its settings."""
+    v = form.variant
+    settings = "".join(f"- **{key}**: {value}\n" for key, value in v.summary().items())
+    return f"## Declaration\n\n```python\n{v.source.rstrip()}\n```\n\n{settings}"
 
-$$\\hat k = {{ eff.key }}$$
 
-$$\\hat v = {{ eff.value }}$$
+def md_gradients(form: LinearAttentionForm) -> str:
+    """The inner loss, the split f(x) = φ(x)·W and the gradient of every updated fast weight."""
+    eff = _effective(form, to_latex)
+    loss = to_latex(form.variant.trace().loss)
+    grads = "".join(f"$$\\nabla_{{{u}}} \\ell = {to_latex(g)}$$\n\n" for u, g in form.gradients.items())
+    return (
+        "## Inner loss and gradients (derived by our reverse-mode rules)\n\n"
+        f"Inner loss of the prediction $y = f(k)$ and the value $v$:\n\n$$L(y, v) = {loss}$$\n\n"
+        f"The model splits as a feature map and a last linear layer:\n\n"
+        f"$$f(x) = \\phi(x)\\,{form.state},\\qquad \\phi(x) = {eff['feature']}$$\n\n"
+        f"$$\\frac{{\\partial L}}{{\\partial f}} = {to_latex(form.dloss)}$$\n\n"
+        f"Gradient of $\\ell = L(f(k), v)$ for each updated fast weight:\n\n{grads}"
+    )
 
-$$S_0 = {{ eff.state0 }}$$
 
-Learning rate: {{ form.lr_placement }}
+def md_effective(form: LinearAttentionForm) -> str:
+    """The effective query, key, value and initial state."""
+    eff = _effective(form, to_latex)
+    return (
+        "## Effective linear attention (Theorems 5.1–5.3)\n\n"
+        f"$$\\hat q = {eff['query']}$$\n\n$$\\hat k = {eff['key']}$$\n\n$$\\hat v = {eff['value']}$$\n\n"
+        f"$$S_0 = {eff['state0']}$$\n\nLearning rate: {form.lr_placement}\n"
+    )
 
-## Unrolled state
-{% for f in form.unrolled %}
-$${{ f.latex }}$$
-{% endfor %}
-Mask ({{ form.mask }}): ${{ form.mask_formula.latex }}${% if form.chunk_transform %}
 
-Chunk transform: {{ form.chunk_transform }}{% endif %}
-{% if form.momentum %}
-## Momentum coefficients (Theorem 5.3)
-{% for f in form.momentum %}
-$${{ f.latex }}$$
-{% endfor %}{% endif %}{% if form.kernel_recurrence %}
-## Dynamic kernel
-{% for f in form.kernel_recurrence %}
-$${{ f.latex }}$$
-{% endfor %}{% endif %}
-## Classification
+def md_unrolled(form: LinearAttentionForm) -> str:
+    """The unrolled state, the mask and, with momentum, its coefficients."""
+    out = ["## Unrolled state\n"]
+    out += [f"$${f.latex}$$\n" for f in form.unrolled]
+    out.append(f"Mask ({form.mask}): ${form.mask_formula.latex}$\n")
+    if form.chunk_transform:
+        out.append(f"Chunk transform: {form.chunk_transform}\n")
+    if form.momentum:
+        out.append("## Momentum coefficients (Theorem 5.3)\n")
+        out += [f"$${f.latex}$$\n" for f in form.momentum]
+    if form.kernel_recurrence:
+        out.append("## Dynamic kernel\n")
+        out += [f"$${f.latex}$$\n" for f in form.kernel_recurrence]
+    return "\n".join(out)
 
-| reducible | kernel | values | parallel |
-|---|---|---|---|
-| {{ c.reducible }} | {{ c.kernel }} | {{ c.values }} | {{ c.parallel }} |
 
-{% for r in c.reasons %}- {{ r }}
-{% endfor %}
-## Certificate
-{% if cert %}
-**{{ "certified" if cert.certified else "not certified" }}** in {{ "%.2f"|format(cert.seconds) }} s
-(sizes {{ cert.sizes }}). {{ cert.checked }}.
-{% if cert.failure %}
-Failure: {{ cert.failure }}
-{% endif %}
-Kept abstract: {{ cert.abstract|join("; ") }}.
-{% else %}
-Not run.
-{% endif %}""")
+def md_classification(form: LinearAttentionForm) -> str:
+    """The classification, each reason with the theorem or section it rests on."""
+    c = form.classification
+    rows = []
+    for reason in c.reasons:
+        decision, why = _decision(reason)
+        basis = ", ".join(cited(reason)) or "-"
+        rows.append(f"| {decision or '-'} | {why.replace('|', '/')} | {basis} |")
+    refs = []
+    for reason in c.reasons:
+        refs += [r for r in cited(reason) if r not in refs]
+    statements = "".join(f"- **{r}**: {THEOREMS[r]}\n" for r in refs if r in THEOREMS)
+    return (
+        "## Classification\n\n"
+        "| reducible | kernel | values | parallel | parallel form |\n|---|---|---|---|---|\n"
+        f"| {c.reducible} | {c.kernel} | {c.values} | {c.parallel} | {c.parallel_form} |\n\n"
+        "| decision | reason | rests on |\n|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        + (f"What the cited results say:\n\n{statements}" if statements else "")
+    )
+
+
+def md_certificate(form: LinearAttentionForm) -> str:
+    """The exact symbolic certificate (or that it was not run)."""
+    cert = form.certificate
+    if cert is None:
+        return "## Certificate\n\nNot run.\n"
+    status = "certified" if cert.certified else "not certified"
+    out = (f"## Certificate\n\n**{status}** in {cert.seconds:.2f} s (sizes {cert.sizes}). {cert.checked}.\n\n")
+    if cert.failure:
+        out += f"Failure: {cert.failure}\n\n"
+    return out + f"Kept abstract: {'; '.join(cert.abstract)}.\n"
+
+
+#: the derivation report's sections, in order (the full ``tttla report`` appends its own)
+SECTIONS = (md_declaration, md_gradients, md_effective, md_unrolled, md_classification, md_certificate)
+
+
+def md_title(form: LinearAttentionForm, kind: str = "Derivation report") -> str:
+    return f"# {kind}: `{form.variant.name}`\n\n{form.variant.description}\n"
 
 
 def render_markdown(form: LinearAttentionForm) -> str:
     """The report as Markdown with LaTeX maths (``$…$`` and ``$$…$$``)."""
-    return _MD.render(
-        v=form.variant, form=form, c=form.classification, cert=form.certificate,
-        eff=_effective(form, to_latex), dloss=to_latex(form.dloss),
-        grads={u: to_latex(g) for u, g in form.gradients.items()},
-    )
+    return "\n".join([md_title(form), *(section(form) for section in SECTIONS)])
 
 
 def _mathml(latex: str, display: bool) -> str:
@@ -203,14 +262,26 @@ def _mathml(latex: str, display: bool) -> str:
 
 
 _STYLE = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.5}"
-          "pre{background:#f4f4f4;padding:.8rem;overflow-x:auto}table{border-collapse:collapse}"
-          "td,th{border:1px solid #bbb;padding:.2rem .6rem}math[display=block]{margin:.6rem 0;overflow-x:auto}")
+          "pre{background:#f4f4f4;padding:.8rem;overflow-x:auto}table{border-collapse:collapse;margin:.6rem 0}"
+          "td,th{border:1px solid #bbb;padding:.2rem .6rem;vertical-align:top}th{background:#eee}"
+          "math[display=block]{margin:.6rem 0}img{max-width:100%}")
+
+_IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)\s]+)\)$")
 
 
-def _markdown_to_html(md: str) -> str:
-    """A small Markdown subset (headings, lists, tables, code, paragraphs, $ maths) to HTML."""
-    import re
+def _image(alt: str, src: str, images: dict) -> str:
+    """``<img>`` with the PNG bytes of ``images[src]`` as a data URI (never a link)."""
+    if src not in images:
+        raise KeyError(f"image {src!r} is referenced but not given")
+    data = base64.b64encode(images[src]).decode("ascii")
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
 
+
+def markdown_to_html(md: str, images: dict | None = None) -> str:
+    """A small Markdown subset (headings, lists, tables, code, paragraphs, $ maths, images on
+    their own line) to HTML; ``images`` maps each image's file name to its PNG bytes, which are
+    embedded as data URIs so the page needs no other file."""
+    images = images or {}
     out, in_code, in_list, table = [], False, False, []
 
     def inline(text):
@@ -229,10 +300,13 @@ def _markdown_to_html(md: str) -> str:
 
     def flush_table():
         if table:
-            rows = [r for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
-            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
-            body = "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in cells)
-            out.append(f"<table>{body}</table>")
+            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in table]
+            has_head = len(cells) > 1 and all(set(c) <= set("-: ") for c in cells[1])
+            head = ("<thead><tr>" + "".join(f"<th>{inline(c)}</th>" for c in cells[0]) + "</tr></thead>"
+                    if has_head else "")
+            rows = cells[2:] if has_head else cells
+            body = "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows)
+            out.append(f"<table>{head}<tbody>{body}</tbody></table>")
             table.clear()
 
     for line in md.splitlines():
@@ -250,7 +324,10 @@ def _markdown_to_html(md: str) -> str:
         if in_list and not line.startswith("- "):
             out.append("</ul>")
             in_list = False
-        if line.startswith("$$") and line.endswith("$$") and len(line) > 4:
+        image = _IMAGE.match(line.strip())
+        if image:
+            out.append(_image(image.group(1), image.group(2), images))
+        elif line.startswith("$$") and line.endswith("$$") and len(line) > 4:
             out.append(_mathml(line[2:-2], True))
         elif line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
@@ -268,19 +345,29 @@ def _markdown_to_html(md: str) -> str:
     return "\n".join(out)
 
 
+def html_page(title: str, body: str) -> str:
+    """A whole HTML document around ``body``: inline styles, no script, no external URL."""
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+
+
 def render_html(form: LinearAttentionForm) -> str:
     """A self-contained HTML page (MathML maths, inline styles, no external URL)."""
-    body = _markdown_to_html(render_markdown(form))
-    title = html.escape(f"tttla derive {form.variant.name}")
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
-            f"<style>{_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+    return html_page(f"tttla derive {form.variant.name}", markdown_to_html(render_markdown(form)))
+
+
+def write_pages(directory, markdown: str, page: str, images: dict | None = None) -> tuple[Path, Path]:
+    """Write ``report.md``, ``report.html`` and the images ``report.md`` links to (``name → PNG bytes``)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    md, html_path = d / "report.md", d / "report.html"
+    md.write_text(markdown, encoding="utf-8")
+    html_path.write_text(page, encoding="utf-8")
+    for name, data in (images or {}).items():
+        (d / name).write_bytes(data)
+    return md, html_path
 
 
 def write_report(form: LinearAttentionForm, directory) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into ``directory`` (created if needed)."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    md, page = d / "report.md", d / "report.html"
-    md.write_text(render_markdown(form), encoding="utf-8")
-    page.write_text(render_html(form), encoding="utf-8")
-    return md, page
+    return write_pages(directory, render_markdown(form), render_html(form))

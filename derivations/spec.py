@@ -23,6 +23,11 @@ __all__ = [
     "FIXED_NS",
     "WeightNorm",
     "weight_norm",
+    "Decay",
+    "decay",
+    "ColumnClip",
+    "column_clip",
+    "DECAY_ORDERS",
     "Schedule",
     "chunked",
     "token_level",
@@ -163,6 +168,58 @@ class WeightNorm:
 def weight_norm(eps: float = 1e-5) -> WeightNorm:
     """LaCT's weight normalisation (per output channel, to the initial norms)."""
     return WeightNorm(float(eps))
+
+
+# --- state decay ------------------------------------------------------------------------
+
+DECAY_ORDERS = {
+    "decay_then_gradient": "S ← γ_t S, then the step's gradient is taken at the decayed state "
+    "(gated DeltaNet: S_t = γ_t (I − β_t k_tᵀk_t) S_{t−1} + β_t k_tᵀv_t; simple_gla for a dot-product loss)",
+    "gradient_then_decay": "the gradient is taken where the schedule says (the chunk-start weights), "
+    "then W ← γ_t W + ΔW_t (Titans: M_t = (1 − α_t) M_{t−1} + S_t)",
+}
+
+
+@dataclass(frozen=True)
+class Decay:
+    """A per-token decay γ_t = exp(g_t) of the updated fast weights, one per step.
+
+    The caller supplies ``log_decay`` g_t = log γ_t ``[B, T, H]`` (as fla's ``g``; g_t ≤ 0 gives
+    γ_t ∈ (0, 1]). ``order`` places the decay relative to the gradient (see ``DECAY_ORDERS``);
+    it multiplies every updated weight (after momentum and orthogonalisation, before weight norm).
+    """
+
+    order: str = "decay_then_gradient"
+
+    def describe(self) -> str:
+        when = "before the gradient" if self.order == "decay_then_gradient" else "after the gradient"
+        return f"per-token decay γ_t = exp(g_t) {when} (caller-supplied log_decay g)"
+
+
+def decay(order: str = "decay_then_gradient") -> Decay:
+    """A per-token state decay γ_t = exp(g_t); ``order`` is ``"decay_then_gradient"`` (gated
+    DeltaNet, fla) or ``"gradient_then_decay"`` (Titans' weight decay)."""
+    if order not in DECAY_ORDERS:
+        raise DeclarationError(f"decay(order={order!r}): expected one of {', '.join(DECAY_ORDERS)}")
+    return Decay(order)
+
+
+# --- gradient clipping ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColumnClip:
+    """ViTTT's clip of each step's increment, per output column (a column of W, ``[in, out]``):
+    G[:, c] ← G[:, c] / (‖G[:, c]‖ + 1), applied to every updated weight's increment before
+    momentum, orthogonalisation and the update (reference Section 7.4, pitfall 11)."""
+
+    def describe(self) -> str:
+        return "column-wise gradient clip G[:, c] / (‖G[:, c]‖ + 1)"
+
+
+def column_clip() -> ColumnClip:
+    """ViTTT's column-wise gradient clip G[:, c] ← G[:, c] / (‖G[:, c]‖ + 1)."""
+    return ColumnClip()
 
 
 # --- schedule ---------------------------------------------------------------------------

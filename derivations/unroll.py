@@ -71,6 +71,18 @@ def unrolled_state(variant: Variant, state: str, dynamic: bool) -> tuple[Formula
         s = "S_j" if token else "S^{(j)}"
         out.append(Formula(rf"{s} = \operatorname{{Norm}}\left({s_prev} + {u_l}\right),\quad S_0 = {state}_0",
                            f"S_j = Norm(S_(j−1) + {u_t}), S_0 = {state}₀ (column norms reset to ‖{state}₀[:, c]‖)"))
+    elif variant.decay is not None:  # update_then_apply only (checked at declaration)
+        out.append(Formula(
+            rf"S_t = \Gamma_t S_0 + \sum_{{j \le t}} \frac{{\Gamma_t}}{{\Gamma_j}} {u_l},\quad "
+            rf"\Gamma_t = \prod_{{s \le t}} \gamma_s,\ \gamma_s = e^{{g_s}},\quad S_0 = {state}_0",
+            f"S_t = Γ_t S_0 + Σ_(j≤t) (Γ_t/Γ_j) {u_t}, Γ_t = Π_(s≤t) γ_s, γ_s = exp(g_s), S_0 = {state}₀"))
+        if variant.decay.order == "decay_then_gradient":
+            out.append(Formula(r"\hat{v}_t = g_t(k_t) \text{ at the decayed state } \gamma_t S_{t-1}",
+                               "v̂_t = g_t(k_t) at the decayed state γ_t S_(t−1) (S ← γ_t S, then the step)"))
+        else:
+            out.append(Formula(r"\hat{v}_t = g_t(k_t) \text{ at the chunk-start state; } S_t = \gamma_t S_{t-1} + U_t",
+                               "v̂_t = g_t(k_t) at the chunk-start state; S_t = γ_t S_(t−1) + U_t (decay after "
+                               "the gradient)"))
     else:
         s = "S_n" if token else "S^{(n)}"
         lt = s.replace("n", "t") if token else s

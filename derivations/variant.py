@@ -20,6 +20,8 @@ import sympy
 from derivations.errors import DeclarationError
 from derivations.mat import Mat, ShapeMismatch
 from derivations.spec import (
+    ColumnClip,
+    Decay,
     LearningRate,
     Momentum,
     Orthogonalize,
@@ -75,6 +77,10 @@ class Variant:
     description: str
     source: str
     spec_hash: str = field(repr=False)
+    #: per-token decay of the updated weights (γ_t = exp(g_t), caller-supplied g), or None
+    decay: Decay | None = None
+    #: column-wise clip of every increment (ViTTT), or None
+    clip: ColumnClip | None = None
 
     @property
     def dims(self) -> tuple[str, ...]:
@@ -106,6 +112,8 @@ class Variant:
             "momentum": self.momentum.describe() if self.momentum else "none",
             "orthogonalisation": self.orthogonalize.describe() if self.orthogonalize else "none",
             "weight norm": self.weight_norm.describe() if self.weight_norm else "none",
+            **({"decay": self.decay.describe()} if self.decay else {}),
+            **({"clip": self.clip.describe()} if self.clip else {}),
             "direction": "gradient ascent" if self.ascent else "gradient descent",
             "schedule": self.schedule.describe(),
             "queries": "keys replace queries" if self.queries == "key" else "queries",
@@ -231,6 +239,28 @@ def _check_rule(name, update, lr, mom, ortho, wnorm, schedule):
             )
 
 
+def _check_decay(name, value, schedule) -> Decay | None:
+    """``decay``: None, a :func:`~derivations.spec.decay` record or ``per_token()`` (its default)."""
+    if value is None:
+        return None
+    if isinstance(value, LearningRate) and value.kind == "per_token":
+        value = Decay()
+    if not isinstance(value, Decay):
+        raise DeclarationError(f"variant {name!r}: decay must be None, decay(order) or per_token(), got {value!r}")
+    if schedule.order != "update_then_apply":
+        raise DeclarationError(
+            f"variant {name!r}: decay needs per-token steps (update_then_apply); the {schedule.order} order "
+            "steps once per chunk"
+        )
+    if value.order == "decay_then_gradient" and not (schedule.fixed and schedule.chunk_size == 1):
+        raise DeclarationError(
+            f"variant {name!r}: decay(order='decay_then_gradient') takes each gradient at the decayed previous "
+            "state, so it needs token_level() (chunk size 1); for gradients at a chunk start use "
+            "decay(order='gradient_then_decay')"
+        )
+    return value
+
+
 def _source_of(fn) -> str:
     try:
         return textwrap.dedent(inspect.getsource(fn))
@@ -256,6 +286,8 @@ def variant(
     weight_norm: WeightNorm | None = None,
     ascent: bool = False,
     schedule: Schedule | None = None,
+    decay=None,
+    clip: ColumnClip | None = None,
     key_dim: str = "d",
     queries: str = "query",
     name: str | None = None,
@@ -276,6 +308,9 @@ def variant(
         ascent: take gradient-ascent steps (flips the sign of every update).
         schedule: ``chunked(order, size)`` or ``token_level()``; default
             ``chunked("apply_then_update", 64)``.
+        decay: ``decay(order)`` (or ``per_token()``, the default order) or None: a per-token
+            factor γ_t = exp(g_t) on the updated weights, g supplied by the caller as ``log_decay``.
+        clip: ``column_clip()`` or None: ViTTT's G[:, c] / (‖G[:, c]‖ + 1) on each increment.
         key_dim: the name of the input row's dimension.
         queries: ``"query"`` or ``"key"`` (the layer reads with its keys instead of queries).
         name, description: default to the function's name and the first docstring line.
@@ -298,6 +333,7 @@ def variant(
         lr_ = constant(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else (lr or constant(1.0))
         sched = schedule or chunked("apply_then_update", 64)
         _check_rule(vname, upd, lr_, momentum, orthogonalize, weight_norm, sched)
+        decay_ = _check_decay(vname, decay, sched)
         if queries not in ("query", "key"):
             raise DeclarationError(f"variant {vname!r}: queries must be 'query' or 'key', got {queries!r}")
         if not callable(loss):
@@ -313,6 +349,12 @@ def variant(
         doc = inspect.getdoc(model) or ""
         source = _source_of(model)
         fields = (vname, fast_, upd, lr_, momentum, orthogonalize, weight_norm, bool(ascent), sched, key_dim, queries)
+        if decay_ is not None:  # appended only when set, so existing spec hashes are unchanged
+            fields += (decay_,)
+        if clip is not None and not isinstance(clip, ColumnClip):
+            raise DeclarationError(f"variant {vname!r}: clip must be None or column_clip(), got {clip!r}")
+        if clip is not None:
+            fields += (clip,)
         return Variant(
             name=vname,
             model=model,
@@ -331,6 +373,8 @@ def variant(
             description=description or (doc.splitlines()[0] if doc else vname),
             source=source,
             spec_hash=_spec_hash(source, fields),
+            decay=decay_,
+            clip=clip,
         )
 
     return decorate

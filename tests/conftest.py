@@ -10,3 +10,27 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25)
 settings.register_profile("dev", deadline=None, max_examples=25)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+#: a GPU results file as a GPU run would write it (benchmarks/results/<device>.json)
+FAKE_GPU = {"machine": {"device": "NVIDIA H100 (test fixture)", "torch": "2.x"}, "results": {"lact_v6": {
+    "config": {"seq_len": 8192, "dim": 128, "chunk": 64, "dtype": "bfloat16", "batch_heads": 32},
+    "rows": [{"name": "triton", "pass": "forward", "seconds": 0.001, "tokens_per_s": 2.6e8, "flops_per_s": 3e14}]}}}
+
+
+@pytest.fixture(scope="session")
+def small_report(tmp_path_factory):
+    """One full report of lact_v6 (a parallel variant with a Triton form), built once with few
+    cases and a tiny benchmark, plus a fake GPU results file: shared by the report tests."""
+    from tttla.reporting import ReportOptions, build_report
+    from tttla.reporting.benchmark import SweepConfig
+
+    results = tmp_path_factory.mktemp("results")
+    (results / "h100.json").write_text(json.dumps(FAKE_GPU))
+    options = ReportOptions(cases=3, bench=SweepConfig(seq_lens=(16, 32), dim=8, chunk=8, repeats=1),
+                            results_dir=results)
+    return build_report("lact_v6", tmp_path_factory.mktemp("report"), options)

@@ -34,7 +34,9 @@ CASES = {
     "hadamard": sympy.HadamardProduct(X, Y, X),
     "scalar_entry": sympy.MatMul(sympy.MatMul(r, X, P, r.T)[0, 0], X),
     "one_matrix": sympy.MatMul(sympy.OneMatrix(1, 2), X),
-    **{f"fn_{n}": sympy.HadamardProduct(_ew(n, sympy.MatMul(X, Q)), Y) for n in FUNCTIONS},
+    **{f"fn_{n}": sympy.HadamardProduct(_ew(n, sympy.MatMul(X, Q)), Y) for n in FUNCTIONS if n != "rsqrt"},
+    # rsqrt is defined for positive arguments only (LayerNorm's var + ε)
+    "fn_rsqrt": sympy.HadamardProduct(_ew("rsqrt", sympy.HadamardProduct(sympy.MatMul(X, Q), sympy.MatMul(X, Q))), Y),
 }
 
 

@@ -23,9 +23,10 @@ def test_catalog_is_certified(name):
     v = form.variant
     assert (v.orthogonalize is not None) == any("Newton–Schulz" in a for a in cert.abstract)
     assert (v.weight_norm is not None) == any("weight norm" in a for a in cert.abstract)
-    if form.classification.parallel and v.orthogonalize is None:
+    if form.classification.parallel and v.orthogonalize is None and form.head is None:
         assert cert.checked.startswith("attention form")
-    assert form.seconds < 10
+    # a LayerNorm head is explicit in the check (1/sqrt of symbolic variances): slower
+    assert form.seconds < (60 if form.head is not None else 10)
 
 
 def test_wrong_value_is_not_certified():

@@ -86,12 +86,6 @@ def test_bad_option_value(capsys):
     assert "--seq-len must be >= 1, got 0" in capsys.readouterr().err
 
 
-def test_catalog_runs_every_variant(capsys):
-    assert main(["catalog", "--seq-len", "9", "--dim", "3", "--chunk", "4"]) == 0
-    out = capsys.readouterr().out
-    assert out.count(" yes ") == 12
-
-
 def test_console_script_help():
     res = subprocess.run([sys.executable, "-m", "tttla", "--help"], capture_output=True, text=True, check=True)
     assert "examples:" in res.stdout and "run" in res.stdout

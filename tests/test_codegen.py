@@ -86,6 +86,8 @@ def form_kwargs(variant, case):
         kw["lr"] = case.lr
     if case.momentum is not None:
         kw["momentum"] = case.momentum
+    if case.log_decay is not None:
+        kw["log_decay"] = case.log_decay
     if not variant.schedule.fixed:
         kw["chunk_size"] = case.chunk_size
     return dict(kw, output_final_state=True)

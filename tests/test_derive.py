@@ -26,7 +26,35 @@ EXPECTED = {
     "lact_v6": ("static", "state_independent", True),
     "lact_mse": ("dynamic", "state_dependent", False),
     "delta_rule": ("static", "state_dependent", False),
+    "gated_delta_rule": ("static", "state_dependent", False),
+    "titans": ("static", "state_dependent", False),
     "linear_attention": ("static", "state_independent", True),
+    "ttt_linear": ("static", "state_dependent", False),
+    "ttt_mlp": ("dynamic", "state_dependent", False),
+    "vittt_glu": ("static", "state_dependent", True),
+    "vittt_glu_noclip": ("static", "state_dependent", True),
+}
+
+#: the chunked parallel form of every catalog variant (prefix_scan exactly when parallel)
+PARALLEL_FORM = {
+    "lact": "sequential",
+    "lact_ga": "sequential",
+    "lact_no_query": "sequential",
+    "lact_v1": "sequential",
+    "lact_v2": "prefix_scan",
+    "lact_v3": "prefix_scan",
+    "lact_v4": "prefix_scan",
+    "lact_v5": "prefix_scan",
+    "lact_v6": "prefix_scan",
+    "lact_mse": "sequential",
+    "delta_rule": "delta_chunk",
+    "gated_delta_rule": "delta_chunk",
+    "titans": "sequential",
+    "linear_attention": "prefix_scan",
+    "ttt_linear": "sequential",
+    "ttt_mlp": "sequential",
+    "vittt_glu": "prefix_scan",
+    "vittt_glu_noclip": "prefix_scan",
 }
 
 
@@ -43,6 +71,8 @@ def test_classification(name):
     c = form.classification
     assert c.reducible
     assert (c.kernel, c.values, c.parallel) == EXPECTED[name]
+    assert c.parallel_form == PARALLEL_FORM[name]
+    assert (c.parallel_form == "prefix_scan") == c.parallel
     assert len(c.reasons) >= 4 and all(isinstance(r, str) and r for r in c.reasons)
     if name == "lact_v1":
         assert any("weight norm" in r for r in c.reasons)
@@ -73,30 +103,47 @@ def _declare(model, fast, update, loss=lambda y, v: -dot(y, v)):
     return variant(fast=fast, update=update, loss=loss, schedule=chunked("apply_then_update", 4))(model)
 
 
-def test_nonlinear_last_layer_is_named():
+def test_nonlinear_last_layer_is_a_head():
+    """silu(x·W) is not φ(x)·W: the linear layer z = x·W is taken out and silu becomes the output
+    head, absorbed into the effective loss (values then read the state through silu′)."""
+
     def nonlinear(x, W):
         return silu(x @ W)
 
     v = _declare(nonlinear, {"W": ("d", "d")}, ["W"])
-    with pytest.raises(ReductionError, match=r"silu\(x·W\) is not linear in a fast weight: last operation is silu"):
-        derive(v)
+    form = derive(v)
+    c = form.classification
+    assert c.structure == "headed" and c.values == "state_dependent" and not c.parallel
+    assert any("output head: f = silu(z_W)" in r for r in c.reasons)
+    assert form.certificate.certified, form.certificate.failure
 
 
-def test_biased_last_layer_is_named():
+def test_biased_last_layer_is_a_constant_one_feature():
     def biased(x, W, b):
         return x @ W + b
 
     v = _declare(biased, {"W": ("d", "d"), "b": (1, "d")}, ["W", "b"])
-    with pytest.raises(ReductionError, match=r"\+ b: a bias on the last layer"):
-        derive(v)
+    form = derive(v)
+    assert form.layers[0].bias == "b" and form.classification.values == "state_independent"
+    assert any("bias being a key constantly 1" in r for r in form.classification.reasons)
+    assert form.certificate.certified, form.certificate.failure
 
 
-def test_static_last_layer_is_named():
+def test_static_last_layer_becomes_the_head():
     def two(x, W0, W1):
         return silu(x @ W0) @ W1
 
     v = _declare(two, {"W0": ("d", "d"), "W1": ("d", "d")}, ["W0"])
-    with pytest.raises(ReductionError, match="last layer W1 .* is not updated"):
+    form = derive(v, certify=False)
+    assert form.state == "W0" and any("silu(z_W0)·W1" in r for r in form.classification.reasons)
+
+
+def test_weight_outside_its_linear_layer_is_named():
+    def squared(x, W):
+        return (x @ W) @ W
+
+    v = _declare(squared, {"W": ("d", "d")}, ["W"])
+    with pytest.raises(ReductionError, match=r"the updated fast weight W enters it through z_W·W"):
         derive(v)
 
 

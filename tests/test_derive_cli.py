@@ -26,7 +26,7 @@ BAD_FILE = textwrap.dedent('''
 
     @variant(fast={"W": ("d", "d")}, update=["W"], loss=lambda y, v: -dot(y, v))
     def bad(x, W):
-        return silu(x @ W)
+        return silu(x @ W) @ W
 ''')
 
 
@@ -85,4 +85,4 @@ def test_non_reducible_user_file_is_one_line(tmp_path, capsys):
     assert main(["derive", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "last operation is silu" in err and err.startswith("tttla derive: error:")
+    assert "silu(x·W)·W" in err and "enters it through silu(z_W)·W" in err and err.startswith("tttla derive: error:")

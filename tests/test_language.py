@@ -153,6 +153,8 @@ class TestInterpretations:
         t = sympy.Symbol("t")
         expr, dexpr = fn.symbolic(t), sympy.diff(fn.symbolic(t), t)
         for point in (-1.3, -0.2, 0.4, 2.1):
+            if name == "rsqrt":
+                point = abs(point)  # defined for positive arguments only
             xt = torch.tensor(point, dtype=torch.float64, requires_grad=True)
             y = fn.numeric(xt)
             (dy,) = torch.autograd.grad(y, xt)

@@ -24,10 +24,56 @@ declares one: path/to/my_variant.py, or path/to/file.py:ATTR when it declares se
 
 EPILOG = """\
 examples:
-  tttla list                          the built-in catalog
-  tttla run lact_v2 --seq-len 100     run the literal inner loop (the oracle) once
-  tttla run my_rule.py:fast --dim 8   the same for a variant in your own file
+  tttla list                              the built-in catalog
+  tttla catalog                           the main job: every variant derived, generated, verified, reported
+  tttla run lact_v2 --seq-len 100         run the literal inner loop (the oracle) once
+  tttla run my_rule.py:fast --dim 8       the same for a variant in your own file
+  tttla derive my_rule.py                 its linear-attention form, classification and certificate
+  tttla generate my_rule.py --out k/      PyTorch (and, when parallel, Triton) code
+  tttla verify my_rule.py --cases 100     fuzz the generated code against the inner loop
+  tttla bench lact_v2                     time it on the CPU
+  tttla report my_rule.py --out r/        all of the above in one Markdown + offline HTML report
+
+'tttla COMMAND --help' explains each command's arguments, with examples.
 """
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr, with a hint, and exit 2; long
+    options are never abbreviated (``--seq-len`` must not silently mean ``--seq-lens``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def hint(error: Exception, command: str) -> str:
+    """What the user can do about ``error``, as a parenthesised suffix (empty when the message
+    already says it)."""
+    from derivations.errors import DeclarationError, ReductionError, VariantNotFound
+
+    text = str(error)
+    if isinstance(error, VariantNotFound):
+        if "tttla list" in text:
+            return ""
+        if text.startswith("no such file"):
+            return " (hint: check the path, or give a catalog name from 'tttla list')"
+        return " (hint: a variant is a catalog name from 'tttla list', FILE.py or FILE.py:NAME)"
+    if isinstance(error, ReductionError):
+        return (" (hint: the derived forms need a last layer linear and bias-free in an updated fast weight; "
+                "'tttla run' still runs the inner loop literally)")
+    if isinstance(error, DeclarationError):
+        return " (hint: fix the @variant declaration; the README's 'Declare a variant' lists every option)"
+    if isinstance(error, OSError):
+        return f" (hint: check the path given to 'tttla {command}')"
+    return f" (hint: see 'tttla {command} --help')"
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def _module(name):
@@ -35,7 +81,7 @@ def _module(name):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tttla", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"tttla {__version__}")
@@ -47,14 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version or a usage error (already printed, one line)
+        return e.code if isinstance(e.code, int) else 2
     if args.command is None:
         parser.print_help()
         return 0
     try:
         return int(args.handler(args) or 0)
-    except TTTLAError as e:
-        print(f"tttla {args.command}: error: {e}", file=sys.stderr)
+    except (TTTLAError, OSError) as e:
+        message = one_line(e if not isinstance(e, OSError) or not e.filename else f"{e.strerror}: {e.filename}")
+        print(f"tttla {args.command}: error: {message}{hint(e, args.command)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Random inputs for a variant: q, k, v, learning rates, momentum and initial fast weights."""
+"""Random inputs for a variant: q, k, v, learning rates, momentum, decay and initial fast weights."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ class Case:
     momentum: torch.Tensor | None = None
     chunk_size: int | None = None
     sizes: dict = field(default_factory=dict)
+    #: g = log γ ``[B, T, H]`` for variants with a decay, else None
+    log_decay: torch.Tensor | None = None
 
     def kwargs(self) -> dict:
         return dict(
@@ -33,6 +35,7 @@ class Case:
             lr=self.lr,
             momentum=self.momentum,
             chunk_size=self.chunk_size,
+            log_decay=self.log_decay,
         )
 
     def leaves(self) -> dict[str, torch.Tensor]:
@@ -45,6 +48,8 @@ class Case:
             out["lr"] = self.lr
         if self.momentum is not None:
             out["momentum"] = self.momentum
+        if self.log_decay is not None:
+            out["log_decay"] = self.log_decay
         return out
 
 
@@ -68,13 +73,17 @@ def make_case(
     lr_range: tuple[float, float] = (0.0, 1.0),
     momentum_range: tuple[float, float] = (0.0, 1.0),
     normalize_qk: bool = True,
+    decay_range: tuple[float, float] = (0.5, 1.0),
 ) -> Case:
     """Random inputs for one call of ``variant``.
 
     q and k rows are L2-normalised (as in LaCT) unless ``normalize_qk`` is False; v is
     standard normal; fast weights are N(0, 1/rows); learning rates and momentum
-    coefficients are uniform in the given ranges.
+    coefficients are uniform in the given ranges; for a variant with a decay, γ is uniform in
+    ``decay_range`` (within (0, 1]) and the case holds ``log_decay`` = log γ.
     """
+    if not 0.0 < decay_range[0] <= decay_range[1] <= 1.0:
+        raise ValueError(f"decay_range must lie within (0, 1], got {decay_range}")
     sizes = sizes or default_sizes(variant, 8)
     g = generator or torch.Generator().manual_seed(0)
     B, T, H = batch, seq_len, heads
@@ -100,7 +109,8 @@ def make_case(
         if len(variant.update) == 1:
             lr = lr[variant.update[0]]
     mom = uniform(*momentum_range, B, T, H) if variant.momentum else None
-    case = Case(q, k, v, weights, lr, mom, chunk_size, dict(sizes))
+    log_decay = uniform(*decay_range, B, T, H).log() if variant.decay else None
+    case = Case(q, k, v, weights, lr, mom, chunk_size, dict(sizes), log_decay)
     if requires_grad:
         for t in case.leaves().values():
             t.requires_grad_(True)

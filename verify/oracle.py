@@ -3,8 +3,8 @@
 Every generated form is checked against this. It is slow by design and meant to be read:
 per chunk it asks ``torch.autograd`` for the gradient of the inner loss at the current fast
 weights, then applies, in this order, the sign and learning rate, momentum,
-orthogonalisation, the weight update and weight normalisation, and reads the queries in
-the declared order. It never uses a derived gradient. With ``create_graph=True`` (chosen
+orthogonalisation, the decay, the weight update and weight normalisation, and reads the
+queries in the declared order. It never uses a derived gradient. With ``create_graph=True`` (chosen
 automatically when an input requires grad), gradients of an outer loss flow back to q, k,
 v, the learning rates, the momentum coefficients and the initial fast weights.
 """
@@ -73,7 +73,7 @@ def _eta_for(variant, lr, B, T, H, dtype, device) -> dict[str, torch.Tensor]:
     return {u: per[u].transpose(1, 2).unsqueeze(-1) for u in variant.update}
 
 
-def _check_inputs(variant, q, k, v, initial_weights, lr, momentum):
+def _check_inputs(variant, q, k, v, initial_weights, lr, momentum, log_decay=None):
     B, T, H, Dk, Dv = check_qkv(q, k, v)
     if variant.lr.kind == "per_token":
         if lr is None:
@@ -97,6 +97,14 @@ def _check_inputs(variant, q, k, v, initial_weights, lr, momentum):
         check_per_token("momentum", momentum, q)
     elif momentum is not None:
         raise ValueError(f"variant {variant.name!r} has no momentum; do not pass momentum")
+    if variant.decay is not None:
+        if log_decay is None:
+            raise ValueError(
+                f"variant {variant.name!r} decays its state: pass log_decay g = log γ of shape [B, T, H]"
+            )
+        check_per_token("log_decay", log_decay, q)
+    elif log_decay is not None:
+        raise ValueError(f"variant {variant.name!r} has no decay; do not pass log_decay")
     missing = [n for n in variant.fast if n not in initial_weights]
     if missing:
         raise ValueError(f"initial_weights: missing fast weight(s) {missing} of variant {variant.name!r}")
@@ -140,6 +148,7 @@ def run_direct(
     lr=None,
     momentum: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    log_decay: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Run the declared TTT layer literally.
 
@@ -153,13 +162,15 @@ def run_direct(
         momentum: per-token coefficients α ``[B, T, H]``; only for variants with momentum.
         chunk_size: the mini-batch length L (default: the variant's); token-level and
             bidirectional schedules fix it. T need not be a multiple of L.
+        log_decay: g = log γ ``[B, T, H]`` (fla's ``g``); only for variants with a decay:
+            step t multiplies the updated weights by γ_t = exp(g_t).
 
     Returns:
         ``(o, final_weights)``: ``o`` is ``[B, T, H, Dv]``; ``final_weights`` maps each updated
         fast weight to its value after the last update performed, ``[B, H, rows, cols]``.
     """
     variant = load_variant(variant)
-    B, T, H = _check_inputs(variant, q, k, v, initial_weights, lr, momentum)
+    B, T, H = _check_inputs(variant, q, k, v, initial_weights, lr, momentum, log_decay)
     sched = variant.schedule
     if chunk_size is None:
         chunk_size = sched.chunk_size or T
@@ -172,7 +183,7 @@ def run_direct(
         chunk_size = T  # one step on all tokens
 
     inputs = [q, k, v, *initial_weights.values()]
-    inputs += (list(lr.values()) if isinstance(lr, Mapping) else [lr]) + [momentum]
+    inputs += (list(lr.values()) if isinstance(lr, Mapping) else [lr]) + [momentum, log_decay]
     create_graph = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
 
     # Per (batch, head), a matrix of token rows: [B, H, T, D].
@@ -181,21 +192,26 @@ def run_direct(
         Q = K
     eta = _eta_for(variant, lr, B, T, H, q.dtype, q.device)
     alpha = momentum.transpose(1, 2)[..., None, None] if momentum is not None else None  # [B, H, T, 1, 1]
+    gamma = log_decay.transpose(1, 2).exp()[..., None, None] if log_decay is not None else None  # [B, H, T, 1, 1]
+    decay_first = variant.decay is not None and variant.decay.order == "decay_then_gradient"
 
     W = {n: (w.unsqueeze(0).expand(B, *w.shape) if w.dim() == 3 else w) for n, w in initial_weights.items()}
     target_norms = {u: _column_norms(W[u]) for u in variant.update} if variant.weight_norm else {}
     buffers = {u: torch.zeros_like(W[u]) for u in variant.update} if variant.momentum else {}
 
-    def step(W, increments, alpha_now):
-        """One inner step: momentum, orthogonalisation, update, weight norm."""
+    def step(W, increments, alpha_now, gamma_now=None):
+        """One inner step: momentum, orthogonalisation, decay (when given), update, weight norm."""
         W = dict(W)
         for u, inc in increments.items():
+            if variant.clip is not None:  # ViTTT: G[:, c] / (‖G[:, c]‖ + 1), literally
+                inc = inc / (_column_norms(inc) + 1.0)
             if variant.momentum is not None:
                 buffers[u] = inc + alpha_now * buffers[u]
                 inc = buffers[u]
             if variant.orthogonalize is not None:
                 inc = newton_schulz(inc, variant.orthogonalize)
-            new = W[u] + inc
+            # Titans' order: M_t = γ_t M_{t−1} + S_t, the gradient was taken before the decay
+            new = (W[u] if gamma_now is None else gamma_now * W[u]) + inc
             if variant.weight_norm is not None:
                 new = new / (_column_norms(new) + variant.weight_norm.eps) * target_norms[u]
             W[u] = new if create_graph else new.detach()
@@ -216,6 +232,10 @@ def run_direct(
                 outputs.append(_read(variant, W, Q[..., s:e, :]))
                 if n == len(starts) - 1:
                     break  # the last chunk is apply-only
+            if decay_first:
+                # gated DeltaNet's order (token-level, so s is the only token of the chunk): S ← γ_s S,
+                # then the gradient below is taken at the decayed state.
+                W = {name: gamma[:, :, s] * w if name in variant.update else w for name, w in W.items()}
             W = grad_ready(W)
             if sched.order == "update_then_apply":
                 # One step per token, every gradient taken at the chunk-start weights.
@@ -232,7 +252,8 @@ def run_direct(
                     for t in range(s, e)
                 ]
                 for t, inc in zip(range(s, e), per_token):
-                    W = step(W, inc, alpha[:, :, t] if alpha is not None else None)
+                    gamma_now = gamma[:, :, t] if gamma is not None and not decay_first else None
+                    W = step(W, inc, alpha[:, :, t] if alpha is not None else None, gamma_now)
                     outputs.append(_read(variant, W, Q[..., t : t + 1, :]))
                 continue
             inc = _increments(

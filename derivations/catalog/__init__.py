@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 
-from derivations.catalog.delta import delta_rule
+from derivations.catalog.delta import delta_rule, gated_delta_rule
 from derivations.catalog.lact import (
     lact,
     lact_ga,
@@ -18,6 +18,9 @@ from derivations.catalog.lact import (
     lact_v6,
 )
 from derivations.catalog.linear import linear_attention
+from derivations.catalog.titans import titans
+from derivations.catalog.ttt import ttt_linear, ttt_mlp
+from derivations.catalog.vittt import vittt_glu, vittt_glu_noclip
 from derivations.errors import VariantNotFound
 from derivations.variant import Variant
 
@@ -35,7 +38,13 @@ CATALOG: dict[str, Variant] = {
         lact_no_query,
         lact_mse,
         delta_rule,
+        gated_delta_rule,
+        titans,
         linear_attention,
+        ttt_linear,
+        ttt_mlp,
+        vittt_glu,
+        vittt_glu_noclip,
     )
 }
 

@@ -1,6 +1,7 @@
-"""The delta rule (DeltaNet) as a TTT layer: one linear layer, ½·MSE, one step per token."""
+"""The delta rule (DeltaNet) and the gated delta rule as TTT layers: one linear layer, ½·MSE,
+one step per token."""
 
-from derivations import per_token, sq_norm, token_level, variant
+from derivations import decay, per_token, sq_norm, token_level, variant
 
 
 @variant(
@@ -12,4 +13,17 @@ from derivations import per_token, sq_norm, token_level, variant
 )
 def delta_rule(x, W):
     """Delta rule: S_t = S_{t-1} + η_t k_tᵀ (v_t − k_t S_{t-1}), read after the step."""
+    return x @ W
+
+
+@variant(
+    fast={"W": ("d", "d")},
+    update=["W"],
+    loss=lambda y, v: 0.5 * sq_norm(y - v),
+    lr=per_token(),
+    decay=decay(order="decay_then_gradient"),
+    schedule=token_level(order="update_then_apply"),
+)
+def gated_delta_rule(x, W):
+    """Gated delta rule: S_t = γ_t (I − η_t k_tᵀk_t) S_{t-1} + η_t k_tᵀ v_t with γ_t = exp(g_t), read after the step."""
     return x @ W

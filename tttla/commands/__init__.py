@@ -9,4 +9,7 @@ COMMANDS = {
     "catalog": "catalog",
     "generate": "generate",
     "derive": "derive",
+    "verify": "verify",
+    "bench": "bench",
+    "report": "report",
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tttla.commands._variant_arg import VARIANT_HELP
+from tttla.commands._variant_arg import VARIANT_HELP, check_folder
 
 EPILOG = """\
 examples:
@@ -53,6 +53,7 @@ def run(args) -> int:
         return 0
     if not args.variant:
         raise GenerationError("name a VARIANT (catalog name or FILE.py[:ATTR]) or pass --catalog")
+    check_folder(args.out)
     paths = generate(args.variant, args.out, force=args.force)
     print(f"wrote {paths[0].parent}/")
     for path in paths:

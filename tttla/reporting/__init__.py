@@ -1,0 +1,12 @@
+"""The full report of a variant (``tttla report``): derivation, generated code, verification,
+benchmarks, as Markdown and as one self-contained HTML page.
+
+One module per part: :mod:`.code` (signatures and paths of the generated functions),
+:mod:`.verification` (a small fuzz campaign), :mod:`.benchmark` (a CPU sweep over T),
+:mod:`.gpu` (GPU results already measured), :mod:`.plots` (matplotlib figures as PNG bytes)
+and :mod:`.build`, which runs them in order and writes the pages.
+"""
+
+from tttla.reporting.build import ReportOptions, ReportResult, build_report
+
+__all__ = ["ReportOptions", "ReportResult", "build_report"]

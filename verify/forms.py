@@ -1,0 +1,106 @@
+"""Generated forms of a variant, and calling them on a :class:`~verify.inputs.Case`.
+
+Every generated form has the signature ``fn(q, k, v, *, <static weights>, lr=, momentum=,
+initial_state=, output_final_state=, chunk_size=)`` (see ``tttla_kernels/<variant>/``);
+:func:`form_kwargs` turns a case into those keyword arguments and :func:`call_form`
+returns ``(o, final)`` with the final state always a dict (updated weight → tensor).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from derivations.catalog import CATALOG
+from derivations.variant import Variant
+from verify.inputs import Case
+
+__all__ = ["form_kwargs", "call_form", "generated_forms", "cast_case", "usable_forms"]
+
+
+def form_kwargs(variant: Variant, case: Case, output_final_state: bool = True) -> dict:
+    """Keyword arguments of a generated form for ``case`` (everything but q, k, v).
+
+    Static weights are passed by name; the initial state is one tensor ``[B, H, r, c]``
+    for a single updated weight, else a dict name → tensor; ``chunk_size`` only when the
+    schedule is not fixed.
+    """
+    kwargs = {n: case.initial_weights[n] for n in variant.static}
+    updated = {n: case.initial_weights[n] for n in variant.update}
+    if case.lr is not None:
+        kwargs["lr"] = case.lr
+    if case.momentum is not None:
+        kwargs["momentum"] = case.momentum
+    if case.log_decay is not None:
+        kwargs["log_decay"] = case.log_decay
+    kwargs["initial_state"] = updated if len(updated) > 1 else next(iter(updated.values()))
+    kwargs["output_final_state"] = output_final_state
+    if not variant.schedule.fixed:
+        kwargs["chunk_size"] = case.chunk_size
+    return kwargs
+
+
+def call_form(variant: Variant, fn: Callable, case: Case) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Run one generated form on ``case``: ``(o [B, T, H, Dv], {updated name: final [B, H, r, c]})``."""
+    o, final = fn(case.q, case.k, case.v, **form_kwargs(variant, case))
+    if not isinstance(final, dict):
+        final = {variant.update[0]: final}
+    return o, final
+
+
+def cast_case(case: Case, dtype: torch.dtype, requires_grad: bool = True) -> Case:
+    """A copy of ``case`` whose every input tensor is a fresh leaf in ``dtype``."""
+
+    def leaf(t):
+        return t.detach().to(dtype).requires_grad_(requires_grad)
+
+    lr = {n: leaf(t) for n, t in case.lr.items()} if isinstance(case.lr, dict) else None
+    if lr is None and case.lr is not None:
+        lr = leaf(case.lr)
+    return Case(
+        q=leaf(case.q),
+        k=leaf(case.k),
+        v=leaf(case.v),
+        initial_weights={n: leaf(w) for n, w in case.initial_weights.items()},
+        lr=lr,
+        momentum=None if case.momentum is None else leaf(case.momentum),
+        chunk_size=case.chunk_size,
+        sizes=dict(case.sizes),
+        log_decay=None if case.log_decay is None else leaf(case.log_decay),
+    )
+
+
+@contextmanager
+def generated_forms(ref: str | Variant):
+    """``(variant, {form name: fn})`` for a variant reference.
+
+    A catalog name uses the committed ``tttla_kernels`` package; any other variant (a user
+    file) is derived and generated into a temporary folder that lives for the ``with`` block.
+    """
+    from codegen.generate import generate, import_generated
+    from derivations.loading import load_variant
+
+    variant = load_variant(ref)
+    if isinstance(ref, str) and ref in CATALOG:
+        yield variant, dict(import_generated(variant.name).FORMS)
+        return
+    with tempfile.TemporaryDirectory(prefix="tttla-verify-") as tmp:
+        generate(variant, Path(tmp))
+        yield variant, dict(import_generated(variant.name, tmp).FORMS)
+
+
+def usable_forms(forms: dict) -> tuple[dict, list[str]]:
+    """The forms that can run here on CPU tensors, and a note for each one left out.
+
+    A Triton form runs on CPU tensors only in Triton's interpreter (``TRITON_INTERPRET=1``
+    set before triton is imported).
+    """
+    if "triton" in forms and os.environ.get("TRITON_INTERPRET") != "1":
+        forms = {n: f for n, f in forms.items() if n != "triton"}
+        return forms, ["triton form skipped: set TRITON_INTERPRET=1 to run it in Triton's CPU interpreter"]
+    return forms, []

@@ -1,0 +1,337 @@
+"""Fuzz campaigns: every generated form against the fp64 oracle on random cases.
+
+Case ``i`` of a campaign started with ``seed`` uses the case seed ``seed + i``; everything
+about it (shapes, chunk size, learning-rate and momentum ranges, tensors, the outer loss)
+follows from that number alone, so ``--seed S --cases 1`` reproduces case seed S. A case
+whose oracle is not finite (a learning rate that makes the recurrence blow up) is redrawn
+from the same seed, deterministically, rather than loosening a tolerance.
+
+Per case the oracle runs once in fp64 with ``create_graph``; the outer loss is
+``Σ o·R + Σ_u Σ final_u·R_u`` with random R, and its gradients with respect to every input
+(q, k, v, learning rates, momentum, every initial fast weight) are compared per tensor.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from derivations.variant import Variant
+from verify.forms import call_form, cast_case
+from verify.inputs import Case, make_case
+from verify.oracle import run_direct
+from verify.tolerances import (
+    PLAIN_DTYPE,
+    conditioned,
+    default_tolerance,
+    normalises_rows,
+    quantity_kind,
+    relative_error,
+    widened_bound,
+)
+
+__all__ = ["CaseSpec", "sample_spec", "build_case", "Reference", "reference", "draw", "check_form", "FormResult",
+           "Campaign", "run_campaign"]
+
+LR_RANGES = [(0.0, 1.0), (-2.0, 4.0), (0.0, 0.1), (1.0, 4.0)]
+MOMENTUM_RANGES = [(0.0, 1.0), (0.0, 0.05), (0.95, 1.0)]
+MAX_ATTEMPTS = 32
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """The shape of one random case; ``attempt`` counts redraws after a non-finite oracle."""
+
+    seed: int
+    batch: int
+    seq_len: int
+    heads: int
+    sizes: dict = field(hash=False)
+    chunk_size: int | None
+    lr_range: tuple
+    momentum_range: tuple
+    attempt: int = 0
+
+    def describe(self, variant: Variant | None = None) -> str:
+        parts = [f"B={self.batch}", f"T={self.seq_len}", f"H={self.heads}"]
+        parts += [f"{d}={n}" for d, n in self.sizes.items()]
+        parts.append(f"chunk={self.chunk_size}")
+        if variant is None or variant.lr.kind == "per_token":
+            parts.append(f"lr~U[{self.lr_range[0]:g},{self.lr_range[1]:g}]")
+        if variant is None or variant.momentum is not None:
+            parts.append(f"momentum~U[{self.momentum_range[0]:g},{self.momentum_range[1]:g}]")
+        if self.attempt:
+            parts.append(f"redraw {self.attempt}")
+        return " ".join(parts)
+
+
+def _seq_len(rng: random.Random, chunk: int) -> int:
+    """T = 1, T < chunk, a multiple of the chunk, or a ragged length (T % chunk ≠ 0)."""
+    kind = rng.choices(["one", "short", "multiple", "ragged"], weights=[1, 2, 3, 4])[0]
+    if kind == "one":
+        return 1
+    if chunk == 1:
+        return rng.randint(2, 16)
+    if kind == "short":
+        return rng.randint(1, chunk - 1)
+    if kind == "multiple":
+        return chunk * rng.randint(1, 3)
+    return chunk * rng.randint(1, 3) + rng.randint(1, chunk - 1)
+
+
+def _min_dim(variant: Variant) -> int:
+    """The smallest named dimension worth sampling: 1, or 3 when the model normalises rows.
+
+    LayerNorm over 1 or 2 entries is degenerate (the constant β, or ±1), so its gradients are
+    pure cancellation in any implementation; no TTT layer uses such widths, so those shapes are
+    left out of the sample rather than met with looser tolerances.
+    """
+    return 3 if normalises_rows(variant) else 1
+
+
+def sample_spec(variant: Variant, seed: int, attempt: int = 0, **overrides) -> CaseSpec:
+    """A random case shape for ``variant``, a pure function of ``(seed, attempt)``.
+
+    B ∈ 1–2, H ∈ 1–3, every named dimension 1–9 (3–9 with a LayerNorm), chunk 1–8 (the variant's own when its
+    schedule is fixed), T as in :func:`_seq_len`; ``overrides`` replace any field.
+    """
+    rng = random.Random(f"tttla-case:{seed}:{attempt}")
+    sched = variant.schedule
+    chunk = sched.chunk_size if sched.fixed else rng.randint(1, 8)
+    sizes = {d: rng.randint(_min_dim(variant), 9) for d in (*variant.dims, variant.value_dim) if d.isidentifier()}
+    spec = CaseSpec(
+        seed=seed,
+        batch=rng.randint(1, 2),
+        seq_len=_seq_len(rng, chunk or 4),
+        heads=rng.randint(1, 3),
+        sizes=sizes,
+        chunk_size=chunk,
+        lr_range=rng.choice(LR_RANGES),
+        momentum_range=rng.choice(MOMENTUM_RANGES),
+        attempt=attempt,
+    )
+    return replace(spec, **overrides)
+
+
+def build_case(variant: Variant, spec: CaseSpec) -> tuple[Case, torch.Generator]:
+    """The fp64 inputs of ``spec`` (leaves with ``requires_grad``) and the generator, which
+    goes on to draw the outer-loss weights."""
+    g = torch.Generator().manual_seed(random.Random(f"tttla-tensors:{spec.seed}:{spec.attempt}").getrandbits(62))
+    case = make_case(
+        variant,
+        batch=spec.batch,
+        seq_len=spec.seq_len,
+        heads=spec.heads,
+        sizes=spec.sizes,
+        chunk_size=spec.chunk_size,
+        dtype=torch.float64,
+        generator=g,
+        requires_grad=True,
+        lr_range=spec.lr_range,
+        momentum_range=spec.momentum_range,
+    )
+    return case, g
+
+
+@dataclass
+class Reference:
+    """The oracle's answer for one case, all fp64: output, final state, outer-loss weights
+    and the gradient of the outer loss per input (``None`` where an input is not read)."""
+
+    case: Case
+    o: torch.Tensor
+    final: dict
+    weights: dict
+    grads: dict
+    _plain: dict = field(default_factory=dict, repr=False)
+
+    def quantities(self) -> dict[str, torch.Tensor | None]:
+        return _named(self.o, self.final, self.grads)
+
+    def plain_errors(self, variant: Variant, metric: str) -> dict[str, float]:
+        """Errors of the oracle itself run in fp32 (plain torch) on this case, per quantity:
+        the conditioning of the case (computed once, on demand)."""
+        if metric not in self._plain:
+            case = cast_case(self.case, PLAIN_DTYPE)
+            o, final = run_direct(variant, **case.kwargs())
+            got = _named(o, final, _gradients(_outer_loss(o, final, self.weights), case))
+            self._plain[metric] = _errors(self.quantities(), got, metric)
+        return self._plain[metric]
+
+
+def _named(o, final: dict, grads: dict) -> dict[str, torch.Tensor | None]:
+    """Every compared quantity by name: "o", "state[W]" per updated weight, "∂x" per input."""
+    out = {"o": o}
+    out.update({f"state[{n}]": t for n, t in final.items()})
+    out.update({f"∂{n}": t for n, t in grads.items()})
+    return out
+
+
+def _errors(want: dict, got: dict, metric: str) -> dict[str, float]:
+    """Per quantity, the error of ``got`` against ``want``; a gradient that one side does not
+    have (an input that is never read) counts as zeros, and is skipped when neither has it."""
+    out = {}
+    for quantity, ref in want.items():
+        have = got[quantity]
+        if ref is None and have is None:
+            continue
+        ref = torch.zeros(have.shape, dtype=torch.float64) if ref is None else ref
+        have = torch.zeros_like(ref) if have is None else have
+        out[quantity] = relative_error(ref, have, metric)
+    return out
+
+
+def _outer_loss(o, final, weights):
+    loss = (o * weights["o"].to(o.dtype)).sum()
+    for n, t in final.items():
+        loss = loss + (t * weights[n].to(t.dtype)).sum()
+    return loss
+
+
+def _gradients(loss, case: Case) -> dict[str, torch.Tensor | None]:
+    leaves = case.leaves()
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    return dict(zip(leaves, grads))
+
+
+def reference(variant: Variant, case: Case, g: torch.Generator) -> Reference:
+    """Run the oracle on ``case`` and differentiate a random outer loss."""
+    o, final = run_direct(variant, **case.kwargs())
+    weights = {"o": torch.randn(o.shape, generator=g, dtype=torch.float64)}
+    weights.update({n: torch.randn(t.shape, generator=g, dtype=torch.float64) for n, t in final.items()})
+    grads = _gradients(_outer_loss(o, final, weights), case)
+    return Reference(case, o.detach(), {n: t.detach() for n, t in final.items()}, weights, grads)
+
+
+def _finite(ref: Reference) -> bool:
+    return all(t is None or bool(torch.isfinite(t).all()) for t in ref.quantities().values())
+
+
+def draw(variant: Variant, seed: int, **overrides) -> tuple[CaseSpec, Reference]:
+    """Case seed ``seed``: its spec and oracle answer, redrawn while the oracle is not finite."""
+    for attempt in range(MAX_ATTEMPTS):
+        spec = sample_spec(variant, seed, attempt, **overrides)
+        case, g = build_case(variant, spec)
+        ref = reference(variant, case, g)
+        if _finite(ref):
+            return spec, ref
+    raise RuntimeError(f"case seed {seed}: the oracle was not finite in {MAX_ATTEMPTS} draws")
+
+
+@dataclass
+class FormResult:
+    """One form on one case: error and bound per quantity, or the exception it raised."""
+
+    form: str
+    errors: dict = field(default_factory=dict)
+    bounds: dict = field(default_factory=dict)
+    exception: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.exception is None and all(self.errors[q] <= self.bounds[q] for q in self.errors)
+
+    def failures(self) -> list[str]:
+        if self.exception is not None:
+            return [f"raised {self.exception}"]
+        return [f"{q}: error {e:.3e} > {self.bounds[q]:.0e}" for q, e in self.errors.items() if not e <= self.bounds[q]]
+
+
+def check_form(variant: Variant, name: str, fn, ref: Reference, dtype: torch.dtype) -> FormResult:
+    """Run form ``fn`` on the case of ``ref`` in ``dtype`` and compare every quantity."""
+    result = FormResult(name)
+    case = cast_case(ref.case, dtype)
+    try:
+        o, final = call_form(variant, fn, case)
+        final = {n: final[n] for n in ref.final}
+        got = _named(o, final, _gradients(_outer_loss(o, final, ref.weights), case))
+    except Exception as e:  # a form that raises fails the case, with the reason
+        result.exception = f"{type(e).__name__}: {e}"
+        return result
+    tol = default_tolerance(dtype)
+    result.errors = _errors(ref.quantities(), got, tol.metric)
+    result.bounds = {q: tol.bound for q in result.errors}
+    if conditioned(variant) and not result.passed:  # see verify/tolerances.py
+        plain = ref.plain_errors(variant, tol.metric)
+        result.bounds = {q: widened_bound(variant, dtype, plain.get(q, 0.0)) for q in result.errors}
+    return result
+
+
+@dataclass
+class Campaign:
+    """The outcome of a fuzz campaign: per case seed, its spec and every form's result."""
+
+    variant: Variant
+    dtype: torch.dtype
+    seed: int
+    forms: list
+    cases: list = field(default_factory=list)  # (spec, [FormResult])
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for _, results in self.cases for r in results)
+
+    def form_summary(self, form: str) -> dict:
+        """Cases, passed, the worst error per quantity kind and per quantity, for one form."""
+        results = [r for _, rs in self.cases for r in rs if r.form == form]
+        per_quantity: dict[str, float] = {}
+        for r in results:
+            for q, e in r.errors.items():
+                per_quantity[q] = max(per_quantity.get(q, 0.0), e)
+        per_kind: dict[str, float] = {}
+        for q, e in per_quantity.items():
+            k = quantity_kind(q)
+            per_kind[k] = max(per_kind.get(k, 0.0), e)
+        return {
+            "cases": len(results),
+            "passed": sum(r.passed for r in results),
+            "max_rel_error": max(per_quantity.values(), default=0.0),
+            "max_error_by_kind": per_kind,
+            "max_error_by_quantity": per_quantity,
+            "errors": [r.exception for r in results if r.exception],
+        }
+
+    def failures(self) -> list[tuple[CaseSpec, FormResult]]:
+        return [(spec, r) for spec, rs in self.cases for r in rs if not r.passed]
+
+    def to_json(self) -> dict:
+        return {
+            "variant": self.variant.name,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "seed": self.seed,
+            "cases": len(self.cases),
+            "passed": self.passed,
+            "forms": {f: {**self.form_summary(f), "passed": self.form_summary(f)["passed"] == len(self.cases)}
+                      for f in self.forms},
+            "failures": [
+                {"case_seed": spec.seed, "form": r.form, "spec": asdict(spec), "problems": r.failures()}
+                for spec, r in self.failures()
+            ],
+        }
+
+
+def run_campaign(
+    variant: Variant,
+    forms: dict,
+    *,
+    cases: int,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+    progress: bool = False,
+    **overrides,
+) -> Campaign:
+    """Check every form of ``forms`` (name → fn) on case seeds ``seed … seed + cases − 1``."""
+    if cases < 1:
+        raise ValueError(f"cases must be >= 1, got {cases}")
+    campaign = Campaign(variant, dtype, seed, list(forms))
+    seeds = range(seed, seed + cases)
+    if progress:
+        from tqdm import tqdm
+
+        seeds = tqdm(seeds, desc=f"verify {variant.name}", unit="case", leave=False)
+    for s in seeds:
+        spec, ref = draw(variant, s, **overrides)
+        campaign.cases.append((spec, [check_form(variant, n, fn, ref, dtype) for n, fn in forms.items()]))
+    return campaign
