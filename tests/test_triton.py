@@ -14,6 +14,7 @@ import torch
 
 from codegen.generate import PACKAGE_ROOT, generate, import_generated, render_variant
 from derivations.catalog import CATALOG
+from tttla_kernels import triton_runtime
 from verify.forms import form_kwargs
 from verify.inputs import make_case
 from verify.oracle import run_direct
@@ -139,8 +140,8 @@ def test_nan_fill_catches_an_unwritten_tile(monkeypatch):
     mod = import_generated("linear_attention").triton_chunk
     case = _inputs(variant, 37, 8, 16)
     truth = _run(variant, None, case, torch.float64, 16)
-    real_grid = mod._read_grid
-    monkeypatch.setattr(mod, "_read_grid", lambda *a: (lambda g: (g[0], g[1] - 1, g[2]))(real_grid(*a)))
+    real_grid = triton_runtime._read_grid
+    monkeypatch.setattr(triton_runtime, "_read_grid", lambda *a: (lambda g: (g[0], g[1] - 1, g[2]))(real_grid(*a)))
     o, final, grads = _run(variant, mod.triton_linear_attention, case, torch.float32, 16)
     assert torch.isnan(o[:, -1]).all() and not torch.isnan(o[:, 0]).any()
     with pytest.raises(AssertionError, match="RMS ratio"):

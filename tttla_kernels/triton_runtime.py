@@ -1,15 +1,31 @@
-{#- Triton pieces of the generated triton_chunk.py modules. `c` is a codegen.context.ModuleContext.
+"""Triton kernels shared by every generated ``triton_chunk.py`` (hand-written, not generated).
 
-Two kernels carry every chunked product of the parallel form, forward and backward:
+Two kernels carry every chunked product of the parallel form, forward and backward; nothing
+in them depends on the variant (the variant-specific parts — the feature map φ, the effective
+value, momentum, Newton–Schulz, the read order — live in the generated module):
 
-* chunk_outer: per chunk n, Σ_{t ∈ n} a_tᵀ b_t (increments ΔS_n = K̂_nᵀ V̂_n, and ∂L/∂S_n = Q̂_nᵀ dO_n);
-* chunk_read: o_t = q_t S_{c(t)} + Σ_{s ∈ c(t), mask(s, t)} (q_t · k_s) v_s (the outputs, and
+* ``chunk_outer``: per chunk n, Σ_{t ∈ n} a_tᵀ b_t (increments ΔS_n = K̂_nᵀ V̂_n, and
+  ∂L/∂S_n = Q̂_nᵀ dO_n);
+* ``chunk_read``: o_t = q_t S_{c(t)} + Σ_{s ∈ c(t), mask(s, t)} (q_t · k_s) v_s (the outputs, and
   every gradient of a read: dq, dk, dv are reads with the roles of q, k, v, S permuted).
 
-Each is a torch.library custom op whose backward is built from the two ops again, so the
-autograd graph (and torch.compile) never sees a raw kernel launch. -#}
+Each is a torch.library custom op (``tttla::chunk_outer``, ``tttla::chunk_read``) whose backward
+is built from the two ops again, so the autograd graph (and ``torch.compile``) never sees a raw
+kernel launch. Block sizes are powers of two (≥ 16 for ``tl.dot``) with masked loads; offsets
+are int64; accumulators are fp32 (fp64 for fp64 inputs). One autotune config when Triton runs
+in its CPU interpreter (``TRITON_INTERPRET=1``, which must be set before this module is imported).
+"""
 
-{% macro kernels() -%}
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["MASK_NONE", "MASK_CAUSAL", "MASK_ANTICAUSAL", "chunk_outer", "chunk_read"]
+
 # Masks of the intra-chunk term of chunk_read: which tokens s of t's chunk it reads.
 MASK_NONE, MASK_CAUSAL, MASK_ANTICAUSAL = 0, 1, 2  # none; s ≤ t; s ≥ t (the transpose of causal)
 
@@ -203,21 +219,9 @@ def _launch_read(q, k, v, S, chunk_size: int, mask: int, value_dim: int) -> torc
         q, k, v, S, o, T, chunk_size, N, DK, value_dim, *strides,
         HAS_STATE=has_state, MASK=mask, BT=BT, BK=BK, BV=BV)
     return o
-{%- endmacro %}
-
-{#- The two custom ops, named after the variant (op names are global). -#}
-{% macro ops(c) -%}
-def _op_name(base: str) -> str:
-    """``tttla::<base>``, numbered when another copy of this generated module (say, one
-    generated into a temporary folder) registered the name first: op names are global."""
-    name, i = base, 1
-    while hasattr(torch.ops.tttla, name):
-        i += 1
-        name = f"{base}_{i}"
-    return f"tttla::{name}"
 
 
-@torch.library.custom_op(_op_name("{{ c.name }}_triton_outer"), mutates_args=())
+@torch.library.custom_op("tttla::chunk_outer", mutates_args=())
 def chunk_outer(a: torch.Tensor, b: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """Per chunk n, Σ_{t ∈ n} a_tᵀ b_t: a ``[B, H, T, Da]``, b ``[B, H, T, Db]`` → ``[B, H, N, Da, Db]``."""
     return _launch_outer(a, b, chunk_size)
@@ -245,7 +249,7 @@ def _outer_backward(ctx, grad):
 chunk_outer.register_autograd(_outer_backward, setup_context=_outer_setup)
 
 
-@torch.library.custom_op(_op_name("{{ c.name }}_triton_read"), mutates_args=())
+@torch.library.custom_op("tttla::chunk_read", mutates_args=())
 def chunk_read(
     q: torch.Tensor,
     k: torch.Tensor | None,
@@ -294,4 +298,3 @@ def _read_backward(ctx, dO):
 
 
 chunk_read.register_autograd(_read_backward, setup_context=_read_setup)
-{%- endmacro %}
