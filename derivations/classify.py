@@ -25,6 +25,19 @@ __all__ = ["check_supported", "split_last_layer", "classify", "values_state_inde
 _CONSTANTS = (sympy.OneMatrix, sympy.ZeroMatrix, sympy.Identity)
 
 
+
+def kernel_kind(variant, feature_weights, static_detail: str, no_features: str) -> tuple[str, str]:
+    """``("static" | "dynamic", reason)``: dynamic when the inner loop updates a weight inside φ
+    (Theorem 5.2). ``static_detail`` and ``no_features`` word the static case for the caller's form."""
+    dyn = [u for u in variant.update if u in feature_weights]
+    if dyn:
+        return "dynamic", (
+            f"kernel dynamic: the inner loop also updates {', '.join(dyn)} inside φ, so k̂_i = φ_i(k_i) and "
+            "q̂_t = φ_{t+1}(q_t) change with the history (Theorem 5.2)"
+        )
+    slow = f" ({', '.join(feature_weights)} stay slow weights)" if feature_weights else no_features
+    return "static", f"kernel static: {static_detail}{slow}, so q̂ = φ(q) and k̂ = φ(k) (Theorem 5.2)"
+
 def check_supported(expr, where: str) -> None:
     """Raise :class:`ReductionError` at the first IR node the engine has no rule for."""
     if isinstance(expr, (sympy.MatrixSymbol, *_CONSTANTS)):
@@ -176,17 +189,8 @@ def classify(variant: Variant, W: str, feature_weights, dloss, y) -> Classificat
         f"reducible: the model is φ(x)·{W} with {W} an updated fast weight and no bias, so a gradient step "
         f"on {W} adds the rank-1 term φ_t(k)ᵀ g_t(k) (Theorem 5.1)"
     ]
-    dyn = [u for u in variant.update if u in feature_weights]
-    if dyn:
-        kernel = "dynamic"
-        reasons.append(
-            f"kernel dynamic: the inner loop also updates {', '.join(dyn)} inside φ, so k̂_i = φ_i(k_i) and "
-            "q̂_t = φ_{t+1}(q_t) change with the history (Theorem 5.2)"
-        )
-    else:
-        kernel = "static"
-        slow = f" ({', '.join(feature_weights)} stay slow weights)" if feature_weights else " (φ is the identity)"
-        reasons.append(f"kernel static: only {W} is updated{slow}, so q̂ = φ(q) and k̂ = φ(k) (Theorem 5.2)")
+    kernel, reason = kernel_kind(variant, feature_weights, f"only {W} is updated", " (φ is the identity)")
+    reasons.append(reason)
     indep = values_state_independent(dloss, y)
     if indep:
         values = "state_independent"
@@ -356,17 +360,8 @@ def classify_layers(variant: Variant, layers, head, feature_weights, dloss_z, z_
             f"−η·{to_text(dloss_z[layers[0].state])}"
             " (Section 3, LN-MSE)"
         )
-    dyn = [u for u in variant.update if u in feature_weights]
-    if dyn:
-        kernel = "dynamic"
-        reasons.append(
-            f"kernel dynamic: the inner loop also updates {', '.join(dyn)} inside φ, so k̂_i = φ_i(k_i) and "
-            "q̂_t = φ_{t+1}(q_t) change with the history (Theorem 5.2)"
-        )
-    else:
-        kernel = "static"
-        slow = f" ({', '.join(feature_weights)} stay slow weights)" if feature_weights else ""
-        reasons.append(f"kernel static: no updated weight inside φ{slow}, so q̂ = φ(q) and k̂ = φ(k) (Theorem 5.2)")
+    kernel, reason = kernel_kind(variant, feature_weights, "no updated weight inside φ", "")
+    reasons.append(reason)
     dependent = {u: sorted(to_text(z) for z in z_symbols if g.has(z)) for u, g in dloss_z.items()}
     indep = not any(dependent.values())
     if indep:
