@@ -34,3 +34,30 @@ def small_report(tmp_path_factory):
     options = ReportOptions(cases=3, bench=SweepConfig(seq_lens=(16, 32), dim=8, chunk=8, repeats=1),
                             results_dir=results)
     return build_report("lact_v6", tmp_path_factory.mktemp("report"), options)
+
+
+#: a user's variant file, as a researcher would write it (shared by the CLI and verifier tests)
+USER_VARIANT_SOURCE = """\
+from derivations import variant, dot, tanh, per_token, chunked
+
+@variant(fast={"A": ("d", "h"), "B": ("h", "d")}, update=["B"],
+         loss=lambda y, v: -2.0 * dot(y, v), lr=per_token(),
+         schedule=chunked(order="block_inclusive", size=8))
+def tanh_kernel(x, A, B):
+    \"\"\"A tanh feature map with a linear last layer.\"\"\"
+    return tanh(x @ A) @ B
+"""
+
+
+@pytest.fixture
+def user_variant_source() -> str:
+    """The source of a user's variant file (``tanh_kernel``)."""
+    return USER_VARIANT_SOURCE
+
+
+@pytest.fixture
+def user_file(tmp_path, user_variant_source):
+    """That source written to ``tmp_path/my_rule.py``."""
+    path = tmp_path / "my_rule.py"
+    path.write_text(user_variant_source)
+    return path

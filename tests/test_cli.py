@@ -2,31 +2,8 @@
 
 import subprocess
 import sys
-import textwrap
-
-import pytest
 
 from tttla.cli import main
-
-USER_VARIANT = textwrap.dedent(
-    '''
-    from derivations import variant, dot, tanh, per_token, chunked
-
-    @variant(fast={"A": ("d", "h"), "B": ("h", "d")}, update=["B"],
-             loss=lambda y, v: -2.0 * dot(y, v), lr=per_token(),
-             schedule=chunked(order="block_inclusive", size=8))
-    def tanh_kernel(x, A, B):
-        """A tanh feature map with a linear last layer."""
-        return tanh(x @ A) @ B
-    '''
-)
-
-
-@pytest.fixture
-def user_file(tmp_path):
-    path = tmp_path / "my_rule.py"
-    path.write_text(USER_VARIANT)
-    return path
 
 
 def test_list_prints_the_catalog(capsys):
@@ -73,9 +50,9 @@ def test_unknown_attribute(user_file, capsys):
     assert "has no variant named 'other' (variants in it: tanh_kernel)" in capsys.readouterr().err
 
 
-def test_malformed_declaration_in_file(tmp_path, capsys):
+def test_malformed_declaration_in_file(tmp_path, capsys, user_variant_source):
     path = tmp_path / "bad.py"
-    path.write_text(USER_VARIANT.replace('update=["B"]', 'update=["C"]'))
+    path.write_text(user_variant_source.replace('update=["B"]', 'update=["C"]'))
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "update names 'C', which is not a fast weight" in err

@@ -16,6 +16,7 @@ from derivations import Mat, gelu_tanh, silu, tanh
 from derivations.catalog import CATALOG
 from tttla.cli import main
 from verify import make_case, run_direct
+from verify.forms import form_kwargs
 
 d, h = sympy.symbols("d h", integer=True, positive=True)
 
@@ -75,22 +76,6 @@ def test_committed_modules_regenerate_identically(name):
         path = PACKAGE_ROOT / name / fname
         assert path.is_file(), f"{path} is missing: run 'tttla generate --catalog --force'"
         assert path.read_text() == text, f"{path} differs from its regeneration: run 'tttla generate --catalog --force'"
-
-
-def form_kwargs(variant, case):
-    """A Case (oracle inputs) as keyword arguments of a generated form."""
-    kw = {n: case.initial_weights[n] for n in variant.static}
-    updated = {n: case.initial_weights[n] for n in variant.update}
-    kw["initial_state"] = updated if len(updated) > 1 else updated[variant.update[0]]
-    if case.lr is not None:
-        kw["lr"] = case.lr
-    if case.momentum is not None:
-        kw["momentum"] = case.momentum
-    if case.log_decay is not None:
-        kw["log_decay"] = case.log_decay
-    if not variant.schedule.fixed:
-        kw["chunk_size"] = case.chunk_size
-    return dict(kw, output_final_state=True)
 
 
 @pytest.mark.parametrize("name", sorted(CATALOG))

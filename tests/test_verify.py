@@ -2,7 +2,6 @@
 form is caught with a reproducible seed, the JSON report, user mistakes and a user file."""
 
 import json
-import textwrap
 
 import pytest
 import torch
@@ -106,23 +105,10 @@ def test_user_mistakes_are_one_line(argv, message, capsys):
     assert message in err and "\n" not in err
 
 
-USER_VARIANT = textwrap.dedent(
-    '''
-    from derivations import variant, dot, tanh, per_token, chunked
-
-    @variant(fast={"A": ("d", "h"), "B": ("h", "d")}, update=["B"],
-             loss=lambda y, v: -2.0 * dot(y, v), lr=per_token(),
-             schedule=chunked(order="block_inclusive", size=8))
-    def tanh_kernel(x, A, B):
-        """A tanh feature map with a linear last layer."""
-        return tanh(x @ A) @ B
-    '''
-)
 
 
-def test_user_file_derive_generate_verify(tmp_path, capsys):
-    path = tmp_path / "my_rule.py"
-    path.write_text(USER_VARIANT)
+def test_user_file_derive_generate_verify(tmp_path, capsys, user_file):
+    path = user_file
     assert main(["derive", str(path)]) == 0
     assert main(["generate", str(path), "--out", str(tmp_path / "out")]) == 0
     capsys.readouterr()
