@@ -1,9 +1,12 @@
-"""Test configuration: Triton runs in its CPU interpreter (set before any kernel module is
-imported) and hypothesis is deterministic under CI."""
+"""Test configuration: without a CUDA device Triton runs in its CPU interpreter (set before any
+kernel module is imported); hypothesis is deterministic under CI."""
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from hypothesis import settings  # noqa: E402
 

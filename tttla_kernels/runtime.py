@@ -7,7 +7,7 @@ import torch
 
 __all__ = [
     "check_qkv", "check_per_token", "check_state", "check_chunk_size",
-    "state_dtype", "heads_first", "per_head", "token_coefficient",
+    "state_dtype", "work_dtype", "heads_first", "per_head", "token_coefficient",
     "newton_schulz", "renormalize_columns", "chunk_means", "momentum_matrix", "split_chunks",
     "resolve_sizes", "shape_in",
 ]
@@ -82,6 +82,13 @@ def state_dtype(q: torch.Tensor) -> torch.dtype:
     return torch.promote_types(q.dtype, torch.float32)
 
 
+def work_dtype(q: torch.Tensor) -> torch.dtype:
+    """The dtype of the parallel forms' token-level work (feature maps, effective values, the
+    chunk products, Newton–Schulz): q's own for fp16/bf16, so the matrix products run on tensor
+    cores with fp32 accumulation; else the state dtype. States stay in ``state_dtype``."""
+    return q.dtype if q.dtype in (torch.float16, torch.bfloat16) else state_dtype(q)
+
+
 def heads_first(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``[B, T, H, D]`` → ``[B, H, T, D]`` in ``dtype`` (one matrix of token rows per head)."""
     return x.transpose(1, 2).to(dtype)
@@ -100,9 +107,13 @@ def token_coefficient(name: str, t, q: torch.Tensor, dtype) -> torch.Tensor:
     return t.transpose(1, 2).unsqueeze(-1).to(dtype)
 
 
-def newton_schulz(X: torch.Tensor, coefficients, eps: float = 1e-7) -> torch.Tensor:
+def newton_schulz(X: torch.Tensor, coefficients, eps: float = 1e-7, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Muon's 𝓜 on a batch of matrices ``[..., m, n]``: normalise by the Frobenius norm,
-    then X ← a X + (b A + c A²) X with A = X Xᵀ per step, on the wide orientation."""
+    then X ← a X + (b A + c A²) X with A = X Xᵀ per step, on the wide orientation. The steps
+    run in ``dtype`` (default X's; Muon runs them in bf16) and the result is returned in X's."""
+    out_dtype = X.dtype
+    if dtype is not None and dtype != out_dtype:
+        return newton_schulz(X.to(dtype), coefficients, eps).to(out_dtype)
     wide = X.shape[-2] <= X.shape[-1]
     if not wide:
         X = X.mT

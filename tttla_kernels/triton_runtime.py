@@ -11,9 +11,15 @@ value, momentum, Newton–Schulz, the read order — live in the generated modul
 
 Each is a torch.library custom op (``tttla::chunk_outer``, ``tttla::chunk_read``) whose backward
 is built from the two ops again, so the autograd graph (and ``torch.compile``) never sees a raw
-kernel launch. Block sizes are powers of two (≥ 16 for ``tl.dot``) with masked loads; offsets
-are int64; accumulators are fp32 (fp64 for fp64 inputs). One autotune config when Triton runs
-in its CPU interpreter (``TRITON_INTERPRET=1``, which must be set before this module is imported).
+kernel launch.
+
+Operands enter ``tl.dot`` in their own dtype (fp16/bf16 on tensor cores; fp32 and fp64 at full
+("ieee") precision) and accumulate in fp32 (fp64 for fp64 operands); the states S are kept in
+the accumulator dtype and rounded to the operands' dtype only as a dot operand. Block sizes are
+powers of two (≥ 16 for ``tl.dot``) with masked loads; offsets are int64. Each kernel has a
+default launch configuration per operand width and, with ``TTTLA_AUTOTUNE=1`` on a GPU, a short
+list of candidates timed once per problem. Triton's CPU interpreter (``TRITON_INTERPRET=1``,
+set before this module is imported) runs one configuration.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+import triton.testing
 
 __all__ = ["MASK_NONE", "MASK_CAUSAL", "MASK_ANTICAUSAL", "chunk_outer", "chunk_read"]
 
@@ -32,13 +39,6 @@ MASK_NONE, MASK_CAUSAL, MASK_ANTICAUSAL = 0, 1, 2  # none; s ≤ t; s ≥ t (the
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _configs():
-    """Autotuning configs: one when Triton runs in its CPU interpreter (which cannot autotune)."""
-    if _interpreting():
-        return [triton.Config({}, num_warps=4)]
-    return [triton.Config({}, num_warps=w, num_stages=s) for w in (2, 4, 8) for s in (1, 2, 3)]
 
 
 def _check_device(t: torch.Tensor) -> None:
@@ -54,15 +54,90 @@ def _block(n: int, cap: int = 64) -> int:
     return min(max(16, triton.next_power_of_2(n)), max(16, cap))
 
 
-def _new_output(shape, like: torch.Tensor) -> torch.Tensor:
-    """A fresh output buffer; filled with NaN when TTTLA_NAN_FILL=1 so an element a kernel
-    forgets to write cannot pass a test."""
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    """fp64 for fp64 operands, else fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --- launch configurations -----------------------------------------------------------------
+# A configuration is the kernel's block sizes plus num_warps and num_stages. The first
+# candidate is the default; with TTTLA_AUTOTUNE=1 (on a GPU) each new problem — the kernel,
+# its sizes and dtype — times every candidate once and keeps the fastest.
+
+def _config(blocks: dict, warps: int, stages: int) -> dict:
+    return {**blocks, "num_warps": warps, "num_stages": stages}
+
+
+def _outer_candidates(DA: int, DB: int, L: int, dtype: torch.dtype) -> list[dict]:
+    def c(ba, bb, bt, warps, stages):
+        return _config({"BA": _block(DA, ba), "BB": _block(DB, bb), "BT": _block(L, bt)}, warps, stages)
+
+    if _interpreting():
+        return [c(64, 64, 64, 4, 1)]
+    if dtype.itemsize == 2:  # tensor cores: large tiles
+        return [c(128, 128, 64, 8, 3), c(64, 64, 64, 4, 3), c(128, 64, 64, 4, 3), c(64, 128, 64, 4, 3),
+                c(128, 128, 32, 8, 4), c(128, 128, 64, 8, 2)]
+    if dtype == torch.float64:
+        return [c(32, 32, 16, 4, 2), c(64, 32, 16, 4, 2), c(32, 32, 32, 4, 2)]
+    return [c(64, 64, 32, 4, 2), c(64, 64, 16, 4, 3), c(128, 64, 32, 8, 2), c(32, 32, 32, 4, 2)]
+
+
+def _read_candidates(DK: int, DV: int, L: int, dtype: torch.dtype) -> list[dict]:
+    def c(bt, bk, bv, warps, stages):
+        return _config({"BT": _block(L, bt), "BK": _block(DK, bk), "BV": _block(DV, bv)}, warps, stages)
+
+    if _interpreting():
+        return [c(64, 64, 64, 4, 1)]
+    if dtype.itemsize == 2:
+        return [c(64, 64, 128, 8, 2), c(64, 64, 64, 4, 2), c(128, 64, 128, 8, 2), c(64, 128, 128, 8, 2),
+                c(128, 64, 64, 4, 3), c(64, 32, 128, 4, 3)]
+    if dtype == torch.float64:
+        return [c(16, 32, 32, 4, 2), c(32, 16, 32, 4, 2), c(16, 16, 64, 4, 2)]
+    return [c(32, 32, 64, 4, 2), c(64, 32, 64, 4, 2), c(32, 64, 64, 8, 2), c(64, 32, 32, 4, 3)]
+
+
+_TUNED: dict[tuple, dict] = {}
+
+
+def _autotuning() -> bool:
+    return os.environ.get("TTTLA_AUTOTUNE") == "1" and not _interpreting()
+
+
+def _launch(kernel, grid, args: tuple, flags: dict, key: tuple, candidates: list[dict]) -> None:
+    """Launch ``kernel`` on ``grid(config)``: the default config, or (TTTLA_AUTOTUNE=1) the fastest
+    candidate for ``key``, timed once per key with triton.testing.do_bench (a candidate that fails
+    to compile, e.g. for want of shared memory, is skipped). The kernels overwrite their whole
+    output, so a timing launch leaves nothing behind."""
+    config = candidates[0]
+    if _autotuning():
+        if key not in _TUNED:
+            timings = []
+            for cand in candidates:
+                try:
+                    ms = triton.testing.do_bench(
+                        lambda cand=cand: kernel[grid(cand)](*args, **flags, **cand), warmup=5, rep=25)
+                except Exception:  # noqa: BLE001 — a config this GPU cannot run is not a candidate
+                    continue
+                timings.append((ms, len(timings), cand))
+            _TUNED[key] = min(timings)[2] if timings else candidates[0]
+        config = _TUNED[key]
+    kernel[grid(config)](*args, **flags, **config)
+
+
+def tuned_configs() -> dict[tuple, dict]:
+    """The configurations chosen so far by TTTLA_AUTOTUNE=1, by problem key (for benchmark logs)."""
+    return dict(_TUNED)
+
+
+def _new_output(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A fresh output buffer on ``like``'s device (in ``dtype``, default ``like``'s); filled with
+    NaN when TTTLA_NAN_FILL=1 so an element a kernel forgets to write cannot pass a test."""
+    dtype = like.dtype if dtype is None else dtype
     if os.environ.get("TTTLA_NAN_FILL") == "1":
-        return torch.full(shape, float("nan"), dtype=like.dtype, device=like.device)
-    return torch.empty(shape, dtype=like.dtype, device=like.device)
+        return torch.full(shape, float("nan"), dtype=dtype, device=like.device)
+    return torch.empty(shape, dtype=dtype, device=like.device)
 
 
-@triton.autotune(configs=_configs(), key=["DA", "DB", "L"])
 @triton.jit
 def chunk_outer_kernel(
     a_ptr, b_ptr, out_ptr, T, L, N, DA, DB,
@@ -76,7 +151,7 @@ def chunk_outer_kernel(
     """
     i_a, i_b, i_nbh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_bh, i_n = i_nbh // N, i_nbh % N
-    acc_t = out_ptr.dtype.element_ty
+    acc_t = out_ptr.dtype.element_ty  # the output is the accumulator: fp32 (fp64 for fp64 operands)
     offs_a = i_a * BA + tl.arange(0, BA)
     offs_b = i_b * BB + tl.arange(0, BB)
     start = i_n * L
@@ -88,34 +163,35 @@ def chunk_outer_kernel(
         offs_t = start + t0 + tl.arange(0, BT)
         in_chunk = offs_t < end
         a = tl.load(a_base + offs_t[:, None] * DA + offs_a[None, :],
-                    mask=in_chunk[:, None] & (offs_a[None, :] < DA), other=0.0).to(acc_t)  # [BT, BA]
+                    mask=in_chunk[:, None] & (offs_a[None, :] < DA), other=0.0)  # [BT, BA]
         b = tl.load(b_base + offs_t[:, None] * DB + offs_b[None, :],
-                    mask=in_chunk[:, None] & (offs_b[None, :] < DB), other=0.0).to(acc_t)  # [BT, BB]
-        acc += tl.dot(tl.trans(a), b, input_precision="ieee")
+                    mask=in_chunk[:, None] & (offs_b[None, :] < DB), other=0.0)  # [BT, BB]
+        acc += tl.dot(tl.trans(a), b, input_precision="ieee").to(acc_t)
     out = out_ptr + (i_bh * N + i_n) * DA * DB
     tl.store(out + offs_a[:, None] * DB + offs_b[None, :], acc,
              mask=(offs_a[:, None] < DA) & (offs_b[None, :] < DB))
 
 
-@triton.autotune(configs=_configs(), key=["DK", "DV", "L", "HAS_STATE", "MASK"])
 @triton.jit
 def chunk_read_kernel(
     q_ptr, k_ptr, v_ptr, s_ptr, o_ptr, T, L, N, DK, DV,
     s_stride_bh, s_stride_n, s_stride_r, s_stride_c,
-    HAS_STATE: tl.constexpr, MASK: tl.constexpr,
+    HAS_STATE: tl.constexpr, MASK: tl.constexpr, ACC64: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
     """o[bh, t] = q_t S_{c(t)} + Σ_{s ∈ chunk c(t), mask(s, t)} (q_t · k_s) v_s.
 
-    q, k ``[BH, T, DK]``, v and o ``[BH, T, DV]`` contiguous; S ``[BH, N, DK, DV]`` read
-    through its strides (a transposed view needs no copy). HAS_STATE: add the state term;
-    MASK: 0 no intra-chunk term, 1 s ≤ t, 2 s ≥ t. Grid ``(⌈DV/BV⌉, N·⌈L/BT⌉, BH)``: a
-    program writes BT tokens of one chunk (masked ragged tail), accumulating in fp32 (fp64).
+    q, k ``[BH, T, DK]``, v and o ``[BH, T, DV]`` contiguous, one dtype; S ``[BH, N, DK, DV]``
+    (the accumulator dtype) read through its strides (a transposed view needs no copy) and
+    rounded to q's dtype for the product. HAS_STATE: add the state term; MASK: 0 no intra-chunk
+    term, 1 s ≤ t, 2 s ≥ t. Grid ``(⌈DV/BV⌉, N·⌈L/BT⌉, BH)``: a program writes BT tokens of one
+    chunk (masked ragged tail), accumulating in fp32 (fp64 when ACC64).
     """
     i_v, i_tb, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     n_blocks = tl.cdiv(L, BT)
     i_n, i_j = i_tb // n_blocks, i_tb % n_blocks
-    acc_t = o_ptr.dtype.element_ty
+    acc_t = tl.float64 if ACC64 else tl.float32
+    in_t = q_ptr.dtype.element_ty
     start = i_n * L
     end = tl.minimum(start + L, T)
     offs_t = start + i_j * BT + tl.arange(0, BT)
@@ -131,10 +207,10 @@ def chunk_read_kernel(
         for k0 in range(0, DK, BK):
             offs_k = k0 + tl.arange(0, BK)
             q = tl.load(q_base + offs_t[:, None] * DK + offs_k[None, :],
-                        mask=rows[:, None] & (offs_k[None, :] < DK), other=0.0).to(acc_t)  # [BT, BK]
+                        mask=rows[:, None] & (offs_k[None, :] < DK), other=0.0)  # [BT, BK]
             s = tl.load(s_base + offs_k[:, None] * s_stride_r + offs_v[None, :] * s_stride_c,
-                        mask=(offs_k[:, None] < DK) & cols[None, :], other=0.0).to(acc_t)  # [BK, BV]
-            acc += tl.dot(q, s, input_precision="ieee")
+                        mask=(offs_k[:, None] < DK) & cols[None, :], other=0.0).to(in_t)  # [BK, BV]
+            acc += tl.dot(q, s, input_precision="ieee").to(acc_t)
     if MASK != 0:  # the chunk's own tokens, one block of BT sources at a time
         if MASK == 1:
             lo, hi = 0, i_j + 1
@@ -147,19 +223,19 @@ def chunk_read_kernel(
             for k0 in range(0, DK, BK):
                 offs_k = k0 + tl.arange(0, BK)
                 q = tl.load(q_base + offs_t[:, None] * DK + offs_k[None, :],
-                            mask=rows[:, None] & (offs_k[None, :] < DK), other=0.0).to(acc_t)  # [BT, BK]
+                            mask=rows[:, None] & (offs_k[None, :] < DK), other=0.0)  # [BT, BK]
                 k = tl.load(k_base + offs_s[:, None] * DK + offs_k[None, :],
-                            mask=sources[:, None] & (offs_k[None, :] < DK), other=0.0).to(acc_t)  # [BT, BK]
-                scores += tl.dot(q, tl.trans(k), input_precision="ieee")
+                            mask=sources[:, None] & (offs_k[None, :] < DK), other=0.0)  # [BT, BK]
+                scores += tl.dot(q, tl.trans(k), input_precision="ieee").to(acc_t)
             if MASK == 1:
                 keep = offs_s[None, :] <= offs_t[:, None]
             else:
                 keep = offs_s[None, :] >= offs_t[:, None]
             scores = tl.where(keep & sources[None, :], scores, 0.0)
             v = tl.load(v_base + offs_s[:, None] * DV + offs_v[None, :],
-                        mask=sources[:, None] & cols[None, :], other=0.0).to(acc_t)  # [BT, BV]
-            acc += tl.dot(scores, v, input_precision="ieee")
-    tl.store(o_ptr + i_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], acc,
+                        mask=sources[:, None] & cols[None, :], other=0.0)  # [BT, BV]
+            acc += tl.dot(scores.to(in_t), v, input_precision="ieee").to(acc_t)
+    tl.store(o_ptr + i_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], acc.to(o_ptr.dtype.element_ty),
              mask=rows[:, None] & cols[None, :])
 
 
@@ -174,31 +250,34 @@ def _merged_stride(S: torch.Tensor) -> int | None:
     return None
 
 
-def _outer_grid(DA: int, DB: int, N: int, BH: int, BA: int, BB: int):
-    return (triton.cdiv(DA, BA), triton.cdiv(DB, BB), N * BH)
+def _launch_outer(a: torch.Tensor, b: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Σ_{t ∈ n} a_tᵀ b_t per chunk: a ``[B, H, T, Da]``, b ``[B, H, T, Db]`` (one dtype) →
+    ``[B, H, N, Da, Db]`` in the accumulator dtype (fp32, fp64 for fp64 operands)."""
+    _check_device(a)
+    if a.dtype != b.dtype:
+        raise ValueError(f"chunk_outer: a and b must share a dtype, got {a.dtype} and {b.dtype}")
+    a, b = a.contiguous(), b.contiguous()
+    B, H, T, DA = a.shape
+    DB = b.shape[-1]
+    N = triton.cdiv(T, chunk_size)
+    out = _new_output((B, H, N, DA, DB), a, _accumulator(a.dtype))
+
+    def grid(cfg):
+        return (triton.cdiv(DA, cfg["BA"]), triton.cdiv(DB, cfg["BB"]), N * B * H)
+
+    _launch(chunk_outer_kernel, grid, (a, b, out, T, chunk_size, N, DA, DB), {},
+            ("outer", DA, DB, chunk_size, T, B * H, a.dtype), _outer_candidates(DA, DB, chunk_size, a.dtype))
+    return out
 
 
 def _read_grid(DV: int, N: int, L: int, BH: int, BT: int, BV: int):
     return (triton.cdiv(DV, BV), N * triton.cdiv(L, BT), BH)
 
 
-def _launch_outer(a: torch.Tensor, b: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """Σ_{t ∈ n} a_tᵀ b_t per chunk: a ``[B, H, T, Da]``, b ``[B, H, T, Db]`` → ``[B, H, N, Da, Db]``."""
-    _check_device(a)
-    a, b = a.contiguous(), b.contiguous()
-    B, H, T, DA = a.shape
-    DB = b.shape[-1]
-    N = triton.cdiv(T, chunk_size)
-    out = _new_output((B, H, N, DA, DB), a)
-    BT, BA, BB = _block(chunk_size), _block(DA), _block(DB)
-    chunk_outer_kernel[_outer_grid(DA, DB, N, B * H, BA, BB)](
-        a, b, out, T, chunk_size, N, DA, DB, BT=BT, BA=BA, BB=BB)
-    return out
-
-
 def _launch_read(q, k, v, S, chunk_size: int, mask: int, value_dim: int) -> torch.Tensor:
     """o_t = q_t S_{c(t)} + Σ_{s ∈ c(t), mask} (q_t · k_s) v_s: q ``[B, H, T, Dk]``, k ``[B, H, T, Dk]``
-    or None, v ``[B, H, T, Dv]`` or None, S ``[B, H, N, Dk, Dv]`` (any strides) or None → ``[B, H, T, Dv]``."""
+    or None, v ``[B, H, T, Dv]`` or None (q's dtype), S ``[B, H, N, Dk, Dv]`` (any strides) or None
+    → ``[B, H, T, Dv]`` in q's dtype."""
     _check_device(q)
     q = q.contiguous()
     B, H, T, DK = q.shape
@@ -214,10 +293,14 @@ def _launch_read(q, k, v, S, chunk_size: int, mask: int, value_dim: int) -> torc
         if _merged_stride(S) is None:
             S = S.contiguous()
         strides = (_merged_stride(S), S.stride(2), S.stride(3), S.stride(4))
-    BT, BK, BV = _block(chunk_size), _block(DK), _block(value_dim)
-    chunk_read_kernel[_read_grid(value_dim, N, chunk_size, B * H, BT, BV)](
-        q, k, v, S, o, T, chunk_size, N, DK, value_dim, *strides,
-        HAS_STATE=has_state, MASK=mask, BT=BT, BK=BK, BV=BV)
+
+    def grid(cfg):
+        return _read_grid(value_dim, N, chunk_size, B * H, cfg["BT"], cfg["BV"])
+
+    flags = {"HAS_STATE": has_state, "MASK": mask, "ACC64": q.dtype == torch.float64}
+    _launch(chunk_read_kernel, grid, (q, k, v, S, o, T, chunk_size, N, DK, value_dim, *strides), flags,
+            ("read", DK, value_dim, chunk_size, T, B * H, q.dtype, has_state, mask),
+            _read_candidates(DK, value_dim, chunk_size, q.dtype))
     return o
 
 

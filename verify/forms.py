@@ -20,7 +20,7 @@ from derivations.catalog import CATALOG
 from derivations.variant import Variant
 from verify.inputs import Case
 
-__all__ = ["form_kwargs", "call_form", "generated_forms", "cast_case", "usable_forms"]
+__all__ = ["form_kwargs", "call_form", "generated_forms", "cast_case", "usable_forms", "on_gpu"]
 
 
 def form_kwargs(variant: Variant, case: Case, output_final_state: bool = True) -> dict:
@@ -53,11 +53,12 @@ def call_form(variant: Variant, fn: Callable, case: Case) -> tuple[torch.Tensor,
     return o, final
 
 
-def cast_case(case: Case, dtype: torch.dtype, requires_grad: bool = True) -> Case:
-    """A copy of ``case`` whose every input tensor is a fresh leaf in ``dtype``."""
+def cast_case(case: Case, dtype: torch.dtype, requires_grad: bool = True, device=None) -> Case:
+    """A copy of ``case`` whose every input tensor is a fresh leaf in ``dtype`` (on ``device``,
+    default where it is)."""
 
     def leaf(t):
-        return t.detach().to(dtype).requires_grad_(requires_grad)
+        return t.detach().to(device or t.device, dtype).requires_grad_(requires_grad)
 
     lr = {n: leaf(t) for n, t in case.lr.items()} if isinstance(case.lr, dict) else None
     if lr is None and case.lr is not None:
@@ -94,13 +95,34 @@ def generated_forms(ref: str | Variant):
         yield variant, dict(import_generated(variant.name, tmp).FORMS)
 
 
-def usable_forms(forms: dict) -> tuple[dict, list[str]]:
-    """The forms that can run here on CPU tensors, and a note for each one left out.
+def on_gpu(fn: Callable) -> Callable:
+    """``fn`` run on the GPU for CPU inputs: every tensor argument is copied to ``cuda`` and every
+    tensor it returns back to the CPU, differentiably (gradients flow to the CPU leaves)."""
+    from torch.utils._pytree import tree_map
 
-    A Triton form runs on CPU tensors only in Triton's interpreter (``TRITON_INTERPRET=1``
-    set before triton is imported).
+    def move(device):
+        return lambda x: x.to(device) if isinstance(x, torch.Tensor) else x
+
+    def wrapped(*args, **kwargs):
+        args, kwargs = tree_map(move("cuda"), (args, kwargs))
+        return tree_map(move("cpu"), fn(*args, **kwargs))
+
+    wrapped.__name__ = getattr(fn, "__name__", "form")
+    wrapped.__doc__ = fn.__doc__
+    return wrapped
+
+
+def usable_forms(forms: dict) -> tuple[dict, list[str]]:
+    """The forms that can run here on CPU tensors, and a note for each one changed or left out.
+
+    A Triton form runs in Triton's CPU interpreter when ``TRITON_INTERPRET=1`` was set before
+    triton was imported; otherwise on the GPU when torch sees one (inputs copied there and
+    results back, see :func:`on_gpu`); otherwise it is left out.
     """
-    if "triton" in forms and os.environ.get("TRITON_INTERPRET") != "1":
-        forms = {n: f for n, f in forms.items() if n != "triton"}
-        return forms, ["triton form skipped: set TRITON_INTERPRET=1 to run it in Triton's CPU interpreter"]
-    return forms, []
+    if "triton" not in forms or os.environ.get("TRITON_INTERPRET") == "1":
+        return forms, []
+    if torch.cuda.is_available():
+        forms = {**forms, "triton": on_gpu(forms["triton"])}
+        return forms, [f"triton form run on the GPU ({torch.cuda.get_device_name()})"]
+    forms = {n: f for n, f in forms.items() if n != "triton"}
+    return forms, ["triton form skipped: no GPU; set TRITON_INTERPRET=1 to run it in Triton's CPU interpreter"]

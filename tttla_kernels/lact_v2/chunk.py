@@ -86,13 +86,14 @@ def chunk_lact_v2(
     B, T, H, Dk, Dv = runtime.check_qkv(q, k, v)
     chunk_size = runtime.check_chunk_size(chunk_size)
     dtype = runtime.state_dtype(q)
+    work = runtime.work_dtype(q)  # tokens and chunk products: q's dtype for fp16/bf16 (tensor cores)
     given = {} if initial_state is None else {"W1": initial_state}
     sizes = runtime.resolve_sizes(
         [("q", "d", Dk), ("v", "d", Dv)],
         [("W0", STATIC_SHAPES["W0"], W0), ("W2", STATIC_SHAPES["W2"], W2), ("initial_state", STATE_SHAPES["W1"], initial_state)],
     )
-    W0 = runtime.per_head("W0", W0, B, H, runtime.shape_in(sizes, STATIC_SHAPES["W0"], "W0"), q.device, dtype)
-    W2 = runtime.per_head("W2", W2, B, H, runtime.shape_in(sizes, STATIC_SHAPES["W2"], "W2"), q.device, dtype)
+    W0 = runtime.per_head("W0", W0, B, H, runtime.shape_in(sizes, STATIC_SHAPES["W0"], "W0"), q.device, work)
+    W2 = runtime.per_head("W2", W2, B, H, runtime.shape_in(sizes, STATIC_SHAPES["W2"], "W2"), q.device, work)
     state = {}
     for name, shape in STATE_SHAPES.items():
         label = "initial_state"
@@ -102,29 +103,29 @@ def chunk_lact_v2(
             if name in given
             else torch.zeros(B, H, *shape, dtype=dtype, device=q.device)
         )
-    Q, K = runtime.heads_first(q, dtype), runtime.heads_first(k, dtype)  # [B, H, T, d]
-    V = runtime.heads_first(v, dtype)  # [B, H, T, d]
+    Q, K = runtime.heads_first(q, work), runtime.heads_first(k, work)  # [B, H, T, d]
+    V = runtime.heads_first(v, work)  # [B, H, T, d]
     eta = runtime.token_coefficient("lr", lr, q, dtype)  # [B, H, T, 1]
     alpha = runtime.token_coefficient("momentum", momentum, q, dtype)  # [B, H, T, 1]
 
     S0 = state["W1"]  # [B, H, h, d]
 
-    # Feature maps and effective values of every token in one batched pass.
+    # Feature maps and effective values of every token in one batched pass (work dtype).
     q_hat = feature_map(Q, W0, W2)  # [B, H, T, h]
     k_hat = feature_map(K, W0, W2)  # [B, H, T, h]
-    v_hat = effective_value(V, eta)  # [B, H, T, d]
+    v_hat = effective_value(V, eta).to(work)  # [B, H, T, d]
     # Chunks [B, H, N, L, ·]; the padded tail has zero keys and values, so adds nothing.
     q_chunks = runtime.split_chunks(q_hat, chunk_size)
     k_chunks = runtime.split_chunks(k_hat, chunk_size)
     v_chunks = runtime.split_chunks(v_hat, chunk_size)
 
-    updates = k_chunks.mT @ v_chunks  # ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, h, d]
+    updates = (k_chunks.mT @ v_chunks).to(dtype)  # ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, h, d]
     coefficients = runtime.momentum_matrix(runtime.chunk_means(alpha, chunk_size))  # [B, H, N, N]
     updates = torch.einsum("bhnj,bhjkv->bhnkv", coefficients, updates)  # M_n = Σ_{j≤n} B[n, j] ΔS_j
-    updates = runtime.newton_schulz(updates, NS_COEFFICIENTS, NS_EPS)  # U_n = 𝓜(M_n), batched over chunks
-    inclusive = S0.unsqueeze(2) + updates.cumsum(dim=2)  # S^{(n)}: [B, H, N, h, d]
-    exclusive = torch.cat([S0.unsqueeze(2), inclusive[:, :, :-1]], dim=2)  # S^{(n−1)}
-    o = q_chunks @ exclusive  # [B, H, N, L, d]
+    updates = runtime.newton_schulz(updates, NS_COEFFICIENTS, NS_EPS, dtype=work)  # U_n = 𝓜(M_n), batched over chunks
+    states = torch.cat([S0.unsqueeze(2), updates], dim=2).cumsum(dim=2)  # S^{(0)}, …, S^{(N)}: one scan
+    exclusive = states[:, :, :-1]  # S^{(n−1)}
+    o = q_chunks @ exclusive.to(work)  # [B, H, N, L, d]
     o = o.flatten(2, 3)[:, :, :T]  # [B, H, T, d]
     state["W1"] = exclusive[:, :, -1]  # the last chunk is apply-only
     final_state = None

@@ -15,8 +15,9 @@ Pipeline (flash-linear-attention's split into a state pass and an output pass):
 Both kernels live in ``tttla_kernels/triton_runtime.py``, shared by every variant: torch.library
 custom ops (``tttla::chunk_outer``, ``tttla::chunk_read``) whose backward passes are the same two
 ops with the roles of their operands permuted, so gradients reach q, k, v and the
-initial state, and ``torch.compile`` traces the whole layer. States and accumulators are
-fp32 (fp64 for fp64 inputs).
+initial state, and ``torch.compile`` traces the whole layer. Token-level work runs in q's dtype
+for fp16/bf16 (tensor cores), else in the state dtype; states and accumulators are fp32 (fp64
+for fp64 inputs).
 """
 
 import math  # noqa: F401  (used by some element-wise functions)
@@ -76,6 +77,7 @@ def triton_lact_v6(
     B, T, H, Dk, Dv = runtime.check_qkv(q, k, v)
     chunk_size = runtime.check_chunk_size(chunk_size)
     dtype = runtime.state_dtype(q)
+    work = runtime.work_dtype(q)  # tokens and chunk products: q's dtype for fp16/bf16 (tensor cores)
     given = {} if initial_state is None else {"W": initial_state}
     sizes = runtime.resolve_sizes(
         [("q", "d", Dk), ("v", "d", Dv)],
@@ -90,19 +92,19 @@ def triton_lact_v6(
             if name in given
             else torch.zeros(B, H, *shape, dtype=dtype, device=q.device)
         )
-    Q, K = runtime.heads_first(q, dtype), runtime.heads_first(k, dtype)  # [B, H, T, d]
-    V = runtime.heads_first(v, dtype)  # [B, H, T, d]
+    Q, K = runtime.heads_first(q, work), runtime.heads_first(k, work)  # [B, H, T, d]
+    V = runtime.heads_first(v, work)  # [B, H, T, d]
 
     S0 = state["W"]  # [B, H, d, d]
 
-    # Feature maps and effective values of every token (torch, autograd).
+    # Feature maps and effective values of every token (torch, autograd; work dtype).
     q_hat = feature_map(Q).contiguous()  # [B, H, T, d]
     k_hat = feature_map(K).contiguous()  # [B, H, T, d]
-    v_hat = effective_value(V).contiguous()  # [B, H, T, d]
+    v_hat = effective_value(V).to(work).contiguous()  # [B, H, T, d]
 
     updates = chunk_outer(k_hat, v_hat, chunk_size)  # ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, d, d]
-    inclusive = S0.unsqueeze(2) + updates.cumsum(dim=2)  # S^{(n)}: [B, H, N, d, d]
-    exclusive = torch.cat([S0.unsqueeze(2), inclusive[:, :, :-1]], dim=2)  # S^{(n−1)}
+    states = torch.cat([S0.unsqueeze(2), updates], dim=2).cumsum(dim=2)  # S^{(0)}, …, S^{(N)}: one scan
+    exclusive = states[:, :, :-1]  # S^{(n−1)}
     reads = exclusive  # S^{(n−1)}: the state chunk n reads
     o = chunk_read(q_hat, None, None, reads, chunk_size, READ_MASK, Dv)  # [B, H, T, d]
     state["W"] = exclusive[:, :, -1]  # the last chunk is apply-only

@@ -64,6 +64,7 @@ def chunk_linear_attention(
     B, T, H, Dk, Dv = runtime.check_qkv(q, k, v)
     chunk_size = runtime.check_chunk_size(chunk_size)  # a compute block: any size gives the same result
     dtype = runtime.state_dtype(q)
+    work = runtime.work_dtype(q)  # tokens and chunk products: q's dtype for fp16/bf16 (tensor cores)
     given = {} if initial_state is None else {"W": initial_state}
     sizes = runtime.resolve_sizes(
         [("q", "d", Dk), ("v", "d", Dv)],
@@ -78,24 +79,25 @@ def chunk_linear_attention(
             if name in given
             else torch.zeros(B, H, *shape, dtype=dtype, device=q.device)
         )
-    Q, K = runtime.heads_first(q, dtype), runtime.heads_first(k, dtype)  # [B, H, T, d]
-    V = runtime.heads_first(v, dtype)  # [B, H, T, d]
+    Q, K = runtime.heads_first(q, work), runtime.heads_first(k, work)  # [B, H, T, d]
+    V = runtime.heads_first(v, work)  # [B, H, T, d]
 
     S0 = state["W"]  # [B, H, d, d]
 
-    # Feature maps and effective values of every token in one batched pass.
+    # Feature maps and effective values of every token in one batched pass (work dtype).
     q_hat = feature_map(Q)  # [B, H, T, d]
     k_hat = feature_map(K)  # [B, H, T, d]
-    v_hat = effective_value(V)  # [B, H, T, d]
+    v_hat = effective_value(V).to(work)  # [B, H, T, d]
     # Chunks [B, H, N, L, ·]; the padded tail has zero keys and values, so adds nothing.
     q_chunks = runtime.split_chunks(q_hat, chunk_size)
     k_chunks = runtime.split_chunks(k_hat, chunk_size)
     v_chunks = runtime.split_chunks(v_hat, chunk_size)
 
-    updates = k_chunks.mT @ v_chunks  # ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, d, d]
-    inclusive = S0.unsqueeze(2) + updates.cumsum(dim=2)  # S^{(n)}: [B, H, N, d, d]
-    exclusive = torch.cat([S0.unsqueeze(2), inclusive[:, :, :-1]], dim=2)  # S^{(n−1)}
-    o = q_chunks @ exclusive  # [B, H, N, L, d]
+    updates = (k_chunks.mT @ v_chunks).to(dtype)  # ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, d, d]
+    states = torch.cat([S0.unsqueeze(2), updates], dim=2).cumsum(dim=2)  # S^{(0)}, …, S^{(N)}: one scan
+    inclusive = states[:, :, 1:]  # S^{(n)}: [B, H, N, d, d]
+    exclusive = states[:, :, :-1]  # S^{(n−1)}
+    o = q_chunks @ exclusive.to(work)  # [B, H, N, L, d]
     causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril()
     scores = (q_chunks @ k_chunks.mT).masked_fill(~causal, 0.0)  # [B, H, N, L, L]
     o = o + scores @ v_chunks  # the chunk's own tokens i ≤ t
