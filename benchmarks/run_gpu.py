@@ -214,6 +214,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", choices=["lact", "linear", "scaling"], default=None,
                         help="run only these parts (default: all)")
     parser.add_argument("--variants", nargs="*", default=LACT, help="LaCT variants at the paper's shape")
+    parser.add_argument("--merge", type=Path, default=None,
+                        help="an earlier results file whose parts this run does not measure are kept "
+                             "(each part keeps the peak of its own run)")
     args = parser.parse_args(argv)
     if args.autotune:
         os.environ["TTTLA_AUTOTUNE"] = "1"
@@ -243,6 +246,11 @@ def main(argv=None) -> int:
                     sms=torch.cuda.get_device_properties(0).multi_processor_count)
     print(f"{name}: same-run {info['dtype']} matmul peak {peak / 1e12:.1f} TFLOP/s", flush=True)
     out = {"machine": info, "results": {}, "scaling": {}, "agreement": {}, "targets": []}
+    if args.merge is not None:
+        earlier = json.loads(args.merge.read_text())
+        for key in ("results", "scaling", "agreement"):
+            out[key].update(earlier.get(key, {}))
+        out["machine"]["merged_from"] = {"file": args.merge.name, "peak": earlier["machine"]["matmul_peak_flops_per_s"]}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = _slug(name) + ("-autotune" if args.autotune else "")
     path = args.out / f"{stem}.json"
