@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from run_gpu import _call, _case, _forward_backward, seconds  # noqa: E402
+from run_gpu import _case, _forward, _forward_backward, seconds  # noqa: E402
+
+from verify.forms import cast_case  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -38,15 +40,12 @@ def main(argv=None) -> int:
     fn = import_generated(args.variant).FORMS[args.form]
     for chunk in args.chunk:
         shape = {"batch": args.batch, "heads": args.heads, "seq_len": args.T, "dim": args.dim, "chunk": chunk}
-        fwd_case, _ = _case(variant, shape, torch.bfloat16, "cuda", requires_grad=False)
-        grad_case, _ = _case(variant, shape, torch.bfloat16, "cuda", requires_grad=True)
+        case, _ = _case(variant, shape)
         compute_chunk = chunk if variant.schedule.fixed else None
-
-        def forward(fwd_case=fwd_case, compute_chunk=compute_chunk):
-            with torch.no_grad():
-                _call(variant, fn, fwd_case, compute_chunk)
-
-        both = _forward_backward(variant, fn, grad_case, compute_chunk)
+        forward = _forward(variant, fn, cast_case(case, torch.bfloat16, requires_grad=False, device="cuda"),
+                           compute_chunk)
+        both = _forward_backward(variant, fn, cast_case(case, torch.bfloat16, requires_grad=True, device="cuda"),
+                                 compute_chunk)
         print(f"{args.variant} {args.form} chunk={chunk}: forward {seconds(forward, 'cuda') * 1e3:.3f} ms, "
               f"forward+backward {seconds(both, 'cuda') * 1e3:.3f} ms", flush=True)
         for what, run in (("forward", forward), ("forward+backward", both)):

@@ -64,12 +64,23 @@ def matmul_peak(dtype: torch.dtype, device: str, n: int = 8192) -> float:
     return 2 * n**3 / seconds(lambda: a @ b, device)
 
 
-def _case(variant, shape: dict, dtype, device, requires_grad: bool):
+def _case(variant, shape: dict):
+    """A CPU case of ``shape`` (every named dimension ``dim``) and its sizes."""
     sizes = {k: shape["dim"] for k in (*variant.dims, variant.value_dim) if isinstance(k, str)}
     chunk = None if variant.schedule.fixed else shape["chunk"]
     case = make_case(variant, batch=shape["batch"], seq_len=shape["seq_len"], heads=shape["heads"], sizes=sizes,
                      chunk_size=chunk, generator=torch.Generator().manual_seed(0))
-    return cast_case(case, dtype, requires_grad=requires_grad, device=device), sizes
+    return case, sizes
+
+
+def _forward(variant, fn, case, chunk):
+    """One forward without autograd."""
+
+    def run():
+        with torch.no_grad():
+            call_form(variant, fn, case, chunk)
+
+    return run
 
 
 def _forward_backward(variant, fn, case, chunk):
@@ -79,24 +90,11 @@ def _forward_backward(variant, fn, case, chunk):
     dO = torch.randn(case.v.shape, generator=g, device=case.q.device).to(case.q.dtype)
 
     def run():
-        o, final = _call(variant, fn, case, chunk)
+        o, final = call_form(variant, fn, case, chunk)
         loss = (o * dO).float().sum() + sum(t.float().pow(2).sum() for t in final.values())
         torch.autograd.grad(loss, leaves, allow_unused=True)
 
     return run
-
-
-def _call(variant, fn, case, chunk):
-    if chunk is not None and variant.schedule.fixed:  # a compute chunk of a token-level form
-        return _call_with_chunk(variant, fn, case, chunk)
-    return call_form(variant, fn, case)
-
-
-def _call_with_chunk(variant, fn, case, chunk):
-    from verify.forms import form_kwargs
-
-    o, final = fn(case.q, case.k, case.v, **form_kwargs(variant, case), chunk_size=chunk)
-    return o, final if isinstance(final, dict) else {variant.update[0]: final}
 
 
 def bench_shape(variant, forms: dict, shape: dict, dtype, device, peak: float, progress=None,
@@ -107,8 +105,9 @@ def bench_shape(variant, forms: dict, shape: dict, dtype, device, peak: float, p
                          dtype=str(dtype).removeprefix("torch."), batch_heads=shape["batch"] * shape["heads"],
                          repeats=0)
     result = BenchResult(variant.name, config, matmul_flops_per_s=peak, machine=machine())
-    fwd_case, sizes = _case(variant, shape, dtype, device, requires_grad=False)
-    grad_case, _ = _case(variant, shape, dtype, device, requires_grad=True)
+    case, sizes = _case(variant, shape)
+    fwd_case = cast_case(case, dtype, requires_grad=False, device=device)
+    grad_case = cast_case(case, dtype, requires_grad=True, device=device)
     tokens = config.batch_heads * config.seq_len
     per_token = model_flops(variant, sizes)
     compute_chunk = shape["chunk"] if variant.schedule.fixed else None
@@ -116,9 +115,7 @@ def bench_shape(variant, forms: dict, shape: dict, dtype, device, peak: float, p
         for pass_ in passes:
             chunk = compute_chunk if name != "recurrent" else None
             if pass_ == "forward":
-                def run(fn=fn, chunk=chunk):
-                    with torch.no_grad():
-                        _call(variant, fn, fwd_case, chunk)
+                run = _forward(variant, fn, fwd_case, chunk)
             else:
                 run = _forward_backward(variant, fn, grad_case, chunk)
             try:
@@ -170,10 +167,10 @@ def agreement(variant, forms: dict, shape: dict, dtype, device) -> dict[str, flo
     """RMS ratio of each form's output against the first form's, on the benchmark's inputs."""
     from verify.tolerances import relative_error
 
-    case, _ = _case(variant, shape, dtype, device, requires_grad=False)
+    case = cast_case(_case(variant, shape)[0], dtype, requires_grad=False, device=device)
     chunk = shape["chunk"] if variant.schedule.fixed else None
     with torch.no_grad():
-        outs = {n: _call(variant, fn, case, chunk if n != "recurrent" else None)[0] for n, fn in forms.items()}
+        outs = {n: call_form(variant, fn, case, chunk if n != "recurrent" else None)[0] for n, fn in forms.items()}
     first = next(iter(outs.values()))
     return {n: relative_error(first, o, "rms_ratio") for n, o in outs.items()}
 

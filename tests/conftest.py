@@ -25,6 +25,12 @@ FAKE_GPU = {"machine": {"device": "NVIDIA H100 (test fixture)", "torch": "2.x"},
     "rows": [{"name": "triton", "pass": "forward", "seconds": 0.001, "tokens_per_s": 2.6e8, "flops_per_s": 3e14}]}}}
 
 
+@pytest.fixture
+def nan_fill(monkeypatch):
+    """Fresh Triton kernel outputs filled with NaN, so an element no program writes fails a comparison."""
+    monkeypatch.setenv("TTTLA_NAN_FILL", "1")
+
+
 @pytest.fixture(scope="session")
 def small_report(tmp_path_factory):
     """One full report of lact_v6 (a parallel variant with a Triton form), built once with few

@@ -23,17 +23,13 @@ from codegen.generate import import_generated
 from derivations.catalog import CATALOG
 from verify.forms import usable_forms
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+              pytest.mark.usefixtures("nan_fill")]
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 #: (T, d, chunk): one token; fewer tokens than a chunk; a ragged tail with d not a power of two;
 #: several full chunks with d above one 64-wide block
 SHAPES = [(1, 64, 64), (50, 64, 64), (300, 48, 128), (1024, 128, 256)]
-
-
-@pytest.fixture(autouse=True)
-def nan_fill(monkeypatch):
-    monkeypatch.setenv("TTTLA_NAN_FILL", "1")
 
 
 def _check(name, T, d, chunk, dtype, batch=2, heads=2):

@@ -28,13 +28,10 @@ from derivations.catalog import CATALOG
 from tttla_kernels import triton_runtime
 from verify.tolerances import relative_error
 
+pytestmark = pytest.mark.usefixtures("nan_fill")
+
 #: (T, d, chunk): one token, fewer tokens than a chunk, a ragged tail, an exact multiple
 SHAPES = [(1, 3, 8), (5, 8, 8), (37, 3, 16), (64, 16, 16)]
-
-
-@pytest.fixture(autouse=True)
-def nan_fill(monkeypatch):
-    monkeypatch.setenv("TTTLA_NAN_FILL", "1")
 
 
 @pytest.mark.parametrize("T,d,chunk", SHAPES)

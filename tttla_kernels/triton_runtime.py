@@ -31,6 +31,8 @@ import triton
 import triton.language as tl
 import triton.testing
 
+from tttla_kernels.runtime import state_dtype
+
 __all__ = ["MASK_NONE", "MASK_CAUSAL", "MASK_ANTICAUSAL", "chunk_outer", "chunk_read"]
 
 # Masks of the intra-chunk term of chunk_read: which tokens s of t's chunk it reads.
@@ -54,47 +56,40 @@ def _block(n: int, cap: int = 64) -> int:
     return min(max(16, triton.next_power_of_2(n)), max(16, cap))
 
 
-def _accumulator(dtype: torch.dtype) -> torch.dtype:
-    """fp64 for fp64 operands, else fp32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 # --- launch configurations -----------------------------------------------------------------
 # A configuration is the kernel's block sizes plus num_warps and num_stages. The first
 # candidate is the default; with TTTLA_AUTOTUNE=1 (on a GPU) each new problem — the kernel,
 # its sizes and dtype — times every candidate once and keeps the fastest.
 
-def _config(blocks: dict, warps: int, stages: int) -> dict:
-    return {**blocks, "num_warps": warps, "num_stages": stages}
+#: per kernel and operand width (bits; "interpreter" for Triton's CPU interpreter): the block
+#: caps — chunk_outer (BA, BB, BT), chunk_read (BT, BK, BV) — with num_warps and num_stages
+_CANDIDATES = {
+    "outer": {
+        "interpreter": [((64, 64, 64), 4, 1)],
+        # tensor cores, large tiles; first: the fastest for LaCT's d = h = 384, chunk 2048, bf16 on
+        # an H100 (TTTLA_AUTOTUNE=1)
+        16: [((64, 128, 64), 4, 3), ((64, 64, 64), 4, 3), ((128, 64, 64), 4, 3), ((128, 128, 64), 8, 3),
+             ((128, 128, 32), 8, 4), ((128, 128, 64), 8, 2)],
+        32: [((64, 64, 32), 4, 2), ((64, 64, 16), 4, 3), ((128, 64, 32), 8, 2), ((32, 32, 32), 4, 2)],
+        64: [((32, 32, 16), 4, 2), ((64, 32, 16), 4, 2), ((32, 32, 32), 4, 2)],
+    },
+    "read": {
+        "interpreter": [((64, 64, 64), 4, 1)],
+        16: [((128, 64, 128), 8, 2), ((64, 64, 64), 4, 2), ((64, 64, 128), 8, 2), ((64, 128, 128), 8, 2),
+             ((128, 64, 64), 4, 3), ((64, 32, 128), 4, 3)],
+        32: [((32, 32, 64), 4, 2), ((64, 32, 64), 4, 2), ((32, 64, 64), 8, 2), ((64, 32, 32), 4, 3)],
+        64: [((16, 32, 32), 4, 2), ((32, 16, 32), 4, 2), ((16, 16, 64), 4, 2)],
+    },
+}
 
 
-def _outer_candidates(DA: int, DB: int, L: int, dtype: torch.dtype) -> list[dict]:
-    def c(ba, bb, bt, warps, stages):
-        return _config({"BA": _block(DA, ba), "BB": _block(DB, bb), "BT": _block(L, bt)}, warps, stages)
-
-    if _interpreting():
-        return [c(64, 64, 64, 4, 1)]
-    if dtype.itemsize == 2:  # tensor cores: large tiles
-        # first: the fastest for LaCT's d = h = 384, chunk 2048, bf16 on an H100 (TTTLA_AUTOTUNE=1)
-        return [c(64, 128, 64, 4, 3), c(64, 64, 64, 4, 3), c(128, 64, 64, 4, 3), c(128, 128, 64, 8, 3),
-                c(128, 128, 32, 8, 4), c(128, 128, 64, 8, 2)]
-    if dtype == torch.float64:
-        return [c(32, 32, 16, 4, 2), c(64, 32, 16, 4, 2), c(32, 32, 32, 4, 2)]
-    return [c(64, 64, 32, 4, 2), c(64, 64, 16, 4, 3), c(128, 64, 32, 8, 2), c(32, 32, 32, 4, 2)]
-
-
-def _read_candidates(DK: int, DV: int, L: int, dtype: torch.dtype) -> list[dict]:
-    def c(bt, bk, bv, warps, stages):
-        return _config({"BT": _block(L, bt), "BK": _block(DK, bk), "BV": _block(DV, bv)}, warps, stages)
-
-    if _interpreting():
-        return [c(64, 64, 64, 4, 1)]
-    if dtype.itemsize == 2:
-        return [c(128, 64, 128, 8, 2), c(64, 64, 64, 4, 2), c(64, 64, 128, 8, 2), c(64, 128, 128, 8, 2),
-                c(128, 64, 64, 4, 3), c(64, 32, 128, 4, 3)]
-    if dtype == torch.float64:
-        return [c(16, 32, 32, 4, 2), c(32, 16, 32, 4, 2), c(16, 16, 64, 4, 2)]
-    return [c(32, 32, 64, 4, 2), c(64, 32, 64, 4, 2), c(32, 64, 64, 8, 2), c(64, 32, 32, 4, 3)]
+def _candidates(kernel: str, covers: dict[str, int], dtype: torch.dtype) -> list[dict]:
+    """Launch configs of ``kernel`` for ``dtype`` operands: each block (name → the size it must
+    cover, in the table's order) the power of two covering it, at most its cap."""
+    width = "interpreter" if _interpreting() else dtype.itemsize * 8
+    return [{**{name: _block(n, cap) for (name, n), cap in zip(covers.items(), caps)},
+             "num_warps": warps, "num_stages": stages}
+            for caps, warps, stages in _CANDIDATES[kernel][width]]
 
 
 _TUNED: dict[tuple, dict] = {}
@@ -261,13 +256,14 @@ def _launch_outer(a: torch.Tensor, b: torch.Tensor, chunk_size: int) -> torch.Te
     B, H, T, DA = a.shape
     DB = b.shape[-1]
     N = triton.cdiv(T, chunk_size)
-    out = _new_output((B, H, N, DA, DB), a, _accumulator(a.dtype))
+    out = _new_output((B, H, N, DA, DB), a, state_dtype(a))  # the accumulator dtype
 
     def grid(cfg):
         return (triton.cdiv(DA, cfg["BA"]), triton.cdiv(DB, cfg["BB"]), N * B * H)
 
     _launch(chunk_outer_kernel, grid, (a, b, out, T, chunk_size, N, DA, DB), {},
-            ("outer", DA, DB, chunk_size, T, B * H, a.dtype), _outer_candidates(DA, DB, chunk_size, a.dtype))
+            ("outer", DA, DB, chunk_size, T, B * H, a.dtype),
+            _candidates("outer", {"BA": DA, "BB": DB, "BT": chunk_size}, a.dtype))
     return out
 
 
@@ -298,10 +294,10 @@ def _launch_read(q, k, v, S, chunk_size: int, mask: int, value_dim: int) -> torc
     def grid(cfg):
         return _read_grid(value_dim, N, chunk_size, B * H, cfg["BT"], cfg["BV"])
 
-    flags = {"HAS_STATE": has_state, "MASK": mask, "ACC64": q.dtype == torch.float64}
+    flags = {"HAS_STATE": has_state, "MASK": mask, "ACC64": state_dtype(q) == torch.float64}
     _launch(chunk_read_kernel, grid, (q, k, v, S, o, T, chunk_size, N, DK, value_dim, *strides), flags,
             ("read", DK, value_dim, chunk_size, T, B * H, q.dtype, has_state, mask),
-            _read_candidates(DK, value_dim, chunk_size, q.dtype))
+            _candidates("read", {"BT": chunk_size, "BK": DK, "BV": value_dim}, q.dtype))
     return o
 
 

@@ -45,9 +45,16 @@ def form_kwargs(variant: Variant, case: Case, output_final_state: bool = True) -
     return kwargs
 
 
-def call_form(variant: Variant, fn: Callable, case: Case) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Run one generated form on ``case``: ``(o [B, T, H, Dv], {updated name: final [B, H, r, c]})``."""
-    o, final = fn(case.q, case.k, case.v, **form_kwargs(variant, case))
+def call_form(variant: Variant, fn: Callable, case: Case,
+              compute_chunk: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Run one generated form on ``case``: ``(o [B, T, H, Dv], {updated name: final [B, H, r, c]})``.
+
+    ``compute_chunk``: the ``chunk_size`` of a parallel form whose schedule fixes the step (a
+    block size of the computation, not of the layer)."""
+    kwargs = form_kwargs(variant, case)
+    if compute_chunk is not None:
+        kwargs["chunk_size"] = compute_chunk
+    o, final = fn(case.q, case.k, case.v, **kwargs)
     if not isinstance(final, dict):
         final = {variant.update[0]: final}
     return o, final
