@@ -10,6 +10,7 @@ reverse-mode rules (:func:`derivations.autodiff.vjp`) with a per-token cotangent
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import sympy
@@ -19,6 +20,7 @@ from derivations.autodiff import tidy, vjp
 from derivations.classify import delta_coefficient
 from derivations.form import LinearAttentionForm
 from derivations.printing import to_text
+from derivations.structured import Lowering
 from tttla import __version__
 
 __all__ = ["ModuleContext", "build_context", "PrintedFunction", "COMPUTE_CHUNK"]
@@ -87,6 +89,9 @@ class ModuleContext:
     model: PrintedFunction | None = None
     #: clip each updated weight's increment column-wise, G[:, c] ← G[:, c]/(‖G[:, c]‖ + 1)
     clip: bool = False
+    #: a spatial (depthwise) layer: the forms take ``grid`` and run one head per channel (see
+    #: derivations.structured); everything else here describes that per-channel variant
+    lowering: Lowering | None = None
 
     @property
     def multi_state(self) -> bool:
@@ -207,6 +212,8 @@ def _delta_terms(form: LinearAttentionForm, dims) -> PrintedFunction:
 
 def build_context(form: LinearAttentionForm) -> ModuleContext:
     """Collect and print everything the templates need for ``form``'s variant."""
+    if form.variant.spatial is not None:  # the code runs the per-channel variant the engine derived
+        form = dataclasses.replace(form, variant=form.variant.lowered())
     variant = form.variant
     dims = _dim_names(variant)
     multi = len(variant.update) > 1
@@ -216,11 +223,18 @@ def build_context(form: LinearAttentionForm) -> ModuleContext:
     template_ok = form.parallel and not (token_steps and (variant.momentum or variant.orthogonalize))
     template_ok = template_ok and variant.decay is None  # the prefix-scan templates have no decay yet
     delta = form.classification.parallel_form == "delta_chunk"
-    template_ok = template_ok and form.head is None and getattr(variant, "clip", None) is None
-    if form.parallel and (form.head is not None or getattr(variant, "clip", None) is not None):
-        fallback = (f"its {form.classification.structure} form (f = {to_text(form.head or form.feature)}) "
-                    "has no parallel template yet (the chunk template covers f = φ(x)·W without clipping); "
-                    "its chunk form is the scan over its steps")
+    token_clip = variant.clip is not None and token_steps  # a clip per token step does not batch over a chunk
+    read_state = form.classification.values == "state_dependent"  # parallel as one step, values read S_0
+    template_ok = template_ok and form.head is None and not token_clip and not read_state
+    if form.parallel and form.head is not None:
+        fallback = (f"its {form.classification.structure} form (f = {to_text(form.head)}) has no parallel "
+                    "template yet (the chunk template covers f = φ(x)·W); its chunk form is the scan over its steps")
+    elif form.parallel and read_state:
+        fallback = ("its values read the state (one step, so all at S_0), and the chunk template takes "
+                    "state-independent values; its chunk form is the one step of the recurrence")
+    elif form.parallel and token_clip:
+        fallback = ("the clip rescales every token's step by its own norm, so a chunk's steps are not one "
+                    "batched increment; its chunk form is the scan over its steps")
     elif not form.parallel:
         fallback = "; ".join(r for r in form.classification.reasons if r.startswith("not parallel")) or \
             "it is not an associative prefix scan"
@@ -268,4 +282,5 @@ def build_context(form: LinearAttentionForm) -> ModuleContext:
         delta_terms=_delta_terms(form, dims) if delta else None,
         model=_model(form, dims),
         clip=getattr(variant, "clip", None) is not None,
+        lowering=variant.lowering,
     )

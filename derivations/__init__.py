@@ -23,6 +23,7 @@ from derivations.spec import (
     token_level,
     weight_norm,
 )
+from derivations.structured import depthwise, depthwise_conv
 from derivations.variant import Variant, variant
 
 __all__ = [
@@ -30,6 +31,6 @@ __all__ = [
     "silu", "gelu", "gelu_tanh", "tanh", "sigmoid", "relu", "identity", "register", "FUNCTIONS",
     "dot", "sq_norm", "sum_all", "row_mean", "row_var", "broadcast", "add_constant", "layer_norm", "rsqrt",
     "constant", "per_token", "momentum", "newton_schulz", "weight_norm", "decay", "column_clip",
-    "chunked", "token_level", "bidirectional", "LACT_NS5", "FIXED_NS",
+    "chunked", "token_level", "bidirectional", "LACT_NS5", "FIXED_NS", "depthwise", "depthwise_conv",
     "DeclarationError", "ReductionError", "TTTLAError", "VariantNotFound",
 ]

@@ -114,7 +114,7 @@ def tidy(expr):
         had = sympy.HadamardProduct(*factors)
         return had if scale == 1 else sympy.MatMul(scale, had)
     if isinstance(expr, ElementwiseApplyFunction):
-        return ElementwiseApplyFunction(expr.function, tidy(expr.expr))
+        return type(expr)(expr.function, tidy(expr.expr))
     return expr
 
 
@@ -238,7 +238,7 @@ def _vjp(expr, wrt, G):
         return out
     if isinstance(expr, ElementwiseApplyFunction):
         fprime = derivative_function(expr.function)
-        return _vjp(expr.expr, wrt, sympy.HadamardProduct(G, ElementwiseApplyFunction(fprime, expr.expr)))
+        return _vjp(expr.expr, wrt, sympy.HadamardProduct(G, type(expr)(fprime, expr.expr)))
     raise ReductionError(
         f"no reverse-mode rule for {type(expr).__name__} in {expr}: the variant language builds "
         "products, sums, transposes, element-wise products and element-wise functions only"

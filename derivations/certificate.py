@@ -56,7 +56,10 @@ class _Setup:
         self.L = L
         self.chunks = [list(range(s, min(s + L, T))) for s in range(0, T, L)]
         self.k = [Matrix(1, D, sympy.symbols(f"k{t}_0:{D}")) for t in range(T)]
-        self.v = [Matrix(1, D, sympy.symbols(f"v{t}_0:{D}")) for t in range(T)]
+        tr = v.trace()
+        # the value width: D, or the declared one when it is a number (1 for a depthwise channel)
+        self.dv = int(tr.v.shape[1]) if tr.v.shape[1].is_number else D
+        self.v = [Matrix(1, self.dv, sympy.symbols(f"v{t}_0:{self.dv}")) for t in range(T)]
         self.q = self.k if v.queries == "key" else [Matrix(1, D, sympy.symbols(f"q{t}_0:{D}")) for t in range(T)]
         if v.lr.kind == "per_token":
             self.eta = list(sympy.symbols(f"eta0:{T}"))
@@ -67,8 +70,7 @@ class _Setup:
         self.gamma = list(sympy.symbols(f"gamma0:{T}")) if v.decay else None
         self.decay_first = v.decay is not None and v.decay.order == "decay_then_gradient"
         self.sign = 1 if v.ascent else -1
-        self.S0 = Matrix(D, D, sympy.symbols(f"s0:{D * D}"))
-        tr = v.trace()
+        self.S0 = Matrix(D, self.dv, sympy.symbols(f"s0:{D * self.dv}"))
         self.loss, self.y, self.vsym = rationalize(tr.loss), tr.y, tr.v
         # steps: token-level orders step once per token, the others once per chunk
         self.token_steps = self.order == "update_then_apply"
@@ -85,6 +87,9 @@ class _Setup:
     def explicit_loss(self, f, v):
         return self.loss.xreplace({self.y: ImmutableMatrix(f), self.vsym: ImmutableMatrix(v)}).as_explicit()[0, 0]
 
+    def clip(self, inc):
+        return _abstract("Clip", inc) if self.variant.clip is not None else inc
+
     def transform(self, inc):
         if self.variant.orthogonalize is not None:
             inc = _abstract("NS", inc)
@@ -96,18 +101,19 @@ class _Setup:
 
 def _literal(s: _Setup):
     """The oracle's loop, symbolically; gradients by SymPy element-wise differentiation."""
-    Wsym = Matrix(D, D, sympy.symbols(f"w0:{D * D}"))
+    Wsym = Matrix(D, s.dv, sympy.symbols(f"w0:{D * s.dv}"))
 
     def increment(version, t, W):
         ell = s.explicit_loss(s.phi(version, s.k[t]) * Wsym, s.v[t])
-        G = Matrix(D, D, lambda r, c: sympy.diff(ell, Wsym[r, c]))
+        G = Matrix(D, s.dv, lambda r, c: sympy.diff(ell, Wsym[r, c]))
         return s.sign * s.eta[t] * G.xreplace(dict(zip(Wsym, W)))
 
-    W, version, buf, out = s.S0, 0, sympy.zeros(D, D), {}
+    W, version, buf, out = s.S0, 0, sympy.zeros(D, s.dv), {}
     step_index = 0
 
     def step(W, inc, a, g=None):
         nonlocal buf
+        inc = s.clip(inc)
         if s.variant.momentum is not None:
             buf = inc + a * buf
             inc = buf
@@ -131,7 +137,7 @@ def _literal(s: _Setup):
                 step_index += 1
                 out[t] = s.phi(version, s.q[t]) * W
             continue
-        inc = sum((increment(version, t, W) for t in C), sympy.zeros(D, D))
+        inc = sum((increment(version, t, W) for t in C), sympy.zeros(D, s.dv))
         W = step(W, inc, s.abar(step_index) if s.alpha else None)
         version += 1
         step_index += 1
@@ -191,14 +197,14 @@ def _derived(s: _Setup, attention_form: bool):
     states = [s.S0]  # states[j] = state after j steps
     deltas = []
     for j in range(n_steps):
-        delta = sympy.zeros(D, D)
+        delta = sympy.zeros(D, s.dv)
         for i in s.steps[j]:
             start = _start(s, i)
             key = s.phi(start, s.k[i])
             at = s.gamma[i] * states[start] if s.decay_first else states[start]  # token level: start = i
             delta += key.T * _value(s, i, key, at)
-        deltas.append(delta)
-        M = sum((_coeff(s, m, j) * deltas[m] for m in range(j + 1)), sympy.zeros(D, D))
+        deltas.append(s.clip(delta))
+        M = sum((_coeff(s, m, j) * deltas[m] for m in range(j + 1)), sympy.zeros(D, s.dv))
         prev = s.gamma[j] * states[-1] if s.gamma else states[-1]  # decay: per-token steps, step j = token j
         states.append(s.renorm(prev + s.transform(M)))
     return {t: s.phi(_read_step(s, t) + 1, s.q[t]) * states[_read_step(s, t) + 1] for t in range(T)}
@@ -222,7 +228,8 @@ def _certify_layers(form) -> Certificate:
     s = _Setup(form)
     v = s.variant
     tr = v.trace()
-    dims = {dim_symbol(n): D for n in (*v.dims, v.value_dim) if n.isidentifier()}
+    ir = v.lowered()  # a depthwise variant is checked one channel at a time, as it was derived
+    dims = {dim_symbol(n): D for n in (*ir.dims, ir.value_dim) if n.isidentifier()}
     layers = form.layers
     abstract = ["φ_j of every layer (undefined functions of the row" + (", a fresh set per step" if s.dynamic else "")
                 + ")"]
@@ -270,7 +277,8 @@ def _certify_layers(form) -> Certificate:
                                    sympy.symbols(f"zp{j}_0:{int(sympy.sympify(lay.z.shape[1]).subs(dims))}"))
           for j, lay in enumerate(layers)}
     xp = Matrix(1, D, sympy.symbols(f"xp_0:{D}"))
-    vp = Matrix(1, int(sympy.sympify(tr.v.shape[1]).subs(dims)), sympy.symbols(f"vp_0:{D}"))
+    dv = int(sympy.sympify(tr.v.shape[1]).subs(dims))
+    vp = Matrix(1, dv, sympy.symbols(f"vp_0:{dv}"))
     fixed = {**{z: ImmutableMatrix(m) for z, m in zp.items()}, tr.x.subs(dims): ImmutableMatrix(xp),
              tr.v.subs(dims): ImmutableMatrix(vp), **slow}
     head_e = Matrix(head.xreplace(fixed).as_explicit())
@@ -372,18 +380,21 @@ def certify(form) -> Certificate:
     s = _Setup(form)
     v = s.variant
     cls = form.classification
-    attention_form = cls.parallel and v.orthogonalize is None and v.decay is None
+    attention_form = cls.parallel and v.orthogonalize is None and v.decay is None and v.clip is None
     abstract = ["φ (undefined functions φ_j(x₀, x₁)" + (", a fresh set per step: φ_t" if s.dynamic else "") + ")"]
     if v.orthogonalize is not None:
         abstract.append("Newton–Schulz 𝓜 (an undefined matrix function of the expanded increment, per "
                         + ("step" if s.token_steps else "chunk") + ")")
     if v.weight_norm is not None:
         abstract.append("weight norm (an undefined matrix function of the updated state)")
+    if v.clip is not None:
+        abstract.append("the column clip (an undefined matrix function of each step's expanded increment)")
     if s.dynamic:
         abstract.append("the Θ update (Theorem 5.1: it only replaces φ_t by φ_{t+1})")
     form_name = ("attention form o_t = q̂_t S_0 + Σ_i C_ti (q̂_t k̂_iᵀ) v̂_i with the mask/momentum coefficients"
                  if attention_form else "chunk-state form S_r = Norm?(" + ("γ_r " if v.decay else "")
-                 + "S_{r−1} + 𝓜?(Σ_m B_m^r Δ_m))" + (f" with the decay ({v.decay.order})" if v.decay else ""))
+                 + "S_{r−1} + 𝓜?(Σ_m B_m^r " + ("Clip(Δ_m)" if v.clip else "Δ_m") + "))"
+                 + (f" with the decay ({v.decay.order})" if v.decay else ""))
     checked = (f"{form_name} (v̂ from the derived ∂L/∂f = {to_text(form.dloss)}) equals the literal inner loop "
                f"(SymPy element-wise gradients) for all {T} tokens, {s.order} order, chunk size {s.L}")
     failure = None

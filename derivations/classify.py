@@ -19,8 +19,9 @@ from derivations.form import Classification
 from derivations.printing import function_name, to_text
 from derivations.variant import Trace, Variant
 
-__all__ = ["check_supported", "split_last_layer", "classify", "values_state_independent", "Layer", "split_layers",
-           "classify_layers", "delta_coefficient", "parallel_form_of"]
+__all__ = ["lowering_reason", "clip_clause", "one_step_reason", "check_supported", "split_last_layer", "classify",
+           "values_state_independent", "Layer", "split_layers", "classify_layers", "delta_coefficient",
+           "parallel_form_of"]
 
 _CONSTANTS = (sympy.OneMatrix, sympy.ZeroMatrix, sympy.Identity)
 
@@ -37,6 +38,36 @@ def kernel_kind(variant, feature_weights, static_detail: str, no_features: str) 
         )
     slow = f" ({', '.join(feature_weights)} stay slow weights)" if feature_weights else no_features
     return "static", f"kernel static: {static_detail}{slow}, so q̂ = φ(q) and k̂ = φ(k) (Theorem 5.2)"
+
+def lowering_reason(variant) -> str | None:
+    """Why a spatial (depthwise) variant may be derived one channel at a time, or None."""
+    sp = getattr(variant, "spatial", None)
+    if sp is None:
+        return None
+    k = sp.kernel
+    return (
+        f"lowered per channel: every fast weight is a depthwise {k}×{k} kernel, the model reads the input only "
+        "through depthwise_conv and the loss is a sum over channels, so the channels are independent layers; in "
+        f"channel c the key is the {k}×{k} patch ψ_c(K, p) = (K_(c, p+Δ))_Δ, a 1 × {k * k} row, and the state is "
+        f"the channel's kernel, {k * k} × 1: sliding-window linear attention, one head per channel (Section 7.5, "
+        "App. G)"
+    )
+
+
+def clip_clause(variant) -> str:
+    """The clip's effect on parallelism, as a clause to append to a 'parallel' reason ('' without a clip)."""
+    clip = getattr(variant, "clip", None)
+    if clip is None:
+        return ""
+    return (f"; the {clip.describe()} rescales each step's increment by factors reduced over that step's whole "
+            "update set (a diagonal rescale, Section 4), so it applies to whole chunk increments, not to tokens")
+
+
+def one_step_reason(variant) -> str:
+    """Why one bidirectional step is parallel whatever the values and the kernel."""
+    return ("parallel: one bidirectional step, so every value is taken at the initial state S_0 and the increments "
+            f"k̂ᵀv̂ of all tokens are one batched sum (a prefix scan of length one){clip_clause(variant)}")
+
 
 def check_supported(expr, where: str) -> None:
     """Raise :class:`ReductionError` at the first IR node the engine has no rule for."""
@@ -185,7 +216,7 @@ def parallel_form_of(variant: Variant, kernel: str, indep: bool, parallel: bool,
 
 def classify(variant: Variant, W: str, feature_weights, dloss, y) -> Classification:
     """Kernel, values and parallelism of a reducible variant, one reason per decision."""
-    reasons = [
+    reasons = [r for r in (lowering_reason(variant),) if r] + [
         f"reducible: the model is φ(x)·{W} with {W} an updated fast weight and no bias, so a gradient step "
         f"on {W} adds the rank-1 term φ_t(k)ᵀ g_t(k) (Theorem 5.1)"
     ]
@@ -204,15 +235,18 @@ def classify(variant: Variant, W: str, feature_weights, dloss, y) -> Classificat
             f"values state-dependent: ∂L/∂f = {to_text(dloss)} involves the prediction f_t(k) = φ_t(k)W_t, so "
             "v̂ reads the state (Section 3; for ½‖f − v‖² this is the delta rule)"
         )
+    one_step = variant.schedule.order == "bidirectional"
     blockers = []
-    if kernel == "dynamic":
+    if kernel == "dynamic" and not one_step:
         blockers.append("the kernel is dynamic (φ_t depends on the whole history, Section 4)")
-    if not indep:
+    if not indep and not one_step:
         blockers.append("values depend on the state, so each increment needs the previous state (Section 3)")
     if variant.weight_norm is not None:
         blockers.append("weight norm wraps every step, and Norm(A + B) ≠ Norm(A) + Norm(B) (Section 4)")
     if blockers:
         reasons.append("not parallel: " + "; ".join(blockers) + ".")
+    elif one_step:
+        reasons.append(one_step_reason(variant))
     else:
         keep = [c for c, on in (("per-token η", variant.lr.kind == "per_token"),
                                 ("momentum (a cumulative-product scan)", variant.momentum is not None),
@@ -222,6 +256,7 @@ def classify(variant: Variant, W: str, feature_weights, dloss, y) -> Classificat
         reasons.append(
             "parallel: static kernel, state-independent values and no weight norm, so chunk increments "
             f"φ(K_n)ᵀṼ_n are precomputable and the state is an associative prefix sum (Section 5){extra}"
+            f"{clip_clause(variant)}"
         )
     parallel_form, why = parallel_form_of(variant, kernel, indep, not blockers, dloss, y)
     if why:
@@ -339,7 +374,7 @@ def classify_layers(variant: Variant, layers, head, feature_weights, dloss_z, z_
     gated = len(layers) > 1
     plain_head = (not gated) and head == layers[0].z
     structure = "gated" if gated else ("linear" if plain_head else "headed")
-    reasons = []
+    reasons = [r for r in (lowering_reason(variant),) if r]
     for lay in layers:
         bias = (f" + {lay.bias}, the bias being a key constantly 1 (state [{lay.state}; {lay.bias}], key "
                 f"[φ(x), 1])" if lay.bias else "")
@@ -388,16 +423,10 @@ def classify_layers(variant: Variant, layers, head, feature_weights, dloss_z, z_
             )
     if variant.weight_norm is not None:
         blockers.append("weight norm wraps every step, and Norm(A + B) ≠ Norm(A) + Norm(B) (Section 4)")
-    clip = getattr(variant, "clip", None)
     if blockers:
         reasons.append("not parallel: " + "; ".join(blockers) + ".")
     elif one_step:
-        extra = (f"; the {clip.describe()} rescales each increment by factors reduced over the whole update set "
-                 "(a diagonal rescale, Section 4)") if clip is not None else ""
-        reasons.append(
-            "parallel: one bidirectional step, so every value is taken at the initial state S_0 and the increments "
-            f"k̂ᵀv̂ of all tokens are one batched sum (a prefix scan of length one){extra}"
-        )
+        reasons.append(one_step_reason(variant))
     else:
         reasons.append(
             "parallel: static kernel and state-independent values, so chunk increments are precomputable and "

@@ -19,7 +19,6 @@ from __future__ import annotations
 import numbers
 
 import sympy
-from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 __all__ = ["Mat", "ShapeMismatch", "dot", "sq_norm", "sum_all", "row_mean", "row_var", "broadcast", "add_constant",
            "layer_norm"]
@@ -48,13 +47,16 @@ class Mat:
     ``"weight"`` (torch, one matrix per batch and head, ``[..., r, c]``).
     """
 
-    __slots__ = ("value", "shape", "kind", "label")
+    __slots__ = ("value", "shape", "kind", "label", "grid")
 
-    def __init__(self, value, shape, kind, label=None):
+    def __init__(self, value, shape, kind, label=None, grid=None):
         self.value = value
         self.shape = tuple(shape)
         self.kind = kind
         self.label = label or (str(value) if kind == "sym" else kind)
+        #: only on the input row of a spatial (depthwise) layer: its token grid ``(h, w)``, or
+        #: ``True`` on the symbolic side, where the row is one channel's patch
+        self.grid = grid
 
     # --- constructors ---------------------------------------------------------------
 
@@ -69,9 +71,10 @@ class Mat:
         return cls(expr, expr.shape, "sym", str(expr))
 
     @classmethod
-    def rows(cls, tensor, label="x"):
-        """Token rows ``[..., n, c]``: each token is a logical ``1 × c`` row."""
-        return cls(tensor, (1, tensor.shape[-1]), "row", label)
+    def rows(cls, tensor, label="x", grid=None):
+        """Token rows ``[..., n, c]``: each token is a logical ``1 × c`` row (``grid``: the
+        ``(h, w)`` token grid of a spatial layer's input, row-major, n = h·w)."""
+        return cls(tensor, (1, tensor.shape[-1]), "row", label, grid)
 
     @classmethod
     def weight(cls, tensor, label="W"):
@@ -209,9 +212,11 @@ class Mat:
 
     def apply(self, fn):
         """Apply an :class:`~derivations.functions.ElementwiseFunction` element-wise."""
+        from derivations.functions import Elementwise
+
         label = f"{fn.name}({self.label})"
         if self.symbolic:
-            return self._new(ElementwiseApplyFunction(fn.symbolic, self.value), self.shape, "sym", label)
+            return self._new(Elementwise(fn.symbolic, self.value), self.shape, "sym", label)
         return self._new(fn.numeric(self.value), self.shape, self.kind, label)
 
     def __array__(self, *args, **kwargs):

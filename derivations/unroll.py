@@ -98,6 +98,16 @@ def unrolled_state(variant: Variant, state: str, dynamic: bool) -> tuple[Formula
     else:
         read = (r"O = \hat{Q} S^{(1)}", "O = Q̂ S⁽¹⁾  (one step on all tokens)")
     out.append(Formula(*read))
+    if variant.spatial is not None:
+        k = variant.spatial.kernel
+        window = r"\sum_{\Delta} Q_{c,p+\Delta} K_{c,p'+\Delta}"
+        clip = "  (without the clip, which divides channel c's increment by ‖G[:, c]‖ + 1)" if variant.clip else ""
+        out.append(Formula(
+            rf"O_{{c,p}} = \sum_{{\Delta}} Q_{{c,p+\Delta}}\, {state}_{{0}}[\Delta, c] "
+            rf"+ \sum_{{p'}} \Big({window}\Big) \hat{{v}}_{{c,p'}},\quad \Delta \in \{{-{k // 2},\dots,{k // 2}\}}^2",
+            f"per channel c (a {k}×{k} patch ψ_c(X, p) = (X_(c, p+Δ))_Δ as q̂ and k̂): "
+            f"O_(c,p) = ψ_c(Q, p)·{state}₀[:, c] + Σ_p' ⟨ψ_c(Q, p), ψ_c(K, p')⟩ v̂_(c,p'){clip}",
+        ))
     if dynamic:
         out.append(Formula(r"\hat{q}_t = \phi_{t+1}(q_t),\ \hat{k}_i = \phi_i(k_i)",
                            "q̂_t = φ_{t+1}(q_t), k̂_i = φ_i(k_i): the kernel at the step's Θ (Theorem 5.2)"))

@@ -8,6 +8,7 @@ fast weight. Errors name the variant, the part and the problem.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import keyword
@@ -30,8 +31,14 @@ from derivations.spec import (
     chunked,
     constant,
 )
+from derivations.structured import Depthwise, Lowering, check_channel_separable, check_spatial
 
 __all__ = ["Variant", "Trace", "variant", "dim_symbol"]
+
+
+#: the key dimension of a lowered depthwise channel: its patch of k² taps (a name, so that the
+#: certificate can check the rewrite at a small width; generated code reads it off the patches)
+TAPS = "taps"
 
 
 def dim_symbol(name: str) -> sympy.Symbol:
@@ -81,6 +88,10 @@ class Variant:
     decay: Decay | None = None
     #: column-wise clip of every increment (ViTTT), or None
     clip: ColumnClip | None = None
+    #: a spatial layer's structure (every fast weight a depthwise kernel on the token grid), or None
+    spatial: Depthwise | None = None
+    #: set on the per-channel variant that :meth:`lowered` derives from a spatial one: how it maps back
+    lowering: Lowering | None = None
 
     @property
     def dims(self) -> tuple[str, ...]:
@@ -100,8 +111,24 @@ class Variant:
         return tuple(sizes[s] if isinstance(s, str) else int(s) for s in self.fast[name])
 
     def trace(self) -> Trace:
-        """Trace the model and loss on symbolic matrices (shapes stay symbolic)."""
-        return _trace(self.name, self.model, self.loss, self.fast, self.key_dim)
+        """Trace the model and loss on symbolic matrices (shapes stay symbolic).
+
+        A spatial variant traces its lowered form: one channel, whose input row is the k×k
+        patch (see :mod:`derivations.structured`)."""
+        if self.spatial is not None:
+            return self.lowered().trace()
+        return _trace(self.name, self.model, self.loss, self.fast, self.key_dim, patch=self.lowering is not None)
+
+    def lowered(self) -> Variant:
+        """The per-channel variant of a spatial one: input row = one channel's ``1 × taps`` patch
+        (taps = k²), every depthwise weight a ``taps × 1`` state, value width 1. Dense variants are
+        their own."""
+        if self.spatial is None:
+            return self
+        return dataclasses.replace(
+            self, fast={n: (TAPS, 1) for n in self.fast}, key_dim=TAPS, value_dim="1", spatial=None,
+            lowering=Lowering(self.spatial.kernel, self.key_dim, dict(self.fast)),
+        )
 
     def summary(self) -> dict:
         """The rule's components in words (for listings and reports)."""
@@ -114,6 +141,10 @@ class Variant:
             "weight norm": self.weight_norm.describe() if self.weight_norm else "none",
             **({"decay": self.decay.describe()} if self.decay else {}),
             **({"clip": self.clip.describe()} if self.clip else {}),
+            **({"structure": self.spatial.describe()} if self.spatial else {}),
+            **({"structure": f"one channel of a depthwise {self.lowering.kernel}×{self.lowering.kernel} layer: "
+                f"the input row is the channel's patch (1 × {self.lowering.taps}), each kernel a "
+                f"{self.lowering.taps} × 1 state"} if self.lowering else {}),
             "direction": "gradient ascent" if self.ascent else "gradient descent",
             "schedule": self.schedule.describe(),
             "queries": "keys replace queries" if self.queries == "key" else "queries",
@@ -127,7 +158,9 @@ class Variant:
 
 
 def _dim(spec):
-    return dim_symbol(spec) if isinstance(spec, str) else sympy.Integer(spec)
+    if isinstance(spec, str) and not spec.isdigit():
+        return dim_symbol(spec)
+    return sympy.Integer(int(spec))
 
 
 def _call(name, part, fn, *args, **kwargs):
@@ -145,10 +178,20 @@ def _call(name, part, fn, *args, **kwargs):
         ) from None
 
 
-def _trace(name, model, loss, fast, key_dim) -> Trace:
-    x = Mat.symbol("x", 1, dim_symbol(key_dim))
+def _trace(name, model, loss, fast, key_dim, patch=False) -> Trace:
+    x = Mat.symbol("x", 1, _dim(key_dim))
     weights = {n: Mat.symbol(n, _dim(r), _dim(c)) for n, (r, c) in fast.items()}
-    out = _call(name, "model", model, x, **weights)
+    if patch:  # one channel of a depthwise layer: x is the channel's patch, read by depthwise_conv only
+        x.grid = True
+        try:
+            out = _call(name, "model", model, x, **weights)
+        except DeclarationError as e:
+            raise DeclarationError(
+                f"{e} (a depthwise layer is traced one channel at a time: x is that channel's 1 × {key_dim} patch "
+                "and may only be read as depthwise_conv(x, w))"
+            ) from None
+    else:
+        out = _call(name, "model", model, x, **weights)
     if not isinstance(out, Mat):
         raise DeclarationError(
             f"variant {name!r}: the model must return a matrix expression of the input row, got {type(out).__name__}"
@@ -297,7 +340,9 @@ def variant(
 
     Args:
         fast: fast weights and their shapes, e.g. ``{"W1": ("h", "d")}``; names become the
-            model's arguments, their initial values come from the caller.
+            model's arguments, their initial values come from the caller. ``depthwise(k)``
+            instead of a shape declares a depthwise k×k kernel per channel on the token grid,
+            applied with ``depthwise_conv(x, w)`` (see :mod:`derivations.structured`).
         update: the fast weights the inner loop updates (a name or a list of names).
         loss: the inner loss ``L(y, v)`` of the prediction row and the value row, a scalar,
             e.g. ``lambda y, v: -dot(y, v)``.
@@ -318,7 +363,10 @@ def variant(
 
     def decorate(model: Callable) -> Variant:
         vname = name or model.__name__
-        fast_ = _check_fast(vname, fast)
+        sched = schedule or chunked("apply_then_update", 64)
+        spatial = check_spatial(vname, fast, update, orthogonalize, sched) if isinstance(fast, Mapping) else None
+        declared = {n: (s.taps, key_dim) for n, s in fast.items()} if spatial else fast  # stored [k², channels]
+        fast_ = _check_fast(vname, declared)
         upd = (update,) if isinstance(update, str) else tuple(update)
         if not upd:
             raise DeclarationError(f"variant {vname!r}: update must name at least one fast weight")
@@ -331,7 +379,6 @@ def variant(
         if len(set(upd)) != len(upd):
             raise DeclarationError(f"variant {vname!r}: update lists a fast weight twice: {list(upd)}")
         lr_ = constant(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else (lr or constant(1.0))
-        sched = schedule or chunked("apply_then_update", 64)
         _check_rule(vname, upd, lr_, momentum, orthogonalize, weight_norm, sched)
         decay_ = _check_decay(vname, decay, sched)
         if queries not in ("query", "key"):
@@ -339,7 +386,11 @@ def variant(
         if not callable(loss):
             raise DeclarationError(f"variant {vname!r}: loss must be a function (y, v) -> scalar")
         _check_signature(vname, model, fast_)
-        tr = _trace(vname, model, loss, fast_, key_dim)
+        if spatial is not None:
+            tr = _trace(vname, model, loss, {n: (TAPS, 1) for n in fast_}, TAPS, patch=True)
+            check_channel_separable(vname, loss)
+        else:
+            tr = _trace(vname, model, loss, fast_, key_dim)
         free = tr.prediction.free_symbols
         unused = [u for u in upd if tr.weights[u] not in free]
         if unused:
@@ -355,6 +406,8 @@ def variant(
             raise DeclarationError(f"variant {vname!r}: clip must be None or column_clip(), got {clip!r}")
         if clip is not None:
             fields += (clip,)
+        if spatial is not None:
+            fields += (spatial,)
         return Variant(
             name=vname,
             model=model,
@@ -368,13 +421,14 @@ def variant(
             ascent=bool(ascent),
             schedule=sched,
             key_dim=key_dim,
-            value_dim=str(tr.prediction.shape[1]),
+            value_dim=key_dim if spatial is not None else str(tr.prediction.shape[1]),
             queries=queries,
             description=description or (doc.splitlines()[0] if doc else vname),
             source=source,
             spec_hash=_spec_hash(source, fields),
             decay=decay_,
             clip=clip,
+            spatial=spatial,
         )
 
     return decorate

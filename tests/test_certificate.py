@@ -23,7 +23,7 @@ def test_catalog_is_certified(name):
     v = form.variant
     assert (v.orthogonalize is not None) == any("Newton–Schulz" in a for a in cert.abstract)
     assert (v.weight_norm is not None) == any("weight norm" in a for a in cert.abstract)
-    if form.classification.parallel and v.orthogonalize is None and form.head is None:
+    if form.classification.parallel and v.orthogonalize is None and form.head is None and v.clip is None:
         assert cert.checked.startswith("attention form")
     # a LayerNorm head is explicit in the check (1/sqrt of symbolic variances): slower
     assert form.seconds < (60 if form.head is not None else 10)
@@ -37,6 +37,13 @@ def test_wrong_value_is_not_certified():
     wrong = dataclasses.replace(mse, dloss=mse.v)  # drops the state dependence
     result = certify(wrong)
     assert not result.certified and "token" in result.failure
+
+
+def test_clip_is_abstract_and_still_checks_the_value():
+    form = derive("vittt_dwconv", certify=False)
+    cert = certify(form)
+    assert cert.certified and any("clip" in a for a in cert.abstract) and "Clip(Δ_m)" in cert.checked
+    assert not certify(dataclasses.replace(form, dloss=sympy.MatMul(2, form.dloss))).certified
 
 
 def _v(schedule, mom=None, ns=None, wn=None, loss=lambda y, v: -dot(y, v)):

@@ -33,6 +33,8 @@ EXPECTED = {
     "ttt_mlp": ("dynamic", "state_dependent", False),
     "vittt_glu": ("static", "state_dependent", True),
     "vittt_glu_noclip": ("static", "state_dependent", True),
+    "vittt_dwconv": ("static", "state_independent", True),
+    "vittt_dwconv_noclip": ("static", "state_independent", True),
 }
 
 #: the chunked parallel form of every catalog variant (prefix_scan exactly when parallel)
@@ -55,6 +57,8 @@ PARALLEL_FORM = {
     "ttt_mlp": "sequential",
     "vittt_glu": "prefix_scan",
     "vittt_glu_noclip": "prefix_scan",
+    "vittt_dwconv": "prefix_scan",
+    "vittt_dwconv_noclip": "prefix_scan",
 }
 
 

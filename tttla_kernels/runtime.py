@@ -9,7 +9,7 @@ __all__ = [
     "check_qkv", "check_per_token", "check_state", "check_chunk_size",
     "state_dtype", "work_dtype", "heads_first", "per_head", "token_coefficient",
     "newton_schulz", "renormalize_columns", "chunk_means", "momentum_matrix", "split_chunks",
-    "resolve_sizes", "shape_in",
+    "resolve_sizes", "shape_in", "check_grid", "grid_patches", "lower_depthwise", "raise_depthwise",
 ]
 
 
@@ -190,3 +190,77 @@ def shape_in(sizes: dict[str, int], shape: tuple, what: str) -> tuple[int, int]:
         return tuple(sizes[d] if isinstance(d, str) else int(d) for d in shape)
     except KeyError as e:
         _fail(f"cannot tell the size of dimension {e.args[0]!r} of {what}: pass {what} explicitly")
+
+
+# --- spatial (depthwise) layers: one head per channel -------------------------------------
+
+
+def check_grid(grid, T: int) -> tuple[int, int]:
+    """A token grid ``(h, w)`` of integers >= 1 with h·w = T."""
+    ok = isinstance(grid, (tuple, list)) and len(grid) == 2
+    if not ok or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in grid):
+        _fail(f"grid must be a pair (h, w) of integers >= 1, got {grid!r}")
+    h, w = grid
+    if h * w != T:
+        _fail(f"grid {tuple(grid)} holds h·w = {h * w} tokens, but q has T = {T}")
+    return h, w
+
+
+def grid_patches(x: torch.Tensor, grid: tuple[int, int], kernel: int) -> torch.Tensor:
+    """Tokens ``[B, T, H, C]`` on the row-major grid → every channel's ``kernel × kernel`` patch
+    (zero-padded, taps row-major), one head per (head, channel): ``[B, T, H·C, kernel²]``."""
+    B, T, H, C = x.shape
+    h, w = grid
+    image = x.permute(0, 2, 3, 1).reshape(B * H, C, h, w)
+    patches = torch.nn.functional.unfold(image, kernel, padding=kernel // 2)  # [B·H, C·k², T]
+    return patches.reshape(B, H * C, kernel * kernel, T).permute(0, 3, 1, 2)
+
+
+def lower_depthwise(q, k, v, grid, kernel: int, lr=None, initial_state=None):
+    """A depthwise layer's inputs as per-channel linear attention (see derivations.structured).
+
+    q, k ``[B, T, H, C]`` become patches ``[B, T, H·C, k²]``, v ``[B, T, H·C, 1]``, a learning
+    rate ``[B, T, H]`` (or a dict of them) ``[B, T, H·C]`` and every kernel ``[B, H, k², C]`` (or
+    ``[H, k², C]``) a state ``[B, H·C, k², 1]`` (or ``[H·C, k², 1]``). Returns
+    ``(q, k, v, lr, initial_state, H)``; :func:`raise_depthwise` maps the results back.
+    """
+    B, T, H, C, Cv = check_qkv(q, k, v)
+    if Cv != C:
+        _fail(f"v must have the channels of q (a depthwise layer maps each channel to itself): Dv = {C}, got {Cv}")
+    check_grid(grid, T)
+    taps = kernel * kernel
+
+    def kernels(name, w):
+        check_state(name, w, B, H, (taps, C), q.device)
+        return w.transpose(-1, -2).reshape(*w.shape[:-3], H * C, taps, 1)
+
+    def rates(name, t):
+        check_per_token(name, t, q)
+        return t.unsqueeze(-1).expand(B, T, H, C).reshape(B, T, H * C)
+
+    if isinstance(initial_state, dict):
+        initial_state = {n: kernels(f"initial_state[{n!r}]", w) for n, w in initial_state.items()}
+    elif initial_state is not None:
+        initial_state = kernels("initial_state", initial_state)
+    if isinstance(lr, dict):
+        lr = {n: rates(f"lr[{n!r}]", t) for n, t in lr.items()}
+    elif lr is not None:
+        lr = rates("lr", lr)
+    patches_q, patches_k = grid_patches(q, grid, kernel), grid_patches(k, grid, kernel)
+    return patches_q, patches_k, v.reshape(B, T, H * C, 1), lr, initial_state, H
+
+
+def raise_depthwise(o: torch.Tensor, final_state, heads: int):
+    """Per-channel results back in the layer's layout: o ``[B, T, H·C, 1]`` → ``[B, T, H, C]``,
+    every final state ``[B, H·C, k², 1]`` → ``[B, H, k², C]`` (a dict, a tensor or None)."""
+    B, T, HC, _ = o.shape
+    C = HC // heads
+
+    def kernels(S):
+        return S[..., 0].reshape(B, heads, C, S.shape[-2]).transpose(-1, -2)
+
+    if isinstance(final_state, dict):
+        final_state = {n: kernels(S) for n, S in final_state.items()}
+    elif final_state is not None:
+        final_state = kernels(final_state)
+    return o.reshape(B, T, heads, C), final_state

@@ -53,9 +53,13 @@ class CaseSpec:
     lr_range: tuple
     momentum_range: tuple
     attempt: int = 0
+    #: the token grid (h, w) of a spatial variant, h·w = seq_len; else None
+    grid: tuple | None = None
 
     def describe(self, variant: Variant | None = None) -> str:
         parts = [f"B={self.batch}", f"T={self.seq_len}", f"H={self.heads}"]
+        if self.grid is not None:
+            parts.append(f"grid={self.grid[0]}×{self.grid[1]}")
         parts += [f"{d}={n}" for d, n in self.sizes.items()]
         parts.append(f"chunk={self.chunk_size}")
         if variant is None or variant.lr.kind == "per_token":
@@ -95,7 +99,8 @@ def sample_spec(variant: Variant, seed: int, attempt: int = 0, **overrides) -> C
     """A random case shape for ``variant``, a pure function of ``(seed, attempt)``.
 
     B ∈ 1–2, H ∈ 1–3, every named dimension 1–9 (3–9 with a LayerNorm), chunk 1–8 (the variant's own when its
-    schedule is fixed), T as in :func:`_seq_len`; ``overrides`` replace any field.
+    schedule is fixed), T as in :func:`_seq_len`, and for a spatial variant a grid h × w = T with h drawn among
+    T's divisors (1 × T and T × 1 included); ``overrides`` replace any field.
     """
     rng = random.Random(f"tttla-case:{seed}:{attempt}")
     sched = variant.schedule
@@ -112,7 +117,12 @@ def sample_spec(variant: Variant, seed: int, attempt: int = 0, **overrides) -> C
         momentum_range=rng.choice(MOMENTUM_RANGES),
         attempt=attempt,
     )
-    return replace(spec, **overrides)
+    spec = replace(spec, **overrides)
+    if variant.spatial is not None and (spec.grid is None or spec.grid[0] * spec.grid[1] != spec.seq_len):
+        T = spec.seq_len
+        h = rng.choice([n for n in range(1, T + 1) if T % n == 0])
+        spec = replace(spec, grid=(h, T // h))
+    return spec
 
 
 def build_case(variant: Variant, spec: CaseSpec) -> tuple[Case, torch.Generator]:
@@ -131,6 +141,7 @@ def build_case(variant: Variant, spec: CaseSpec) -> tuple[Case, torch.Generator]
         requires_grad=True,
         lr_range=spec.lr_range,
         momentum_range=spec.momentum_range,
+        grid=spec.grid,
     )
     return case, g
 

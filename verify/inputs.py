@@ -8,7 +8,7 @@ import torch
 
 from derivations.variant import Variant
 
-__all__ = ["Case", "make_case", "default_sizes"]
+__all__ = ["Case", "make_case", "default_sizes", "grid_for"]
 
 
 @dataclass
@@ -25,9 +25,12 @@ class Case:
     sizes: dict = field(default_factory=dict)
     #: g = log γ ``[B, T, H]`` for variants with a decay, else None
     log_decay: torch.Tensor | None = None
+    #: the token grid ``(h, w)`` of a spatial (depthwise) variant, h·w = T; else None
+    grid: tuple[int, int] | None = None
 
     def kwargs(self) -> dict:
         return dict(
+            grid=self.grid,
             q=self.q,
             k=self.k,
             v=self.v,
@@ -58,6 +61,12 @@ def default_sizes(variant: Variant, dim: int) -> dict[str, int]:
     return {d: dim for d in (*variant.dims, variant.value_dim) if d.isidentifier()}
 
 
+def grid_for(T: int) -> tuple[int, int]:
+    """The squarest grid ``(h, w)`` with h·w = T and h ≤ w (``(1, T)`` for a prime T)."""
+    h = max(n for n in range(1, int(T**0.5) + 1) if T % n == 0)
+    return h, T // h
+
+
 def make_case(
     variant: Variant,
     *,
@@ -74,13 +83,15 @@ def make_case(
     momentum_range: tuple[float, float] = (0.0, 1.0),
     normalize_qk: bool = True,
     decay_range: tuple[float, float] = (0.5, 1.0),
+    grid: tuple[int, int] | None = None,
 ) -> Case:
     """Random inputs for one call of ``variant``.
 
     q and k rows are L2-normalised (as in LaCT) unless ``normalize_qk`` is False; v is
     standard normal; fast weights are N(0, 1/rows); learning rates and momentum
     coefficients are uniform in the given ranges; for a variant with a decay, γ is uniform in
-    ``decay_range`` (within (0, 1]) and the case holds ``log_decay`` = log γ.
+    ``decay_range`` (within (0, 1]) and the case holds ``log_decay`` = log γ; a spatial variant
+    gets ``grid`` (default :func:`grid_for` T).
     """
     if not 0.0 < decay_range[0] <= decay_range[1] <= 1.0:
         raise ValueError(f"decay_range must lie within (0, 1], got {decay_range}")
@@ -110,7 +121,11 @@ def make_case(
             lr = lr[variant.update[0]]
     mom = uniform(*momentum_range, B, T, H) if variant.momentum else None
     log_decay = uniform(*decay_range, B, T, H).log() if variant.decay else None
-    case = Case(q, k, v, weights, lr, mom, chunk_size, dict(sizes), log_decay)
+    if variant.spatial is not None:
+        grid = tuple(grid) if grid is not None else grid_for(T)
+    elif grid is not None:
+        raise ValueError(f"variant {variant.name!r} has no spatial structure; do not pass grid")
+    case = Case(q, k, v, weights, lr, mom, chunk_size, dict(sizes), log_decay, grid)
     if requires_grad:
         for t in case.leaves().values():
             t.requires_grad_(True)

@@ -20,7 +20,7 @@ from derivations.mat import Mat
 from derivations.spec import Orthogonalize
 from derivations.variant import Variant
 from tttla_kernels import runtime
-from tttla_kernels.runtime import check_chunk_size, check_per_token, check_qkv, check_state
+from tttla_kernels.runtime import check_chunk_size, check_grid, check_per_token, check_qkv, check_state
 
 __all__ = ["run_direct", "newton_schulz"]
 
@@ -36,25 +36,25 @@ def _column_norms(W: torch.Tensor) -> torch.Tensor:
     return W.norm(dim=-2, keepdim=True)
 
 
-def _read(variant: Variant, W: Mapping[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-    """f(rows; W): the model applied to token rows ``[B, H, n, D]``."""
+def _read(variant: Variant, W: Mapping[str, torch.Tensor], rows: torch.Tensor, grid=None) -> torch.Tensor:
+    """f(rows; W): the model applied to token rows ``[B, H, n, D]`` (on the ``grid`` of a spatial layer)."""
     weights = {name: Mat.weight(w, name) for name, w in W.items()}
-    return variant.model(Mat.rows(rows), **weights).value
+    return variant.model(Mat.rows(rows, grid=grid), **weights).value
 
 
-def _token_losses(variant: Variant, W, K: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+def _token_losses(variant: Variant, W, K: torch.Tensor, V: torch.Tensor, grid=None) -> torch.Tensor:
     """ℓ_i = L(f(k_i; W), v_i) for each token row: ``[B, H, n, 1]``."""
-    prediction = _read(variant, W, K)
+    prediction = _read(variant, W, K, grid)
     return variant.loss(Mat.rows(prediction, "y"), Mat.rows(V, "v")).value
 
 
-def _increments(variant, W, K, V, eta, create_graph) -> dict[str, torch.Tensor]:
+def _increments(variant, W, K, V, eta, create_graph, grid=None) -> dict[str, torch.Tensor]:
     """ΔW_u = ∓ Σ_i η_{u,i} ∇_{W_u} ℓ_i for every updated weight u, all at the weights W.
 
     ``eta`` maps each updated name to a ``[B, H, n, 1]`` learning rate (or a float).
     The sum over batch and heads is harmless: each (b, h) has its own weights.
     """
-    losses = _token_losses(variant, W, K, V)
+    losses = _token_losses(variant, W, K, V, grid)
     sign = 1.0 if variant.ascent else -1.0
     out = {}
     for u in variant.update:
@@ -73,8 +73,16 @@ def _eta_for(variant, lr, B, T, H, dtype, device) -> dict[str, torch.Tensor]:
     return {u: per[u].transpose(1, 2).unsqueeze(-1) for u in variant.update}
 
 
-def _check_inputs(variant, q, k, v, initial_weights, lr, momentum, log_decay=None):
+def _check_inputs(variant, q, k, v, initial_weights, lr, momentum, log_decay=None, grid=None):
     B, T, H, Dk, Dv = check_qkv(q, k, v)
+    if variant.spatial is not None:
+        if grid is None:
+            raise ValueError(
+                f"variant {variant.name!r} convolves the token grid: pass grid=(h, w) with h·w = T = {T}"
+            )
+        check_grid(grid, T)
+    elif grid is not None:
+        raise ValueError(f"variant {variant.name!r} has no spatial structure; do not pass grid")
     if variant.lr.kind == "per_token":
         if lr is None:
             raise ValueError(
@@ -149,6 +157,7 @@ def run_direct(
     momentum: torch.Tensor | None = None,
     chunk_size: int | None = None,
     log_decay: torch.Tensor | None = None,
+    grid: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Run the declared TTT layer literally.
 
@@ -164,13 +173,15 @@ def run_direct(
             bidirectional schedules fix it. T need not be a multiple of L.
         log_decay: g = log γ ``[B, T, H]`` (fla's ``g``); only for variants with a decay:
             step t multiplies the updated weights by γ_t = exp(g_t).
+        grid: ``(h, w)`` with h·w = T, only for spatial (depthwise) variants: the tokens are the
+            grid's cells, row-major, and ``depthwise_conv`` runs ``conv2d`` on it.
 
     Returns:
         ``(o, final_weights)``: ``o`` is ``[B, T, H, Dv]``; ``final_weights`` maps each updated
         fast weight to its value after the last update performed, ``[B, H, rows, cols]``.
     """
     variant = load_variant(variant)
-    B, T, H = _check_inputs(variant, q, k, v, initial_weights, lr, momentum, log_decay)
+    B, T, H = _check_inputs(variant, q, k, v, initial_weights, lr, momentum, log_decay, grid)
     sched = variant.schedule
     if chunk_size is None:
         chunk_size = sched.chunk_size or T
@@ -229,7 +240,7 @@ def run_direct(
         for n, s in enumerate(starts):
             e = min(s + chunk_size, T)
             if sched.order == "apply_then_update":
-                outputs.append(_read(variant, W, Q[..., s:e, :]))
+                outputs.append(_read(variant, W, Q[..., s:e, :], grid))
                 if n == len(starts) - 1:
                     break  # the last chunk is apply-only
             if decay_first:
@@ -263,10 +274,11 @@ def run_direct(
                 V[..., s:e, :],
                 {u: eta[u][..., s:e, :] for u in variant.update},
                 create_graph,
+                grid,
             )
             W = step(W, inc, alpha[:, :, s:e].mean(dim=2) if alpha is not None else None)
             if sched.order != "apply_then_update":  # block-inclusive, bidirectional
-                outputs.append(_read(variant, W, Q[..., s:e, :]))
+                outputs.append(_read(variant, W, Q[..., s:e, :], grid))
 
     o = torch.cat(outputs, dim=2).transpose(1, 2)
     final = {u: W[u] for u in variant.update}

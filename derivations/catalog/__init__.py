@@ -20,7 +20,7 @@ from derivations.catalog.lact import (
 from derivations.catalog.linear import linear_attention
 from derivations.catalog.titans import titans
 from derivations.catalog.ttt import ttt_linear, ttt_mlp
-from derivations.catalog.vittt import vittt_glu, vittt_glu_noclip
+from derivations.catalog.vittt import vittt_dwconv, vittt_dwconv_noclip, vittt_glu, vittt_glu_noclip
 from derivations.errors import VariantNotFound
 from derivations.variant import Variant
 
@@ -45,6 +45,8 @@ CATALOG: dict[str, Variant] = {
         ttt_mlp,
         vittt_glu,
         vittt_glu_noclip,
+        vittt_dwconv,
+        vittt_dwconv_noclip,
     )
 }
 

@@ -1,4 +1,5 @@
-"""ViT³ / ViTTT's GLU branch (reference Section 7.4).
+"""ViT³ / ViTTT's two branches: the GLU (reference Section 7.4) and the 3×3 depthwise
+convolution (Section 7.5).
 
 ``f(x) = (x W1) ⊙ silu(x W2)``, both weights updated, one bidirectional step on all tokens
 with the mean dot-product loss −(s/N) Σ_n ⟨f(k_n), v_n⟩, s = 9^{−1/2} = 1/3.
@@ -8,9 +9,15 @@ The scale is split between the declaration and the caller: the loss carries s = 
 reference layer (N = tokens in the update set: T for the bidirectional step). With the
 column-wise clip G[:, c] ← G[:, c] / (‖G[:, c]‖ + 1) the scale matters (the clip is not
 scale-invariant), so pass η = 1/N to reproduce ViTTT exactly.
+
+The depthwise branch convolves the keys on the h×w token grid (T = h·w, row-major, zero
+padding) with one 3×3 kernel per channel, stored ``w [9, d]`` (column c = channel c's kernel,
+taps row-major); its loss −(s/N) Σ_{c,p} f(K)_{c,p} V_{c,p} is the same dot product, and
+``column_clip()`` on ``w`` is ViTTT's per-kernel clip G ← G/(‖G‖_F + 1). Traced one channel at
+a time, it is sliding-window linear attention whose key is the channel's 3×3 patch.
 """
 
-from derivations import bidirectional, column_clip, dot, per_token, silu, variant
+from derivations import bidirectional, column_clip, depthwise, depthwise_conv, dot, per_token, silu, variant
 
 GLU = {"W1": ("d", "d"), "W2": ("d", "d")}
 
@@ -38,3 +45,28 @@ def vittt_glu(x, W1, W2):
 def vittt_glu_noclip(x, W1, W2):
     """ViTTT GLU branch without the gradient clip (the App. F form)."""
     return (x @ W1) * silu(x @ W2)
+
+
+@variant(
+    fast={"w": depthwise(3)},
+    update="w",
+    loss=lambda y, v: -dot(y, v) / 3,
+    lr=per_token(),
+    clip=column_clip(),
+    schedule=bidirectional(),
+)
+def vittt_dwconv(x, w):
+    """ViTTT 3×3 depthwise-convolution branch: one bidirectional step on the h×w grid, per-kernel clip."""
+    return depthwise_conv(x, w)
+
+
+@variant(
+    fast={"w": depthwise(3)},
+    update="w",
+    loss=lambda y, v: -dot(y, v) / 3,
+    lr=per_token(),
+    schedule=bidirectional(),
+)
+def vittt_dwconv_noclip(x, w):
+    """ViTTT 3×3 depthwise-convolution branch without the clip (the App. G form)."""
+    return depthwise_conv(x, w)

@@ -2,7 +2,13 @@
 # Do not edit by hand: regenerate with `tttla generate delta_rule`.
 """Generated forms of 'delta_rule': Delta rule: S_t = S_{t-1} + η_t k_tᵀ (v_t − k_t S_{t-1}), read after the step.
 
-Chunk-parallel in WY/UT form, not a prefix scan: reducible: the model is φ(x)·W with W an updated fast weight and no bias, so a gradient step on W adds the rank-1 term φ_t(k)ᵀ g_t(k) (Theorem 5.1) kernel static: only W is updated (φ is the identity), so q̂ = φ(q) and k̂ = φ(k) (Theorem 5.2) values state-dependent: ∂L/∂f = −v + y involves the prediction f_t(k) = φ_t(k)W_t, so v̂ reads the state (Section 3; for ½‖f − v‖² this is the delta rule) not parallel: values depend on the state, so each increment needs the previous state (Section 3). chunk-parallel (delta_chunk): ∂L/∂f = −v + y is affine in the prediction with Jacobian 1·I and there is one step per token, so each step is the affine map S ↦ (I − β_t k̂_tᵀk̂_t)S + k̂_tᵀb_t with β_t = η_t (Section 3, the delta rule); such maps compose in DeltaNet's WY/UT representation, so a chunk's steps become one triangular solve (I + A)⁻¹ and matrix products, and only the chunk states are sequential
+Chunk-parallel in WY/UT form, not a prefix scan, because (derivation report):
+
+- reducible: the model is φ(x)·W with W an updated fast weight and no bias, so a gradient step on W adds the rank-1 term φ_t(k)ᵀ g_t(k) (Theorem 5.1)
+- kernel static: only W is updated (φ is the identity), so q̂ = φ(q) and k̂ = φ(k) (Theorem 5.2)
+- values state-dependent: ∂L/∂f = −v + y involves the prediction f_t(k) = φ_t(k)W_t, so v̂ reads the state (Section 3; for ½‖f − v‖² this is the delta rule)
+- not parallel: values depend on the state, so each increment needs the previous state (Section 3).
+- chunk-parallel (delta_chunk): ∂L/∂f = −v + y is affine in the prediction with Jacobian 1·I and there is one step per token, so each step is the affine map S ↦ (I − β_t k̂_tᵀk̂_t)S + k̂_tᵀb_t with β_t = η_t (Section 3, the delta rule); such maps compose in DeltaNet's WY/UT representation, so a chunk's steps become one triangular solve (I + A)⁻¹ and matrix products, and only the chunk states are sequential
 """
 
 from .chunk import chunk_delta_rule

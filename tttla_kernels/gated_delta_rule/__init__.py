@@ -2,7 +2,13 @@
 # Do not edit by hand: regenerate with `tttla generate gated_delta_rule`.
 """Generated forms of 'gated_delta_rule': Gated delta rule: S_t = γ_t (I − η_t k_tᵀk_t) S_{t-1} + η_t k_tᵀ v_t with γ_t = exp(g_t), read after the step.
 
-Chunk-parallel in WY/UT form, not a prefix scan: reducible: the model is φ(x)·W with W an updated fast weight and no bias, so a gradient step on W adds the rank-1 term φ_t(k)ᵀ g_t(k) (Theorem 5.1) kernel static: only W is updated (φ is the identity), so q̂ = φ(q) and k̂ = φ(k) (Theorem 5.2) values state-dependent: ∂L/∂f = −v + y involves the prediction f_t(k) = φ_t(k)W_t, so v̂ reads the state (Section 3; for ½‖f − v‖² this is the delta rule) not parallel: values depend on the state, so each increment needs the previous state (Section 3). chunk-parallel (delta_chunk): ∂L/∂f = −v + y is affine in the prediction with Jacobian 1·I and there is one step per token, so each step is the affine map S ↦ γ_t(I − β_t k̂_tᵀk̂_t)S + k̂_tᵀb_t with β_t = η_t (Section 3, the delta rule); such maps compose in DeltaNet's WY/UT representation, so a chunk's steps become one triangular solve (I + A)⁻¹ and matrix products with cumulative log-decays inside the chunk (gated DeltaNet), and only the chunk states are sequential
+Chunk-parallel in WY/UT form, not a prefix scan, because (derivation report):
+
+- reducible: the model is φ(x)·W with W an updated fast weight and no bias, so a gradient step on W adds the rank-1 term φ_t(k)ᵀ g_t(k) (Theorem 5.1)
+- kernel static: only W is updated (φ is the identity), so q̂ = φ(q) and k̂ = φ(k) (Theorem 5.2)
+- values state-dependent: ∂L/∂f = −v + y involves the prediction f_t(k) = φ_t(k)W_t, so v̂ reads the state (Section 3; for ½‖f − v‖² this is the delta rule)
+- not parallel: values depend on the state, so each increment needs the previous state (Section 3).
+- chunk-parallel (delta_chunk): ∂L/∂f = −v + y is affine in the prediction with Jacobian 1·I and there is one step per token, so each step is the affine map S ↦ γ_t(I − β_t k̂_tᵀk̂_t)S + k̂_tᵀb_t with β_t = η_t (Section 3, the delta rule); such maps compose in DeltaNet's WY/UT representation, so a chunk's steps become one triangular solve (I + A)⁻¹ and matrix products with cumulative log-decays inside the chunk (gated DeltaNet), and only the chunk states are sequential
 """
 
 from .chunk import chunk_gated_delta_rule

@@ -2,7 +2,13 @@
 # Do not edit by hand: regenerate with `tttla generate lact`.
 """Generated forms of 'lact': Full LaCT: SwiGLU fast weights, all updated, momentum, Muon, weight norm.
 
-Not parallel: reducible: the model is φ(x)·W1 with W1 an updated fast weight and no bias, so a gradient step on W1 adds the rank-1 term φ_t(k)ᵀ g_t(k) (Theorem 5.1) kernel dynamic: the inner loop also updates W0, W2 inside φ, so k̂_i = φ_i(k_i) and q̂_t = φ_{t+1}(q_t) change with the history (Theorem 5.2) values state-independent: ∂L/∂f = −v does not involve the prediction, so v̂_i = g_i(k_i) depends only on (k_i, v_i, η_i) (Section 3) not parallel: the kernel is dynamic (φ_t depends on the whole history, Section 4); weight norm wraps every step, and Norm(A + B) ≠ Norm(A) + Norm(B) (Section 4). sequential: no chunked parallel form, because the kernel is dynamic; weight norm is not affine in the state; Newton–Schulz is not affine in the state; momentum carries a second state (the momentum buffer); the steps are not one per token.
+Not parallel, because (derivation report):
+
+- reducible: the model is φ(x)·W1 with W1 an updated fast weight and no bias, so a gradient step on W1 adds the rank-1 term φ_t(k)ᵀ g_t(k) (Theorem 5.1)
+- kernel dynamic: the inner loop also updates W0, W2 inside φ, so k̂_i = φ_i(k_i) and q̂_t = φ_{t+1}(q_t) change with the history (Theorem 5.2)
+- values state-independent: ∂L/∂f = −v does not involve the prediction, so v̂_i = g_i(k_i) depends only on (k_i, v_i, η_i) (Section 3)
+- not parallel: the kernel is dynamic (φ_t depends on the whole history, Section 4); weight norm wraps every step, and Norm(A + B) ≠ Norm(A) + Norm(B) (Section 4).
+- sequential: no chunked parallel form, because the kernel is dynamic; weight norm is not affine in the state; Newton–Schulz is not affine in the state; momentum carries a second state (the momentum buffer); the steps are not one per token.
 """
 
 from .chunk import chunk_lact

@@ -2,7 +2,13 @@
 # Do not edit by hand: regenerate with `tttla generate titans`.
 """Generated forms of 'titans': Titans: S_t = η_t S_{t-1} − θ_t ∇ℓ_t (at the chunk start), M_t = (1 − α_t) M_{t-1} + S_t, o_t = q_t M_t.
 
-Not parallel: reducible: the model is φ(x)·M with M an updated fast weight and no bias, so a gradient step on M adds the rank-1 term φ_t(k)ᵀ g_t(k) (Theorem 5.1) kernel static: only M is updated (φ is the identity), so q̂ = φ(q) and k̂ = φ(k) (Theorem 5.2) values state-dependent: ∂L/∂f = −v + y involves the prediction f_t(k) = φ_t(k)W_t, so v̂ reads the state (Section 3; for ½‖f − v‖² this is the delta rule) not parallel: values depend on the state, so each increment needs the previous state (Section 3). sequential: no chunked parallel form, because momentum carries a second state (the momentum buffer); the steps are not one per token; within a chunk every gradient is taken at the chunk-start state, so each chunk is exact linear attention (Section 3), and the chunks run as a scan.
+Not parallel, because (derivation report):
+
+- reducible: the model is φ(x)·M with M an updated fast weight and no bias, so a gradient step on M adds the rank-1 term φ_t(k)ᵀ g_t(k) (Theorem 5.1)
+- kernel static: only M is updated (φ is the identity), so q̂ = φ(q) and k̂ = φ(k) (Theorem 5.2)
+- values state-dependent: ∂L/∂f = −v + y involves the prediction f_t(k) = φ_t(k)W_t, so v̂ reads the state (Section 3; for ½‖f − v‖² this is the delta rule)
+- not parallel: values depend on the state, so each increment needs the previous state (Section 3).
+- sequential: no chunked parallel form, because momentum carries a second state (the momentum buffer); the steps are not one per token; within a chunk every gradient is taken at the chunk-start state, so each chunk is exact linear attention (Section 3), and the chunks run as a scan.
 """
 
 from .chunk import chunk_titans

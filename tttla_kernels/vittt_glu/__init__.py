@@ -2,7 +2,14 @@
 # Do not edit by hand: regenerate with `tttla generate vittt_glu`.
 """Generated forms of 'vittt_glu': ViTTT GLU branch: (x W1) ⊙ silu(x W2), one bidirectional step, column-clipped gradients.
 
-Parallel: reducible: z_W1 = x·W1 is a linear layer φ(x)·W1 in updated fast weights, so a gradient step on it adds the rank-1 term k̂ᵀ v̂ with v̂ = −η ∂ℓ/∂z (Theorem 5.1) reducible: z_W2 = x·W2 is a linear layer φ(x)·W2 in updated fast weights, so a gradient step on it adds the rank-1 term k̂ᵀ v̂ with v̂ = −η ∂ℓ/∂z (Theorem 5.1) gated: the output z_W1 ⊙ silu(z_W2) combines 2 linear-attention reads (z_W1, z_W2), each linear in its own updated weight; the combination is element-wise (a GLU of linear attentions, Section 7.4 set form) kernel static: no updated weight inside φ, so q̂ = φ(q) and k̂ = φ(k) (Theorem 5.2) values state-dependent: ∂ℓ/∂z_W1 reads z_W2; ∂ℓ/∂z_W2 reads z_W1, z_W2, i.e. the prediction at the current state, nonlinearly through the head (Section 3) parallel: one bidirectional step, so every value is taken at the initial state S_0 and the increments k̂ᵀv̂ of all tokens are one batched sum (a prefix scan of length one); the column-wise gradient clip G[:, c] / (‖G[:, c]‖ + 1) rescales each increment by factors reduced over the whole update set (a diagonal rescale, Section 4)
+Parallel, because (derivation report):
+
+- reducible: z_W1 = x·W1 is a linear layer φ(x)·W1 in updated fast weights, so a gradient step on it adds the rank-1 term k̂ᵀ v̂ with v̂ = −η ∂ℓ/∂z (Theorem 5.1)
+- reducible: z_W2 = x·W2 is a linear layer φ(x)·W2 in updated fast weights, so a gradient step on it adds the rank-1 term k̂ᵀ v̂ with v̂ = −η ∂ℓ/∂z (Theorem 5.1)
+- gated: the output z_W1 ⊙ silu(z_W2) combines 2 linear-attention reads (z_W1, z_W2), each linear in its own updated weight; the combination is element-wise (a GLU of linear attentions, Section 7.4 set form)
+- kernel static: no updated weight inside φ, so q̂ = φ(q) and k̂ = φ(k) (Theorem 5.2)
+- values state-dependent: ∂ℓ/∂z_W1 reads z_W2; ∂ℓ/∂z_W2 reads z_W1, z_W2, i.e. the prediction at the current state, nonlinearly through the head (Section 3)
+- parallel: one bidirectional step, so every value is taken at the initial state S_0 and the increments k̂ᵀv̂ of all tokens are one batched sum (a prefix scan of length one); the column-wise gradient clip G[:, c] / (‖G[:, c]‖ + 1) rescales each step's increment by factors reduced over that step's whole update set (a diagonal rescale, Section 4), so it applies to whole chunk increments, not to tokens
 """
 
 from .chunk import chunk_vittt_glu

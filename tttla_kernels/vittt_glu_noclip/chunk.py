@@ -4,7 +4,7 @@
 
 ViTTT GLU branch without the gradient clip (the App. F form).
 
-This variant has no parallel chunked form: its gated form (f = z_W1 ⊙ silu(z_W2)) has no parallel template yet (the chunk template covers f = φ(x)·W without clipping); its chunk form is the scan over its steps
+This variant has no parallel chunked form: its gated form (f = z_W1 ⊙ silu(z_W2)) has no parallel template yet (the chunk template covers f = φ(x)·W); its chunk form is the scan over its steps
 Its chunk form is therefore the scan over inner steps in ``recurrent.py``.
 """
 
