@@ -160,6 +160,7 @@ def _increments(form: LinearAttentionForm, dims, multi) -> PrintedFunction:
         if em.kind_of(tidy(vjp(trace.prediction, trace.weights[name], G))) != WEIGHT:
             # a per-token gradient (a bias: its key is constantly 1) sums over the tokens
             em.lines.append(f"{result} = {result}.sum(-2, keepdim=True)  # [B, H, 1, {variant.value_dim}]")
+            em._memo = {k: v for k, v in em._memo.items() if v[0] != result}  # the name now holds the sum
         results.append(result)
     eta_params = tuple(_eta_name(n, multi) for n in variant.update) if per_token else ()
     params = ("k", "v", *eta_params, *variant.fast)

@@ -183,6 +183,11 @@ class TorchEmitter:
                     code, kind = self._code(negated)
                     terms.append(f"- {self._wrap(code)}")
                 kinds.append(kind)
+            partial = self._partial_sum([canonical(a) for a in expr.args])
+            if partial is not None:  # a sum of some of these terms computed before, e.g. z in z − mean(z)
+                name, kind, used = partial
+                terms = [f"+ {name}", *(t for i, t in enumerate(terms) if i not in used)]
+                kinds = [kind, *(k for i, k in enumerate(kinds) if i not in used)]
             code = " ".join(terms)
             code = code[2:] if code.startswith("+ ") else "-" + code[2:]
             return self._named(expr, code, _join_kinds(kinds, expr), "sum")
@@ -203,6 +208,25 @@ class TorchEmitter:
         if isinstance(expr, sympy.ZeroMatrix):
             raise ValueError("a zero matrix should have been simplified away before printing")
         raise TypeError(f"cannot print {type(expr).__name__} as torch code: {expr}")
+
+    def _partial_sum(self, keys):
+        """``(name, kind, indices)`` of the largest sum already computed whose terms are some
+        (at least two, not all) of the terms ``keys`` (canonical keys), or None."""
+        best = None
+        for key, (name, kind) in self._memo.items():
+            if not (isinstance(key, tuple) and key[0] == "MatAdd" and 1 < len(key) - 1 < len(keys)):
+                continue
+            free, used = list(range(len(keys))), set()
+            for k in key[1:]:
+                i = next((i for i in free if keys[i] == k), None)
+                if i is None:
+                    break
+                free.remove(i)
+                used.add(i)
+            else:
+                if best is None or len(used) > len(best[2]):
+                    best = (name, kind, used)
+        return best
 
     def _elementwise(self, function, arg: str, kind: str, shape) -> str:
         """Code for ``function`` applied element-wise to the tensor named ``arg``; shared
@@ -271,6 +295,9 @@ class TorchEmitter:
             code = " * ".join([*factors, self._wrap(code)])
             if code.startswith("-1.0 * ") or code.startswith("-1 * "):
                 code = "-" + code.split(" * ", 1)[1]
+        if code.isidentifier():  # nothing computed (a 1 × 1 broadcast along a row): no new name
+            self._memo[canonical(expr)] = (code, kind)
+            return code, kind
         operands = [self._code(m)[0] if not (_is_ones(m) or _is_ones(m.args[0])) else "(" for m in mats]
         hint = "_".join(operands) if all(o.isidentifier() for o in operands) else "mm"
         return self._named(expr, code, kind, hint)

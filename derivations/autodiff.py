@@ -16,6 +16,9 @@ node                     cotangent ``G`` of the node (same shape) sent to its ar
 constants                nothing (``OneMatrix``, ``ZeroMatrix``, ``Identity``, explicit matrices)
 =======================  =====================================================================
 
+The rules are applied over the expression DAG (:func:`vjp`): a sub-expression that occurs
+several times is one node whose cotangents are summed first, then differentiated once.
+
 SymPy is used only for scalar derivatives of the element-wise functions; every result is
 again an IR expression (shapes stay symbolic).
 """
@@ -45,7 +48,20 @@ CONSTANT_NODES = (sympy.OneMatrix, sympy.ZeroMatrix, sympy.Identity, sympy.Matri
 def tidy(expr):
     """Light canonicalisation of an IR expression: flatten sums and products, collect
     scalar factors, drop identities and double transposes, pull scalars out of transposes.
-    Unlike ``doit`` it keeps ``(A·B)ᵀ`` and ``φ(k)ᵀ`` readable."""
+    Unlike ``doit`` it keeps ``(A·B)ᵀ`` and ``φ(k)ᵀ`` readable. Each distinct sub-expression
+    is tidied once (a memo per call), so shared sub-trees cost nothing extra."""
+    memo: dict = {}
+
+    def t(e):
+        if e not in memo:
+            memo[e] = _tidy_node(e, t)
+        return memo[e]
+
+    return t(expr)
+
+
+def _tidy_node(expr, tidy):
+    """One node of :func:`tidy`; ``tidy`` tidies sub-expressions (memoised)."""
     if not isinstance(expr, sympy.MatrixExpr) or isinstance(expr, (sympy.MatrixSymbol, *CONSTANT_NODES)):
         return expr
     if isinstance(expr, sympy.Transpose):
@@ -169,14 +185,6 @@ def _derivative_lambda(d, body) -> sympy.Lambda:
     return sympy.Lambda(d, deriv)
 
 
-def _add(a, b):
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return sympy.MatAdd(a, b)
-
-
 def _matmul(*factors):
     kept = [f for f in factors if not isinstance(f, sympy.Identity)]
     factors = kept or list(factors[:1])
@@ -194,6 +202,12 @@ def _sum_entries(M):
 def vjp(expr, wrt: sympy.MatrixSymbol, cotangent):
     """The vector–Jacobian product ``∂⟨G, expr⟩/∂wrt`` for a matrix expression ``expr``.
 
+    Standard reverse mode over the expression *DAG*: equal sub-expressions are one node (SymPy
+    compares structurally), nodes are visited parents before children, and the cotangents
+    that reach a node along different paths are summed before its rule is applied, so a
+    shared sub-expression (LayerNorm's centred row, its inverse standard deviation) is
+    differentiated once, not once per path.
+
     Args:
         expr: an IR expression of shape ``m × n``.
         wrt: the matrix symbol to differentiate by, shape ``p × r``.
@@ -203,8 +217,20 @@ def vjp(expr, wrt: sympy.MatrixSymbol, cotangent):
         A ``p × r`` matrix expression, or ``sympy.ZeroMatrix`` when ``expr`` does not
         depend on ``wrt``.
     """
-    out = _vjp(expr, wrt, cotangent)
-    return sympy.ZeroMatrix(*wrt.shape) if out is None else tidy(out)
+    depends: dict = {}
+    order: list = []  # the nodes that depend on wrt, children before parents
+    _visit(expr, wrt, depends, order)
+    if not depends[expr]:
+        return sympy.ZeroMatrix(*wrt.shape)
+    pending = {expr: [cotangent]}
+    for node in reversed(order):  # parents before children: a node's cotangent is complete
+        parts = pending.pop(node)
+        G = parts[0] if len(parts) == 1 else sympy.MatAdd(*parts)
+        if node == wrt:
+            return tidy(G)
+        for child, cot in _pullback(node, G, depends):
+            pending.setdefault(child, []).append(cot)
+    raise AssertionError("unreachable: wrt is the last node of the order")
 
 
 def grad(scalar, wrt: sympy.MatrixSymbol):
@@ -214,58 +240,87 @@ def grad(scalar, wrt: sympy.MatrixSymbol):
     return vjp(scalar, wrt, sympy.Identity(1))
 
 
-def _vjp(expr, wrt, G):
-    if not expr.has(wrt):
-        return None
-    if isinstance(expr, sympy.MatrixSymbol):
-        return G if expr == wrt else None
-    if isinstance(expr, CONSTANT_NODES):
-        return None
-    if isinstance(expr, sympy.MatAdd):
-        out = None
-        for term in expr.args:
-            out = _add(out, _vjp(term, wrt, G))
-        return out
+def _children(expr):
+    """The sub-expressions the rules send cotangents to (a scalar factor ``E[i, j]`` of a
+    product sends one to E)."""
+    if isinstance(expr, (sympy.MatAdd, sympy.HadamardProduct)):
+        return expr.args
     if isinstance(expr, sympy.Transpose):
-        return _vjp(expr.arg, wrt, sympy.Transpose(G))
+        return (expr.arg,)
+    if isinstance(expr, ElementwiseApplyFunction):
+        return (expr.expr,)
     if isinstance(expr, sympy.MatMul):
-        return _vjp_matmul(expr, wrt, G)
+        mats = tuple(a for a in expr.args if isinstance(a, sympy.MatrixExpr))
+        return mats + tuple(el.parent for a in expr.args if not isinstance(a, sympy.MatrixExpr)
+                            for el in a.atoms(MatrixElement))
+    return None
+
+
+def _visit(expr, wrt, depends, order):
+    """Depth-first: record in ``depends`` whether each node depends on ``wrt`` and append the
+    dependent ones to ``order`` after their children (a post-order of the DAG)."""
+    if expr in depends:
+        return depends[expr]
+    if expr == wrt:
+        dep = True
+    elif isinstance(expr, (sympy.MatrixSymbol, *CONSTANT_NODES)):
+        dep = False
+    else:
+        children = _children(expr)
+        if children is None:
+            if expr.has(wrt):
+                raise ReductionError(
+                    f"no reverse-mode rule for {type(expr).__name__} in {expr}: the variant language builds "
+                    "products, sums, transposes, element-wise products and element-wise functions only"
+                )
+            dep = False
+        else:
+            dep = False
+            for child in children:
+                dep = _visit(child, wrt, depends, order) or dep
+    depends[expr] = dep
+    if dep:
+        order.append(expr)
+    return dep
+
+
+def _pullback(expr, G, depends):
+    """``(child, cotangent)`` for every child of ``expr`` that depends on wrt (the table in
+    the module docstring), given the node's total cotangent ``G``."""
+    if isinstance(expr, sympy.MatAdd):
+        return [(term, G) for term in expr.args if depends[term]]
+    if isinstance(expr, sympy.Transpose):
+        return [(expr.arg, sympy.Transpose(G))]
     if isinstance(expr, sympy.HadamardProduct):
-        out = None
-        for i, a in enumerate(expr.args):
-            others = [b for j, b in enumerate(expr.args) if j != i]
-            out = _add(out, _vjp(a, wrt, sympy.HadamardProduct(G, *others)))
-        return out
+        return [(a, sympy.HadamardProduct(G, *(b for j, b in enumerate(expr.args) if j != i)))
+                for i, a in enumerate(expr.args) if depends[a]]
     if isinstance(expr, ElementwiseApplyFunction):
         fprime = derivative_function(expr.function)
-        return _vjp(expr.expr, wrt, sympy.HadamardProduct(G, type(expr)(fprime, expr.expr)))
-    raise ReductionError(
-        f"no reverse-mode rule for {type(expr).__name__} in {expr}: the variant language builds "
-        "products, sums, transposes, element-wise products and element-wise functions only"
-    )
+        return [(expr.expr, sympy.HadamardProduct(G, type(expr)(fprime, expr.expr)))]
+    return _pullback_matmul(expr, G, depends)
 
 
-def _vjp_matmul(expr, wrt, G):
+def _pullback_matmul(expr, G, depends):
     scalars = [a for a in expr.args if not isinstance(a, sympy.MatrixExpr)]
     mats = [a for a in expr.args if isinstance(a, sympy.MatrixExpr)]
     c = sympy.Mul(*scalars)
-    out = None
+    out = []
     for i, A in enumerate(mats):
+        if not depends[A]:
+            continue
         left, right = mats[:i], mats[i + 1:]
         parts = [sympy.Transpose(_matmul(*left))] if left else []
         parts.append(G)
         if right:
             parts.append(sympy.Transpose(_matmul(*right)))
         cot = _matmul(*parts)
-        if c != 1:
-            cot = sympy.MatMul(c, cot)
-        out = _add(out, _vjp(A, wrt, cot))
+        out.append((A, sympy.MatMul(c, cot) if c != 1 else cot))
     # scalar factors that are entries of 1 × 1 expressions (e.g. dot(a, b) * M)
     rest = _matmul(*mats) if mats else None
     for s in scalars:
         for el in s.atoms(MatrixElement):
             E = el.parent
-            if not E.has(wrt):
+            if not depends[E]:
                 continue
             ds = sympy.diff(s, el)
             others = sympy.Mul(*[t for t in scalars if t is not s]) * ds
@@ -278,5 +333,5 @@ def _vjp_matmul(expr, wrt, G):
                 cot = sympy.MatMul(others * kappa.as_explicit()[0, 0], unit)
             else:
                 raise ReductionError(f"unsupported scalar factor {s} in {expr}: an entry of a non-1×1 matrix")
-            out = _add(out, _vjp(E, wrt, cot))
+            out.append((E, cot))
     return out

@@ -106,3 +106,17 @@ def test_grad_of_inner_losses():
 def test_grad_needs_a_scalar():
     with pytest.raises(ValueError, match="1 × 1"):
         grad(X, X)
+
+
+def test_shared_sub_expression_is_differentiated_once():
+    """Reverse mode over the DAG: z = x·W + b reaches LayerNorm's output along several paths
+    (the centred row, its mean, the variance); their cotangents are summed at z first, so ∇_W
+    is one product xᵀ G_z instead of one per path."""
+    from derivations.mat import Mat, layer_norm
+
+    x, W, b = Mat.symbol("x", 1, 3), Mat.symbol("W", 3, 3), Mat.symbol("b", 1, 3)
+    ln = layer_norm(x @ W + b, Mat.symbol("g", 1, 3), Mat.symbol("bb", 1, 3))
+    G = sympy.MatrixSymbol("G", 1, 3)
+    got = vjp(ln.value, W.value, G)
+    assert isinstance(got, sympy.MatMul) and got.args[0] == x.value.T
+    assert got.args[1] == vjp(ln.value, b.value, G)  # G_z, the bias's gradient

@@ -189,6 +189,32 @@ def test_headed_certificate_catches_a_wrong_value():
     assert certify(form).certified and not certify(wrong).certified
 
 
+def _with_dloss_z(form, dloss_z):
+    lay = form.layers[0]
+    bad = type(lay)(**{**lay.__dict__, "dloss_z": dloss_z})
+    wrong = type(form).__new__(type(form))
+    wrong.__dict__.update(form.__dict__)
+    object.__setattr__(wrong, "layers", (bad, *form.layers[1:]))
+    return wrong
+
+
+@pytest.mark.parametrize("name", ["ttt_linear", "ttt_mlp"])
+def test_layer_norm_certificate_catches_a_wrong_value(name):
+    """The LayerNorm branch (per-token steps in the coordinates ζ = z) still rejects near misses:
+    a gradient whose ε under the root differs from the model's, and one without the mean's path."""
+    form = derive(name, certify=False)
+    g = form.layers[0].dloss_z
+    eps = sympy.Rational(1, 10**6)
+    assert g.has(eps)
+    other_eps = _with_dloss_z(form, g.xreplace({eps: 2 * eps}))
+    assert not certify(other_eps).certified
+    # the centring's backward is G_c − mean(G_c)·𝟙: drop the mean's term
+    mean = -1 / form.variant.trace().y.shape[1]
+    kept = [t for t in g.args if not (isinstance(t, sympy.MatMul) and t.args[0] == mean)]
+    assert isinstance(g, sympy.MatAdd) and len(kept) == len(g.args) - 1
+    assert not certify(_with_dloss_z(form, sympy.MatAdd(*kept))).certified
+
+
 # --- ViTTT GLU: the oracle against the closed form of reference 7.4 ----------------------------
 
 
