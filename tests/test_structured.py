@@ -239,3 +239,12 @@ def test_declaration_errors_say_what_breaks_the_channels(bad, match):
 def test_even_kernel_is_refused():
     with pytest.raises(DeclarationError, match=r"depthwise\(kernel=2\): expected an odd integer"):
         depthwise(2)
+
+
+def test_flop_model_counts_one_multiply_add_per_tap_and_channel():
+    from verify.flops import model_flops
+
+    flops = model_flops(CATALOG["vittt_dwconv"], {"d": 8})
+    # the read convolves (2·9·d per token); the increment is one correlation per token, the kernel's
+    # gradient (the forward product is not needed: −⟨y, v⟩ values do not read the prediction)
+    assert (flops.read, flops.increment) == (2 * 9 * 8, 2 * 9 * 8)

@@ -4,8 +4,8 @@ Only matrix products are counted, at 2·m·n·k each; element-wise work (activat
 learning-rate scaling, momentum's scalar mixing, weight norm) is left out. Per (batch, head),
 with T tokens, chunk L, N = ⌈T/L⌉ inner steps (T for a token-level schedule):
 
-* read      — the model f(q; W) per token: its matmuls, counted once by
-  ``torch.utils.flop_counter`` on the declared model at the given sizes (φ and the last layer);
+* read      — the model f(q; W) per token: its matmuls (and convolutions, for a depthwise
+  layer), counted once by ``torch.utils.flop_counter`` on the declared model at the given sizes;
 * increment — the inner-loss gradient per token, counted the same way on the oracle's
   autograd step (forward plus the backward that reaches the updated weights), less the
   last layer's forward product when ∂L/∂y does not read the prediction y (−⟨y, v⟩ losses:
@@ -57,10 +57,16 @@ def model_flops(variant: Variant, sizes: dict[str, int], rows: int = 4) -> Model
     dv = sizes.get(variant.value_dim) or int(variant.value_dim)
     V = torch.randn(1, 1, rows, dv, generator=g)
     eta = {u: torch.ones(1, 1, rows, 1) for u in variant.update}
-    read = _per_token(lambda: _read(variant, weights, K), rows)
-    grad_ready = {n: (w.requires_grad_() if n in variant.update else w) for n, w in weights.items()}
-    with torch.enable_grad():
-        inc = _per_token(lambda: _increments(variant, grad_ready, K, V, eta, False), rows)
+    grid = (1, rows) if variant.spatial is not None else None  # a spatial layer: its conv2d on a 1 × rows grid
+    read = _per_token(lambda: _read(variant, weights, K, grid), rows)
+    if variant.spatial is not None:
+        # each kernel's gradient is one correlation the size of its convolution; torch's counter charges
+        # a grouped convolution's weight gradient once per group, so it is not asked here
+        inc = read + sum(2 * math.prod(variant.shape_of(u, sizes)) for u in variant.update)
+    else:
+        grad_ready = {n: (w.requires_grad_() if n in variant.update else w) for n, w in weights.items()}
+        with torch.enable_grad():
+            inc = _per_token(lambda: _increments(variant, grad_ready, K, V, eta, False), rows)
     last = [u for u in variant.update if variant.fast[u][1] == variant.value_dim]
     if len(last) == 1 and not _loss_reads_prediction(variant, dv):
         r, c = variant.shape_of(last[0], sizes)
