@@ -92,6 +92,8 @@ class ModuleContext:
     #: a spatial (depthwise) layer: the forms take ``grid`` and run one head per channel (see
     #: derivations.structured); everything else here describes that per-channel variant
     lowering: Lowering | None = None
+    #: a rank-1 learning rate η_ij = a_i η_j: the forms take ``lr_position`` a ``[L]`` (TTT-Linear)
+    lr_position: bool = False
 
     @property
     def multi_state(self) -> bool:
@@ -226,13 +228,16 @@ def build_context(form: LinearAttentionForm) -> ModuleContext:
     delta = form.classification.parallel_form == "delta_chunk"
     token_clip = variant.clip is not None and token_steps  # a clip per token step does not batch over a chunk
     read_state = form.classification.values == "state_dependent"  # parallel as one step, values read S_0
-    template_ok = template_ok and form.head is None and not token_clip and not read_state
+    template_ok = template_ok and form.head is None and not token_clip and not read_state and not variant.lr.position
     if form.parallel and form.head is not None:
         fallback = (f"its {form.classification.structure} form (f = {to_text(form.head)}) has no parallel "
                     "template yet (the chunk template covers f = φ(x)·W); its chunk form is the scan over its steps")
     elif form.parallel and read_state:
         fallback = ("its values read the state (one step, so all at S_0), and the chunk template takes "
                     "state-independent values; its chunk form is the one step of the recurrence")
+    elif form.parallel and variant.lr.position:
+        fallback = ("the per-position factors a_i of its rank-1 learning rate are not in the chunk templates yet; "
+                    "its chunk form is the scan over its steps")
     elif form.parallel and token_clip:
         fallback = ("the clip rescales every token's step by its own norm, so a chunk's steps are not one "
                     "batched increment; its chunk form is the scan over its steps")
@@ -284,4 +289,5 @@ def build_context(form: LinearAttentionForm) -> ModuleContext:
         model=_model(form, dims),
         clip=getattr(variant, "clip", None) is not None,
         lowering=variant.lowering,
+        lr_position=variant.lr.position,
     )

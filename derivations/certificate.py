@@ -102,6 +102,8 @@ class _Setup:
         else:
             self.eta = [sympy.nsimplify(v.lr.value, rational=True)] * T
         self.alpha = list(sympy.symbols(f"alpha0:{T}")) if v.momentum else None
+        # TTT-Linear's per-position factor a_p: token p of a chunk reads W_0 + a_p Σ_(j≤p) ΔW_j
+        self.a = list(sympy.symbols(f"a0:{L}")) if v.lr.position else None
         # decay γ_t (per token; declarations allow it with per-token steps only)
         self.gamma = list(sympy.symbols(f"gamma0:{T}")) if v.decay else None
         self.decay_first = v.decay is not None and v.decay.order == "decay_then_gradient"
@@ -166,7 +168,14 @@ def _literal(s: _Setup):
                 W = s.gamma[C[0]] * W
             v0, W0 = version, W
             incs = [increment(v0, t, W0) for t in C]
-            for t, inc in zip(C, incs):
+            total = sympy.zeros(D, s.dv)
+            for p, (t, inc) in enumerate(zip(C, incs)):
+                if s.a is not None:  # no steps: W_0 + a_p Σ_(j≤p) ΔW_j (no momentum, 𝓜, norm or decay)
+                    total += inc
+                    W = W0 + s.a[p] * total
+                    version += 1
+                    out[t] = s.phi(version, s.q[t]) * W
+                    continue
                 g = s.gamma[t] if s.gamma and not s.decay_first else None
                 W = step(W, inc, s.alpha[t] if s.alpha else None, g)
                 version += 1
@@ -240,6 +249,10 @@ def _derived(s: _Setup, attention_form: bool):
             at = s.gamma[i] * states[start] if s.decay_first else states[start]  # token level: start = i
             delta += key.T * _value(s, i, key, at)
         deltas.append(s.clip(delta))
+        if s.a is not None:  # the chunk's start c0 and the token's position j − c0 in it
+            c0 = _start(s, s.steps[j][0])
+            states.append(states[c0] + s.a[j - c0] * sum(deltas[c0:j + 1], sympy.zeros(D, s.dv)))
+            continue
         M = sum((_coeff(s, m, j) * deltas[m] for m in range(j + 1)), sympy.zeros(D, s.dv))
         prev = s.gamma[j] * states[-1] if s.gamma else states[-1]  # decay: per-token steps, step j = token j
         states.append(s.renorm(prev + s.transform(M)))
@@ -374,8 +387,13 @@ def _certify_layers(form) -> Certificate:
                     break
             if s.token_steps:
                 incs = [increments(version, t, state) for t in C]
-                for t, inc in zip(C, incs):
-                    state = {m: state[m] + clip(inc[m], m) if m in inc else state[m] for m in names}
+                start, total = state, {}
+                for p, (t, inc) in enumerate(zip(C, incs)):
+                    if s.a is not None:  # no steps: W_0 + a_p Σ_(j≤p) ΔW_j
+                        total = {m: total[m] + inc[m] if m in total else inc[m] for m in inc}
+                        state = {m: start[m] + s.a[p] * total[m] if m in total else start[m] for m in names}
+                    else:
+                        state = {m: state[m] + clip(inc[m], m) if m in inc else state[m] for m in names}
                     version += 1
                     out[t] = model(state, version, s.q[t])
                 continue
@@ -429,6 +447,8 @@ def _certify_layers(form) -> Certificate:
                 if failure:
                     break
         else:
+            if s.a:
+                checked += ", per-position factors a_p symbolic"
             lit, der = run(literal_increments), run(derived_increments)
             for t in range(T):
                 bad = _residual(der[t] - lit[t])
@@ -448,7 +468,8 @@ def certify(form) -> Certificate:
     s = _Setup(form)
     v = s.variant
     cls = form.classification
-    attention_form = cls.parallel and v.orthogonalize is None and v.decay is None and v.clip is None
+    attention_form = (cls.parallel and v.orthogonalize is None and v.decay is None and v.clip is None
+                      and not v.lr.position)
     abstract = ["φ (undefined functions φ_j(x₀, x₁)" + (", a fresh set per step: φ_t" if s.dynamic else "") + ")"]
     if v.orthogonalize is not None:
         abstract.append("Newton–Schulz 𝓜 (an undefined matrix function of the expanded increment, per "
@@ -460,11 +481,13 @@ def certify(form) -> Certificate:
     if s.dynamic:
         abstract.append("the Θ update (Theorem 5.1: it only replaces φ_t by φ_{t+1})")
     form_name = ("attention form o_t = q̂_t S_0 + Σ_i C_ti (q̂_t k̂_iᵀ) v̂_i with the mask/momentum coefficients"
-                 if attention_form else "chunk-state form S_r = Norm?(" + ("γ_r " if v.decay else "")
+                 if attention_form else "chunk-state form S_t = S_(c(t)) + a_p Σ_(j≤t in its chunk) Δ_j"
+                 if s.a else "chunk-state form S_r = Norm?(" + ("γ_r " if v.decay else "")
                  + "S_{r−1} + 𝓜?(Σ_m B_m^r " + ("Clip(Δ_m)" if v.clip else "Δ_m") + "))"
                  + (f" with the decay ({v.decay.order})" if v.decay else ""))
     checked = (f"{form_name} (v̂ from the derived ∂L/∂f = {to_text(form.dloss)}) equals the literal inner loop "
-               f"(SymPy element-wise gradients) for all {T} tokens, {s.order} order, chunk size {s.L}")
+               f"(SymPy element-wise gradients) for all {T} tokens, {s.order} order, chunk size {s.L}"
+               + (", a_p symbolic" if s.a else ""))
     failure = None
     try:
         lit, der = _literal(s), _derived(s, attention_form)

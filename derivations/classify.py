@@ -249,6 +249,7 @@ def classify(variant: Variant, W: str, feature_weights, dloss, y) -> Classificat
         reasons.append(one_step_reason(variant))
     else:
         keep = [c for c, on in (("per-token η", variant.lr.kind == "per_token"),
+                                ("per-position a_i (a rank-1 mask inside the chunk)", variant.lr.position),
                                 ("momentum (a cumulative-product scan)", variant.momentum is not None),
                                 ("decay (a cumulative-product scan, as simple_gla)", variant.decay is not None),
                                 ("Newton–Schulz per chunk", variant.orthogonalize is not None)) if on]

@@ -7,7 +7,7 @@ its own arguments, so a malformed rule fails where it is written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from derivations.errors import DeclarationError
 
@@ -42,13 +42,23 @@ __all__ = [
 class LearningRate:
     """``kind="constant"`` with ``value`` η, or ``kind="per_token"``: η_t supplied by the
     caller, one ``[B, T, H]`` tensor per updated fast weight (it scales token t's gradient,
-    as in LaCT: the increment of a chunk is −Σ_t η_t ∇ℓ_t)."""
+    as in LaCT: the increment of a chunk is −Σ_t η_t ∇ℓ_t).
+
+    ``position``: TTT-Linear's rank-1 η_ij = a_i b_j. Besides η_j = b_j per token, the caller
+    passes ``lr_position`` a ``[L]``, one factor per position of the mini-batch: token i reads
+    W_0 − a_i Σ_{j≤i} b_j ∇ℓ_j (its chunk's gradients at the chunk start W_0), and the chunk
+    leaves W_0 − a_last Σ_j b_j ∇ℓ_j (a at its last token)."""
 
     kind: str
     value: float = 1.0
+    position: bool = field(default=False, repr=False)  # kept out of repr: spec hashes of other rules unchanged
 
     def describe(self) -> str:
-        return f"constant η = {self.value:g}" if self.kind == "constant" else "per-token η_t (caller-supplied)"
+        if self.kind == "constant":
+            return f"constant η = {self.value:g}"
+        if self.position:
+            return "rank-1 η_ij = a_i η_j: per-token η_j and per-position a_i of the mini-batch (caller-supplied)"
+        return "per-token η_t (caller-supplied)"
 
 
 def constant(value: float = 1.0) -> LearningRate:
@@ -60,9 +70,10 @@ def constant(value: float = 1.0) -> LearningRate:
     return LearningRate("constant", value)
 
 
-def per_token() -> LearningRate:
-    """A learning rate per token, head and updated fast weight, supplied at call time."""
-    return LearningRate("per_token")
+def per_token(position: bool = False) -> LearningRate:
+    """A learning rate per token, head and updated fast weight, supplied at call time; with
+    ``position=True`` also a factor a_i per mini-batch position (TTT-Linear, see LearningRate)."""
+    return LearningRate("per_token", position=bool(position))
 
 
 # --- momentum ---------------------------------------------------------------------------

@@ -23,6 +23,10 @@ def mask_of(variant: Variant) -> tuple[str, Formula]:
 
 
 def lr_placement(variant: Variant) -> str:
+    if variant.lr.position:
+        return ("rank-1 η_ij = a_i η_j (TTT-Linear): η_j scales token j's gradient, v̂_j = η_j·g_j, and token i of a "
+                "mini-batch reads S_0 + a_i Σ_(j≤i) k̂_jᵀ v̂_j, so C_ij = a_(p(i)) within the mini-batch and the "
+                "mini-batch leaves S_0 + a_last Σ_j k̂_jᵀ v̂_j")
     if variant.lr.kind == "per_token":
         return ("per-token η_i scales token i's gradient inside the outer product (LaCT): v̂_i = η_i·g_i, "
                 "so momentum mixes m_i = v̂_i Σ_j β_i^j")

@@ -264,6 +264,18 @@ def _check_rule(name, update, lr, mom, ortho, wnorm, schedule):
         raise DeclarationError(f"variant {name!r}: schedule must come from chunked()/token_level(), got {schedule!r}")
     if schedule.chunk_size is not None and schedule.chunk_size < 1:
         raise DeclarationError(f"variant {name!r}: chunk size must be >= 1, got {schedule.chunk_size}")
+    if lr.position:
+        if schedule.order != "update_then_apply" or schedule.fixed:
+            raise DeclarationError(
+                f"variant {name!r}: per_token(position=True) scales the reads within a mini-batch, so it needs "
+                "chunked('update_then_apply', size) (mini-batches whose tokens read after their own step)"
+            )
+        others = [n for n, on in (("momentum", mom), ("orthogonalize", ortho), ("weight_norm", wnorm)) if on]
+        if others:
+            raise DeclarationError(
+                f"variant {name!r}: per_token(position=True) reads W_0 − a_i Σ_(j≤i) η_j ∇ℓ_j, which is not a "
+                f"sequence of steps, so it does not combine with {', '.join(others)}"
+            )
     if mom is not None:
         if schedule.order == "bidirectional":
             raise DeclarationError(
@@ -408,6 +420,13 @@ def variant(
             fields += (clip,)
         if spatial is not None:
             fields += (spatial,)
+        if lr_.position:
+            fields += ("lr_position",)
+        if lr_.position and (decay_ is not None or clip is not None):
+            raise DeclarationError(
+                f"variant {vname!r}: per_token(position=True) reads W_0 − a_i Σ_(j≤i) η_j ∇ℓ_j, which is not a "
+                "sequence of steps, so it does not combine with a decay or a clip"
+            )
         return Variant(
             name=vname,
             model=model,

@@ -3,17 +3,37 @@ forms, the column clip; oracles against independent closed forms (reference 7.4,
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import sympy
 import torch
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
+from codegen.generate import generate, import_generated
 from codegen.printer import ROW, WEIGHT, TorchEmitter
-from derivations import ReductionError, chunked, derive, dot, layer_norm, row_mean, row_var, silu, variant
+from derivations import (
+    DeclarationError,
+    ReductionError,
+    bidirectional,
+    chunked,
+    derive,
+    dot,
+    layer_norm,
+    momentum,
+    per_token,
+    row_mean,
+    row_var,
+    silu,
+    sq_norm,
+    token_level,
+    variant,
+)
 from derivations.autodiff import vjp
 from derivations.catalog import CATALOG
 from derivations.certificate import certify
 from derivations.mat import Mat
+from verify.fuzz import run_campaign
 from verify.inputs import make_case
 from verify.oracle import run_direct
 
@@ -123,12 +143,15 @@ def test_ttt_linear_oracle_equals_the_dual_form(T, L):
     v = CATALOG["ttt_linear"]
     case = make_case(v, seq_len=T, sizes={"d": 6}, chunk_size=L, generator=torch.Generator().manual_seed(T))
     case.lr = case.lr["W"]  # one η_j for W and b (the key factor b_j of η_ij = a_i b_j)
+    eps = 0.3 * torch.randn(L, dtype=torch.float64, generator=torch.Generator().manual_seed(L))
+    a = torch.clamp(1.0 / torch.arange(1, L + 1, dtype=torch.float64) + eps, min=0)
+    case.lr_position = a  # a_i = max(0, 1/i + ε_i), with ε drawn
     o, final = run_direct(v, **case.kwargs())
     w = case.initial_weights
     eta = case.lr[0, :, 0]
+    positions = a.repeat(-(-T // L))[:T]  # a of each token's position in its mini-batch
     want_o, want_W, want_b = ttt_linear_dual(case.q[0, :, 0], case.k[0, :, 0], case.v[0, :, 0], w["W"][0, 0],
-                                             w["b"][0, 0], w["gamma"][0, 0], w["beta"][0, 0], eta,
-                                             torch.ones_like(eta), L)
+                                             w["b"][0, 0], w["gamma"][0, 0], w["beta"][0, 0], eta, positions, L)
     torch.testing.assert_close(o[0, :, 0], want_o, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(final["W"][0, 0], want_W, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(final["b"][0, 0], want_b, rtol=1e-12, atol=1e-12)
@@ -249,3 +272,55 @@ def test_rsqrt_is_in_the_function_table():
     assert "rsqrt" in FUNCTIONS
     _, _, _, ln = _ln_expr()
     assert any(isinstance(a, ElementwiseApplyFunction) for a in ln.value.atoms(ElementwiseApplyFunction))
+
+
+# --- the rank-1 learning rate η_ij = a_i η_j (per_token(position=True)) ---------------------------
+
+
+@variant(fast={"W": ("d", "d")}, update="W", loss=lambda y, v: 0.5 * sq_norm(y - v),
+         lr=per_token(position=True), schedule=chunked("update_then_apply", 4))
+def rank1_delta(x, W):
+    """½‖xW − v‖² with TTT-Linear's rank-1 learning rate."""
+    return x @ W
+
+
+def test_rank1_learning_rate_certified_and_generated(tmp_path):
+    form = derive(rank1_delta)
+    assert form.certificate.certified and "a_p symbolic" in form.certificate.checked
+    assert "rank-1 η_ij = a_i η_j" in form.lr_placement
+    wrong = dataclasses.replace(form, dloss=sympy.MatMul(2, form.dloss))
+    assert not certify(wrong).certified
+    generate(rank1_delta, tmp_path)
+    forms = dict(import_generated("rank1_delta", tmp_path).FORMS)
+    for dtype in (torch.float64, torch.float32):
+        for c in (run_campaign(rank1_delta, forms, cases=3, dtype=dtype, seed=2),
+                  run_campaign(rank1_delta, forms, cases=1, dtype=dtype, seed=7, seq_len=7, chunk_size=3)):
+            assert c.passed, [(s.describe(), r.form, r.failures()) for s, r in c.failures()]
+
+
+def test_rank1_learning_rate_needs_its_factors():
+    case = make_case(rank1_delta, seq_len=6, chunk_size=3)
+    with pytest.raises(ValueError, match=r"pass lr_position a of shape \[L\] = \[3\]"):
+        run_direct(rank1_delta, **{**case.kwargs(), "lr_position": None})
+    with pytest.raises(ValueError, match=r"lr_position must have shape \[L\] = \[3\]"):
+        run_direct(rank1_delta, **{**case.kwargs(), "lr_position": case.lr_position[:2]})
+    lin = make_case(CATALOG["lact_v6"], seq_len=6)
+    with pytest.raises(ValueError, match="no per-position learning rate"):
+        run_direct(CATALOG["lact_v6"], **{**lin.kwargs(), "lr_position": torch.ones(64, dtype=torch.float64)})
+    recurrent = import_generated("ttt_linear").recurrent_ttt_linear
+    t = make_case(CATALOG["ttt_linear"], seq_len=5)
+    kwargs = {"gamma": t.initial_weights["gamma"], "beta": t.initial_weights["beta"], "lr": t.lr,
+              "initial_state": {"W": t.initial_weights["W"], "b": t.initial_weights["b"]}}
+    with pytest.raises(ValueError, match=r"lr_position must have shape \[L\] = \[16\]"):
+        recurrent(t.q, t.k, t.v, lr_position=torch.ones(4, dtype=torch.float64), **kwargs)
+
+
+@pytest.mark.parametrize("schedule, rule, match", [
+    (bidirectional(), {}, "needs chunked\\('update_then_apply'"),
+    (token_level(), {}, "needs chunked\\('update_then_apply'"),
+    (chunked("update_then_apply", 4), {"momentum": momentum(per="token")}, "does not combine with momentum"),
+])
+def test_rank1_learning_rate_declaration_errors(schedule, rule, match):
+    with pytest.raises(DeclarationError, match=match):
+        variant(fast={"W": ("d", "d")}, update="W", loss=lambda y, v: -dot(y, v), lr=per_token(position=True),
+                schedule=schedule, **rule)(lambda x, W: x @ W)

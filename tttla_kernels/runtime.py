@@ -9,7 +9,7 @@ __all__ = [
     "check_qkv", "check_per_token", "check_state", "check_chunk_size",
     "state_dtype", "work_dtype", "heads_first", "per_head", "token_coefficient",
     "newton_schulz", "renormalize_columns", "chunk_means", "momentum_matrix", "split_chunks",
-    "resolve_sizes", "shape_in", "check_grid", "grid_patches", "lower_depthwise", "raise_depthwise",
+    "resolve_sizes", "shape_in", "check_grid", "grid_patches", "lower_depthwise", "raise_depthwise", "check_position",
 ]
 
 
@@ -264,3 +264,16 @@ def raise_depthwise(o: torch.Tensor, final_state, heads: int):
     elif final_state is not None:
         final_state = kernels(final_state)
     return o.reshape(B, T, heads, C), final_state
+
+
+def check_position(t, chunk_size: int, q: torch.Tensor) -> None:
+    """Check a per-position learning-rate factor ``lr_position`` a ``[L]`` (L = chunk_size)."""
+    if not isinstance(t, torch.Tensor):
+        _fail(f"lr_position must be a torch.Tensor of shape [L] = [{chunk_size}], got {type(t).__name__}")
+    if tuple(t.shape) != (chunk_size,):
+        _fail(f"lr_position must have shape [L] = [{chunk_size}] (one factor per mini-batch position), "
+              f"got {list(t.shape)}")
+    if not t.is_floating_point():
+        _fail(f"lr_position must be a floating-point tensor, got {t.dtype}")
+    if t.device != q.device:
+        _fail(f"lr_position must be on the device of q ({q.device}), got {t.device}")

@@ -1,7 +1,7 @@
 """Generated forms of a variant, and calling them on a :class:`~verify.inputs.Case`.
 
 Every generated form has the signature ``fn(q, k, v, *, grid=, <static weights>, lr=, momentum=,
-log_decay=, initial_state=, output_final_state=, chunk_size=)`` (each keyword only where the
+log_decay=, lr_position=, initial_state=, output_final_state=, chunk_size=)`` (each keyword only where the
 variant has it) (see ``tttla_kernels/<variant>/``);
 :func:`form_kwargs` turns a case into those keyword arguments and :func:`call_form`
 returns ``(o, final)`` with the final state always a dict (updated weight → tensor).
@@ -41,6 +41,8 @@ def form_kwargs(variant: Variant, case: Case, output_final_state: bool = True) -
         kwargs["log_decay"] = case.log_decay
     if case.grid is not None:
         kwargs["grid"] = case.grid
+    if case.lr_position is not None:
+        kwargs["lr_position"] = case.lr_position
     kwargs["initial_state"] = updated if len(updated) > 1 else next(iter(updated.values()))
     kwargs["output_final_state"] = output_final_state
     if not variant.schedule.fixed:
@@ -84,6 +86,7 @@ def cast_case(case: Case, dtype: torch.dtype, requires_grad: bool = True, device
         sizes=dict(case.sizes),
         log_decay=None if case.log_decay is None else leaf(case.log_decay),
         grid=case.grid,
+        lr_position=None if case.lr_position is None else leaf(case.lr_position),
     )
 
 

@@ -27,10 +27,13 @@ class Case:
     log_decay: torch.Tensor | None = None
     #: the token grid ``(h, w)`` of a spatial (depthwise) variant, h·w = T; else None
     grid: tuple[int, int] | None = None
+    #: a ``[L]`` of a ``per_token(position=True)`` learning rate, else None
+    lr_position: torch.Tensor | None = None
 
     def kwargs(self) -> dict:
         return dict(
             grid=self.grid,
+            lr_position=self.lr_position,
             q=self.q,
             k=self.k,
             v=self.v,
@@ -53,6 +56,8 @@ class Case:
             out["momentum"] = self.momentum
         if self.log_decay is not None:
             out["log_decay"] = self.log_decay
+        if self.lr_position is not None:
+            out["lr_position"] = self.lr_position
         return out
 
 
@@ -88,9 +93,9 @@ def make_case(
     """Random inputs for one call of ``variant``.
 
     q and k rows are L2-normalised (as in LaCT) unless ``normalize_qk`` is False; v is
-    standard normal; fast weights are N(0, 1/rows); learning rates and momentum
-    coefficients are uniform in the given ranges; for a variant with a decay, γ is uniform in
-    ``decay_range`` (within (0, 1]) and the case holds ``log_decay`` = log γ; a spatial variant
+    standard normal; fast weights are N(0, 1/rows); learning rates, momentum coefficients and
+    a rank-1 learning rate's position factors are uniform in the given ranges; for a variant with
+    a decay, γ is uniform in ``decay_range`` (within (0, 1]) and the case holds ``log_decay`` = log γ; a spatial variant
     gets ``grid`` (default :func:`grid_for` T).
     """
     if not 0.0 < decay_range[0] <= decay_range[1] <= 1.0:
@@ -125,7 +130,10 @@ def make_case(
         grid = tuple(grid) if grid is not None else grid_for(T)
     elif grid is not None:
         raise ValueError(f"variant {variant.name!r} has no spatial structure; do not pass grid")
-    case = Case(q, k, v, weights, lr, mom, chunk_size, dict(sizes), log_decay, grid)
+    position = None
+    if variant.lr.position:  # a_i per mini-batch position, in the learning-rate range
+        position = uniform(*lr_range, chunk_size or variant.schedule.chunk_size)
+    case = Case(q, k, v, weights, lr, mom, chunk_size, dict(sizes), log_decay, grid, position)
     if requires_grad:
         for t in case.leaves().values():
             t.requires_grad_(True)

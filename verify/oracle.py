@@ -20,7 +20,14 @@ from derivations.mat import Mat
 from derivations.spec import Orthogonalize
 from derivations.variant import Variant
 from tttla_kernels import runtime
-from tttla_kernels.runtime import check_chunk_size, check_grid, check_per_token, check_qkv, check_state
+from tttla_kernels.runtime import (
+    check_chunk_size,
+    check_grid,
+    check_per_token,
+    check_position,
+    check_qkv,
+    check_state,
+)
 
 __all__ = ["run_direct", "newton_schulz"]
 
@@ -127,6 +134,21 @@ def _check_inputs(variant, q, k, v, initial_weights, lr, momentum, log_decay=Non
     return B, T, H
 
 
+def _position_factors(variant: Variant, lr_position, chunk_size: int, q: torch.Tensor):
+    """a ``[L]`` of a ``per_token(position=True)`` rule (checked), else None (checked absent)."""
+    if not variant.lr.position:
+        if lr_position is not None:
+            raise ValueError(f"variant {variant.name!r} has no per-position learning rate; do not pass lr_position")
+        return None
+    if lr_position is None:
+        raise ValueError(
+            f"variant {variant.name!r} has a rank-1 learning rate η_ij = a_i η_j: pass lr_position a of shape "
+            f"[L] = [{chunk_size}] (one factor per mini-batch position)"
+        )
+    check_position(lr_position, chunk_size, q)
+    return lr_position
+
+
 def infer_sizes(variant: Variant, initial_weights: Mapping[str, torch.Tensor], Dk: int, Dv: int) -> dict[str, int]:
     """Concrete sizes of the named dimensions, from the key/value widths and the weights."""
     sizes = {variant.key_dim: Dk}
@@ -158,6 +180,7 @@ def run_direct(
     chunk_size: int | None = None,
     log_decay: torch.Tensor | None = None,
     grid: tuple[int, int] | None = None,
+    lr_position: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Run the declared TTT layer literally.
 
@@ -175,6 +198,9 @@ def run_direct(
             step t multiplies the updated weights by γ_t = exp(g_t).
         grid: ``(h, w)`` with h·w = T, only for spatial (depthwise) variants: the tokens are the
             grid's cells, row-major, and ``depthwise_conv`` runs ``conv2d`` on it.
+        lr_position: a ``[L]`` (L = chunk_size), only for ``per_token(position=True)``: token i of
+            a mini-batch reads W_0 + a_i Σ_(j≤i) ΔW_j and the mini-batch leaves W_0 + a_last Σ_j ΔW_j
+            (TTT-Linear's η_ij = a_i b_j; a partial last mini-batch uses its first positions).
 
     Returns:
         ``(o, final_weights)``: ``o`` is ``[B, T, H, Dv]``; ``final_weights`` maps each updated
@@ -192,9 +218,10 @@ def run_direct(
         )
     if sched.order == "bidirectional":
         chunk_size = T  # one step on all tokens
+    position = _position_factors(variant, lr_position, chunk_size, q)
 
     inputs = [q, k, v, *initial_weights.values()]
-    inputs += (list(lr.values()) if isinstance(lr, Mapping) else [lr]) + [momentum, log_decay]
+    inputs += (list(lr.values()) if isinstance(lr, Mapping) else [lr]) + [momentum, log_decay, lr_position]
     create_graph = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
 
     # Per (batch, head), a matrix of token rows: [B, H, T, D].
@@ -262,6 +289,15 @@ def run_direct(
                     )
                     for t in range(s, e)
                 ]
+                if position is not None:  # TTT-Linear: token t reads W_s + a_(t−s) Σ_(j≤t) ΔW_j, no steps
+                    start, total = W, {}
+                    for t, inc in zip(range(s, e), per_token):
+                        total = {u: total[u] + g if u in total else g for u, g in inc.items()}
+                        W = {n: start[n] + position[t - s] * total[n] if n in total else w for n, w in start.items()}
+                        outputs.append(_read(variant, W, Q[..., t : t + 1, :]))
+                    if not create_graph:
+                        W = {n: w.detach() for n, w in W.items()}
+                    continue
                 for t, inc in zip(range(s, e), per_token):
                     gamma_now = gamma[:, :, t] if gamma is not None and not decay_first else None
                     W = step(W, inc, alpha[:, :, t] if alpha is not None else None, gamma_now)

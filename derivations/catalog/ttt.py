@@ -9,12 +9,12 @@ gradients at the chunk-start weights, token i of a chunk reading the weights aft
 step (``update_then_apply``: the dual form's ``tril``).
 
 Learning rate. The reference's η_{ij} = (base/d) max(0, 1/i + ε_i) σ(θ·x_j + c) = a_i b_j is
-rank-1. The declaration takes η per token from the caller (``per_token()``), which is the
-key factor b_j = (base/d) σ(θ·x_j + c) (its projection θ, c are slow weights of the layer,
-outside the inner loop). The position factor a_i = max(0, 1/i + ε_i) scales token i's *read*
-of the in-chunk increment (W_i = W_0 − a_i Σ_{j≤i} b_j ∇_j); it is not a sequence of GD steps
-and is not a component of the language yet: the declared layer is a_i ≡ 1 (ε_i = 1 − 1/i).
-The dual form with general a_i is written out in tests/test_ttt.py.
+rank-1: ``per_token(position=True)``. The caller passes η per token, the key factor
+b_j = (base/d) σ(θ·x_j + c) (its projection θ, c are slow weights of the layer, outside the
+inner loop), and ``lr_position`` a ``[16]``, the position factors a_i = max(0, 1/i + ε_i) (ε
+learnable, initialised to 0). Token i of a mini-batch reads W_i = W_0 − a_i Σ_{j≤i} b_j ∇_j, and
+the mini-batch leaves W_0 − a_16 Σ_j b_j ∇_j: the dual form of reference 7.6, which
+tests/test_ttt.py writes out against the oracle.
 """
 
 from derivations import chunked, gelu_tanh, layer_norm, per_token, sq_norm, variant
@@ -26,7 +26,7 @@ TTT_SCHEDULE = chunked(order="update_then_apply", size=16)
     fast={"W": ("d", "d"), "b": (1, "d"), "gamma": (1, "d"), "beta": (1, "d")},
     update=["W", "b"],
     loss=lambda y, v: 0.5 * sq_norm(y - v),
-    lr=per_token(),
+    lr=per_token(position=True),
     schedule=TTT_SCHEDULE,
 )
 def ttt_linear(x, W, b, gamma, beta):
@@ -38,7 +38,7 @@ def ttt_linear(x, W, b, gamma, beta):
     fast={"W1": ("d", "h"), "b1": (1, "h"), "W2": ("h", "d"), "b2": (1, "d"), "gamma": (1, "d"), "beta": (1, "d")},
     update=["W1", "b1", "W2", "b2"],
     loss=lambda y, v: 0.5 * sq_norm(y - v),
-    lr=per_token(),
+    lr=per_token(position=True),
     schedule=TTT_SCHEDULE,
 )
 def ttt_mlp(x, W1, b1, W2, b2, gamma, beta):
