@@ -99,6 +99,11 @@ class ModuleContext:
     def multi_state(self) -> bool:
         return len(self.updated) > 1
 
+    @property
+    def triton_form(self) -> bool:
+        """Whether the variant gets triton_chunk.py: the prefix-scan template or the WY/UT delta form."""
+        return self.parallel_template or self.parallel_form == "delta_chunk"
+
 
 def _dim_names(variant):
     return {sympy.Symbol(d, integer=True, positive=True): d for d in (*variant.dims, variant.value_dim)}

@@ -43,7 +43,7 @@ def triton_refusal(variant: Variant | str | LinearAttentionForm) -> str | None:
     """Why ``variant`` gets no Triton form (one line), or None when it gets one."""
     form = variant if isinstance(variant, LinearAttentionForm) else derive(load_variant(variant), certify=False)
     context = build_context(form)
-    if context.parallel_template:
+    if context.triton_form:
         return None
     return f"no Triton form for {context.name!r}: {context.fallback_reason}"
 

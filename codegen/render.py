@@ -31,8 +31,9 @@ OPTIONAL_MODULES = {
 def modules_for(context: ModuleContext) -> dict[str, str]:
     """The generated files (→ template) of one variant: MODULES plus the optional ones it gets."""
     extra = {f: t for f, (t, wanted) in OPTIONAL_MODULES.items() if wanted(context)}
-    if context.parallel_form == "delta_chunk":
-        extra["chunk.py"] = "delta_chunk.py.jinja"  # DeltaNet's WY/UT chunked form
+    if context.parallel_form == "delta_chunk":  # DeltaNet's WY/UT chunked form, in torch and with Triton
+        extra["chunk.py"] = "delta_chunk.py.jinja"
+        extra["triton_chunk.py"] = "triton_delta.py.jinja"
     return {**MODULES, **extra}
 
 

@@ -16,6 +16,7 @@ import torch
 from triton_cases import (
     DEVICE,
     FP32_RMS_RATIO,
+    INTERPRETER_ONLY_VARIANTS,
     TRITON_VARIANTS,
     assert_within_plain_torch,
     compare,
@@ -35,7 +36,7 @@ SHAPES = [(1, 3, 8), (5, 8, 8), (37, 3, 16), (64, 16, 16)]
 
 
 @pytest.mark.parametrize("T,d,chunk", SHAPES)
-@pytest.mark.parametrize("name", TRITON_VARIANTS)
+@pytest.mark.parametrize("name", TRITON_VARIANTS + INTERPRETER_ONLY_VARIANTS)
 def test_triton_matches_oracle_and_chunk_form(name, T, d, chunk):
     variant = CATALOG[name]
     forms = import_generated(name).FORMS
@@ -63,7 +64,7 @@ def test_cpu_without_the_interpreter_is_refused(monkeypatch):
         import_generated("lact_v6").FORMS["triton"](q, q, q)
 
 
-@pytest.mark.parametrize("name", ["lact_v2", "linear_attention"])
+@pytest.mark.parametrize("name", ["lact_v2", "linear_attention", "delta_rule", "gated_delta_rule"])
 def test_triton_exact_in_fp64(name):
     """fp64 through the kernels (fp64 accumulators) is the exactness check: ≤ 1e-9 relative."""
     variant = CATALOG[name]
@@ -156,7 +157,7 @@ def test_user_variant_gets_a_triton_form(tmp_path, schedule, momentum):
 
 def test_non_parallel_variant_gets_no_triton_form():
 
-    assert "triton_chunk.py" not in render_variant("delta_rule")
+    assert "triton_chunk.py" not in render_variant("ttt_linear")
     assert not (PACKAGE_ROOT / "lact_v1" / "triton_chunk.py").exists()
     assert "triton" not in import_generated("lact_v1").FORMS
 
@@ -164,9 +165,9 @@ def test_non_parallel_variant_gets_no_triton_form():
 def test_generate_prints_why_there_is_no_triton_form(tmp_path, capsys):
     from tttla.cli import main
 
-    assert main(["generate", "delta_rule", "--out", str(tmp_path)]) == 0
+    assert main(["generate", "titans", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "no Triton form for 'delta_rule'" in out and "values depend on the state" in out
+    assert "no Triton form for 'titans'" in out and "values depend on the state" in out
 
 
 def test_triton_form_regenerated_in_a_folder_registers_fresh_ops(tmp_path):

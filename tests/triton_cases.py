@@ -15,6 +15,9 @@ from verify.oracle import run_direct
 from verify.tolerances import relative_error
 
 TRITON_VARIANTS = ["lact_v2", "lact_v3", "lact_v4", "lact_v5", "lact_v6", "linear_attention"]
+#: Triton forms checked in the interpreter only so far (no GPU run yet): the WY/UT delta form's
+#: block-state kernel, and the depthwise (per-channel) lowering through the prefix-scan kernels
+INTERPRETER_ONLY_VARIANTS = ["delta_rule", "gated_delta_rule", "vittt_dwconv"]
 FP32_RMS_RATIO = 1e-4  # DESIGN.md: fp32 against the fp64 oracle
 #: where the kernels run: the GPU, or the CPU under Triton's interpreter
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -34,6 +37,7 @@ def run_form(variant, fn, case, dtype, chunk, device=DEVICE):
         q=leaves["q"], k=leaves["k"], v=leaves["v"],
         initial_weights={n: leaves[f"W[{n}]"] for n in case.initial_weights},
         lr=leaves.get("lr"), momentum=leaves.get("momentum"), chunk_size=chunk, sizes=case.sizes,
+        log_decay=leaves.get("log_decay"), grid=case.grid, lr_position=leaves.get("lr_position"),
     )
     if fn is None:
         if variant.schedule.fixed:
@@ -42,7 +46,7 @@ def run_form(variant, fn, case, dtype, chunk, device=DEVICE):
         final = final[variant.update[0]]
     else:
         kwargs = form_kwargs(variant, cast)
-        if chunk is not None:
+        if chunk is not None and variant.schedule.order != "bidirectional":
             kwargs["chunk_size"] = chunk  # also a compute chunk for token-level schedules
         o, final = fn(cast.q, cast.k, cast.v, **kwargs)
     weights = torch.linspace(-1.0, 1.0, o.numel(), dtype=torch.float64, device=o.device).reshape(o.shape)

@@ -24,8 +24,8 @@ def add_parser(sub):
         help="generate PyTorch (recurrent and chunk) and Triton modules for a variant",
         description="Derive a variant and write its generated modules: recurrent.py (the "
         "linear-attention recurrence), chunk.py (the parallel chunked form, or the chunk scan "
-        "for a variant that is not parallel) and, for a parallel variant, triton_chunk.py (Triton "
-        "forward and backward kernels of the chunked form).",
+        "for a variant that is not parallel) and, for a prefix_scan or delta_chunk variant, triton_chunk.py "
+        "(Triton forward and backward kernels of the chunked form).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

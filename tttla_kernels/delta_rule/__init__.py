@@ -13,10 +13,11 @@ Chunk-parallel in WY/UT form, not a prefix scan, because (derivation report):
 
 from .chunk import chunk_delta_rule
 from .recurrent import recurrent_delta_rule
+from .triton_chunk import triton_delta_rule
 
 VARIANT = 'delta_rule'
 SPEC_HASH = 'cced624d48570152'
 #: every generated form, by name
-FORMS = {"recurrent": recurrent_delta_rule, "chunk": chunk_delta_rule}
+FORMS = {"recurrent": recurrent_delta_rule, "chunk": chunk_delta_rule, "triton": triton_delta_rule}
 
-__all__ = ["chunk_delta_rule", "recurrent_delta_rule", "FORMS", "VARIANT", "SPEC_HASH"]
+__all__ = ["chunk_delta_rule", "recurrent_delta_rule", "triton_delta_rule", "FORMS", "VARIANT", "SPEC_HASH"]

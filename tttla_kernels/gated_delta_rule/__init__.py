@@ -13,10 +13,11 @@ Chunk-parallel in WY/UT form, not a prefix scan, because (derivation report):
 
 from .chunk import chunk_gated_delta_rule
 from .recurrent import recurrent_gated_delta_rule
+from .triton_chunk import triton_gated_delta_rule
 
 VARIANT = 'gated_delta_rule'
 SPEC_HASH = '54df08feb8d340f1'
 #: every generated form, by name
-FORMS = {"recurrent": recurrent_gated_delta_rule, "chunk": chunk_gated_delta_rule}
+FORMS = {"recurrent": recurrent_gated_delta_rule, "chunk": chunk_gated_delta_rule, "triton": triton_gated_delta_rule}
 
-__all__ = ["chunk_gated_delta_rule", "recurrent_gated_delta_rule", "FORMS", "VARIANT", "SPEC_HASH"]
+__all__ = ["chunk_gated_delta_rule", "recurrent_gated_delta_rule", "triton_gated_delta_rule", "FORMS", "VARIANT", "SPEC_HASH"]
