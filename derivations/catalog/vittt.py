@@ -19,54 +19,32 @@ a time, it is sliding-window linear attention whose key is the channel's 3×3 pa
 
 from derivations import bidirectional, column_clip, depthwise, depthwise_conv, dot, per_token, silu, variant
 
-GLU = {"W1": ("d", "d"), "W2": ("d", "d")}
+#: ViTTT's inner step, shared by both branches: the mean dot-product loss −(s/N) Σ_n ⟨f(k_n), v_n⟩
+#: with s = 1/3 in the loss and η = 1/N from the caller, one bidirectional step
+STEP = dict(loss=lambda y, v: -dot(y, v) / 3, lr=per_token(), schedule=bidirectional())
+GLU = dict(fast={"W1": ("d", "d"), "W2": ("d", "d")}, update=["W1", "W2"], **STEP)
+DWCONV = dict(fast={"w": depthwise(3)}, update="w", **STEP)
 
 
-@variant(
-    fast=GLU,
-    update=["W1", "W2"],
-    loss=lambda y, v: -dot(y, v) / 3,
-    lr=per_token(),
-    clip=column_clip(),
-    schedule=bidirectional(),
-)
+@variant(**GLU, clip=column_clip())
 def vittt_glu(x, W1, W2):
     """ViTTT GLU branch: (x W1) ⊙ silu(x W2), one bidirectional step, column-clipped gradients."""
     return (x @ W1) * silu(x @ W2)
 
 
-@variant(
-    fast=GLU,
-    update=["W1", "W2"],
-    loss=lambda y, v: -dot(y, v) / 3,
-    lr=per_token(),
-    schedule=bidirectional(),
-)
+@variant(**GLU)
 def vittt_glu_noclip(x, W1, W2):
     """ViTTT GLU branch without the gradient clip (the App. F form)."""
     return (x @ W1) * silu(x @ W2)
 
 
-@variant(
-    fast={"w": depthwise(3)},
-    update="w",
-    loss=lambda y, v: -dot(y, v) / 3,
-    lr=per_token(),
-    clip=column_clip(),
-    schedule=bidirectional(),
-)
+@variant(**DWCONV, clip=column_clip())
 def vittt_dwconv(x, w):
     """ViTTT 3×3 depthwise-convolution branch: one bidirectional step on the h×w grid, per-kernel clip."""
     return depthwise_conv(x, w)
 
 
-@variant(
-    fast={"w": depthwise(3)},
-    update="w",
-    loss=lambda y, v: -dot(y, v) / 3,
-    lr=per_token(),
-    schedule=bidirectional(),
-)
+@variant(**DWCONV)
 def vittt_dwconv_noclip(x, w):
     """ViTTT 3×3 depthwise-convolution branch without the clip (the App. G form)."""
     return depthwise_conv(x, w)
