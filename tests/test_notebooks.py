@@ -10,8 +10,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 nbformat = pytest.importorskip("nbformat")
 
 
-def test_the_three_tutorials_exist():
-    assert [p.stem for p in NOTEBOOKS] == ["01_quickstart", "02_paper_chain", "03_your_kernel"]
+def test_the_four_tutorials_exist():
+    assert [p.stem for p in NOTEBOOKS] == ["01_quickstart", "02_paper_chain", "03_your_kernel", "04_structured_weights"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
