@@ -155,3 +155,69 @@ def to_text(expr) -> str:
 def to_latex(expr) -> str:
     """LaTeX of an IR (or scalar) expression."""
     return IRLatexPrinter().doprint(expr)
+
+
+# --- long expressions with their shared parts named ----------------------------------------------
+
+
+def _nodes(expr):
+    """Every matrix sub-expression of ``expr``, with repeats (a pre-order walk of the tree)."""
+    yield expr
+    for a in expr.args:
+        if isinstance(a, sympy.MatrixExpr):
+            yield from _nodes(a)
+        elif isinstance(a, sympy.Basic):  # a scalar factor E[i, j] of a product reaches E
+            for el in a.atoms(sympy.matrices.expressions.matexpr.MatrixElement):
+                yield from _nodes(el.parent)
+
+
+def _size(expr) -> int:
+    return sum(1 for _ in _nodes(expr))
+
+
+def shared_parts(expr, prefix: str = "c") -> tuple[sympy.Basic, list[tuple[sympy.MatrixSymbol, sympy.Basic]]]:
+    """``expr`` with each sub-expression it repeats named once: ``(main, [(name, definition), …])``.
+
+    Bottom-up: the smallest repeated sub-expression (at least one operation on two operands)
+    gets the next name ``c_1, c_2, …`` everywhere, until nothing non-trivial repeats; a name
+    then used only once is put back. The definitions are in order (each uses earlier names
+    only), so ``main`` reads as "… where c_1 = …, c_2 = …". Nothing is simplified.
+    """
+    main, defs = expr, []
+    while True:
+        counts: dict = {}
+        for e in (main, *(d for _, d in defs)):
+            for node in _nodes(e):
+                counts[node] = counts.get(node, 0) + 1
+        repeated = [n for n, c in counts.items()
+                    if c >= 2 and not isinstance(n, (sympy.MatrixSymbol, sympy.OneMatrix, sympy.ZeroMatrix,
+                                                     sympy.Identity)) and _size(n) >= 3]
+        if not repeated:
+            break
+        part = min(repeated, key=lambda n: (_size(n), str(n)))
+        name = sympy.MatrixSymbol(f"{prefix}_{len(defs) + 1}", *part.shape)
+        main = main.xreplace({part: name})
+        defs = [(s, d.xreplace({part: name})) for s, d in defs] + [(name, part)]
+    def uses(name):
+        return sum(1 for e in (main, *(d for _, d in defs)) for n in _nodes(e) if n == name)
+
+    for name in [n for n, _ in defs]:
+        if uses(name) == 1:  # named on the way up, but only its parent repeats: put it back
+            body = dict(defs)[name]
+            main = main.xreplace({name: body})
+            defs = [(t, e.xreplace({name: body})) for t, e in defs if t != name]
+    # number the parts that stayed 1, 2, … in order
+    renamed = {old: sympy.MatrixSymbol(f"{prefix}_{i}", *old.shape) for i, (old, _) in enumerate(defs, 1)}
+    return main.xreplace(renamed), [(renamed[t], e.xreplace(renamed)) for t, e in defs]
+
+
+def with_parts(expr, printer, long: int = 160) -> tuple[str, list[str]]:
+    """``expr`` printed with ``printer``; when that is longer than ``long`` characters, the shortened
+    expression and one ``name = definition`` line per shared part (see :func:`shared_parts`)."""
+    text = printer(expr)
+    if len(text) <= long or not isinstance(expr, sympy.MatrixExpr):
+        return text, []
+    main, defs = shared_parts(expr)
+    if not defs:
+        return text, []
+    return printer(main), [f"{printer(s)} = {printer(d)}" for s, d in defs]

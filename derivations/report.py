@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from derivations.form import LinearAttentionForm
-from derivations.printing import to_latex, to_text
+from derivations.printing import to_latex, to_text, with_parts
 
 __all__ = ["summary", "render_text", "render_latex", "render_json", "render_markdown", "render_html", "write_report",
            "SECTIONS", "THEOREMS", "cited", "md_title", "markdown_to_html", "html_page", "write_pages"]
@@ -63,12 +63,13 @@ def _sections(form: LinearAttentionForm, printer, formula):
     """(title, [lines]) pairs shared by the text and LaTeX renderings."""
     v, c = form.variant, form.classification
     eff = _effective(form, printer)
-    grads = [f"∇_{u} ℓ = {printer(g)}" for u, g in form.gradients.items()]
+    grads = [line for u, g in form.gradients.items() for line in _lines(f"∇_{u} ℓ", g, printer)]
+    value = _lines("v̂", form.value, printer)
     out = [
         ("variant", [f"{v.name}: {v.description}", f"f(x) = φ(x)·{form.state}, φ(x) = {eff['feature']}"]),
         ("gradients of ℓ = L(f(k), v) (our reverse-mode rules)", [f"∂L/∂f = {printer(form.dloss)}", *grads]),
         ("effective linear attention (Theorems 5.1–5.3)", [
-            f"q̂ = {eff['query']}", f"k̂ = {eff['key']}", f"v̂ = {eff['value']}", f"S_0 = {eff['state0']}",
+            f"q̂ = {eff['query']}", f"k̂ = {eff['key']}", *value, f"S_0 = {eff['state0']}",
             f"learning rate: {form.lr_placement}"]),
         ("unrolled state", [formula(f) for f in form.unrolled]),
         ("mask", [f"{form.mask}: {formula(form.mask_formula)}"]
@@ -87,6 +88,21 @@ def _sections(form: LinearAttentionForm, printer, formula):
         status = "CERTIFIED" if cert.certified else f"NOT certified: {cert.failure}"
         out.append(("certificate", [f"{status} ({cert.seconds:.2f} s)", cert.checked,
                                     "kept abstract: " + "; ".join(cert.abstract)]))
+    return out
+
+
+def _lines(lhs: str, expr, printer) -> list[str]:
+    """``lhs = expr``; a long expression with its shared parts named on ``where`` lines."""
+    main, parts = with_parts(expr, printer)
+    return [f"{lhs} = {main}", *(f"    {'where' if i == 0 else '     '} {p}" for i, p in enumerate(parts))]
+
+
+def _display_math(lhs: str, expr) -> str:
+    """``$$lhs = expr$$`` (Markdown); a long expression with its shared parts named, one per line."""
+    main, parts = with_parts(expr, to_latex)
+    out = f"$${lhs} = {main}$$\n\n"
+    if parts:
+        out += "where\n\n" + "".join(f"$${p}$$\n\n" for p in parts)
     return out
 
 
@@ -168,7 +184,7 @@ def md_gradients(form: LinearAttentionForm) -> str:
     """The inner loss, the split f(x) = φ(x)·W and the gradient of every updated fast weight."""
     eff = _effective(form, to_latex)
     loss = to_latex(form.variant.trace().loss)
-    grads = "".join(f"$$\\nabla_{{{u}}} \\ell = {to_latex(g)}$$\n\n" for u, g in form.gradients.items())
+    grads = "".join(_display_math(f"\\nabla_{{{u}}} \\ell", g) for u, g in form.gradients.items())
     return (
         "## Inner loss and gradients (derived by our reverse-mode rules)\n\n"
         f"Inner loss of the prediction $y = f(k)$ and the value $v$:\n\n$$L(y, v) = {loss}$$\n\n"
@@ -182,9 +198,10 @@ def md_gradients(form: LinearAttentionForm) -> str:
 def md_effective(form: LinearAttentionForm) -> str:
     """The effective query, key, value and initial state."""
     eff = _effective(form, to_latex)
+    value = _display_math(r"\hat v", form.value)
     return (
         "## Effective linear attention (Theorems 5.1–5.3)\n\n"
-        f"$$\\hat q = {eff['query']}$$\n\n$$\\hat k = {eff['key']}$$\n\n$$\\hat v = {eff['value']}$$\n\n"
+        f"$$\\hat q = {eff['query']}$$\n\n$$\\hat k = {eff['key']}$$\n\n{value}"
         f"$$S_0 = {eff['state0']}$$\n\nLearning rate: {form.lr_placement}\n"
     )
 

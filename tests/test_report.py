@@ -117,3 +117,23 @@ def test_catalog_exits_1_on_a_failure(tmp_path, capsys, monkeypatch):
 def test_catalog_mistakes(argv, capsys):
     assert main(argv) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_long_expressions_name_their_shared_parts():
+    from derivations import derive
+    from derivations.printing import shared_parts, to_text, with_parts
+    from derivations.report import render_text
+
+    form = derive("ttt_linear", certify=False)
+    main, parts = shared_parts(form.value)
+    assert parts and [s.name for s, _ in parts] == [f"c_{i}" for i in range(1, len(parts) + 1)]
+    back = main
+    for name, body in reversed(parts):  # substituting the parts back gives the expression itself
+        back = back.xreplace({name: body})
+    assert back == form.value
+    text, lines = with_parts(form.value, to_text)
+    assert len(text) + sum(map(len, lines)) < len(to_text(form.value)) / 3
+    short, none = with_parts(derive("lact_v6", certify=False).value, to_text)
+    assert none == [] and short == to_text(derive("lact_v6", certify=False).value)
+    report = render_text(form)
+    assert "where c_1 = k·W_{t}" in report
