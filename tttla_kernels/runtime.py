@@ -211,9 +211,11 @@ def grid_patches(x: torch.Tensor, grid: tuple[int, int], kernel: int) -> torch.T
     (zero-padded, taps row-major), one head per (head, channel): ``[B, T, H·C, kernel²]``."""
     B, T, H, C = x.shape
     h, w = grid
-    image = x.permute(0, 2, 3, 1).reshape(B * H, C, h, w)
-    patches = torch.nn.functional.unfold(image, kernel, padding=kernel // 2)  # [B·H, C·k², T]
-    return patches.reshape(B, H * C, kernel * kernel, T).permute(0, 3, 1, 2)
+    r = kernel // 2
+    image = torch.nn.functional.pad(x.permute(0, 2, 3, 1).reshape(B, H * C, h, w), (r, r, r, r))
+    # the k² shifted windows, one contiguous plane per tap (a tap-major layout copies fastest)
+    taps = [image[..., dy:dy + h, dx:dx + w] for dy in range(kernel) for dx in range(kernel)]
+    return torch.stack(taps, dim=2).reshape(B, H * C, kernel * kernel, T).permute(0, 3, 1, 2)
 
 
 def lower_depthwise(q, k, v, grid, kernel: int, lr=None, initial_state=None):
