@@ -3,9 +3,9 @@
 The variant-specific code — the feature map φ, the effective value, and the increment of
 every updated fast weight — is printed here from SymPy expressions by
 :class:`~codegen.printer.TorchEmitter`. Gradients come from the derivation engine's
-reverse-mode rules (:func:`derivations.autodiff.vjp`) with a per-token cotangent
-``G_U = ∓η_U ⊙ ∂L/∂f``, so every weight's increment prints as a sum over tokens
-``aᵀ G``; for the state W it is exactly k̂ᵀ v̂.
+reverse-mode rules (:func:`derivations.autodiff.vjp`) with the cotangent ``∂L/∂f``, once
+for all weights; every weight's increment prints as a sum over tokens ``aᵀ(∓η_U ⊙ r)`` of
+the per-token rows ``r = ∂L/∂z`` at its layer; for the state W it is exactly k̂ᵀ v̂.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import sympy
 
-from codegen.printer import ROW, WEIGHT, TorchEmitter
+from codegen.printer import COL, ROW, WEIGHT, TorchEmitter
 from derivations.autodiff import tidy, vjp
 from derivations.classify import delta_coefficient
 from derivations.form import LinearAttentionForm
@@ -139,7 +139,15 @@ def _effective_value(form: LinearAttentionForm, dims, eta_expr) -> PrintedFuncti
 
 
 def _increments(form: LinearAttentionForm, dims, multi) -> PrintedFunction:
-    """ΔU = ∓Σ_i η_{U,i} ∇_U ℓ_i for every updated weight U, at the current weights."""
+    """ΔU = ∓Σ_i η_{U,i} ∇_U ℓ_i for every updated weight U, at the current weights.
+
+    The vjp is linear in its cotangent, η_U is one number per token, and everything between
+    the prediction and a weight's sum over tokens is per token. So the gradients are taken
+    once with the cotangent G = ∂L/∂f (no η): each is a sum over tokens Σ_i a_iᵀ r_i (a
+    per-token gradient, e.g. a bias's, is Σ_i r_i), whose per-token rows r — ∂L/∂z at the
+    weight's layer z = a·U, shared by the weights of a layer and computed once — are scaled
+    by ∓η_U where the tokens are summed: ΔU = aᵀ(∓η_U ⊙ r).
+    """
     variant = form.variant
     trace = variant.trace()
     k = trace.x
@@ -151,29 +159,74 @@ def _increments(form: LinearAttentionForm, dims, multi) -> PrintedFunction:
                                                                for n in form.feature_weights}}))
     if form.y in form.dloss.free_symbols and form.head is None:  # state-dependent values read f(k)
         em.assign("prediction", trace.prediction)
-    dloss = tidy(form.dloss.xreplace({form.y: trace.prediction}))
-    em.assign("dL_df", dloss)
+    em.assign("dL_df", tidy(form.dloss.xreplace({form.y: trace.prediction})))
+    G = sympy.MatrixSymbol("G", *trace.prediction.shape)  # the cotangent ∂L/∂f, already named
+    em.names[G], em.kinds[G] = "dL_df", ROW
     sign = "" if variant.ascent else "-"
     per_token = variant.lr.kind == "per_token"
-    results = []
-    for name in variant.update:
-        eta = _eta_name(name, multi) if per_token else repr(float(variant.lr.value))
-        G = sympy.MatrixSymbol(f"G_{name}", *trace.prediction.shape)
-        g_name = "v_hat" if name == form.state else f"G_{name}"
-        em.names[G], em.kinds[G] = g_name, ROW
-        em._used.add(g_name)
-        em.lines.append(f"{g_name} = {sign}{eta} * dL_df  # [B, H, T, {variant.value_dim}]")
-        result = em.assign(f"d{name}", tidy(vjp(trace.prediction, trace.weights[name], G)))
-        if em.kind_of(tidy(vjp(trace.prediction, trace.weights[name], G))) != WEIGHT:
-            # a per-token gradient (a bias: its key is constantly 1) sums over the tokens
-            em.lines.append(f"{result} = {result}.sum(-2, keepdim=True)  # [B, H, 1, {variant.value_dim}]")
-            em._memo = {k: v for k, v in em._memo.items() if v[0] != result}  # the name now holds the sum
-        results.append(result)
+
+    def scale(name):  # ∓η_U: a per-token [B, H, T, 1] or a constant
+        return sign + (_eta_name(name, multi) if per_token else repr(float(variant.lr.value)))
+
+    sums = {name: _token_sums(em, tidy(vjp(trace.prediction, trace.weights[name], G))) for name in variant.update}
+    order = sorted(variant.update, key=lambda n: (max(_size(r) for _, r in sums[n]),
+                                                  all(a is None for a, _ in sums[n]),
+                                                  variant.update.index(n)))
+    results = {}
+    for name in order:  # the rows nearest the prediction first: the others are computed from them
+        terms, eta = [], scale(name)
+        for i, (key, row) in enumerate(sums[name]):
+            tag = f"_{i}" if len(sums[name]) > 1 else ""
+            if key is False:  # not a sum over tokens of rows: the vjp with the scaled cotangent G_U
+                G_U = sympy.MatrixSymbol(f"G_{name}", *G.shape)
+                if G_U not in em.names:
+                    em.names[G_U], em.kinds[G_U] = em.line(f"G_{name}", f"{eta} * dL_df", ROW, G.shape), ROW
+                term = row.xreplace({G: G_U})
+                code = em.value(term, f"d{name}{tag}")
+                terms.append(code if em.kind_of(term) == WEIGHT else f"{code}.sum(-2, keepdim=True)")
+            elif key is None:  # a per-token gradient (a bias: its key is constantly 1) sums over the tokens
+                r = em.value(row, f"dL_d{name}{tag}")
+                summed = f"({eta} * {r}).sum(-2" if per_token else f"{eta} * {r}.sum(-2"
+                terms.append(summed + ", keepdim=True)")
+            else:  # Σ_i a_iᵀ (∓η_i r_i); a constant learning rate scales the sum
+                r, a = em.value(row, f"dL_dz_{name}{tag}"), em.value(key)
+                terms.append(f"{a}.mT @ ({eta} * {r})" if per_token else f"{eta} * ({a}.mT @ {r})")
+        results[name] = em.line(f"d{name}", " + ".join(terms), WEIGHT, trace.weights[name].shape)
     eta_params = tuple(_eta_name(n, multi) for n in variant.update) if per_token else ()
     params = ("k", "v", *eta_params, *variant.fast)
-    returns = "{" + ", ".join(f'"{n}": {r}' for n, r in zip(variant.update, results)) + "}"
+    returns = "{" + ", ".join(f'"{n}": {results[n]}' for n in variant.update) + "}"
     doc = "increments ΔU = " + ("+" if variant.ascent else "−") + "Σ_i η_i ∇_U ℓ_i of the updated weights"
     return PrintedFunction("chunk_increments", params, em.code(), returns, doc)
+
+
+def _token_sums(em: TorchEmitter, grad) -> list:
+    """A weight's gradient ``grad`` (linear in the cotangent) as terms ``(a, r)``: Σ_i a_iᵀ r_i
+    with ``a`` a column (a transposed per-token row) and ``r`` a per-token row; ``(None, r)``
+    when ``grad`` itself is per token (Σ_i r_i); ``(False, term)`` for a term of another shape."""
+    if em.peek_kind(grad) != WEIGHT:
+        return [(None, grad)]
+    out = []
+    for term in grad.args if isinstance(grad, sympy.MatAdd) else (grad,):
+        split = None
+        if isinstance(term, sympy.MatMul):
+            scalars = [f for f in term.args if not isinstance(f, sympy.MatrixExpr)]
+            mats = [f for f in term.args if isinstance(f, sympy.MatrixExpr)]
+            for j in range(1, len(mats)):
+                key, row = _product(mats[:j]), tidy(sympy.MatMul(*scalars, *mats[j:]))
+                if em.peek_kind(key) == COL and em.peek_kind(row) == ROW:
+                    split = (key, row)
+                    break
+        out.append(split or (False, term))
+    return out
+
+
+def _product(mats):
+    return mats[0] if len(mats) == 1 else sympy.MatMul(*mats)
+
+
+def _size(expr) -> int:
+    """The number of distinct nodes of ``expr`` (how much of the computation it is)."""
+    return len(set(sympy.preorder_traversal(expr)))
 
 
 def _model(form: LinearAttentionForm, dims) -> PrintedFunction | None:

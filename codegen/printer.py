@@ -25,7 +25,7 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from derivations.functions import FUNCTIONS
 
-__all__ = ["TorchScalarPrinter", "TorchEmitter", "ROW", "WEIGHT"]
+__all__ = ["TorchScalarPrinter", "TorchEmitter", "ROW", "COL", "WEIGHT", "DOT"]
 
 ROW, COL, WEIGHT, DOT = "row", "col", "weight", "dot"
 
@@ -118,11 +118,32 @@ class TorchEmitter:
         self._memo[canonical(expr)] = (name, kind)
         return name
 
+    def line(self, name: str, code: str, kind: str, shape) -> str:
+        """Emit a hand-written ``name = code`` with the shape comment of a ``kind`` value."""
+        self._line(name, code, kind, shape)
+        self._used.add(name)
+        return name
+
     def code(self) -> str:
         return "\n".join(self.indent + line for line in self.lines)
 
     def kind_of(self, expr) -> str:
         return self._code(expr)[1]
+
+    def peek_kind(self, expr) -> str:
+        """The kind ``expr`` would print as, emitting nothing."""
+        saved = list(self.lines), dict(self._memo), set(self._used), dict(self._dim_names)
+        try:
+            return self._code(expr)[1]
+        finally:
+            self.lines, self._memo, self._used, self._dim_names = saved
+
+    def value(self, expr, name: str | None = None) -> str:
+        """Code for ``expr``'s value as an operand: the name of a symbol or of an earlier
+        assignment, else ``expr`` emitted under ``name`` (a generated name when None)."""
+        if name is None or isinstance(expr, sympy.MatrixSymbol) or canonical(expr) in self._memo:
+            return self._wrap(self._code(expr)[0])
+        return self.assign(name, expr)
 
     # --- internals ----------------------------------------------------------------------
 

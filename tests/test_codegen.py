@@ -141,6 +141,44 @@ def test_user_variant_generate_and_match_oracle(tmp_path, capsys):
     assert main(["generate", str(path), "--out", str(out)]) == 0
 
 
+def _printed_increments(form):
+    import codegen.context as context
+
+    fn = context._increments(form, context._dim_names(form.variant), multi=len(form.variant.update) > 1)
+    scope = {"torch": torch, "F": torch.nn.functional, "math": __import__("math")}
+    exec(f"def f({', '.join(fn.params)}):\n{fn.body}\n    return {fn.returns}", scope)  # noqa: S102
+    return fn, scope["f"]
+
+
+@pytest.mark.parametrize("name", ["ttt_mlp", "lact"])
+def test_increments_share_the_cotangent_across_weights(name, monkeypatch):
+    """Every weight's increment is a token sum of rows taken once with ∂L/∂f; scaling the
+    cotangent per weight first (the form kept for gradients of any other shape) agrees."""
+    import codegen.context as context
+    from derivations import derive
+
+    form = derive(CATALOG[name])
+    shared, f_shared = _printed_increments(form)
+    assert "G_" not in shared.body and shared.body.count("dL_dz_") >= 2
+    if name == "ttt_mlp":  # the LayerNorm backward once, not once per updated weight
+        assert shared.body.count(".sum(-1, keepdim=True)") == 4 and shared.body.count(" @ ") == 5
+    monkeypatch.setattr(context, "_token_sums", lambda em, grad: [(False, grad)])
+    per_weight, f_per_weight = _printed_increments(form)
+    assert "G_W" in per_weight.body and shared.params == per_weight.params
+    g = torch.Generator().manual_seed(0)
+    sizes = {"d": 5, "h": 4}
+    args = {}
+    for p in shared.params:
+        if p in ("k", "v") or p.startswith("eta"):
+            args[p] = torch.randn(2, 3, 7, 1 if p.startswith("eta") else 5, generator=g, dtype=torch.float64)
+        else:
+            shape = [s if isinstance(s, int) else sizes[str(s)] for s in CATALOG[name].fast[p]]
+            args[p] = 0.5 * torch.randn(2, 3, *shape, generator=g, dtype=torch.float64)
+    want, got = f_per_weight(**args), f_shared(**args)
+    for w in CATALOG[name].update:
+        torch.testing.assert_close(got[w], want[w], rtol=1e-12, atol=1e-12)
+
+
 def test_generate_refuses_the_package_without_force(capsys):
     assert main(["generate", "lact_v6", "--out", str(PACKAGE_ROOT)]) == 2
     assert "inside the tttla_kernels package; pass --force" in capsys.readouterr().err

@@ -49,8 +49,7 @@ def chunk_increments(k, v, eta, W0, W1, W2):
     k_W2 = k @ W2  # [B, H, T, h]
     k_hat = silu_k_W0 * k_W2  # [B, H, T, h]
     dL_df = -v  # [B, H, T, d]
-    v_hat = -eta * dL_df  # [B, H, T, d]
-    dW1 = k_hat.mT @ v_hat  # [B, H, h, d]
+    dW1 = k_hat.mT @ (-eta * dL_df)  # [B, H, h, d]
     return {"W1": dW1}
 
 

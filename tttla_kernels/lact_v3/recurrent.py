@@ -41,8 +41,7 @@ def feature_map(x):
 def chunk_increments(k, v, eta, W):
     """increments ΔU = −Σ_i η_i ∇_U ℓ_i of the updated weights."""
     dL_df = -v  # [B, H, T, d]
-    v_hat = -eta * dL_df  # [B, H, T, d]
-    dW = k.mT @ v_hat  # [B, H, d, d]
+    dW = k.mT @ (-eta * dL_df)  # [B, H, d, d]
     return {"W": dW}
 
 

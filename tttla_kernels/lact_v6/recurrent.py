@@ -32,8 +32,7 @@ def feature_map(x):
 def chunk_increments(k, v, W):
     """increments ΔU = −Σ_i η_i ∇_U ℓ_i of the updated weights."""
     dL_df = -v  # [B, H, T, d]
-    v_hat = -1.0 * dL_df  # [B, H, T, d]
-    dW = k.mT @ v_hat  # [B, H, d, d]
+    dW = -1.0 * (k.mT @ dL_df)  # [B, H, d, d]
     return {"W": dW}
 
 

@@ -35,8 +35,7 @@ def chunk_increments(k, v, eta, M):
     """increments ΔU = −Σ_i η_i ∇_U ℓ_i of the updated weights."""
     prediction = k @ M  # [B, H, T, d]
     dL_df = -v + prediction  # [B, H, T, d]
-    v_hat = -eta * dL_df  # [B, H, T, d]
-    dM = k.mT @ v_hat  # [B, H, d, d]
+    dM = k.mT @ (-eta * dL_df)  # [B, H, d, d]
     return {"M": dM}
 
 

@@ -32,8 +32,7 @@ def feature_map(x):
 def chunk_increments(k, v, eta, w):
     """increments ΔU = −Σ_i η_i ∇_U ℓ_i of the updated weights."""
     dL_df = -0.3333333333333333 * v  # [B, H, T, 1]
-    v_hat = -eta * dL_df  # [B, H, T, 1]
-    dw = k.mT @ v_hat  # [B, H, taps, 1]
+    dw = k.mT @ (-eta * dL_df)  # [B, H, taps, 1]
     return {"w": dw}
 
 

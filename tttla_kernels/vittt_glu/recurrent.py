@@ -32,17 +32,15 @@ def feature_map(x):
 def chunk_increments(k, v, eta_W1, eta_W2, W1, W2):
     """increments ΔU = −Σ_i η_i ∇_U ℓ_i of the updated weights."""
     dL_df = -0.3333333333333333 * v  # [B, H, T, d]
-    v_hat = -eta_W1 * dL_df  # [B, H, T, d]
     k_W2 = k @ W2  # [B, H, T, d]
     silu_k_W2 = F.silu(k_W2)  # [B, H, T, d]
-    prod = v_hat * silu_k_W2  # [B, H, T, d]
-    dW1 = k.mT @ prod  # [B, H, d, d]
-    G_W2 = -eta_W2 * dL_df  # [B, H, T, d]
+    dL_dz_W1 = dL_df * silu_k_W2  # [B, H, T, d]
+    dW1 = k.mT @ (-eta_W1 * dL_dz_W1)  # [B, H, d, d]
     k_W1 = k @ W1  # [B, H, T, d]
     sigmoid_k_W2 = torch.sigmoid(k_W2)  # [B, H, T, d]
     d_k_W2 = sigmoid_k_W2*(k_W2*(1 - sigmoid_k_W2) + 1)  # [B, H, T, d]
-    prod1 = G_W2 * k_W1 * d_k_W2  # [B, H, T, d]
-    dW2 = k.mT @ prod1  # [B, H, d, d]
+    dL_dz_W2 = dL_df * k_W1 * d_k_W2  # [B, H, T, d]
+    dW2 = k.mT @ (-eta_W2 * dL_dz_W2)  # [B, H, d, d]
     return {"W1": dW1, "W2": dW2}
 
 
