@@ -211,7 +211,7 @@ class TorchEmitter:
                 kinds = [kind, *(k for i, k in enumerate(kinds) if i not in used)]
             code = " ".join(terms)
             code = code[2:] if code.startswith("+ ") else "-" + code[2:]
-            return self._named(expr, code, _join_kinds(kinds, expr), "sum")
+            return self._named(expr, code, _join_kinds(kinds, expr), "total")  # not "sum": the builtin
         if isinstance(expr, sympy.HadamardProduct):
             parts = [self._code(a) for a in expr.args]
             kind = _join_kinds([k for _, k in parts], expr)
@@ -264,7 +264,11 @@ class TorchEmitter:
         subs = {}
         for tmp, value in temps:
             name = self._fresh(_scalar_hint(value, arg))
-            self._line(name, self.scalar.doprint(value.xreplace(subs)), kind, shape)
+            code = self.scalar.doprint(value.xreplace(subs))
+            if x in value.free_symbols or any(t in value.free_symbols for t in subs):
+                self._line(name, code, kind, shape)
+            else:
+                self.lines.append(f"{name} = {code}  # a constant")
             subs[tmp] = sympy.Symbol(name)
         return self.scalar.doprint(reduced.xreplace(subs))
 
