@@ -63,20 +63,14 @@ def depthwise(kernel: int = 3) -> Depthwise:
 
 
 @dataclass(frozen=True)
-class Lowering:
-    """How a lowered (per-channel) variant maps back to its declared spatial layer.
+class Lowering(Depthwise):
+    """How a lowered (per-channel) variant maps back to its declared spatial layer: its
+    :class:`Depthwise` structure, plus ``channels``, the declared channel dimension (the key
+    dimension, e.g. ``"d"``), and ``shapes``, the declared storage of every depthwise weight,
+    ``(k², channels)``."""
 
-    ``channels`` names the declared channel dimension (the key dimension, e.g. ``"d"``) and
-    ``shapes`` the declared storage of every depthwise weight, ``(k², channels)``.
-    """
-
-    kernel: int
     channels: str
     shapes: dict
-
-    @property
-    def taps(self) -> int:
-        return self.kernel * self.kernel
 
 
 def depthwise_conv(x: Mat, w: Mat) -> Mat:
@@ -133,7 +127,7 @@ def check_channel_separable(name: str, loss) -> None:
         )
 
 
-def check_spatial(name: str, fast: dict, update, orthogonalize, schedule) -> Depthwise | None:
+def check_spatial(name: str, fast: dict, update: tuple, orthogonalize, schedule) -> Depthwise | None:
     """The declaration's :class:`Depthwise` structure (None for a dense variant); raises when
     depthwise and dense weights are mixed, kernels differ, or the rule couples channels."""
     kinds = {n: s for n, s in fast.items() if isinstance(s, Depthwise)}
@@ -146,7 +140,6 @@ def check_spatial(name: str, fast: dict, update, orthogonalize, schedule) -> Dep
             f"{', '.join(kinds)} depthwise; a depthwise layer keeps channels independent, so every fast weight "
             "must be depthwise(k)"
         )
-    update = (update,) if isinstance(update, str) else tuple(update)
     slow = [n for n in kinds if n not in update]
     if slow:
         raise DeclarationError(

@@ -376,10 +376,10 @@ def variant(
     def decorate(model: Callable) -> Variant:
         vname = name or model.__name__
         sched = schedule or chunked("apply_then_update", 64)
-        spatial = check_spatial(vname, fast, update, orthogonalize, sched) if isinstance(fast, Mapping) else None
+        upd = (update,) if isinstance(update, str) else tuple(update)
+        spatial = check_spatial(vname, fast, upd, orthogonalize, sched) if isinstance(fast, Mapping) else None
         declared = {n: (s.taps, key_dim) for n, s in fast.items()} if spatial else fast  # stored [k², channels]
         fast_ = _check_fast(vname, declared)
-        upd = (update,) if isinstance(update, str) else tuple(update)
         if not upd:
             raise DeclarationError(f"variant {vname!r}: update must name at least one fast weight")
         unknown = [u for u in upd if u not in fast_]
