@@ -231,7 +231,7 @@ def _size(expr) -> int:
 
 def _model(form: LinearAttentionForm, dims) -> PrintedFunction | None:
     """The whole model f(x; θ), for headed and gated forms (None when f = φ(x)·W)."""
-    if form.head is None:
+    if form.is_linear:
         return None
     trace = form.variant.trace()
     symbols = {trace.x: ("x", ROW), **{w: (n, WEIGHT) for n, w in trace.weights.items()}}
@@ -286,8 +286,8 @@ def build_context(form: LinearAttentionForm) -> ModuleContext:
     delta = form.classification.parallel_form == "delta_chunk"
     token_clip = variant.clip is not None and token_steps  # a clip per token step does not batch over a chunk
     read_state = form.classification.values == "state_dependent"  # parallel as one step, values read S_0
-    template_ok = template_ok and form.head is None and not token_clip and not read_state and not variant.lr.position
-    if form.parallel and form.head is not None:
+    template_ok = template_ok and form.is_linear and not token_clip and not read_state and not variant.lr.position
+    if form.parallel and not form.is_linear:
         fallback = (f"its {form.classification.structure} form (f = {to_text(form.head)}) has no parallel "
                     "template yet (the chunk template covers f = φ(x)·W); its chunk form is the scan over its steps")
     elif form.parallel and read_state:

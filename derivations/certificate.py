@@ -462,7 +462,7 @@ def _certify_layers(form) -> Certificate:
 
 def certify(form) -> Certificate:
     """Certify ``form`` against the literal inner loop, exactly (see the module docstring)."""
-    if getattr(form, "head", None) is not None:
+    if not form.is_linear:
         return _certify_layers(form)
     start = time.perf_counter()
     s = _Setup(form)

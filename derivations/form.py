@@ -173,6 +173,12 @@ class LinearAttentionForm:
     layers: tuple = ()
 
     @property
+    def is_linear(self) -> bool:
+        """True iff the model is one bias-free linear layer read directly, f(x) = φ(x)·W
+        (the identity head): the read is o = q̂ S, not head(q̂ S + b; x)."""
+        return self.head is None
+
+    @property
     def reducible(self) -> bool:
         return self.classification.reducible
 
