@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The GPU check, one script for a lent NVIDIA machine (the device tool), under 8 minutes:
+#   1. the GPU tests (tests/test_gpu.py: every Triton form in fp32/fp16/bf16, forward and backward,
+#      against the fp64 oracle, up to T = 32768);
+#   2. benchmarks/run_gpu.py: lact_v2 and lact_v6 at the paper's shape and linear_attention beside
+#      flash-linear-attention, in one run (ratios measured in that run).
+# The device machine has no network: first, on this machine,
+#   pip download --no-deps -d .gpu_wheels flash-linear-attention latex2mathml
+# then run with the device tool:  bash benchmarks/gpu_check.sh   (carry: .gpu_wheels)
+# Results go to $OUT (the device tool's output folder) or benchmarks/results.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-benchmarks/results}"
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD"
+if compgen -G ".gpu_wheels/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-deps .gpu_wheels/*.whl 2>&1 | grep -v "^WARNING" || true
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu-machine.txt"
+start=$(date +%s)
+timeout "${GPU_TEST_SECONDS:-210}" python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 \
+    | tail -25 | tee "$OUT/gpu-tests.txt"
+echo "tests: $(( $(date +%s) - start )) s"
+timeout "${GPU_BENCH_SECONDS:-240}" python3 benchmarks/run_gpu.py --out "$OUT" --only lact linear \
+    --variants lact_v2 lact_v6 2>&1 | tail -60 | tee "$OUT/gpu-bench.txt"
+echo "total: $(( $(date +%s) - start )) s"
