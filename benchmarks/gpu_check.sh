@@ -5,7 +5,7 @@
 #   2. benchmarks/run_gpu.py: lact_v2 and lact_v6 at the paper's shape and linear_attention beside
 #      flash-linear-attention, in one run (ratios measured in that run).
 # The device machine has no network: first, on this machine,
-#   pip download --no-deps -d .gpu_wheels flash-linear-attention latex2mathml
+#   pip download --no-deps -d .gpu_wheels flash-linear-attention fla-core latex2mathml
 # then run with the device tool:  bash benchmarks/gpu_check.sh   (carry: .gpu_wheels)
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
