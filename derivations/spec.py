@@ -141,8 +141,11 @@ def newton_schulz(steps: int = 5, coefficients="lact") -> Orthogonalize:
     its first ``steps`` entries), ``"fixed"`` ((3.4445, −4.7750, 2.0315) at every step), or an
     explicit sequence of ``steps`` triples (a, b, c).
     """
-    if not isinstance(steps, int) or steps < 0:
-        raise DeclarationError(f"newton_schulz(steps={steps!r}): expected an integer >= 0")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise DeclarationError(
+            f"newton_schulz(steps={steps!r}): expected an integer >= 1 (zero steps would still divide every "
+            "increment by its Frobenius norm, which is not 'no orthogonalisation': declare orthogonalize=None)"
+        )
     if coefficients == "lact":
         if steps > len(LACT_NS5):
             raise DeclarationError(

@@ -112,6 +112,10 @@ class TestDeclarationErrors:
             newton_schulz(steps=6)
         with pytest.raises(DeclarationError, match=r"expected 2 \(a, b, c\) triples"):
             newton_schulz(steps=2, coefficients=[(1, 2, 3)])
+        # zero steps would still divide by the Frobenius norm: refused, not silently dropped (issue 13)
+        for steps in (0, -1, True, 2.0):
+            with pytest.raises(DeclarationError, match=r"expected an integer >= 1"):
+                newton_schulz(steps=steps)
 
     def test_unknown_order(self):
         with pytest.raises(DeclarationError, match=r"unknown schedule order 'sideways'"):
