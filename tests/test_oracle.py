@@ -1,14 +1,18 @@
 """The direct-TTT oracle against closed forms written independently here (fp64, 1e-12),
 gradient flow to every input, and argument errors."""
 
+import ast
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
 
 from derivations import chunked, constant, dot, momentum, per_token, token_level, variant
 from derivations.catalog import CATALOG
-from verify import make_case, run_direct
+from derivations.spec import newton_schulz as ns_rule
+from tttla_kernels import runtime
+from verify import make_case, newton_schulz, run_direct
 
 TOL = dict(rtol=1e-12, atol=1e-12)
 
@@ -117,6 +121,36 @@ def test_delta_rule_is_the_explicit_recurrence(T):
         expected[:, t] = (q @ S)[..., 0, :]
     torch.testing.assert_close(o, expected, **TOL)
     torch.testing.assert_close(final["W"], S, **TOL)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (5, 3), (4, 4), (2, 3, 1, 6), (2, 7, 2)])
+@pytest.mark.parametrize("rule", [ns_rule(5, "lact"), ns_rule(3, "fixed"), ns_rule(0)])
+def test_newton_schulz_is_the_per_matrix_definition(shape, rule):
+    """The oracle's batched 𝓜 (wide, tall and square matrices, K = 0 included) against ``muon``, and the
+    generated forms' runtime 𝓜 agreeing with it to rounding."""
+    X = torch.randn(*shape, generator=_gen(sum(shape)), dtype=torch.float64)
+    got = newton_schulz(X, rule)
+    torch.testing.assert_close(got, muon(X, rule.coefficients, rule.eps), **TOL)
+    torch.testing.assert_close(runtime.newton_schulz(X, rule.coefficients, rule.eps), got, **TOL)
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    return names | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+
+def test_the_oracle_imports_nothing_it_checks():
+    """verify/oracle.py and the verify modules it reads import nothing from tttla_kernels."""
+    root = Path(__file__).resolve().parents[1]
+    todo, seen = ["verify.oracle"], set()
+    while todo:
+        module = todo.pop()
+        seen.add(module)
+        imports = _imported_modules(root / (module.replace(".", "/") + ".py"))
+        assert not [m for m in imports if m.split(".")[0] == "tttla_kernels"], f"{module} imports tttla_kernels"
+        todo += [m for m in imports if m.startswith("verify.") and m not in seen]
+    assert {"verify.checks", "verify.signature"} <= seen
 
 
 def test_lact_v5_is_lact_v6_with_muon_on_each_chunk_update():
@@ -296,6 +330,13 @@ class TestArgumentErrors:
         with pytest.raises(ValueError, match=r"steps once per token; chunk_size must be 1, got 2"):
             run_direct(v, **dict(case.kwargs(), chunk_size=2))
 
+    def test_weights_missing_and_extra(self):
+        W = dict(self.case.initial_weights)
+        with pytest.raises(ValueError, match=r"initial_weights: missing fast weight\(s\) \['W1'\]"):
+            self.call(initial_weights={n: w for n, w in W.items() if n != "W1"})
+        with pytest.raises(ValueError, match=r"initial_weights: \['U'\] are not fast weights"):
+            self.call(initial_weights=dict(W, U=W["W1"]))
+
     def test_constant_lr_rejects_lr(self):
         v = CATALOG["lact_v6"]
         case = make_case(v, seq_len=4, chunk_size=2)
@@ -310,3 +351,36 @@ def test_constant_lr_scales_values():
     torch.testing.assert_close(
         run_direct(lin, **case.kwargs())[0], run_direct(base, **dict(case.kwargs(), v=0.25 * case.v))[0], **TOL
     )
+
+
+def _bad_call(name, **kw):
+    """A call of catalog variant ``name`` on a small case, with ``kw`` replacing its arguments."""
+    case = make_case(CATALOG[name], batch=2, seq_len=6, heads=2, sizes={"d": 4, "h": 3},
+                     chunk_size=None if CATALOG[name].schedule.fixed else 3)
+    return run_direct(CATALOG[name], **{**case.kwargs(), **{k: f(case) for k, f in kw.items()}})
+
+
+@pytest.mark.parametrize("name, argument, bad, match", [
+    ("lact_v2", "q", lambda c: c.q.int(), r"q must be a floating-point tensor, got torch.int32"),
+    ("lact_v2", "k", lambda c: c.k.to("meta"), r"k must be on the device of q \(cpu\), got meta"),
+    ("lact_v2", "v", lambda c: c.v[:, :5], r"v must have shape \[B, T, H, Dv\] with \[B, T, H\] = \[2, 6, 2\]"),
+    ("lact_v2", "lr", lambda c: c.lr.int(), r"lr must be a floating-point tensor, got torch.int32"),
+    ("lact_v2", "lr", lambda c: c.lr.tolist(),
+     r"lr must be a torch.Tensor of shape \[B, T, H\] = \[2, 6, 2\], got list"),
+    ("lact", "lr", lambda c: {n: t for n, t in c.lr.items() if n != "W2"}, r"lr: missing \['W2'\] \(a dict needs one"),
+    ("lact", "lr", lambda c: dict(c.lr, W0=c.lr["W0"][:, :2]), r"lr\['W0'\] must have shape \[B, T, H\] = \[2, 6, 2\]"),
+    ("lact_v2", "momentum", lambda c: c.momentum.to("meta"), r"momentum must be on the device of q \(cpu\), got meta"),
+    ("lact_v6", "momentum", lambda c: c.q[..., 0], r"variant 'lact_v6' has no momentum; do not pass momentum"),
+    ("titans", "log_decay", lambda c: c.log_decay[0],
+     r"log_decay must have shape \[B, T, H\] = \[2, 6, 2\], got \[6, 2\]"),
+    ("titans", "log_decay", lambda c: None, r"variant 'titans' decays its state: pass log_decay"),
+    ("ttt_linear", "lr_position", lambda c: [1.0] * 3,
+     r"lr_position must be a torch.Tensor of shape \[L\] = \[3\] \(one factor per mini-batch position\), got list"),
+    ("vittt_dwconv", "grid", lambda c: (3, 3), r"grid \(3, 3\) holds h·w = 9 tokens, but q has T = 6"),
+    ("vittt_dwconv", "grid", lambda c: (2, -3), r"grid must be a pair \(h, w\) of integers >= 1, got \(2, -3\)"),
+    ("lact_v2", "initial_weights", lambda c: dict(c.initial_weights, W0=c.initial_weights["W0"].int()),
+     r"initial_weights\['W0'\] must be a floating-point tensor, got torch.int32"),
+])
+def test_errors_name_the_argument(name, argument, bad, match):
+    with pytest.raises(ValueError, match=match):
+        _bad_call(name, **{argument: bad})

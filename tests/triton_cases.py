@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from verify.forms import form_kwargs
+from verify.forms import cast_case, form_kwargs
 from verify.inputs import make_case
 from verify.oracle import run_direct
 from verify.tolerances import relative_error
@@ -32,13 +32,9 @@ def inputs(variant, T, d, chunk, batch=2, heads=2, seed=0, h=None):
 
 def run_form(variant, fn, case, dtype, chunk, device=DEVICE):
     """(o, final, {leaf name: grad}) of one form on a copy of ``case`` in ``dtype`` on ``device``."""
-    leaves = {n: t.detach().to(device, dtype).requires_grad_() for n, t in case.leaves().items()}
-    cast = type(case)(
-        q=leaves["q"], k=leaves["k"], v=leaves["v"],
-        initial_weights={n: leaves[f"W[{n}]"] for n in case.initial_weights},
-        lr=leaves.get("lr"), momentum=leaves.get("momentum"), chunk_size=chunk, sizes=case.sizes,
-        log_decay=leaves.get("log_decay"), grid=case.grid, lr_position=leaves.get("lr_position"),
-    )
+    cast = cast_case(case, dtype, device=device)
+    cast.chunk_size = chunk
+    leaves = cast.leaves()
     if fn is None:
         if variant.schedule.fixed:
             cast.chunk_size = None  # the oracle steps as the schedule says

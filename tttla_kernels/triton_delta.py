@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tttla_kernels.triton_runtime import _check_device, _new_output
+from tttla_kernels.triton_runtime import check_device, new_output
 
 __all__ = ["delta_scan"]
 
@@ -120,9 +120,9 @@ def _sizes(U: torch.Tensor, W: torch.Tensor) -> tuple[int, int, int, int, int]:
 def _delta_scan(U: torch.Tensor, W: torch.Tensor, Q: torch.Tensor, P: torch.Tensor, K: torch.Tensor,
                 g: torch.Tensor, S0: torch.Tensor, has_decay: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     BH, N, L, DK, DV = _sizes(U, W)
-    O = _new_output((BH, N, L, DV), U)
-    states = _new_output((BH, N, DK, DV), U)
-    final = _new_output((BH, DK, DV), U)
+    O = new_output((BH, N, L, DV), U)
+    states = new_output((BH, N, DK, DV), U)
+    final = new_output((BH, DK, DV), U)
     delta_scan_fwd_kernel[(BH,)](U, W, Q, P, K, g, S0, O, states, final, N, L, DK, DV,
                                  HAS_DECAY=has_decay, BL=_block(L), BK=_block(DK), BV=_block(DV))
     return O, states, final
@@ -139,9 +139,9 @@ def _delta_scan_backward(U: torch.Tensor, W: torch.Tensor, Q: torch.Tensor, P: t
                          g: torch.Tensor, states: torch.Tensor, dO: torch.Tensor, dfinal: torch.Tensor,
                          has_decay: bool) -> list[torch.Tensor]:
     BH, N, L, DK, DV = _sizes(U, W)
-    grads = [_new_output(t.shape, t) for t in (U, W, Q, P, K)]
+    grads = [new_output(t.shape, t) for t in (U, W, Q, P, K)]
     dg = torch.zeros_like(g)  # written only with a decay
-    dS0 = _new_output((BH, DK, DV), U)
+    dS0 = new_output((BH, DK, DV), U)
     delta_scan_bwd_kernel[(BH,)](U, W, Q, P, K, g, states, dO, dfinal, *grads, dg, dS0, N, L, DK, DV,
                                  HAS_DECAY=has_decay, BL=_block(L), BK=_block(DK), BV=_block(DV))
     return [*grads, dg, dS0]
@@ -176,7 +176,7 @@ def delta_scan(U, W, Q, P, K, decay, S0) -> tuple[torch.Tensor, torch.Tensor]:
     U ``[B, H, N, L, DV]``; W, Q, K ``[B, H, N, L, DK]``; P ``[B, H, N, L, L]``; decay ``[B, H, N]``
     or None; S0 ``[B, H, DK, DV]``. Every tensor in S0's dtype (fp32 or fp64) on one device.
     """
-    _check_device(S0)
+    check_device(S0)
     B, H, N, L, DV = U.shape
     DK = W.shape[-1]
     dtype = S0.dtype

@@ -33,7 +33,7 @@ import triton.testing
 
 from tttla_kernels.runtime import state_dtype
 
-__all__ = ["MASK_NONE", "MASK_CAUSAL", "MASK_ANTICAUSAL", "chunk_outer", "chunk_read"]
+__all__ = ["MASK_NONE", "MASK_CAUSAL", "MASK_ANTICAUSAL", "chunk_outer", "chunk_read", "check_device", "new_output"]
 
 # Masks of the intra-chunk term of chunk_read: which tokens s of t's chunk it reads.
 MASK_NONE, MASK_CAUSAL, MASK_ANTICAUSAL = 0, 1, 2  # none; s ≤ t; s ≥ t (the transpose of causal)
@@ -43,7 +43,8 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _check_device(t: torch.Tensor) -> None:
+def check_device(t: torch.Tensor) -> None:
+    """A Triton kernel's tensor must be on the GPU, or on the CPU under Triton's interpreter."""
     if t.device.type == "cpu" and not _interpreting():
         raise RuntimeError(
             "the Triton form runs on a GPU, or on the CPU in Triton's interpreter: set TRITON_INTERPRET=1 "
@@ -125,7 +126,7 @@ def tuned_configs() -> dict[tuple, dict]:
     return dict(_TUNED)
 
 
-def _new_output(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+def new_output(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A fresh output buffer on ``like``'s device (in ``dtype``, default ``like``'s); filled with
     NaN when TTTLA_NAN_FILL=1 so an element a kernel forgets to write cannot pass a test."""
     dtype = like.dtype if dtype is None else dtype
@@ -249,14 +250,14 @@ def _merged_stride(S: torch.Tensor) -> int | None:
 def _launch_outer(a: torch.Tensor, b: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """Σ_{t ∈ n} a_tᵀ b_t per chunk: a ``[B, H, T, Da]``, b ``[B, H, T, Db]`` (one dtype) →
     ``[B, H, N, Da, Db]`` in the accumulator dtype (fp32, fp64 for fp64 operands)."""
-    _check_device(a)
+    check_device(a)
     if a.dtype != b.dtype:
         raise ValueError(f"chunk_outer: a and b must share a dtype, got {a.dtype} and {b.dtype}")
     a, b = a.contiguous(), b.contiguous()
     B, H, T, DA = a.shape
     DB = b.shape[-1]
     N = triton.cdiv(T, chunk_size)
-    out = _new_output((B, H, N, DA, DB), a, state_dtype(a))  # the accumulator dtype
+    out = new_output((B, H, N, DA, DB), a, state_dtype(a))  # the accumulator dtype
 
     def grid(cfg):
         return (triton.cdiv(DA, cfg["BA"]), triton.cdiv(DB, cfg["BB"]), N * B * H)
@@ -275,13 +276,13 @@ def _launch_read(q, k, v, S, chunk_size: int, mask: int, value_dim: int) -> torc
     """o_t = q_t S_{c(t)} + Σ_{s ∈ c(t), mask} (q_t · k_s) v_s: q ``[B, H, T, Dk]``, k ``[B, H, T, Dk]``
     or None, v ``[B, H, T, Dv]`` or None (q's dtype), S ``[B, H, N, Dk, Dv]`` (any strides) or None
     → ``[B, H, T, Dv]`` in q's dtype."""
-    _check_device(q)
+    check_device(q)
     q = q.contiguous()
     B, H, T, DK = q.shape
     N = triton.cdiv(T, chunk_size)
     k = q if k is None else k.contiguous()
     v = q if v is None else v.contiguous()
-    o = _new_output((B, H, T, value_dim), q)
+    o = new_output((B, H, T, value_dim), q)
     has_state = S is not None
     strides = (0, 0, 0, 0)
     if not has_state:

@@ -1,8 +1,8 @@
 """Generated forms of a variant, and calling them on a :class:`~verify.inputs.Case`.
 
-Every generated form has the signature ``fn(q, k, v, *, grid=, <static weights>, lr=, momentum=,
-log_decay=, lr_position=, initial_state=, output_final_state=, chunk_size=)`` (each keyword only where the
-variant has it) (see ``tttla_kernels/<variant>/``);
+Every generated form takes ``fn(q, k, v, *, <static weights>, <optional inputs>, initial_state=,
+output_final_state=, chunk_size=)``, the optional inputs (lr, momentum, log_decay, grid, lr_position: see
+:mod:`verify.signature`) and ``chunk_size`` only where the variant takes them (see ``tttla_kernels/<variant>/``);
 :func:`form_kwargs` turns a case into those keyword arguments and :func:`call_form`
 returns ``(o, final)`` with the final state always a dict (updated weight → tensor).
 """
@@ -20,6 +20,7 @@ import torch
 from derivations.catalog import CATALOG
 from derivations.variant import Variant
 from verify.inputs import Case
+from verify.signature import map_tensors
 
 __all__ = ["form_kwargs", "call_form", "generated_forms", "cast_case", "usable_forms", "on_gpu"]
 
@@ -32,17 +33,8 @@ def form_kwargs(variant: Variant, case: Case, output_final_state: bool = True) -
     schedule is not fixed.
     """
     kwargs = {n: case.initial_weights[n] for n in variant.static}
+    kwargs.update(case.optional)
     updated = {n: case.initial_weights[n] for n in variant.update}
-    if case.lr is not None:
-        kwargs["lr"] = case.lr
-    if case.momentum is not None:
-        kwargs["momentum"] = case.momentum
-    if case.log_decay is not None:
-        kwargs["log_decay"] = case.log_decay
-    if case.grid is not None:
-        kwargs["grid"] = case.grid
-    if case.lr_position is not None:
-        kwargs["lr_position"] = case.lr_position
     kwargs["initial_state"] = updated if len(updated) > 1 else next(iter(updated.values()))
     kwargs["output_final_state"] = output_final_state
     if not variant.schedule.fixed:
@@ -72,21 +64,14 @@ def cast_case(case: Case, dtype: torch.dtype, requires_grad: bool = True, device
     def leaf(t):
         return t.detach().to(device or t.device, dtype).requires_grad_(requires_grad)
 
-    lr = {n: leaf(t) for n, t in case.lr.items()} if isinstance(case.lr, dict) else None
-    if lr is None and case.lr is not None:
-        lr = leaf(case.lr)
     return Case(
         q=leaf(case.q),
         k=leaf(case.k),
         v=leaf(case.v),
         initial_weights={n: leaf(w) for n, w in case.initial_weights.items()},
-        lr=lr,
-        momentum=None if case.momentum is None else leaf(case.momentum),
         chunk_size=case.chunk_size,
         sizes=dict(case.sizes),
-        log_decay=None if case.log_decay is None else leaf(case.log_decay),
-        grid=case.grid,
-        lr_position=None if case.lr_position is None else leaf(case.lr_position),
+        optional=map_tensors(case.optional, leaf),
     )
 
 

@@ -1,14 +1,14 @@
 """Fuzz campaigns: every generated form against the fp64 oracle on random cases.
 
 Case ``i`` of a campaign started with ``seed`` uses the case seed ``seed + i``; everything
-about it (shapes, chunk size, learning-rate and momentum ranges, tensors, the outer loss)
+about it (shapes, chunk size, the ranges of the optional inputs, tensors, the outer loss)
 follows from that number alone, so ``--seed S --cases 1`` reproduces case seed S. A case
 whose oracle is not finite (a learning rate that makes the recurrence blow up) is redrawn
 from the same seed, deterministically, rather than loosening a tolerance.
 
 Per case the oracle runs once in fp64 with ``create_graph``; the outer loss is
 ``Σ o·R + Σ_u Σ final_u·R_u`` with random R, and its gradients with respect to every input
-(q, k, v, learning rates, momentum, every initial fast weight) are compared per tensor.
+(q, k, v, every initial fast weight, every differentiable optional input) are compared per tensor.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from derivations.variant import Variant
 from verify.forms import call_form, cast_case
 from verify.inputs import Case, make_case
 from verify.oracle import run_direct
+from verify.signature import FUZZED_RANGES, OPTIONAL_INPUTS
 from verify.tolerances import (
     PLAIN_DTYPE,
     conditioned,
@@ -35,8 +36,6 @@ from verify.tolerances import (
 __all__ = ["CaseSpec", "sample_spec", "build_case", "Reference", "reference", "draw", "check_form", "FormResult",
            "Campaign", "run_campaign"]
 
-LR_RANGES = [(0.0, 1.0), (-2.0, 4.0), (0.0, 0.1), (1.0, 4.0)]
-MOMENTUM_RANGES = [(0.0, 1.0), (0.0, 0.05), (0.95, 1.0)]
 MAX_ATTEMPTS = 32
 
 
@@ -50,8 +49,8 @@ class CaseSpec:
     heads: int
     sizes: dict = field(hash=False)
     chunk_size: int | None
-    lr_range: tuple
-    momentum_range: tuple
+    #: ``make_case``'s range keyword → (lo, hi), one per :data:`~verify.signature.FUZZED_RANGES`
+    ranges: dict = field(hash=False)
     attempt: int = 0
     #: the token grid (h, w) of a spatial variant, h·w = seq_len; else None
     grid: tuple | None = None
@@ -62,10 +61,10 @@ class CaseSpec:
             parts.append(f"grid={self.grid[0]}×{self.grid[1]}")
         parts += [f"{d}={n}" for d, n in self.sizes.items()]
         parts.append(f"chunk={self.chunk_size}")
-        if variant is None or variant.lr.kind == "per_token":
-            parts.append(f"lr~U[{self.lr_range[0]:g},{self.lr_range[1]:g}]")
-        if variant is None or variant.momentum is not None:
-            parts.append(f"momentum~U[{self.momentum_range[0]:g},{self.momentum_range[1]:g}]")
+        used = {i.range.keyword for i in OPTIONAL_INPUTS if i.range and (variant is None or i.takes(variant))}
+        for keyword, (lo, hi) in self.ranges.items():
+            if keyword in used:
+                parts.append(f"{keyword.removesuffix('_range')}~U[{lo:g},{hi:g}]")
         if self.attempt:
             parts.append(f"redraw {self.attempt}")
         return " ".join(parts)
@@ -113,8 +112,7 @@ def sample_spec(variant: Variant, seed: int, attempt: int = 0, **overrides) -> C
         heads=rng.randint(1, 3),
         sizes=sizes,
         chunk_size=chunk,
-        lr_range=rng.choice(LR_RANGES),
-        momentum_range=rng.choice(MOMENTUM_RANGES),
+        ranges={r.keyword: rng.choice(r.fuzzed) for r in FUZZED_RANGES},
         attempt=attempt,
     )
     spec = replace(spec, **overrides)
@@ -139,9 +137,8 @@ def build_case(variant: Variant, spec: CaseSpec) -> tuple[Case, torch.Generator]
         dtype=torch.float64,
         generator=g,
         requires_grad=True,
-        lr_range=spec.lr_range,
-        momentum_range=spec.momentum_range,
         grid=spec.grid,
+        **spec.ranges,
     )
     return case, g
 

@@ -1,4 +1,4 @@
-"""Random inputs for a variant: q, k, v, learning rates, momentum, decay and initial fast weights."""
+"""Random inputs for a variant: q, k, v, initial fast weights and the optional inputs it takes."""
 
 from __future__ import annotations
 
@@ -7,69 +7,55 @@ from dataclasses import dataclass, field
 import torch
 
 from derivations.variant import Variant
+from verify.signature import INPUT_NAMES, check_given, draw_inputs, grid_for, input_leaves, resolve_ranges
 
 __all__ = ["Case", "make_case", "default_sizes", "grid_for"]
 
 
 @dataclass
 class Case:
-    """One set of layer inputs, ready for ``run_direct(variant, **case.kwargs())``."""
+    """One set of layer inputs, ready for ``run_direct(variant, **case.kwargs())``.
+
+    ``optional`` holds the variant's optional inputs by name (see :mod:`verify.signature`); each
+    is also an attribute, ``case.lr``, ``case.grid``, … (None where the variant takes none).
+    """
 
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
     initial_weights: dict
-    lr: torch.Tensor | dict | None = None
-    momentum: torch.Tensor | None = None
     chunk_size: int | None = None
     sizes: dict = field(default_factory=dict)
-    #: g = log γ ``[B, T, H]`` for variants with a decay, else None
-    log_decay: torch.Tensor | None = None
-    #: the token grid ``(h, w)`` of a spatial (depthwise) variant, h·w = T; else None
-    grid: tuple[int, int] | None = None
-    #: a ``[L]`` of a ``per_token(position=True)`` learning rate, else None
-    lr_position: torch.Tensor | None = None
+    optional: dict = field(default_factory=dict)
+
+    def __getattr__(self, name: str):
+        if name in INPUT_NAMES:
+            return self.__dict__.get("optional", {}).get(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value) -> None:
+        if name not in INPUT_NAMES:
+            super().__setattr__(name, value)
+        elif value is None:
+            self.optional.pop(name, None)
+        else:
+            self.optional[name] = value
 
     def kwargs(self) -> dict:
-        return dict(
-            grid=self.grid,
-            lr_position=self.lr_position,
-            q=self.q,
-            k=self.k,
-            v=self.v,
-            initial_weights=self.initial_weights,
-            lr=self.lr,
-            momentum=self.momentum,
-            chunk_size=self.chunk_size,
-            log_decay=self.log_decay,
-        )
+        return dict(q=self.q, k=self.k, v=self.v, initial_weights=self.initial_weights, chunk_size=self.chunk_size,
+                    **self.optional)
 
     def leaves(self) -> dict[str, torch.Tensor]:
         """Every input tensor, by name (for gradient checks)."""
         out = {"q": self.q, "k": self.k, "v": self.v}
         out.update({f"W[{n}]": w for n, w in self.initial_weights.items()})
-        if isinstance(self.lr, dict):
-            out.update({f"lr[{n}]": t for n, t in self.lr.items()})
-        elif self.lr is not None:
-            out["lr"] = self.lr
-        if self.momentum is not None:
-            out["momentum"] = self.momentum
-        if self.log_decay is not None:
-            out["log_decay"] = self.log_decay
-        if self.lr_position is not None:
-            out["lr_position"] = self.lr_position
+        out.update(input_leaves(self.optional))
         return out
 
 
 def default_sizes(variant: Variant, dim: int) -> dict[str, int]:
     """Every named dimension of the variant set to ``dim``."""
     return {d: dim for d in (*variant.dims, variant.value_dim) if d.isidentifier()}
-
-
-def grid_for(T: int) -> tuple[int, int]:
-    """The squarest grid ``(h, w)`` with h·w = T and h ≤ w (``(1, T)`` for a prime T)."""
-    h = max(n for n in range(1, int(T**0.5) + 1) if T % n == 0)
-    return h, T // h
 
 
 def make_case(
@@ -84,22 +70,20 @@ def make_case(
     device: str | torch.device = "cpu",
     generator: torch.Generator | None = None,
     requires_grad: bool = False,
-    lr_range: tuple[float, float] = (0.0, 1.0),
-    momentum_range: tuple[float, float] = (0.0, 1.0),
     normalize_qk: bool = True,
-    decay_range: tuple[float, float] = (0.5, 1.0),
     grid: tuple[int, int] | None = None,
+    **ranges: tuple[float, float],
 ) -> Case:
     """Random inputs for one call of ``variant``.
 
-    q and k rows are L2-normalised (as in LaCT) unless ``normalize_qk`` is False; v is
-    standard normal; fast weights are N(0, 1/rows); learning rates, momentum coefficients and
-    a rank-1 learning rate's position factors are uniform in the given ranges; for a variant with
-    a decay, γ is uniform in ``decay_range`` (within (0, 1]) and the case holds ``log_decay`` = log γ; a spatial variant
-    gets ``grid`` (default :func:`grid_for` T).
+    q and k rows are L2-normalised (as in LaCT) unless ``normalize_qk`` is False; v is standard
+    normal; fast weights are N(0, 1/rows); the optional inputs the variant takes are drawn as
+    :data:`~verify.signature.OPTIONAL_INPUTS` says, from ``ranges``: ``lr_range`` (learning rates
+    and a rank-1 learning rate's position factors), ``momentum_range`` (coefficients α), both
+    (0, 1) by default, and ``decay_range`` (γ, within (0, 1], default (0.5, 1); the case holds
+    ``log_decay`` = log γ). A spatial variant gets ``grid`` (default :func:`grid_for` T).
     """
-    if not 0.0 < decay_range[0] <= decay_range[1] <= 1.0:
-        raise ValueError(f"decay_range must lie within (0, 1], got {decay_range}")
+    ranges = resolve_ranges(ranges)
     sizes = sizes or default_sizes(variant, 8)
     g = generator or torch.Generator().manual_seed(0)
     B, T, H = batch, seq_len, heads
@@ -119,21 +103,10 @@ def make_case(
     for name in variant.fast:
         r, c = variant.shape_of(name, sizes)
         weights[name] = randn(B, H, r, c) / r**0.5
-    lr = None
-    if variant.lr.kind == "per_token":
-        lr = {u: uniform(*lr_range, B, T, H) for u in variant.update}
-        if len(variant.update) == 1:
-            lr = lr[variant.update[0]]
-    mom = uniform(*momentum_range, B, T, H) if variant.momentum else None
-    log_decay = uniform(*decay_range, B, T, H).log() if variant.decay else None
-    if variant.spatial is not None:
-        grid = tuple(grid) if grid is not None else grid_for(T)
-    elif grid is not None:
-        raise ValueError(f"variant {variant.name!r} has no spatial structure; do not pass grid")
-    position = None
-    if variant.lr.position:  # a_i per mini-batch position, in the learning-rate range
-        position = uniform(*lr_range, chunk_size or variant.schedule.chunk_size)
-    case = Case(q, k, v, weights, lr, mom, chunk_size, dict(sizes), log_decay, grid, position)
+    dims = {"B": B, "T": T, "H": H, "Dk": Dk, "Dv": Dv, "L": chunk_size or variant.schedule.chunk_size}
+    given = {"grid": tuple(grid)} if grid is not None else {}
+    check_given(variant, given, dims, q.device)
+    case = Case(q, k, v, weights, chunk_size, dict(sizes), draw_inputs(variant, dims, uniform, ranges, given))
     if requires_grad:
         for t in case.leaves().values():
             t.requires_grad_(True)

@@ -19,23 +19,24 @@ from derivations.loading import load_variant
 from derivations.mat import Mat
 from derivations.spec import Orthogonalize
 from derivations.variant import Variant
-from tttla_kernels import runtime
-from tttla_kernels.runtime import (
-    check_chunk_size,
-    check_grid,
-    check_per_token,
-    check_position,
-    check_qkv,
-    check_state,
-)
+from verify.checks import check_chunk_size, check_qkv, check_tensor
+from verify.signature import check_given
 
 __all__ = ["run_direct", "newton_schulz"]
 
 
 def newton_schulz(X: torch.Tensor, ortho: Orthogonalize) -> torch.Tensor:
-    """Muon's 𝓜 on a batch of matrices ``[..., m, n]``, in X's dtype (the runtime's
-    implementation, itself checked against a per-matrix one written out in the tests)."""
-    return runtime.newton_schulz(X, ortho.coefficients, ortho.eps)
+    """Muon's 𝓜 on a batch of matrices ``[..., m, n]``, in X's dtype, as defined: a tall matrix
+    (m > n) is transposed first and back at the end; X ← X / (‖X‖_F + ε); then per step (a, b, c),
+    A = X Xᵀ and X ← a X + (b A + c A²) X."""
+    tall = X.shape[-2] > X.shape[-1]
+    if tall:
+        X = X.mT
+    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + ortho.eps)
+    for a, b, c in ortho.coefficients:
+        A = X @ X.mT
+        X = a * X + (b * A + c * (A @ A)) @ X
+    return X.mT if tall else X
 
 
 def _column_norms(W: torch.Tensor) -> torch.Tensor:
@@ -81,45 +82,9 @@ def _eta_for(variant, lr, B, T, H, dtype, device) -> dict[str, torch.Tensor]:
 
 
 def _check_inputs(variant, q, k, v, initial_weights, lr, momentum, log_decay=None, grid=None):
-    B, T, H, Dk, Dv = check_qkv(q, k, v)
-    if variant.spatial is not None:
-        if grid is None:
-            raise ValueError(
-                f"variant {variant.name!r} convolves the token grid: pass grid=(h, w) with h·w = T = {T}"
-            )
-        check_grid(grid, T)
-    elif grid is not None:
-        raise ValueError(f"variant {variant.name!r} has no spatial structure; do not pass grid")
-    if variant.lr.kind == "per_token":
-        if lr is None:
-            raise ValueError(
-                f"variant {variant.name!r} has a per-token learning rate: "
-                "pass lr ([B, T, H], or a dict with one per updated weight)"
-            )
-        per = lr if isinstance(lr, Mapping) else {u: lr for u in variant.update}
-        missing = [u for u in variant.update if u not in per]
-        if missing:
-            raise ValueError(f"lr: missing learning rates for {missing} (a dict needs one per updated weight)")
-        for u in variant.update:
-            check_per_token(f"lr[{u!r}]" if isinstance(lr, Mapping) else "lr", per[u], q)
-    elif lr is not None:
-        raise ValueError(
-            f"variant {variant.name!r} has a constant learning rate ({variant.lr.value:g}); do not pass lr"
-        )
-    if variant.momentum is not None:
-        if momentum is None:
-            raise ValueError(f"variant {variant.name!r} uses momentum: pass momentum coefficients α of shape [B, T, H]")
-        check_per_token("momentum", momentum, q)
-    elif momentum is not None:
-        raise ValueError(f"variant {variant.name!r} has no momentum; do not pass momentum")
-    if variant.decay is not None:
-        if log_decay is None:
-            raise ValueError(
-                f"variant {variant.name!r} decays its state: pass log_decay g = log γ of shape [B, T, H]"
-            )
-        check_per_token("log_decay", log_decay, q)
-    elif log_decay is not None:
-        raise ValueError(f"variant {variant.name!r} has no decay; do not pass log_decay")
+    """Check every argument of a call but ``lr_position`` and ``chunk_size``; return (B, T, H)."""
+    dims = check_qkv(q, k, v)
+    check_given(variant, {"lr": lr, "momentum": momentum, "log_decay": log_decay, "grid": grid}, dims, q.device)
     missing = [n for n in variant.fast if n not in initial_weights]
     if missing:
         raise ValueError(f"initial_weights: missing fast weight(s) {missing} of variant {variant.name!r}")
@@ -128,24 +93,18 @@ def _check_inputs(variant, q, k, v, initial_weights, lr, momentum, log_decay=Non
         raise ValueError(
             f"initial_weights: {extra} are not fast weights of variant {variant.name!r} ({list(variant.fast)})"
         )
-    sizes = infer_sizes(variant, initial_weights, Dk, Dv)
+    sizes = infer_sizes(variant, initial_weights, dims["Dk"], dims["Dv"])
     for name, w in initial_weights.items():
-        check_state(f"initial_weights[{name!r}]", w, B, H, variant.shape_of(name, sizes), q.device)
-    return B, T, H
+        rows, cols = variant.shape_of(name, sizes)
+        state = {"B": dims["B"], "H": dims["H"], "rows": rows, "cols": cols}
+        check_tensor(f"initial_weights[{name!r}]", w, state, q.device, batchless=True)
+    return dims["B"], dims["T"], dims["H"]
 
 
 def _position_factors(variant: Variant, lr_position, chunk_size: int, q: torch.Tensor):
     """a ``[L]`` of a ``per_token(position=True)`` rule (checked), else None (checked absent)."""
-    if not variant.lr.position:
-        if lr_position is not None:
-            raise ValueError(f"variant {variant.name!r} has no per-position learning rate; do not pass lr_position")
-        return None
-    if lr_position is None:
-        raise ValueError(
-            f"variant {variant.name!r} has a rank-1 learning rate η_ij = a_i η_j: pass lr_position a of shape "
-            f"[L] = [{chunk_size}] (one factor per mini-batch position)"
-        )
-    check_position(lr_position, chunk_size, q)
+    dims = dict(zip(("B", "T", "H", "Dk"), q.shape), L=chunk_size)
+    check_given(variant, {"lr_position": lr_position}, dims, q.device)
     return lr_position
 
 
