@@ -8,7 +8,8 @@ from derivations.derive import derive
 from derivations.errors import DeclarationError, ReductionError, TTTLAError, VariantNotFound
 from derivations.form import LinearAttentionForm
 from derivations.functions import FUNCTIONS, gelu, gelu_tanh, identity, register, relu, rsqrt, sigmoid, silu, tanh
-from derivations.mat import Mat, add_constant, broadcast, dot, layer_norm, row_mean, row_var, sq_norm, sum_all
+from derivations.mat import Mat, add_constant, broadcast, dot, row_mean, row_var, sq_norm, sum_all
+from derivations.normalization import layer_norm
 from derivations.spec import (
     FIXED_NS,
     LACT_NS5,

@@ -29,7 +29,9 @@ import sympy
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement
 
+from derivations.elementwise import scalar_function
 from derivations.errors import ReductionError
+from derivations.function_names import DERIVATIVE_OF, function_name
 
 
 def rationalize(expr):
@@ -39,7 +41,7 @@ def rationalize(expr):
 
 
 __all__ = [
-    "rationalize", "vjp", "grad", "scalar_function", "derivative_function", "tidy", "CONSTANT_NODES", "DERIVATIVE_OF",
+    "rationalize", "vjp", "grad", "scalar_function", "derivative_function", "tidy", "CONSTANT_NODES",
 ]
 
 CONSTANT_NODES = (sympy.OneMatrix, sympy.ZeroMatrix, sympy.Identity, sympy.MatrixBase)
@@ -139,22 +141,6 @@ def _split_scalars(mm):
     return sympy.Mul(*scalars), [a for a in mm.args if isinstance(a, sympy.MatrixExpr)]
 
 
-def scalar_function(fn) -> tuple[sympy.Dummy, sympy.Expr]:
-    """``(d, body)`` with ``body`` the scalar function applied to the dummy ``d``.
-
-    ``fn`` is what ``ElementwiseApplyFunction`` stores: a SymPy ``Lambda`` (possibly
-    wrapping one of our function classes) or a function class itself.
-    """
-    if isinstance(fn, sympy.Lambda):
-        (d,) = fn.variables
-        return d, fn.expr
-    d = sympy.Dummy("d")
-    return d, fn(d)
-
-
-#: derivative Lambdas built by :func:`derivative_function` → the name of the function they
-#: differentiate (for printing ``silu'(·)``)
-DERIVATIVE_OF: dict = {}
 _DERIVATIVES: dict = {}
 
 
@@ -167,8 +153,6 @@ def derivative_function(fn) -> sympy.Lambda:
         return _DERIVATIVES[key]
     lam = _derivative_lambda(d, body)
     _DERIVATIVES[key] = lam
-    from derivations.printing import function_name
-
     name = function_name(fn)
     if name:
         DERIVATIVE_OF[lam] = name

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import sympy
-from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+
+from derivations.mat import Mat
 
 __all__ = [
-    "Elementwise",
     "ElementwiseFunction",
     "FUNCTIONS",
     "register",
@@ -31,24 +31,6 @@ __all__ = [
 
 
 # --- symbolic scalar functions ------------------------------------------------------
-
-
-class Elementwise(ElementwiseApplyFunction):
-    """A function applied entry by entry to a matrix expression, 1 × 1 ones included.
-
-    SymPy's own node calls the function on a 1 × 1 operand itself, treating the matrix as a
-    scalar (which breaks e.g. silu of one channel's ``x·w``). Built with this class, the node
-    stays element-wise at every shape, and rebuilding it (``xreplace``) keeps it so.
-    """
-
-    def __new__(cls, function, expr):
-        expr = sympy.sympify(expr)
-        if not expr.is_Matrix:
-            raise ValueError(f"{expr} must be a matrix expression")
-        if not isinstance(function, sympy.Lambda):
-            d = sympy.Dummy("d")
-            function = sympy.Lambda(d, function(d))
-        return sympy.MatrixExpr.__new__(cls, function, expr)
 
 
 class ScalarFunction(sympy.Function):
@@ -186,8 +168,6 @@ class ElementwiseFunction:
     torch_source: str
 
     def __call__(self, arg):
-        from derivations.mat import Mat
-
         if isinstance(arg, Mat):
             return arg.apply(self)
         import torch

@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from derivations.catalog import get as catalog_variant
 from derivations.errors import DeclarationError, VariantNotFound
 from derivations.variant import Variant
 
@@ -47,9 +48,7 @@ def load_variant(ref: str | Variant) -> Variant:
         return ref
     path_part, _, attr = ref.partition(":") if ".py:" in ref else (ref, "", "")
     if not path_part.endswith(".py"):
-        from derivations.catalog import get
-
-        return get(ref)
+        return catalog_variant(ref)
     found = variants_in_file(path_part)
     if attr:
         if attr not in found:

@@ -20,8 +20,9 @@ import numbers
 
 import sympy
 
-__all__ = ["Mat", "ShapeMismatch", "dot", "sq_norm", "sum_all", "row_mean", "row_var", "broadcast", "add_constant",
-           "layer_norm"]
+from derivations.elementwise import Elementwise
+
+__all__ = ["Mat", "ShapeMismatch", "dot", "sq_norm", "sum_all", "row_mean", "row_var", "broadcast", "add_constant"]
 
 
 class ShapeMismatch(ValueError):
@@ -212,8 +213,6 @@ class Mat:
 
     def apply(self, fn):
         """Apply an :class:`~derivations.functions.ElementwiseFunction` element-wise."""
-        from derivations.functions import Elementwise
-
         label = f"{fn.name}({self.label})"
         if self.symbolic:
             return self._new(Elementwise(fn.symbolic, self.value), self.shape, "sym", label)
@@ -237,7 +236,8 @@ class Mat:
 # --- reductions used by inner losses ------------------------------------------------------
 
 
-def _need_row(a, fname):
+def require_row(a, fname: str) -> None:
+    """Raise, naming ``fname``, unless ``a`` is a ``1 × n`` row of the language."""
     if not isinstance(a, Mat):
         raise TypeError(f"{fname}() takes fast-weight expressions, got {type(a).__name__}")
     if a.shape[0] != 1:
@@ -246,8 +246,8 @@ def _need_row(a, fname):
 
 def dot(a: Mat, b: Mat) -> Mat:
     """⟨a, b⟩ of two rows, a 1 × 1 matrix: ``a @ b.T``."""
-    _need_row(a, "dot")
-    _need_row(b, "dot")
+    require_row(a, "dot")
+    require_row(b, "dot")
     return a @ b.T
 
 
@@ -258,7 +258,7 @@ def sq_norm(a: Mat) -> Mat:
 
 def sum_all(a: Mat) -> Mat:
     """Σ_j a_j of a row, a 1 × 1 matrix."""
-    _need_row(a, "sum_all")
+    require_row(a, "sum_all")
     if a.symbolic:
         ones = sympy.OneMatrix(a.shape[1], 1)
         return Mat(sympy.MatMul(a.value, ones), (1, 1), "sym", f"Σ{a.label}")
@@ -270,14 +270,14 @@ def sum_all(a: Mat) -> Mat:
 
 def row_mean(a: Mat) -> Mat:
     """The mean of a row's entries, a 1 × 1 matrix: ``sum_all(a) / n``."""
-    _need_row(a, "row_mean")
+    require_row(a, "row_mean")
     n = a.shape[1]
     return sum_all(a).scale(sympy.Integer(1) / n if a.symbolic else 1.0 / n)
 
 
 def broadcast(s: Mat, like: Mat) -> Mat:
     """A 1 × 1 matrix ``s`` repeated along ``like``'s row: ``s · 1_{1×n}`` (a 1 × n row)."""
-    _need_row(like, "broadcast")
+    require_row(like, "broadcast")
     if not isinstance(s, Mat) or s.shape != (1, 1):
         raise ShapeMismatch(f"broadcast() takes a 1 × 1 matrix, got {getattr(s, 'label', s)}")
     n = like.shape[1]
@@ -296,25 +296,6 @@ def add_constant(a: Mat, c) -> Mat:
 
 def row_var(a: Mat) -> Mat:
     """The (biased) variance of a row's entries, a 1 × 1 matrix: mean((a − mean(a))²)."""
-    _need_row(a, "row_var")
+    require_row(a, "row_var")
     centered = a - broadcast(row_mean(a), a)
     return row_mean(centered * centered)
-
-
-def layer_norm(z: Mat, gamma: Mat, beta: Mat, eps: float = 1e-6) -> Mat:
-    """LayerNorm of a row: ``γ ⊙ (z − μ) / sqrt(var(z) + eps) + β``, μ and var over the row.
-
-    Built from the language's own pieces (row means, a broadcast, the element-wise ``rsqrt``),
-    so it is executed by torch in the oracle and differentiated by the engine's reverse-mode
-    rules like everything else. ``gamma`` and ``beta`` are ``1 × n`` weights (slow weights of
-    the layer, or fast ones).
-    """
-    from derivations.functions import rsqrt
-
-    _need_row(z, "layer_norm")
-    for name, w in (("gamma", gamma), ("beta", beta)):
-        if not isinstance(w, Mat) or w.shape[0] != 1:
-            raise ShapeMismatch(f"layer_norm(): {name} must be a 1 × n weight, got {getattr(w, 'label', w)}")
-    centered = z - broadcast(row_mean(z), z)
-    inv_std = rsqrt(add_constant(row_mean(centered * centered), eps))
-    return gamma * (centered * broadcast(inv_std, z)) + beta

@@ -11,29 +11,12 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
-from derivations.autodiff import DERIVATIVE_OF, scalar_function
+from derivations.elementwise import scalar_function
+from derivations.function_names import function_name
 
 __all__ = ["to_text", "to_latex", "function_name"]
 
 _SUP = str.maketrans("0123456789+-()t", "⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻⁽⁾ᵗ")
-
-
-def function_name(fn) -> str | None:
-    """The language name of an element-wise function (``silu``, ``silu'``), or None."""
-    from derivations.functions import FUNCTIONS
-
-    if fn in DERIVATIVE_OF:
-        return DERIVATIVE_OF[fn] + "'"
-    d, body = scalar_function(fn)
-    if body == d:
-        return "identity"
-    for f in FUNCTIONS.values():
-        try:
-            if body == f.symbolic(d):
-                return f.name
-        except (TypeError, ValueError):
-            continue
-    return None
 
 
 def _needs_parens(arg, inside):

@@ -112,7 +112,8 @@ def test_shared_sub_expression_is_differentiated_once():
     """Reverse mode over the DAG: z = x·W + b reaches LayerNorm's output along several paths
     (the centred row, its mean, the variance); their cotangents are summed at z first, so ∇_W
     is one product xᵀ G_z instead of one per path."""
-    from derivations.mat import Mat, layer_norm
+    from derivations.mat import Mat
+    from derivations.normalization import layer_norm
 
     x, W, b = Mat.symbol("x", 1, 3), Mat.symbol("W", 3, 3), Mat.symbol("b", 1, 3)
     ln = layer_norm(x @ W + b, Mat.symbol("g", 1, 3), Mat.symbol("bb", 1, 3))

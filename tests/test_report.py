@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from derivations.report import cited
 from tttla.cli import main
+from tttla.reporting.theorems import cited
 
 SECTIONS = ["## Declaration", "## Inner loss and gradients", "## Effective linear attention", "## Unrolled state",
             "## Classification", "## Certificate", "## Generated code", "## Verification", "## CPU benchmark",
@@ -122,7 +122,7 @@ def test_catalog_mistakes(argv, capsys):
 def test_long_expressions_name_their_shared_parts():
     from derivations import derive
     from derivations.printing import shared_parts, to_text, with_parts
-    from derivations.report import render_text
+    from tttla.reporting.form_text import render_text
 
     form = derive("ttt_linear", certify=False)
     main, parts = shared_parts(form.value)

@@ -1,4 +1,8 @@
-"""The built-in catalog of variants, by name."""
+"""The built-in catalog of variants, by name.
+
+Its declarations import the language from the modules that define it, not from the
+``derivations`` package, whose facade reaches this catalog (through ``derive`` and ``loading``).
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """The delta rule (DeltaNet) and the gated delta rule as TTT layers: one linear layer, ½·MSE,
 one step per token."""
 
-from derivations import decay, per_token, sq_norm, token_level, variant
+from derivations.mat import sq_norm
+from derivations.spec import decay, per_token, token_level
+from derivations.variant import variant
 
 
 @variant(

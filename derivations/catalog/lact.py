@@ -5,18 +5,10 @@ component (the chain is cumulative). Shapes: SwiGLU fast weights W0, W2: d × h 
 W1: h × d; the single-layer variants have one fast weight W: d × d.
 """
 
-from derivations import (
-    chunked,
-    constant,
-    dot,
-    momentum,
-    newton_schulz,
-    per_token,
-    silu,
-    sq_norm,
-    variant,
-    weight_norm,
-)
+from derivations.functions import silu
+from derivations.mat import dot, sq_norm
+from derivations.spec import chunked, constant, momentum, newton_schulz, per_token, weight_norm
+from derivations.variant import variant
 
 SWIGLU = {"W0": ("d", "h"), "W1": ("h", "d"), "W2": ("d", "h")}
 LACT_SCHEDULE = chunked(order="apply_then_update", size=2048)

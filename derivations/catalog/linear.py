@@ -1,6 +1,8 @@
 """Causal linear attention as a TTT layer: one linear layer, dot-product loss, one step per token."""
 
-from derivations import constant, dot, token_level, variant
+from derivations.mat import dot
+from derivations.spec import constant, token_level
+from derivations.variant import variant
 
 
 @variant(

@@ -8,7 +8,9 @@ maps onto the language as: learning rate θ_t = ``lr``, momentum coefficient η_
 ``log_decay`` g_t = log(1 − α_t), applied to M after the gradient (``gradient_then_decay``).
 """
 
-from derivations import chunked, decay, momentum, per_token, sq_norm, variant
+from derivations.mat import sq_norm
+from derivations.spec import chunked, decay, momentum, per_token
+from derivations.variant import variant
 
 
 @variant(

@@ -17,7 +17,11 @@ the mini-batch leaves W_0 − a_16 Σ_j b_j ∇_j: the dual form of reference 7.
 tests/test_ttt.py writes out against the oracle.
 """
 
-from derivations import chunked, gelu_tanh, layer_norm, per_token, sq_norm, variant
+from derivations.functions import gelu_tanh
+from derivations.mat import sq_norm
+from derivations.normalization import layer_norm
+from derivations.spec import chunked, per_token
+from derivations.variant import variant
 
 TTT_SCHEDULE = chunked(order="update_then_apply", size=16)
 

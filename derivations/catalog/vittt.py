@@ -17,7 +17,11 @@ taps row-major); its loss −(s/N) Σ_{c,p} f(K)_{c,p} V_{c,p} is the same dot p
 a time, it is sliding-window linear attention whose key is the channel's 3×3 patch.
 """
 
-from derivations import bidirectional, column_clip, depthwise, depthwise_conv, dot, per_token, silu, variant
+from derivations.functions import silu
+from derivations.mat import dot
+from derivations.spec import bidirectional, column_clip, per_token
+from derivations.structured import depthwise, depthwise_conv
+from derivations.variant import variant
 
 #: ViTTT's inner step, shared by both branches: the mean dot-product loss −(s/N) Σ_n ⟨f(k_n), v_n⟩
 #: with s = 1/3 in the loss and η = 1/N from the caller, one bidirectional step

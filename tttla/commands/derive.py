@@ -38,7 +38,8 @@ def add_parser(sub):
 def run(args) -> int:
     from derivations.derive import derive
     from derivations.loading import load_variant
-    from derivations.report import render_json, render_latex, render_text, write_report
+    from tttla.reporting.derivation_report import write_report
+    from tttla.reporting.form_text import render_json, render_latex, render_text
 
     form = derive(load_variant(args.variant), certify=not args.no_certificate)
     fmt = args.format or "text"

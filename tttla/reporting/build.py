@@ -82,9 +82,10 @@ def build_report(ref, out, options: ReportOptions | None = None, *, progress: bo
     from codegen.generate import generate, import_generated, triton_refusal
     from derivations.derive import derive
     from derivations.loading import load_variant
-    from derivations.report import SECTIONS, html_page, markdown_to_html, md_title, write_pages
     from tttla import __version__
     from tttla.reporting import benchmark, code, gpu, plots, verification
+    from tttla.reporting.derivation_report import SECTIONS, md_title
+    from tttla.reporting.pages import html_page, markdown_to_html, write_pages
     from verify.forms import usable_forms
     from verify.tolerances import DEFAULTS
 

@@ -1,0 +1,130 @@
+"""The derivation report: its Markdown sections (which ``tttla report`` reuses) and, for
+``tttla derive --report``, the page written as Markdown and as self-contained HTML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from derivations.form import LinearAttentionForm
+from derivations.printing import to_latex, with_parts
+from tttla.reporting.form_text import effective
+from tttla.reporting.pages import html_page, markdown_to_html, write_pages
+from tttla.reporting.theorems import THEOREMS, cited, split_decision
+
+__all__ = ["SECTIONS", "md_title", "render_markdown", "render_html", "write_report"]
+
+
+def _display_math(lhs: str, expr) -> str:
+    """``$$lhs = expr$$`` (Markdown); a long expression with its shared parts named, one per line."""
+    main, parts = with_parts(expr, to_latex)
+    out = f"$${lhs} = {main}$$\n\n"
+    if parts:
+        out += "where\n\n" + "".join(f"$${p}$$\n\n" for p in parts)
+    return out
+
+
+# ---- the sections; each takes the form and returns Markdown ----
+
+def md_declaration(form: LinearAttentionForm) -> str:
+    """The declaration as written, and its settings."""
+    v = form.variant
+    settings = "".join(f"- **{key}**: {value}\n" for key, value in v.summary().items())
+    return f"## Declaration\n\n```python\n{v.source.rstrip()}\n```\n\n{settings}"
+
+
+def md_gradients(form: LinearAttentionForm) -> str:
+    """The inner loss, the split f(x) = φ(x)·W and the gradient of every updated fast weight."""
+    eff = effective(form, to_latex)
+    loss = to_latex(form.variant.trace().loss)
+    grads = "".join(_display_math(f"\\nabla_{{{u}}} \\ell", g) for u, g in form.gradients.items())
+    return (
+        "## Inner loss and gradients (derived by our reverse-mode rules)\n\n"
+        f"Inner loss of the prediction $y = f(k)$ and the value $v$:\n\n$$L(y, v) = {loss}$$\n\n"
+        f"The model splits as a feature map and a last linear layer:\n\n"
+        f"$$f(x) = \\phi(x)\\,{form.state},\\qquad \\phi(x) = {eff['feature']}$$\n\n"
+        f"$$\\frac{{\\partial L}}{{\\partial f}} = {to_latex(form.dloss)}$$\n\n"
+        f"Gradient of $\\ell = L(f(k), v)$ for each updated fast weight:\n\n{grads}"
+    )
+
+
+def md_effective(form: LinearAttentionForm) -> str:
+    """The effective query, key, value and initial state."""
+    eff = effective(form, to_latex)
+    value = _display_math(r"\hat v", form.value)
+    return (
+        "## Effective linear attention (Theorems 5.1–5.3)\n\n"
+        f"$$\\hat q = {eff['query']}$$\n\n$$\\hat k = {eff['key']}$$\n\n{value}"
+        f"$$S_0 = {eff['state0']}$$\n\nLearning rate: {form.lr_placement}\n"
+    )
+
+
+def md_unrolled(form: LinearAttentionForm) -> str:
+    """The unrolled state, the mask and, with momentum, its coefficients."""
+    out = ["## Unrolled state\n"]
+    out += [f"$${f.latex}$$\n" for f in form.unrolled]
+    out.append(f"Mask ({form.mask}): ${form.mask_formula.latex}$\n")
+    if form.chunk_transform:
+        out.append(f"Chunk transform: {form.chunk_transform}\n")
+    if form.momentum:
+        out.append("## Momentum coefficients (Theorem 5.3)\n")
+        out += [f"$${f.latex}$$\n" for f in form.momentum]
+    if form.kernel_recurrence:
+        out.append("## Dynamic kernel\n")
+        out += [f"$${f.latex}$$\n" for f in form.kernel_recurrence]
+    return "\n".join(out)
+
+
+def md_classification(form: LinearAttentionForm) -> str:
+    """The classification, each reason with the theorem or section it rests on."""
+    c = form.classification
+    rows = []
+    for reason in c.reasons:
+        decision, why = split_decision(reason)
+        basis = ", ".join(cited(reason)) or "-"
+        rows.append(f"| {decision or '-'} | {why.replace('|', '/')} | {basis} |")
+    refs = []
+    for reason in c.reasons:
+        refs += [r for r in cited(reason) if r not in refs]
+    statements = "".join(f"- **{r}**: {THEOREMS[r]}\n" for r in refs if r in THEOREMS)
+    return (
+        "## Classification\n\n"
+        "| reducible | kernel | values | parallel | parallel form |\n|---|---|---|---|---|\n"
+        f"| {c.reducible} | {c.kernel} | {c.values} | {c.parallel} | {c.parallel_form} |\n\n"
+        "| decision | reason | rests on |\n|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        + (f"What the cited results say:\n\n{statements}" if statements else "")
+    )
+
+
+def md_certificate(form: LinearAttentionForm) -> str:
+    """The exact symbolic certificate (or that it was not run)."""
+    cert = form.certificate
+    if cert is None:
+        return "## Certificate\n\nNot run.\n"
+    status = "certified" if cert.certified else "not certified"
+    out = (f"## Certificate\n\n**{status}** in {cert.seconds:.2f} s (sizes {cert.sizes}). {cert.checked}.\n\n")
+    if cert.failure:
+        out += f"Failure: {cert.failure}\n\n"
+    return out + f"Kept abstract: {'; '.join(cert.abstract)}.\n"
+
+
+#: the derivation report's sections, in order (the full ``tttla report`` appends its own)
+SECTIONS = (md_declaration, md_gradients, md_effective, md_unrolled, md_classification, md_certificate)
+
+
+def md_title(form: LinearAttentionForm, kind: str = "Derivation report") -> str:
+    return f"# {kind}: `{form.variant.name}`\n\n{form.variant.description}\n"
+
+
+def render_markdown(form: LinearAttentionForm) -> str:
+    """The report as Markdown with LaTeX maths (``$…$`` and ``$$…$$``)."""
+    return "\n".join([md_title(form), *(section(form) for section in SECTIONS)])
+
+
+def render_html(form: LinearAttentionForm) -> str:
+    """A self-contained HTML page (MathML maths, inline styles, no external URL)."""
+    return html_page(f"tttla derive {form.variant.name}", markdown_to_html(render_markdown(form)))
+
+
+def write_report(form: LinearAttentionForm, directory) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` into ``directory`` (created if needed)."""
+    return write_pages(directory, render_markdown(form), render_html(form))

@@ -1,0 +1,114 @@
+"""The derived form as plain data, Unicode text and LaTeX (what ``tttla derive`` prints)."""
+
+from __future__ import annotations
+
+import json
+
+from derivations.form import LinearAttentionForm
+from derivations.printing import to_latex, to_text, with_parts
+
+__all__ = ["effective", "summary", "render_json", "render_text", "render_latex"]
+
+
+def effective(form: LinearAttentionForm, printer) -> dict:
+    """The effective query, key, value, initial state and feature map, each printed by ``printer``."""
+    return {"query": printer(form.query), "key": printer(form.key), "value": printer(form.value),
+            "state0": printer(form.state0), "feature": printer(form.feature)}
+
+
+def summary(form: LinearAttentionForm) -> dict:
+    """The derivation as plain data (the ``--json`` output)."""
+    c, cert = form.classification, form.certificate
+    return {
+        "variant": form.variant.name,
+        "reducible": c.reducible,
+        "kernel": c.kernel,
+        "values": c.values,
+        "parallel": c.parallel,
+        "parallel_form": c.parallel_form,
+        "reasons": list(c.reasons),
+        "certified": bool(cert and cert.certified),
+        "certificate": None if cert is None else {
+            "checked": cert.checked, "abstract": list(cert.abstract), "sizes": cert.sizes,
+            "seconds": round(cert.seconds, 4), "failure": cert.failure},
+        "state": form.state,
+        "feature_weights": list(form.feature_weights),
+        "effective": effective(form, to_latex),
+        "effective_text": effective(form, to_text),
+        "dloss": to_latex(form.dloss),
+        "gradients": {u: to_latex(g) for u, g in form.gradients.items()},
+        "mask": form.mask,
+        "lr_placement": form.lr_placement,
+        "chunk_transform": form.chunk_transform,
+        "unrolled": [f.latex for f in form.unrolled],
+        "momentum": [f.latex for f in form.momentum] if form.momentum else None,
+        "kernel_recurrence": [f.latex for f in form.kernel_recurrence] if form.kernel_recurrence else None,
+        "seconds": round(form.seconds, 4),
+    }
+
+
+def render_json(form: LinearAttentionForm) -> str:
+    return json.dumps(summary(form), ensure_ascii=False)
+
+
+def _sections(form: LinearAttentionForm, printer, formula):
+    """(title, [lines]) pairs shared by the text and LaTeX renderings."""
+    v, c = form.variant, form.classification
+    eff = effective(form, printer)
+    grads = [line for u, g in form.gradients.items() for line in _lines(f"∇_{u} ℓ", g, printer)]
+    value = _lines("v̂", form.value, printer)
+    out = [
+        ("variant", [f"{v.name}: {v.description}", f"f(x) = φ(x)·{form.state}, φ(x) = {eff['feature']}"]),
+        ("gradients of ℓ = L(f(k), v) (our reverse-mode rules)", [f"∂L/∂f = {printer(form.dloss)}", *grads]),
+        ("effective linear attention (Theorems 5.1–5.3)", [
+            f"q̂ = {eff['query']}", f"k̂ = {eff['key']}", *value, f"S_0 = {eff['state0']}",
+            f"learning rate: {form.lr_placement}"]),
+        ("unrolled state", [formula(f) for f in form.unrolled]),
+        ("mask", [f"{form.mask}: {formula(form.mask_formula)}"]
+         + ([f"chunk transform: {form.chunk_transform}"] if form.chunk_transform else [])),
+    ]
+    if form.momentum:
+        out.append(("momentum coefficients (Theorem 5.3)", [formula(f) for f in form.momentum]))
+    if form.kernel_recurrence:
+        out.append(("dynamic kernel recurrence", [formula(f) for f in form.kernel_recurrence]))
+    out.append(("classification", [
+        f"reducible: {'yes' if c.reducible else 'no'} · kernel: {c.kernel} · values: {c.values} · "
+        f"parallel: {'yes' if c.parallel else 'no'} · parallel form: {c.parallel_form}",
+        *[f"- {r}" for r in c.reasons]]))
+    cert = form.certificate
+    if cert is not None:
+        status = "CERTIFIED" if cert.certified else f"NOT certified: {cert.failure}"
+        out.append(("certificate", [f"{status} ({cert.seconds:.2f} s)", cert.checked,
+                                    "kept abstract: " + "; ".join(cert.abstract)]))
+    return out
+
+
+def _lines(lhs: str, expr, printer) -> list[str]:
+    """``lhs = expr``; a long expression with its shared parts named on ``where`` lines."""
+    main, parts = with_parts(expr, printer)
+    return [f"{lhs} = {main}", *(f"    {'where' if i == 0 else '     '} {p}" for i, p in enumerate(parts))]
+
+
+def render_text(form: LinearAttentionForm) -> str:
+    """The form as readable Unicode text (``tttla derive``)."""
+    lines = []
+    for title, body in _sections(form, to_text, lambda f: f.text):
+        lines.append(title.upper() if title == "variant" else title)
+        lines += [f"  {b}" for b in body]
+        lines.append("")
+    lines.append(f"derived in {form.seconds:.2f} s")
+    return "\n".join(lines)
+
+
+def render_latex(form: LinearAttentionForm) -> str:
+    """The effective form as LaTeX equations (``tttla derive --latex``)."""
+    eff = effective(form, to_latex)
+    rows = [
+        rf"\hat{{q}} &= {eff['query']}", rf"\hat{{k}} &= {eff['key']}", rf"\hat{{v}} &= {eff['value']}",
+        rf"S_0 &= {eff['state0']}", rf"\frac{{\partial L}}{{\partial f}} &= {to_latex(form.dloss)}",
+        *[rf"\nabla_{{{u}}} \ell &= {to_latex(g)}" for u, g in form.gradients.items()],
+        *[f"& {f.latex}" for f in form.unrolled],
+        *[f"& {f.latex}" for f in (form.momentum or ())],
+        f"& {form.mask_formula.latex}",
+    ]
+    return "\\begin{align*}\n" + " \\\\\n".join(rows) + "\n\\end{align*}"
