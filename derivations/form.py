@@ -103,7 +103,10 @@ class LayerForm:
 
 @dataclass(frozen=True, eq=False)
 class LinearAttentionForm:
-    """A variant rewritten as (extended) linear attention.
+    """A variant rewritten as (extended) linear attention: ``layers`` (at least one) under ``head``.
+
+    The attributes ``feature`` … ``value`` and ``state_t`` describe the first layer (the only one
+    of f = φ(x)·W, the last linear layer under a head).
 
     Attributes:
         variant: the declared variant.
@@ -167,8 +170,8 @@ class LinearAttentionForm:
     certificate: Certificate | None = None
     seconds: float = 0.0
     weights: dict = field(default_factory=dict)
-    #: headed/gated models: the head ``f = head(z_1, …; x)`` (an expression of the layers' ``z``
-    #: symbols and ``x``) and one :class:`LayerForm` per linear layer; None/() for f = φ(x)·W
+    #: the head ``f = head(z_1, …; x)`` (an expression of the layers' ``z`` symbols and ``x``;
+    #: ``z`` itself, the identity head, for f = φ(x)·W) and one :class:`LayerForm` per linear layer
     head: sympy.MatrixExpr | None = None
     layers: tuple = ()
 
@@ -176,7 +179,7 @@ class LinearAttentionForm:
     def is_linear(self) -> bool:
         """True iff the model is one bias-free linear layer read directly, f(x) = φ(x)·W
         (the identity head): the read is o = q̂ S, not head(q̂ S + b; x)."""
-        return self.head is None
+        return self.classification.structure == "linear" and not any(lay.bias for lay in self.layers)
 
     @property
     def reducible(self) -> bool:
