@@ -120,6 +120,16 @@ class _Problem:
         ir = v.lowered()  # a depthwise variant is checked one channel at a time, as it was derived
         self.dims = {dim_symbol(n): D for n in (*ir.dims, ir.value_dim) if n.isidentifier()}
         self.dv = self._size(tr.v.shape[1])
+        self.loss, self.y, self.vsym = rationalize(tr.loss), tr.y, tr.v
+        self._token_symbols(v)
+        self.names = [lay.state for lay in self.layers] + [lay.bias for lay in self.layers if lay.bias]
+        self.shapes = {n: tuple(self._size(s) for s in tr.weights[n].shape) for n in (*self.names, *v.static)}
+        self.initial = {n: self._symbols(n, n) for n in self.names}
+        self.placeholders = {n: self._symbols(f"p_{n}", n) for n in self.names}
+        self._explicit_head(form, tr)
+
+    def _token_symbols(self, v) -> None:
+        """Rows k_t, v_t, q_t and the coefficients η_t, α_t, a_p, γ_t, all symbols."""
         self.k = [Matrix(1, D, sympy.symbols(f"k{t}_0:{D}")) for t in range(T)]
         self.v = [Matrix(1, self.dv, sympy.symbols(f"v{t}_0:{self.dv}")) for t in range(T)]
         self.q = self.k if v.queries == "key" else [Matrix(1, D, sympy.symbols(f"q{t}_0:{D}")) for t in range(T)]
@@ -132,15 +142,12 @@ class _Problem:
         self.gamma = list(sympy.symbols(f"gamma0:{T}")) if v.decay else None
         self.decay_first = v.decay is not None and v.decay.order == "decay_then_gradient"
         self.sign = 1 if v.ascent else -1
-        self.loss, self.y, self.vsym = rationalize(tr.loss), tr.y, tr.v
-        self.names = [lay.state for lay in self.layers] + [lay.bias for lay in self.layers if lay.bias]
-        self.shapes = {n: tuple(self._size(s) for s in tr.weights[n].shape) for n in (*self.names, *v.static)}
-        self.initial = {n: self._symbols(n, n) for n in self.names}
-        self.placeholders = {n: self._symbols(f"p_{n}", n) for n in self.names}
+
+    def _explicit_head(self, form, tr) -> None:
+        """The head and ∂ℓ/∂z made explicit once, in placeholder entries of z, x and v (cheap),
+        to be filled in by entry substitution (no matrix algebra on the large entries)."""
         head = form.head.subs(self.dims)
         self.normalising = any(function_name(a.function) == "rsqrt" for a in head.atoms(ElementwiseApplyFunction))
-        # the head and ∂ℓ/∂z made explicit once, in placeholder entries of z, x and v (cheap), then
-        # filled in by entry substitution (no matrix algebra on the large entries)
         self.zp = {lay.z.subs(self.dims): Matrix(1, self._size(lay.z.shape[1]),
                                                  sympy.symbols(f"zp{j}_0:{self._size(lay.z.shape[1])}"))
                    for j, lay in enumerate(self.layers)}
@@ -148,7 +155,7 @@ class _Problem:
         self.vp = Matrix(1, self.dv, sympy.symbols(f"vp_0:{self.dv}"))
         fixed = {**{z: ImmutableMatrix(m) for z, m in self.zp.items()}, tr.x.subs(self.dims): ImmutableMatrix(self.xp),
                  tr.v.subs(self.dims): ImmutableMatrix(self.vp),
-                 **{tr.weights[n].subs(self.dims): ImmutableMatrix(self._symbols(n, n)) for n in v.static}}
+                 **{tr.weights[n].subs(self.dims): ImmutableMatrix(self._symbols(n, n)) for n in form.variant.static}}
         self.head = _explicit(head.xreplace(fixed))
         self.dloss_z = {lay.state: _explicit(_cotangent(form, lay).subs(self.dims).xreplace(fixed))
                         for lay in self.layers}

@@ -2,10 +2,11 @@
 
 Conventions (per head, rows act on the right, as in ``reference/ttt-math.md``):
 
-* the model splits as ``f(x) = φ(x; Θ) · W`` with ``x`` a ``1 × D_k`` row, ``φ(x; Θ)`` a
-  ``1 × D_h`` row (the *feature*), and ``W`` the ``D_h × D_v`` *state* (a fast weight the
-  inner loop updates);
-* the layer then reads ``o_t = q̂_t (S_0 + Σ_i C_{ti} k̂_iᵀ v̂_i)`` (Theorems 5.1–5.3), with the
+* the model splits as ``f(x) = head(z_1, …; x)`` with linear layers ``z_j = φ_j(x; Θ) · W_j
+  (+ b_j)``: ``x`` a ``1 × D_k`` row, ``φ(x; Θ)`` a ``1 × D_h`` row (the *feature*), and ``W``
+  the ``D_h × D_v`` *state* (a fast weight the inner loop updates); a plain ``φ(x)·W`` is one
+  layer under the identity head ``z``;
+* each layer then reads ``q̂_t (S_0 + Σ_i C_{ti} k̂_iᵀ v̂_i)`` (Theorems 5.1–5.3), with the
   mask ``C`` given by the schedule and momentum, an optional per-chunk transform 𝓜
   (Newton–Schulz) and an optional weight norm wrapped around each state update.
 
@@ -80,7 +81,7 @@ class Certificate:
 
 @dataclass(frozen=True)
 class LayerForm:
-    """One linear layer ``z = φ(x)·W (+ b)`` of a headed or gated model, as linear attention.
+    """One linear layer ``z = φ(x)·W (+ b)`` of the model, as linear attention.
 
     ``key``/``query`` are φ_t(k) and φ_{t+1}(q); ``bias`` (an updated ``1 × n`` weight) extends
     them by a constant 1 and the state ``W`` by the row ``b``; ``dloss_z`` is ∂ℓ/∂z of the
