@@ -157,7 +157,7 @@ def _increments(form: LinearAttentionForm, dims, multi) -> PrintedFunction:
     if form.feature_weights or form.feature != form.x:
         em.assign("k_hat", form.feature.xreplace({form.x: k, **{form.weights[n]: trace.weights[n]
                                                                for n in form.feature_weights}}))
-    if form.y in form.dloss.free_symbols and form.head is None:  # state-dependent values read f(k)
+    if form.y in form.dloss.free_symbols and form.is_linear:  # state-dependent values read f(k)
         em.assign("prediction", trace.prediction)
     em.assign("dL_df", tidy(form.dloss.xreplace({form.y: trace.prediction})))
     G = sympy.MatrixSymbol("G", *trace.prediction.shape)  # the cotangent ∂L/∂f, already named

@@ -1,21 +1,28 @@
 """An exact, floating-point-free check that the derived form equals the literal inner loop.
 
-At tiny sizes (T = 3 tokens, D_k = D_h = D_v = 2) every token, value, learning rate and
-momentum coefficient is a SymPy symbol and the feature map is kept abstract (undefined
-functions φ_j(x₀, x₁), one set per step when the kernel is dynamic), so the check is about
-the rewrite, not about φ. Two outputs are computed and compared entry by entry:
+At tiny sizes (T = 3 tokens, every named dimension 2) every token, value, learning rate,
+momentum coefficient, decay and position factor is a SymPy symbol, and each layer's feature
+map is kept abstract (undefined functions φ_j(x₀, x₁), a fresh set per step when the kernel is
+dynamic), so the check is about the rewrite, not about φ. The output head (a LayerNorm, a GLU
+gate; the identity for f = φ(x)·W) is explicit. Two outputs are compared entry by entry:
 
-* **literal**: the inner loop as the oracle runs it (reads in the schedule's order,
-  increments ∓Σ η_i ∇ℓ_i at the chunk-start state, momentum, 𝓜, weight norm), where ∇ℓ_i
-  comes from SymPy's element-wise differentiation of the explicit loss — not from our rules;
-* **derived**: the linear-attention form: v̂ from our ∂L/∂f, k̂ = φ_i(k_i), q̂ = φ_{r+1}(q),
-  and either the attention form ``o_t = q̂_t S_0 + Σ_i C_ti (q̂_t k̂_iᵀ) v̂_i`` with the mask and
-  momentum coefficients of Theorem 5.3 / Section 5 (parallel variants without 𝓜), or the
-  chunk-state form ``S_r = S_0 + Σ_{j≤r} 𝓜(Σ_{m≤j} B_m^j Δ_m)`` otherwise.
+* **literal**: :func:`derivations.inner_loop.run_inner_loop`, the schedule the oracle runs,
+  with SymPy matrices; each increment ∓Σ η_i ∇ℓ_i comes from SymPy's element-wise
+  differentiation of the explicit loss L(head(φ(k)·W + b), v) — not from our rules;
+* **derived**: the linear-attention form, v̂_j = ∓η ∂ℓ/∂z_j from our rules at z_j = k̂ S_j,
+  k̂ = φ_i(k_i), q̂ = φ_{r+1}(q), either as the attention form
+  ``o_t = q̂_t S_0 + Σ_i C_ti (q̂_t k̂_iᵀ) v̂_i`` with the mask and momentum coefficients of
+  Theorem 5.3 / Section 5 (parallel φ(x)·W without 𝓜, clip, decay or a_p), or as the
+  chunk-state form ``S_r = Norm?(γ_r S_{r−1} + 𝓜?(Σ_{m≤r} B_m^r Clip?(Δ_m)))`` otherwise,
+  read through the head.
 
-Newton–Schulz and weight norm are nonlinear and not exactly computable symbolically; they
-are kept abstract (an undefined matrix function of the expanded entries), so the linear
-part around them is certified.
+A normalising head (LayerNorm) makes the unrolled states nest 1/sqrt(var) beyond what SymPy
+expands in reasonable time; there the increments of every token's step are compared at a
+symbolic state instead, in the coordinates ζ_j = z_j where both sides expand small.
+
+Newton–Schulz, weight norm and the clip are nonlinear and not exactly computable
+symbolically; they are kept abstract (undefined matrix functions of the expanded entries),
+so the linear part around them is certified.
 """
 
 from __future__ import annotations
@@ -28,11 +35,29 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from derivations.autodiff import rationalize
 from derivations.form import Certificate
+from derivations.inner_loop import run_inner_loop
 from derivations.printing import function_name, to_text
+from derivations.variant import dim_symbol
 
 __all__ = ["certify"]
 
 T, D = 3, 2
+
+
+def certify(form) -> Certificate:
+    """Certify ``form`` against the literal inner loop, exactly (see the module docstring)."""
+    start = time.perf_counter()
+    p = _Problem(form)
+    checked, abstract = _description(p)
+    failure = _not_covered(p)
+    if failure is None:
+        try:
+            failure = _stepwise_failure(p) if p.normalising else _failure(p)
+        except Exception as e:  # a certificate that cannot be computed is reported, not raised
+            failure = f"could not be computed: {type(e).__name__}: {e}"
+    return Certificate(certified=failure is None, checked=checked, abstract=abstract,
+                       sizes={"T": T, "d": D, "h": D, "chunk": p.L}, seconds=time.perf_counter() - start,
+                       failure=failure)
 
 
 def _abstract(prefix, X):
@@ -77,24 +102,35 @@ def _explicit(expr, memo=None) -> Matrix:
     return out
 
 
-class _Setup:
+class _Problem:
+    """The tiny symbolic instance of a form: symbols, abstract φ, the explicit head and ∂ℓ/∂z,
+    and both sides' increments (literal: SymPy gradients; derived: our v̂)."""
+
     def __init__(self, form):
         v = form.variant
-        self.form, self.variant = form, v
+        self.form, self.variant, self.layers = form, v, form.layers
         self.order = v.schedule.order
         self.dynamic = form.classification.kernel == "dynamic"
-        if self.order == "bidirectional":
-            L = T
-        elif v.schedule.fixed:
-            L = v.schedule.chunk_size
-        else:
-            L = 2
-        self.L = L
-        self.chunks = [list(range(s, min(s + L, T))) for s in range(0, T, L)]
-        self.k = [Matrix(1, D, sympy.symbols(f"k{t}_0:{D}")) for t in range(T)]
+        self.L = T if self.order == "bidirectional" else (v.schedule.chunk_size if v.schedule.fixed else 2)
+        self.chunks = [list(range(s, min(s + self.L, T))) for s in range(0, T, self.L)]
+        # steps: token-level orders step once per token, the others once per chunk
+        self.token_steps = self.order == "update_then_apply"
+        self.steps = [[t] for t in range(T)] if self.token_steps else self.chunks
         tr = v.trace()
-        # the value width: D, or the declared one when it is a number (1 for a depthwise channel)
-        self.dv = int(tr.v.shape[1]) if tr.v.shape[1].is_number else D
+        ir = v.lowered()  # a depthwise variant is checked one channel at a time, as it was derived
+        self.dims = {dim_symbol(n): D for n in (*ir.dims, ir.value_dim) if n.isidentifier()}
+        self.dv = self._size(tr.v.shape[1])
+        self.loss, self.y, self.vsym = rationalize(tr.loss), tr.y, tr.v
+        self._token_symbols(v)
+        self.names = [lay.state for lay in self.layers] + [lay.bias for lay in self.layers if lay.bias]
+        self.shapes = {n: tuple(self._size(s) for s in tr.weights[n].shape) for n in (*self.names, *v.static)}
+        self.initial = {n: self._symbols(n, n) for n in self.names}
+        self.placeholders = {n: self._symbols(f"p_{n}", n) for n in self.names}
+        self._explicit_head(form, tr)
+
+    def _token_symbols(self, v) -> None:
+        """Rows k_t, v_t, q_t and the coefficients η_t, α_t, a_p, γ_t, all symbols."""
+        self.k = [Matrix(1, D, sympy.symbols(f"k{t}_0:{D}")) for t in range(T)]
         self.v = [Matrix(1, self.dv, sympy.symbols(f"v{t}_0:{self.dv}")) for t in range(T)]
         self.q = self.k if v.queries == "key" else [Matrix(1, D, sympy.symbols(f"q{t}_0:{D}")) for t in range(T)]
         if v.lr.kind == "per_token":
@@ -102,161 +138,272 @@ class _Setup:
         else:
             self.eta = [sympy.nsimplify(v.lr.value, rational=True)] * T
         self.alpha = list(sympy.symbols(f"alpha0:{T}")) if v.momentum else None
-        # TTT-Linear's per-position factor a_p: token p of a chunk reads W_0 + a_p Σ_(j≤p) ΔW_j
-        self.a = list(sympy.symbols(f"a0:{L}")) if v.lr.position else None
-        # decay γ_t (per token; declarations allow it with per-token steps only)
+        self.a = list(sympy.symbols(f"a0:{self.L}")) if v.lr.position else None
         self.gamma = list(sympy.symbols(f"gamma0:{T}")) if v.decay else None
         self.decay_first = v.decay is not None and v.decay.order == "decay_then_gradient"
         self.sign = 1 if v.ascent else -1
-        self.S0 = Matrix(D, self.dv, sympy.symbols(f"s0:{D * self.dv}"))
-        self.loss, self.y, self.vsym = rationalize(tr.loss), tr.y, tr.v
-        # steps: token-level orders step once per token, the others once per chunk
-        self.token_steps = self.order == "update_then_apply"
-        self.steps = [[t] for t in range(T)] if self.token_steps else self.chunks
 
-    def phi(self, version, x):
-        tag = f"phi{version}" if self.dynamic else "phi"
-        return Matrix(1, D, [sympy.Function(f"{tag}_{j}")(*x) for j in range(D)])
+    def _explicit_head(self, form, tr) -> None:
+        """The head and ∂ℓ/∂z made explicit once, in placeholder entries of z, x and v (cheap),
+        to be filled in by entry substitution (no matrix algebra on the large entries)."""
+        head = form.head.subs(self.dims)
+        self.normalising = any(function_name(a.function) == "rsqrt" for a in head.atoms(ElementwiseApplyFunction))
+        self.zp = {lay.z.subs(self.dims): Matrix(1, self._size(lay.z.shape[1]),
+                                                 sympy.symbols(f"zp{j}_0:{self._size(lay.z.shape[1])}"))
+                   for j, lay in enumerate(self.layers)}
+        self.xp = Matrix(1, D, sympy.symbols(f"xp_0:{D}"))
+        self.vp = Matrix(1, self.dv, sympy.symbols(f"vp_0:{self.dv}"))
+        fixed = {**{z: ImmutableMatrix(m) for z, m in self.zp.items()}, tr.x.subs(self.dims): ImmutableMatrix(self.xp),
+                 tr.v.subs(self.dims): ImmutableMatrix(self.vp),
+                 **{tr.weights[n].subs(self.dims): ImmutableMatrix(self._symbols(n, n)) for n in form.variant.static}}
+        self.head = _explicit(head.xreplace(fixed))
+        self.dloss_z = {lay.state: _explicit(_cotangent(form, lay).subs(self.dims).xreplace(fixed))
+                        for lay in self.layers}
+
+    def _size(self, n) -> int:
+        return int(sympy.sympify(n).subs(self.dims))
+
+    def _symbols(self, prefix, name) -> Matrix:
+        r, c = self.shapes[name]
+        return Matrix(r, c, sympy.symbols(f"{prefix}_0:{r * c}"))
+
+    def phi(self, j, version, x) -> Matrix:
+        """φ_j of layer j at step ``version`` (one set for a static kernel), abstract."""
+        h = self._size(self.layers[j].feature.shape[1])
+        tag = f"phi{j}_{version}" if self.dynamic else f"phi{j}"
+        return Matrix(1, h, [sympy.Function(f"{tag}_{c}")(*x) for c in range(h)])
+
+    def zs(self, state, version, x) -> dict:
+        """z_j = φ_j(x)·W_j (+ b_j) of every layer at ``state``."""
+        out = {}
+        for j, lay in enumerate(self.layers):
+            z = self.phi(j, version, x) * state[lay.state]
+            out[lay.z.subs(self.dims)] = z + state[lay.bias] if lay.bias else z
+        return out
+
+    def fill(self, M, zs, x, vrow=None):
+        subs = {p: val for z, m in self.zp.items() for p, val in zip(m, zs[z])}
+        subs.update(zip(self.xp, x))
+        if vrow is not None:
+            subs.update(zip(self.vp, vrow))
+        return M.xreplace(subs)
+
+    def model(self, state, version, x) -> Matrix:
+        """f(x) = head(z(x), x) at ``state``."""
+        return self.fill(self.head, self.zs(state, version, x), x)
+
+    def literal_increments(self, version, t, state) -> dict:
+        """∓η_t ∇ℓ_t per state, by SymPy's element-wise differentiation of the explicit loss."""
+        f = self.model(self.placeholders, version, self.k[t])
+        ell = _explicit(self.loss.xreplace({self.y: ImmutableMatrix(f), self.vsym: ImmutableMatrix(self.v[t])}))[0, 0]
+        back = {p: val for n in self.names for p, val in zip(self.placeholders[n], state[n])}
+        return {n: self.sign * self.eta[t] * self.placeholders[n].applyfunc(lambda p: sympy.diff(ell, p)).xreplace(back)
+                for n in self.names}
+
+    def values(self, version, t, state) -> dict:
+        """v̂_j = ∓η_t ∂ℓ/∂z_j (our rules) at z = k̂ S, per layer."""
+        zs = self.zs(state, version, self.k[t])
+        return {lay.state: self.sign * self.eta[t] * self.fill(self.dloss_z[lay.state], zs, self.k[t], self.v[t])
+                for lay in self.layers}
+
+    def derived_increments(self, version, t, state) -> dict:
+        """k̂ᵀ v̂_j for W_j and v̂_j for b_j (a key constantly 1)."""
+        values, out = self.values(version, t, state), {}
+        for j, lay in enumerate(self.layers):
+            out[lay.state] = self.phi(j, version, self.k[t]).T * values[lay.state]
+            if lay.bias:
+                out[lay.bias] = values[lay.state]
+        return out
 
     def abar(self, step):
         toks = self.steps[step]
         return sum(self.alpha[t] for t in toks) / len(toks)
 
-    def explicit_loss(self, f, v):
-        return _explicit(self.loss.xreplace({self.y: ImmutableMatrix(f), self.vsym: ImmutableMatrix(v)}))[0, 0]
+    def clip(self, name, inc):
+        return _abstract(f"Clip{name}", inc)
 
-    def clip(self, inc):
-        return _abstract("Clip", inc) if self.variant.clip is not None else inc
+    def orthogonalize(self, name, inc):
+        return _abstract(f"NS{name}", inc)
 
-    def transform(self, inc):
-        if self.variant.orthogonalize is not None:
-            inc = _abstract("NS", inc)
-        return inc
-
-    def renorm(self, W):
-        return _abstract("Norm", W) if self.variant.weight_norm is not None else W
+    def renorm(self, name, W):
+        return _abstract(f"Norm{name}", W)
 
 
-def _literal(s: _Setup):
-    """The oracle's loop, symbolically; gradients by SymPy element-wise differentiation."""
-    Wsym = Matrix(D, s.dv, sympy.symbols(f"w0:{D * s.dv}"))
+def _cotangent(form, layer):
+    """∂ℓ/∂z_j as the code generator reads it: ∂L/∂f itself under the identity head of
+    φ(x)·W, the layer's ∂ℓ/∂z through any other head."""
+    return form.dloss.xreplace({form.y: layer.z}) if form.is_linear else layer.dloss_z
 
-    def increment(version, t, W):
-        ell = s.explicit_loss(s.phi(version, s.k[t]) * Wsym, s.v[t])
-        G = Matrix(D, s.dv, lambda r, c: sympy.diff(ell, Wsym[r, c]))
-        return s.sign * s.eta[t] * G.xreplace(dict(zip(Wsym, W)))
 
-    W, version, buf, out = s.S0, 0, sympy.zeros(D, s.dv), {}
-    step_index = 0
+class _Literal:
+    """The inner loop's SymPy interpretation (see :class:`derivations.inner_loop.Backend`)."""
 
-    def step(W, inc, a, g=None):
-        nonlocal buf
-        inc = s.clip(inc)
-        if s.variant.momentum is not None:
-            buf = inc + a * buf
-            inc = buf
-        return s.renorm((W if g is None else g * W) + s.transform(inc))
+    def __init__(self, p: _Problem):
+        self.p = p
 
-    for n, C in enumerate(s.chunks):
-        if s.order == "apply_then_update":
-            for t in C:
-                out[t] = s.phi(version, s.q[t]) * W
-            if n == len(s.chunks) - 1:
-                break
-        if s.token_steps:
-            if s.decay_first:  # token level: C is one token; S ← γ_t S before its gradient
-                W = s.gamma[C[0]] * W
-            v0, W0 = version, W
-            incs = [increment(v0, t, W0) for t in C]
-            total = sympy.zeros(D, s.dv)
-            for p, (t, inc) in enumerate(zip(C, incs)):
-                if s.a is not None:  # no steps: W_0 + a_p Σ_(j≤p) ΔW_j (no momentum, 𝓜, norm or decay)
-                    total += inc
-                    W = W0 + s.a[p] * total
-                    version += 1
-                    out[t] = s.phi(version, s.q[t]) * W
-                    continue
-                g = s.gamma[t] if s.gamma and not s.decay_first else None
-                W = step(W, inc, s.alpha[t] if s.alpha else None, g)
-                version += 1
-                step_index += 1
-                out[t] = s.phi(version, s.q[t]) * W
-            continue
-        inc = sum((increment(version, t, W) for t in C), sympy.zeros(D, s.dv))
-        W = step(W, inc, s.abar(step_index) if s.alpha else None)
-        version += 1
-        step_index += 1
-        if s.order != "apply_then_update":
-            for t in C:
-                out[t] = s.phi(version, s.q[t]) * W
+    def read(self, weights, version, tokens):
+        return [self.p.model(weights, version, self.p.q[t]) for t in tokens]
+
+    def increments(self, weights, version, tokens):
+        total = {}
+        for t in tokens:
+            for n, inc in self.p.literal_increments(version, t, weights).items():
+                total[n] = total[n] + inc if n in total else inc
+        return total
+
+    def trainable(self, weights):
+        return weights
+
+    def settle(self, weight):
+        return weight
+
+    def clip(self, name, inc):
+        return self.p.clip(name, inc)
+
+    def orthogonalize(self, name, inc):
+        return self.p.orthogonalize(name, inc)
+
+    def renorm(self, name, weight):
+        return self.p.renorm(name, weight)
+
+    def momentum(self, tokens):
+        return sum(self.p.alpha[t] for t in tokens) / len(tokens)
+
+    def decay(self, token):
+        return self.p.gamma[token]
+
+    def position(self, p):
+        return self.p.a[p]
+
+
+def _literal(p: _Problem) -> list:
+    reads, _ = run_inner_loop(p.variant, _Literal(p), p.initial, T, p.L)
+    return [o for piece in reads for o in piece]
+
+
+def _uses_attention_form(p: _Problem) -> bool:
+    v = p.variant
+    return (p.form.is_linear and p.form.classification.parallel and v.orthogonalize is None and v.decay is None
+            and v.clip is None and not v.lr.position)
+
+
+def _coeff(p: _Problem, m, j):
+    """B_m^j (β_m^j per token): Π_{l=m+1}^{j} ᾱ_l; without momentum 1[j = m]."""
+    if p.alpha is None:
+        return sympy.Integer(1 if j == m else 0)
+    return sympy.Mul(*[p.abar(l) for l in range(m + 1, j + 1)])
+
+
+def _read_step(p: _Problem, t):
+    """r(t): the last step whose update token t reads (−1: the initial state)."""
+    if p.token_steps:
+        return t
+    c = next(n for n, C in enumerate(p.chunks) if t in C)
+    return {"apply_then_update": c - 1, "block_inclusive": c, "bidirectional": 0}[p.order]
+
+
+def _start(p: _Problem, t):
+    """Steps completed when token t's gradient is taken (its chunk start)."""
+    c = next(n for n, C in enumerate(p.chunks) if t in C)
+    return sum(len(C) for C in p.chunks[:c]) if p.token_steps else c
+
+
+def _n_steps(p: _Problem) -> int:
+    return len(p.steps) if p.order != "apply_then_update" else len(p.chunks) - 1
+
+
+def _attention_form(p: _Problem) -> list:
+    """o_t = q̂_t S_0 + Σ_i C_ti (q̂_t k̂_iᵀ) v̂_i (φ(x)·W, one layer, values at S_0)."""
+    step_of = {t: j for j, toks in enumerate(p.steps) for t in toks}
+    W = p.layers[0].state
+    S0 = p.initial[W]
+    keys = {i: p.phi(0, 0, p.k[i]) for i in range(T)}
+    vals = {i: p.values(0, i, p.initial)[W] for i in range(T)}  # values ignore the state here
+    out = []
+    for t in range(T):
+        r, qh = _read_step(p, t), p.phi(0, 0, p.q[t])
+        o = qh * S0
+        for i in range(T):
+            m = step_of[i]
+            if m >= _n_steps(p):
+                continue
+            c = sum((_coeff(p, m, j) for j in range(m, r + 1)), sympy.Integer(0))
+            if c != 0:
+                o += c * (qh * keys[i].T)[0, 0] * vals[i]
+        out.append(o)
     return out
 
 
-def _value(s: _Setup, t, key_row, state):
-    """v̂_t from the derived ∂L/∂f (our reverse-mode rules) at f = k̂ S."""
-    f = s.form
-    g = f.dloss.xreplace({f.y: ImmutableMatrix(key_row * state), f.v: ImmutableMatrix(s.v[t])})
-    return s.sign * s.eta[t] * _explicit(g)
-
-
-def _coeff(s: _Setup, m, j):
-    """B_m^j (β_m^j per token): Π_{l=m+1}^{j} ᾱ_l; without momentum 1[j = m]."""
-    if s.alpha is None:
-        return sympy.Integer(1 if j == m else 0)
-    return sympy.Mul(*[s.abar(l) for l in range(m + 1, j + 1)])
-
-
-def _read_step(s: _Setup, t):
-    """r(t): the last step whose update token t reads (−1: the initial state)."""
-    if s.token_steps:
-        return t
-    c = next(n for n, C in enumerate(s.chunks) if t in C)
-    return {"apply_then_update": c - 1, "block_inclusive": c, "bidirectional": 0}[s.order]
-
-
-def _start(s: _Setup, t):
-    """Steps completed when token t's gradient is taken (its chunk start)."""
-    c = next(n for n, C in enumerate(s.chunks) if t in C)
-    return sum(len(C) for C in s.chunks[:c]) if s.token_steps else c
-
-
-def _derived(s: _Setup, attention_form: bool):
-    step_of = {t: j for j, toks in enumerate(s.steps) for t in toks}
-    n_steps = len(s.steps) if s.order != "apply_then_update" else len(s.chunks) - 1
-    if attention_form:
-        keys = {i: s.phi(0, s.k[i]) for i in range(T)}
-        vals = {i: _value(s, i, keys[i], s.S0) for i in range(T)}  # values ignore the state here
-        out = {}
-        for t in range(T):
-            r, qh = _read_step(s, t), s.phi(0, s.q[t])
-            o = qh * s.S0
-            for i in range(T):
-                m = step_of[i]
-                if m >= n_steps:
-                    continue
-                c = sum((_coeff(s, m, j) for j in range(m, r + 1)), sympy.Integer(0))
-                if c != 0:
-                    o += c * (qh * keys[i].T)[0, 0] * vals[i]
-            out[t] = o
-        return out
-    states = [s.S0]  # states[j] = state after j steps
+def _chunk_state_form(p: _Problem) -> list:
+    """S_r = Norm?(γ_r S_{r−1} + 𝓜?(Σ_m B_m^r Clip?(Δ_m))) per layer state, Δ_m = Σ k̂ᵀ v̂ at
+    the chunk-start state (S_(c(t)) + a_p Σ_(j≤t) Δ_j with per-position factors), read through the head."""
+    v = p.variant
+    states = [p.initial]  # states[j] = the states after j steps
     deltas = []
-    for j in range(n_steps):
-        delta = sympy.zeros(D, s.dv)
-        for i in s.steps[j]:
-            start = _start(s, i)
-            key = s.phi(start, s.k[i])
-            at = s.gamma[i] * states[start] if s.decay_first else states[start]  # token level: start = i
-            delta += key.T * _value(s, i, key, at)
-        deltas.append(s.clip(delta))
-        if s.a is not None:  # the chunk's start c0 and the token's position j − c0 in it
-            c0 = _start(s, s.steps[j][0])
-            states.append(states[c0] + s.a[j - c0] * sum(deltas[c0:j + 1], sympy.zeros(D, s.dv)))
+    for j in range(_n_steps(p)):
+        delta = {}
+        for i in p.steps[j]:
+            start = _start(p, i)
+            at = {n: p.gamma[i] * S for n, S in states[start].items()} if p.decay_first else states[start]
+            for n, inc in p.derived_increments(start, i, at).items():
+                delta[n] = delta[n] + inc if n in delta else inc
+        deltas.append({n: p.clip(n, d) for n, d in delta.items()} if v.clip is not None else delta)
+        if p.a is not None:  # the chunk's start c0 and the token's position j − c0 in it
+            c0 = _start(p, p.steps[j][0])
+            states.append({n: states[c0][n] + p.a[j - c0] * sum((d[n] for d in deltas[c0:j + 1]), sympy.zeros(*S.shape))
+                           for n, S in states[c0].items()})
             continue
-        M = sum((_coeff(s, m, j) * deltas[m] for m in range(j + 1)), sympy.zeros(D, s.dv))
-        prev = s.gamma[j] * states[-1] if s.gamma else states[-1]  # decay: per-token steps, step j = token j
-        states.append(s.renorm(prev + s.transform(M)))
-    return {t: s.phi(_read_step(s, t) + 1, s.q[t]) * states[_read_step(s, t) + 1] for t in range(T)}
+        new = {}
+        for n, S in states[-1].items():
+            M = sum((_coeff(p, m, j) * deltas[m][n] for m in range(j + 1)), sympy.zeros(*S.shape))
+            if v.orthogonalize is not None:
+                M = p.orthogonalize(n, M)
+            S = (p.gamma[j] * S if p.gamma else S) + M  # decay: per-token steps, step j = token j
+            new[n] = p.renorm(n, S) if v.weight_norm is not None else S
+        states.append(new)
+    return [p.model(states[_read_step(p, t) + 1], _read_step(p, t) + 1, p.q[t]) for t in range(T)]
+
+
+def _failure(p: _Problem) -> str | None:
+    derived = _attention_form(p) if _uses_attention_form(p) else _chunk_state_form(p)
+    for t, (der, lit) in enumerate(zip(derived, _literal(p))):
+        bad = _residual(der - lit)
+        if bad is not None:
+            return f"token {t}: derived − literal = {bad} ≠ 0"
+    return None
+
+
+def _stepwise_failure(p: _Problem) -> str | None:
+    """Every token's increments at a symbolic state, derived vs literal, in the coordinates ζ_j = z_j."""
+    for t in range(T):
+        literal, derived = p.literal_increments(0, t, p.initial), p.derived_increments(0, t, p.initial)
+        # both sides read the state only through z_j (plus whatever else the model reads):
+        # compared in the coordinates ζ_j = z_j, the expansion stays small
+        sub = _layer_coordinates(p, t)
+        for n in literal:
+            bad = _residual((derived[n] - literal[n]).xreplace(sub))
+            if bad is not None:
+                return f"token {t}: Δ{n} derived − literal = {bad} ≠ 0 (ζ_j = z_j at this step)"
+    return None
+
+
+def _layer_coordinates(p: _Problem, t):
+    """An invertible change of variables of the state for token t's step: entry c of
+    z_j = φ_j(k_t)·W_j (+ b_j) becomes the symbol ζ_j_c, solved for b_j[c] (or, without a bias,
+    for W_j[0, c], whose coefficient φ_j,0(k_t) is generically non-zero). A solved entry occurs,
+    linearly, in exactly one entry of the z's, so the substitution is invertible (back: ζ = z):
+    an identity holds in the new coordinates iff it holds in the old ones."""
+    state = p.initial
+    zs, sub = p.zs(state, 0, p.k[t]), {}
+    entries = [zc for z in zs.values() for zc in z]
+    for j, lay in enumerate(p.layers):
+        z = zs[lay.z.subs(p.dims)]
+        for c, (zc, zeta) in enumerate(zip(z, sympy.symbols(f"zeta{j}_0:{len(z)}"))):
+            pivot = state[lay.bias][0, c] if lay.bias else state[lay.state][0, c]
+            coef = sympy.diff(zc, pivot)
+            if coef != 0 and not coef.has(pivot) and sum(e.has(pivot) for e in entries) == 1:
+                sub[pivot] = (zeta - (zc - coef * pivot)) / coef
+    return sub
 
 
 def _residual(entries):
@@ -271,235 +418,48 @@ def _residual(entries):
     return None
 
 
-def _certify_layers(form) -> Certificate:
-    """Headed and gated forms, f = head(z_1, …; x) with z_j = φ_j(x)·W_j (+ b_j).
-
-    The literal loop differentiates the explicit loss L(head(φ(k)W + b), v) with SymPy; the
-    derived side adds k̂ᵀ v̂ to W_j and v̂ to b_j with v̂ = ∓η ∂ℓ/∂z_j from our rules. The head
-    (LayerNorm, the GLU gate) is explicit at D = 2; φ_j stays abstract, as does the clip. A
-    LayerNorm head is checked step by step at a symbolic state, in the coordinates ζ_j = z_j (an
-    invertible substitution of b_j, see ``layer_coordinates``), where both sides expand small.
-    """
-    from derivations.variant import dim_symbol
-
-    start = time.perf_counter()
-    s = _Setup(form)
-    v = s.variant
-    tr = v.trace()
-    ir = v.lowered()  # a depthwise variant is checked one channel at a time, as it was derived
-    dims = {dim_symbol(n): D for n in (*ir.dims, ir.value_dim) if n.isidentifier()}
-    layers = form.layers
-    abstract = ["φ_j of every layer (undefined functions of the row" + (", a fresh set per step" if s.dynamic else "")
-                + ")"]
-    if v.clip is not None:
-        abstract.append("the column clip (an undefined matrix function of the expanded increment)")
-    checked = (f"the {form.classification.structure} form: W_j ← W_j + Σ k̂ᵀ v̂_j, b_j ← b_j + Σ v̂_j "
-               "with v̂_j = ∓η ∂ℓ/∂z_j "
-               f"from our rules, read through the head {to_text(form.head)}, equals the literal inner loop (SymPy "
-               f"element-wise gradients of the explicit loss) for all {T} tokens, {s.order} order, chunk size {s.L}")
+def _not_covered(p: _Problem) -> str | None:
+    """The stepwise check (a normalising head) compares single steps, not how steps combine:
+    momentum, 𝓜, weight norm and a decay are not covered there."""
+    v = p.variant
     blocked = [c for c, on in (("momentum", v.momentum), ("Newton–Schulz", v.orthogonalize),
                                ("weight norm", v.weight_norm), ("decay", v.decay)) if on]
-
-    def done(failure):
-        nonlocal checked
-        return Certificate(certified=failure is None, checked=checked, abstract=tuple(abstract),
-                           sizes={"T": T, "d": D, "h": D, "chunk": s.L}, seconds=time.perf_counter() - start,
-                           failure=failure)
-
-    if blocked:
-        return done(f"not covered: {', '.join(blocked)} with a headed or gated form")
-
-    def explicit(name):
-        r, c = (int(sympy.sympify(n).subs(dims)) for n in tr.weights[name].shape)
-        return ImmutableMatrix(r, c, sympy.symbols(f"{name}_0:{r * c}"))
-
-    slow = {tr.weights[n].subs(dims): explicit(n) for n in v.static}
-    head = form.head.subs(dims)
-    names = [lay.state for lay in layers] + [lay.bias for lay in layers if lay.bias]
-
-    def phi(j, version, x):
-        h = int(sympy.sympify(layers[j].feature.shape[1]).subs(dims))
-        tag = f"phi{j}_{version}" if s.dynamic else f"phi{j}"
-        return Matrix(1, h, [sympy.Function(f"{tag}_{c}")(*x) for c in range(h)])
-
-    def zs_at(state, version, x):
-        out = {}
-        for j, lay in enumerate(layers):
-            z = phi(j, version, x) * state[lay.state]
-            out[lay.z.subs(dims)] = ImmutableMatrix(z + state[lay.bias] if lay.bias else z)
-        return out
-
-    # the head and ∂ℓ/∂z made explicit once, in placeholder entries of z, x and v (cheap), then
-    # filled in by entry substitution (no matrix algebra on the large entries)
-    zp = {lay.z.subs(dims): Matrix(1, int(sympy.sympify(lay.z.shape[1]).subs(dims)),
-                                   sympy.symbols(f"zp{j}_0:{int(sympy.sympify(lay.z.shape[1]).subs(dims))}"))
-          for j, lay in enumerate(layers)}
-    xp = Matrix(1, D, sympy.symbols(f"xp_0:{D}"))
-    dv = int(sympy.sympify(tr.v.shape[1]).subs(dims))
-    vp = Matrix(1, dv, sympy.symbols(f"vp_0:{dv}"))
-    fixed = {**{z: ImmutableMatrix(m) for z, m in zp.items()}, tr.x.subs(dims): ImmutableMatrix(xp),
-             tr.v.subs(dims): ImmutableMatrix(vp), **slow}
-    head_e = _explicit(head.xreplace(fixed))
-    dloss_e = {lay.state: _explicit(lay.dloss_z.subs(dims).xreplace(fixed)) for lay in layers}
-
-    def fill(M, zs, x, vrow=None):
-        subs = {p: val for z, m in zp.items() for p, val in zip(m, zs[z])}
-        subs.update(zip(xp, x))
-        if vrow is not None:
-            subs.update(zip(vp, vrow))
-        return M.xreplace(subs)
-
-    def model(state, version, x):
-        return fill(head_e, zs_at(state, version, x), x)
-
-    placeholders = {n: Matrix(explicit(n).shape[0], explicit(n).shape[1], sympy.symbols(f"p_{n}_0:{len(explicit(n))}"))
-                    for n in names}
-
-    def literal_increments(version, t, state):
-        f = model(placeholders, version, s.k[t])
-        ell = s.explicit_loss(f, s.v[t])
-        back = {p: val for n in names for p, val in zip(placeholders[n], state[n])}
-        return {n: s.sign * s.eta[t] * placeholders[n].applyfunc(lambda p, ell=ell: sympy.diff(ell, p)).xreplace(back)
-                for n in v.update if n in names}
-
-    def derived_increments(version, t, state):
-        zs = zs_at(state, version, s.k[t])
-        out = {}
-        for j, lay in enumerate(layers):
-            g = fill(dloss_e[lay.state], zs, s.k[t], s.v[t])
-            value = s.sign * s.eta[t] * g
-            out[lay.state] = phi(j, version, s.k[t]).T * value
-            if lay.bias:
-                out[lay.bias] = value
-        return out
-
-    def clip(inc, name):
-        return _abstract(f"Clip{name}", inc) if v.clip is not None else inc
-
-    def run(increments):
-        state = {n: Matrix(explicit(n)) for n in names}
-        version, out = 0, {}
-        for n, C in enumerate(s.chunks):
-            if s.order == "apply_then_update":
-                for t in C:
-                    out[t] = model(state, version, s.q[t])
-                if n == len(s.chunks) - 1:
-                    break
-            if s.token_steps:
-                incs = [increments(version, t, state) for t in C]
-                start, total = state, {}
-                for p, (t, inc) in enumerate(zip(C, incs)):
-                    if s.a is not None:  # no steps: W_0 + a_p Σ_(j≤p) ΔW_j
-                        total = {m: total[m] + inc[m] if m in total else inc[m] for m in inc}
-                        state = {m: start[m] + s.a[p] * total[m] if m in total else start[m] for m in names}
-                    else:
-                        state = {m: state[m] + clip(inc[m], m) if m in inc else state[m] for m in names}
-                    version += 1
-                    out[t] = model(state, version, s.q[t])
-                continue
-            total = {}
-            for t in C:
-                for m, val in increments(version, t, state).items():
-                    total[m] = total[m] + val if m in total else val
-            state = {m: state[m] + clip(total[m], m) if m in total else state[m] for m in names}
-            version += 1
-            if s.order != "apply_then_update":
-                for t in C:
-                    out[t] = model(state, version, s.q[t])
-        return out
-
-    def layer_coordinates(t, state):
-        """An invertible change of variables of the state for token t's step: entry c of
-        z_j = φ_j(k_t)·W_j (+ b_j) becomes the symbol ζ_j_c, solved for b_j[c] (or, without a bias,
-        for W_j[0, c], whose coefficient φ_j,0(k_t) is generically non-zero). A solved entry occurs,
-        linearly, in exactly one entry of the z's, so the substitution is invertible (back: ζ = z):
-        an identity holds in the new coordinates iff it holds in the old ones."""
-        zs, sub = zs_at(state, 0, s.k[t]), {}
-        entries = [zc for z in zs.values() for zc in z]
-        for j, lay in enumerate(layers):
-            z = zs[lay.z.subs(dims)]
-            for c, (zc, zeta) in enumerate(zip(z, sympy.symbols(f"zeta{j}_0:{len(z)}"))):
-                pivot = state[lay.bias][0, c] if lay.bias else state[lay.state][0, c]
-                coef = sympy.diff(zc, pivot)
-                if coef != 0 and not coef.has(pivot) and sum(e.has(pivot) for e in entries) == 1:
-                    sub[pivot] = (zeta - (zc - coef * pivot)) / coef
-        return sub
-
-    failure = None
-    try:
-        if any(function_name(a.function) == "rsqrt" for a in head.atoms(ElementwiseApplyFunction)):
-            # a normalising head (LayerNorm): unrolled states nest 1/sqrt(var) and SymPy's expansion
-            # blows up, so every token's step is checked at a symbolic state (the loop around the
-            # steps is the same code on both sides)
-            checked = checked.replace("equals the literal inner loop", "gives the literal step of every token, "
-                                      "at a symbolic state (compared in the coordinates ζ_j = z_j of the state),")
-            state = {n: Matrix(explicit(n)) for n in names}
-            for t in range(T):
-                lit, der = literal_increments(0, t, state), derived_increments(0, t, state)
-                # both sides read the state only through z_j (plus whatever else the model reads):
-                # compared in the coordinates ζ_j = z_j, the expansion stays small
-                sub = layer_coordinates(t, state)
-                for n in lit:
-                    bad = _residual((der[n] - lit[n]).xreplace(sub))
-                    if bad is not None:
-                        failure = f"token {t}: Δ{n} derived − literal = {bad} ≠ 0 (ζ_j = z_j at this step)"
-                        break
-                if failure:
-                    break
-        else:
-            if s.a:
-                checked += ", per-position factors a_p symbolic"
-            lit, der = run(literal_increments), run(derived_increments)
-            for t in range(T):
-                bad = _residual(der[t] - lit[t])
-                if bad is not None:
-                    failure = f"token {t}: derived − literal = {bad} ≠ 0"
-                    break
-    except Exception as e:  # a certificate that cannot be computed is reported, not raised
-        failure = f"could not be computed: {type(e).__name__}: {e}"
-    return done(failure)
+    if p.normalising and blocked:
+        return f"not covered: {', '.join(blocked)} with a normalising head"
+    return None
 
 
-def certify(form) -> Certificate:
-    """Certify ``form`` against the literal inner loop, exactly (see the module docstring)."""
-    if not form.is_linear:
-        return _certify_layers(form)
-    start = time.perf_counter()
-    s = _Setup(form)
-    v = s.variant
-    cls = form.classification
-    attention_form = (cls.parallel and v.orthogonalize is None and v.decay is None and v.clip is None
-                      and not v.lr.position)
-    abstract = ["φ (undefined functions φ_j(x₀, x₁)" + (", a fresh set per step: φ_t" if s.dynamic else "") + ")"]
+def _description(p: _Problem) -> tuple[str, tuple[str, ...]]:
+    """``(checked, abstract)``: what is compared, and what is kept abstract."""
+    v, form = p.variant, p.form
+    per_step = ", a fresh set per step" if p.dynamic else ""
+    if form.is_linear:
+        abstract = ["φ (undefined functions φ_j(x₀, x₁)" + (", a fresh set per step: φ_t" if p.dynamic else "") + ")"]
+    else:
+        abstract = [f"φ_j of every layer (undefined functions of the row{per_step})"]
     if v.orthogonalize is not None:
         abstract.append("Newton–Schulz 𝓜 (an undefined matrix function of the expanded increment, per "
-                        + ("step" if s.token_steps else "chunk") + ")")
+                        + ("step" if p.token_steps else "chunk") + ")")
     if v.weight_norm is not None:
         abstract.append("weight norm (an undefined matrix function of the updated state)")
     if v.clip is not None:
         abstract.append("the column clip (an undefined matrix function of each step's expanded increment)")
-    if s.dynamic:
+    if p.dynamic:
         abstract.append("the Θ update (Theorem 5.1: it only replaces φ_t by φ_{t+1})")
-    form_name = ("attention form o_t = q̂_t S_0 + Σ_i C_ti (q̂_t k̂_iᵀ) v̂_i with the mask/momentum coefficients"
-                 if attention_form else "chunk-state form S_t = S_(c(t)) + a_p Σ_(j≤t in its chunk) Δ_j"
-                 if s.a else "chunk-state form S_r = Norm?(" + ("γ_r " if v.decay else "")
+    schedule = f"for all {T} tokens, {p.order} order, chunk size {p.L}" + (", a_p symbolic" if p.a else "")
+    if form.is_linear:
+        shape = ("attention form o_t = q̂_t S_0 + Σ_i C_ti (q̂_t k̂_iᵀ) v̂_i with the mask/momentum coefficients"
+                 if _uses_attention_form(p) else "chunk-state form S_t = S_(c(t)) + a_p Σ_(j≤t in its chunk) Δ_j"
+                 if p.a else "chunk-state form S_r = Norm?(" + ("γ_r " if v.decay else "")
                  + "S_{r−1} + 𝓜?(Σ_m B_m^r " + ("Clip(Δ_m)" if v.clip else "Δ_m") + "))"
                  + (f" with the decay ({v.decay.order})" if v.decay else ""))
-    checked = (f"{form_name} (v̂ from the derived ∂L/∂f = {to_text(form.dloss)}) equals the literal inner loop "
-               f"(SymPy element-wise gradients) for all {T} tokens, {s.order} order, chunk size {s.L}"
-               + (", a_p symbolic" if s.a else ""))
-    failure = None
-    try:
-        lit, der = _literal(s), _derived(s, attention_form)
-        for t in range(T):
-            diff = der[t] - lit[t]
-            bad = _residual(diff)
-            if bad is not None:
-                failure = f"token {t}: derived − literal = {bad} ≠ 0"
-                break
-    except Exception as e:  # a certificate that cannot be computed is reported, not raised
-        failure = f"could not be computed: {type(e).__name__}: {e}"
-    return Certificate(
-        certified=failure is None, checked=checked, abstract=tuple(abstract),
-        sizes={"T": T, "d": D, "h": D, "chunk": s.L}, seconds=time.perf_counter() - start, failure=failure,
-    )
+        return (f"{shape} (v̂ from the derived ∂L/∂f = {to_text(form.dloss)}) equals the literal inner loop "
+                f"(SymPy element-wise gradients) {schedule}"), tuple(abstract)
+    update = (f"the {form.classification.structure} form: W_j ← W_j + Σ k̂ᵀ v̂_j, b_j ← b_j + Σ v̂_j with "
+              f"v̂_j = ∓η ∂ℓ/∂z_j from our rules, read through the head {to_text(form.head)},")
+    literal = "(SymPy element-wise gradients of the explicit loss)"
+    if p.normalising:
+        return (f"{update} gives the literal step {literal} of every token at a symbolic state, compared in the "
+                f"coordinates ζ_j = z_j of the state, for all {T} tokens, {p.order} order, chunk size {p.L}"), \
+            tuple(abstract)
+    return f"{update} equals the literal inner loop {literal} {schedule}", tuple(abstract)

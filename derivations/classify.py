@@ -1,8 +1,10 @@
 """Is a variant linear attention, and can it run as a parallel prefix scan? With reasons.
 
-:func:`split_last_layer` finds the rewrite's structure ``f(x) = φ(x; Θ) · W`` (or raises a
-:class:`ReductionError` naming the offending sub-expression); :func:`classify` decides the
-kernel (static/dynamic), the values (state-independent/dependent) and parallelism.
+:func:`split_model` takes the model apart as ``f(x) = head(z_1, …, z_m; x)`` with linear layers
+``z_j = φ_j(x)·W_j (+ b_j)`` in updated fast weights (a plain model φ(x)·W is one layer under
+the identity head), or raises a :class:`ReductionError` naming the offending sub-expression;
+:func:`classify` decides the structure, the kernel (static/dynamic), the values
+(state-independent/dependent), parallelism and the parallel form, one reason per decision.
 """
 
 from __future__ import annotations
@@ -19,12 +21,10 @@ from derivations.form import Classification
 from derivations.printing import function_name, to_text
 from derivations.variant import Trace, Variant
 
-__all__ = ["lowering_reason", "clip_clause", "one_step_reason", "check_supported", "split_last_layer", "classify",
-           "values_state_independent", "Layer", "split_layers", "classify_layers", "delta_coefficient",
-           "parallel_form_of"]
+__all__ = ["lowering_reason", "clip_clause", "one_step_reason", "check_supported", "Layer", "split_model",
+           "classify", "delta_coefficient", "parallel_form_of"]
 
 _CONSTANTS = (sympy.OneMatrix, sympy.ZeroMatrix, sympy.Identity)
-
 
 
 def kernel_kind(variant, feature_weights, static_detail: str, no_features: str) -> tuple[str, str]:
@@ -96,61 +96,150 @@ def check_supported(expr, where: str) -> None:
     )
 
 
-def _weights_in(expr, weights: dict) -> tuple[str, ...]:
-    return tuple(n for n, w in weights.items() if expr.has(w))
+@dataclass(frozen=True)
+class Layer:
+    """One linear layer ``z = φ(x)·W (+ b)`` of the model, with ``W`` (and ``b``) updated.
+
+    ``bias`` is an updated ``1 × n`` fast weight added to the layer: a key that is
+    constantly 1, so the state is ``[W; b]`` and the key ``[φ(x), 1]``. ``z`` is the symbol
+    that stands for the layer's output in the model's head.
+    """
+
+    state: str
+    bias: str | None
+    feature: sympy.MatrixExpr
+    layer: sympy.MatrixExpr
+    z: sympy.MatrixSymbol
 
 
-def split_last_layer(variant: Variant, trace: Trace) -> tuple[str, sympy.MatrixExpr]:
-    """``(W, φ)`` with ``f(x) = φ(x) · W``; W an updated fast weight not inside φ.
+def split_model(variant: Variant, trace: Trace) -> tuple[tuple[Layer, ...], sympy.MatrixExpr]:
+    """``(layers, head)`` with ``f(x) = head(z_1, …, z_m; x)``, ``z_j = φ_j(x)·W_j (+ b_j)``.
+
+    The outermost linear layers in updated fast weights are taken out of the traced model
+    (each layer replaced, wherever it occurs, by a symbol ``z_j``) until the rest — the
+    *head* — no longer contains an updated fast weight. The head is ``z`` itself for
+    φ(x)·W (the identity head), ``x + LN(z)`` for TTT-Linear, ``z_1 ⊙ silu(z_2)`` for a ViTTT
+    GLU. Updated weights inside φ_j (TTT-MLP's first layer) make the kernel dynamic.
 
     Raises:
-        ReductionError: the last layer is not linear and bias-free in an updated fast
-            weight; the message names the sub-expression and the reason.
+        ReductionError: an operation or function the engine cannot differentiate, or an
+            updated fast weight used outside any linear layer; the message names the
+            sub-expression and says why the output is not φ(x)·W either.
     """
     pred = trace.prediction
     check_supported(pred, f"variant {variant.name!r}: the model")
+    updated = {u: trace.weights[u] for u in variant.update}
+    head, layers, taken = pred, [], {}
+    for node in _preorder(pred):
+        if not any(head.has(w) for w in updated.values()):
+            break
+        cand = _layer_candidate(node, trace, variant)
+        if cand is None or node in taken or not head.has(node):
+            continue
+        W, bias, phi = cand
+        z = sympy.MatrixSymbol(f"z_{W}", *node.shape)
+        head = head.xreplace({node: z})
+        taken[node] = z
+        layers.append(Layer(W, bias, phi, node, z))
+    left = [u for u, w in updated.items() if head.has(w)]
+    if left:
+        raise ReductionError(f"{_why_not_plain(variant, trace)}; and as linear layers under an output head: "
+                             f"{_why_not_layers(variant, trace, layers, head, left[0])}")
+    return tuple(layers), head
+
+
+def _layer_candidate(node, trace, variant):
+    """``(W, bias, φ)`` when ``node`` is φ(x)·W (+ b) with W, b updated, else None."""
+    names = {w: n for n, w in trace.weights.items()}
+    updated = {trace.weights[u] for u in variant.update}
+    bias = None
+    product = node
+    if isinstance(node, sympy.MatAdd):
+        products = [t for t in node.args if isinstance(t, sympy.MatMul)]
+        rest = [t for t in node.args if not isinstance(t, sympy.MatMul)]
+        if len(products) != 1 or len(rest) != 1 or rest[0] not in updated or rest[0].shape[0] != 1:
+            return None
+        product, bias = products[0], names[rest[0]]
+    if not isinstance(product, sympy.MatMul):
+        return None
+    scalars, inner, last = _factors(product)
+    if last not in updated or not inner:
+        return None
+    if any(a.has(last) for a in inner) or any(s.has(last) for s in scalars):
+        return None
+    if bias is not None and any(a.has(trace.weights[bias]) for a in inner):
+        return None
+    phi = _feature(scalars, inner)
+    if not phi.has(trace.x):
+        return None
+    return names[last], bias, phi
+
+
+def _factors(product: sympy.MatMul):
+    """``(scalars, inner matrices, last matrix)`` of a matrix product."""
+    scalars = [a for a in product.args if not isinstance(a, sympy.MatrixExpr)]
+    mats = [a for a in product.args if isinstance(a, sympy.MatrixExpr)]
+    return scalars, mats[:-1], mats[-1]
+
+
+def _feature(scalars, inner):
+    """φ = the product of everything before the last layer's weight."""
+    return sympy.MatMul(*scalars, *inner) if scalars or len(inner) > 1 else inner[0]
+
+
+def _preorder(expr):
+    yield expr
+    for a in expr.args:
+        if isinstance(a, sympy.MatrixExpr):
+            yield from _preorder(a)
+
+
+def _why_not_plain(variant: Variant, trace: Trace) -> str:
+    """Why the model's output is not φ(x)·W read directly, with W an updated fast weight outside
+    φ and no bias (Section 5.1)."""
+    pred = trace.prediction
     out = to_text(pred)
     head = f"variant {variant.name!r}: the model's output {out} is not linear in a fast weight"
     if isinstance(pred, sympy.MatAdd):
         biases = [t for t in pred.args if not t.has(trace.x)]
         if biases:
             b = " + ".join(to_text(t) for t in biases)
-            raise ReductionError(
-                f"{head}: ... + {b}: a bias on the last layer (Section 5.1 needs a linear, bias-free last "
-                "layer; append a constant-1 feature to φ instead)"
-            )
-        raise ReductionError(f"{head}: last operation is a sum of {len(pred.args)} terms, not one product φ(x)·W")
+            return (f"{head}: ... + {b}: a bias on the last layer (Section 5.1 needs a linear, bias-free last "
+                    "layer; append a constant-1 feature to φ instead)")
+        return f"{head}: last operation is a sum of {len(pred.args)} terms, not one product φ(x)·W"
     if isinstance(pred, ElementwiseApplyFunction):
-        raise ReductionError(f"{head}: last operation is {function_name(pred.function)}")
+        return f"{head}: last operation is {function_name(pred.function)}"
     if isinstance(pred, sympy.HadamardProduct):
-        raise ReductionError(f"{head}: last operation is an element-wise product (⊙)")
+        return f"{head}: last operation is an element-wise product (⊙)"
     if isinstance(pred, sympy.Transpose):
-        raise ReductionError(f"{head}: last operation is a transpose")
+        return f"{head}: last operation is a transpose"
     if not isinstance(pred, sympy.MatMul):
-        raise ReductionError(f"{head}: the output is {out} itself, with no last layer φ(x)·W")
-    scalars = [a for a in pred.args if not isinstance(a, sympy.MatrixExpr)]
-    mats = [a for a in pred.args if isinstance(a, sympy.MatrixExpr)]
-    last = mats[-1]
+        return f"{head}: the output is {out} itself, with no last layer φ(x)·W"
+    scalars, inner, last = _factors(pred)
     names = {w: n for n, w in trace.weights.items()}
     if last not in names:
-        raise ReductionError(f"{head}: its last factor {to_text(last)} is not a fast weight")
+        return f"{head}: its last factor {to_text(last)} is not a fast weight"
     W = names[last]
     if W not in variant.update:
-        raise ReductionError(
-            f"variant {variant.name!r}: the last layer {W} of {out} is not updated by the inner loop, so the "
-            "output is not a linear-attention read of a changing state (update it, Theorem 5.1)"
-        )
-    if len(mats) == 1 or any(a.has(last) for a in mats[:-1]) or any(s.has(last) for s in scalars):
-        raise ReductionError(f"{head}: {W} also appears inside the feature map φ (or there is no φ)")
-    phi = sympy.MatMul(*scalars, *mats[:-1]) if scalars or len(mats) > 2 else mats[0]
-    if not phi.has(trace.x):
-        raise ReductionError(f"{head}: the feature φ = {to_text(phi)} does not read the input row")
-    return W, phi
+        return (f"variant {variant.name!r}: the last layer {W} of {out} is not updated by the inner loop, so the "
+                "output is not a linear-attention read of a changing state (update it, Theorem 5.1)")
+    if not inner or any(a.has(last) for a in inner) or any(s.has(last) for s in scalars):
+        return f"{head}: {W} also appears inside the feature map φ (or there is no φ)"
+    return f"{head}: the feature φ = {to_text(_feature(scalars, inner))} does not read the input row"
 
 
-def values_state_independent(dloss, y) -> bool:
-    """True iff ∂L/∂f does not involve the prediction ``y`` (Section 3)."""
-    return not dloss.has(y)
+def _why_not_layers(variant: Variant, trace: Trace, layers, head, u: str) -> str:
+    """Where the updated fast weight ``u`` is left in the head: the smallest sub-expression
+    using it other than as a linear layer."""
+    w = trace.weights[u]
+    smallest = head
+    for n in _preorder(head):
+        if n.has(w) and n != w and n.count_ops() < smallest.count_ops():
+            smallest = n
+    taken_text = ", ".join(f"{to_text(lay.z)} = {to_text(lay.layer)}" for lay in layers) or "none"
+    return (f"variant {variant.name!r}: the model's output {to_text(trace.prediction)} is not linear attention: "
+            f"the updated fast weight {u} enters it through {to_text(smallest)}, which is not a linear layer "
+            f"φ(x)·{u} (+ bias) with {u} outside φ (linear layers taken out: {taken_text}; Section 5.1)")
 
 
 def delta_coefficient(dloss, y):
@@ -214,33 +303,34 @@ def parallel_form_of(variant: Variant, kernel: str, indep: bool, parallel: bool,
     return "sequential", f"sequential: no chunked parallel form, because {'; '.join(blockers)}{within}."
 
 
-def classify(variant: Variant, W: str, feature_weights, dloss, y) -> Classification:
-    """Kernel, values and parallelism of a reducible variant, one reason per decision."""
-    reasons = [r for r in (lowering_reason(variant),) if r] + [
-        f"reducible: the model is φ(x)·{W} with {W} an updated fast weight and no bias, so a gradient step "
-        f"on {W} adds the rank-1 term φ_t(k)ᵀ g_t(k) (Theorem 5.1)"
-    ]
-    kernel, reason = kernel_kind(variant, feature_weights, f"only {W} is updated", " (φ is the identity)")
+def classify(variant: Variant, layers, head, feature_weights, dloss_z, dloss, y) -> Classification:
+    """Structure, kernel, values, parallelism and parallel form of ``f = head(z_1, …; x)``.
+
+    ``dloss_z`` maps each layer's state to ∂ℓ/∂z_j of the effective loss ℓ = L(head(z), v);
+    ``dloss`` is ∂L/∂f of the declared loss in the prediction ``y``. One bias-free layer read
+    directly (structure ``"linear"``, f = φ(x)·W) is worded in terms of ∂L/∂f and may have
+    DeltaNet's chunk form; a head or a bias is worded in terms of ∂ℓ/∂z.
+    """
+    structure = "gated" if len(layers) > 1 else ("linear" if head == layers[0].z else "headed")
+    plain = structure == "linear" and layers[0].bias is None
+    reasons = [r for r in (lowering_reason(variant),) if r]
+    reasons += _reducible_reasons(layers, head, structure, dloss_z, plain)
+    W = layers[0].state
+    kernel, reason = (kernel_kind(variant, feature_weights, f"only {W} is updated", " (φ is the identity)") if plain
+                      else kernel_kind(variant, feature_weights, "no updated weight inside φ", ""))
     reasons.append(reason)
-    indep = values_state_independent(dloss, y)
-    if indep:
-        values = "state_independent"
-        reasons.append(
-            f"values state-independent: ∂L/∂f = {to_text(dloss)} does not involve the prediction, so "
-            "v̂_i = g_i(k_i) depends only on (k_i, v_i, η_i) (Section 3)"
-        )
-    else:
-        values = "state_dependent"
-        reasons.append(
-            f"values state-dependent: ∂L/∂f = {to_text(dloss)} involves the prediction f_t(k) = φ_t(k)W_t, so "
-            "v̂ reads the state (Section 3; for ½‖f − v‖² this is the delta rule)"
-        )
+    dependent = {u: sorted(to_text(lay.z) for lay in layers if g.has(lay.z)) for u, g in dloss_z.items()}
+    indep = not any(dependent.values())
+    reasons.append(_values_reason(indep, plain, structure, layers, dependent, dloss))
     one_step = variant.schedule.order == "bidirectional"
     blockers = []
     if kernel == "dynamic" and not one_step:
         blockers.append("the kernel is dynamic (φ_t depends on the whole history, Section 4)")
     if not indep and not one_step:
-        blockers.append("values depend on the state, so each increment needs the previous state (Section 3)")
+        blockers.append("values depend on the state, so each increment needs the previous state (Section 3)" if plain
+                        else "values depend on the state, so each chunk's increment needs the previous chunk's state "
+                        "(exact linear attention within a chunk, whose gradients are all taken at the chunk-start "
+                        "state; sequential across chunks, Section 3)")
     if variant.weight_norm is not None:
         blockers.append("weight norm wraps every step, and Norm(A + B) ≠ Norm(A) + Norm(B) (Section 4)")
     if blockers:
@@ -248,190 +338,74 @@ def classify(variant: Variant, W: str, feature_weights, dloss, y) -> Classificat
     elif one_step:
         reasons.append(one_step_reason(variant))
     else:
-        keep = [c for c, on in (("per-token η", variant.lr.kind == "per_token"),
-                                ("per-position a_i (a rank-1 mask inside the chunk)", variant.lr.position),
-                                ("momentum (a cumulative-product scan)", variant.momentum is not None),
-                                ("decay (a cumulative-product scan, as simple_gla)", variant.decay is not None),
-                                ("Newton–Schulz per chunk", variant.orthogonalize is not None)) if on]
-        extra = f"; {', '.join(keep)} keep it so (Section 4)" if keep else ""
-        reasons.append(
-            "parallel: static kernel, state-independent values and no weight norm, so chunk increments "
-            f"φ(K_n)ᵀṼ_n are precomputable and the state is an associative prefix sum (Section 5){extra}"
-            f"{clip_clause(variant)}"
-        )
-    parallel_form, why = parallel_form_of(variant, kernel, indep, not blockers, dloss, y)
+        reasons.append(_prefix_scan_reason(variant, plain))
+    if plain:
+        parallel_form, why = parallel_form_of(variant, kernel, indep, not blockers, dloss, y)
+    else:  # DeltaNet's chunk form is generated for φ(x)·W only
+        parallel_form, why = ("sequential" if blockers else "prefix_scan"), None
     if why:
         reasons.append(why)
-    return Classification(True, kernel, values, not blockers, tuple(reasons), parallel_form)
+    values = "state_independent" if indep else "state_dependent"
+    return Classification(True, kernel, values, not blockers, tuple(reasons), parallel_form, structure)
 
 
-# --- linear layers under an output head (TTT-Linear/MLP) and gated branches (ViTTT GLU) ---------
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One linear layer ``z = φ(x)·W (+ b)`` of the model, with ``W`` (and ``b``) updated.
-
-    ``bias`` is an updated ``1 × n`` fast weight added to the layer: a key that is
-    constantly 1, so the state is ``[W; b]`` and the key ``[φ(x), 1]``. ``z`` is the symbol
-    that stands for the layer's output in the model's head.
-    """
-
-    state: str
-    bias: str | None
-    feature: sympy.MatrixExpr
-    layer: sympy.MatrixExpr
-    z: sympy.MatrixSymbol
-
-
-def _layer_candidate(node, trace, variant):
-    """``(W, bias, φ)`` when ``node`` is φ(x)·W (+ b) with W, b updated, else None."""
-    names = {w: n for n, w in trace.weights.items()}
-    updated = {trace.weights[u] for u in variant.update}
-    bias = None
-    product = node
-    if isinstance(node, sympy.MatAdd):
-        products = [t for t in node.args if isinstance(t, sympy.MatMul)]
-        rest = [t for t in node.args if not isinstance(t, sympy.MatMul)]
-        if len(products) != 1 or len(rest) != 1 or rest[0] not in updated or rest[0].shape[0] != 1:
-            return None
-        product, bias = products[0], names[rest[0]]
-    if not isinstance(product, sympy.MatMul):
-        return None
-    scalars = [a for a in product.args if not isinstance(a, sympy.MatrixExpr)]
-    mats = [a for a in product.args if isinstance(a, sympy.MatrixExpr)]
-    last = mats[-1]
-    if last not in updated or len(mats) < 2:
-        return None
-    inner = mats[:-1]
-    if any(a.has(last) for a in inner) or any(s.has(last) for s in scalars):
-        return None
-    if bias is not None and any(a.has(trace.weights[bias]) for a in inner):
-        return None
-    phi = sympy.MatMul(*scalars, *inner) if scalars or len(inner) > 1 else inner[0]
-    if not phi.has(trace.x):
-        return None
-    return names[last], bias, phi
-
-
-def _preorder(expr):
-    yield expr
-    for a in expr.args:
-        if isinstance(a, sympy.MatrixExpr):
-            yield from _preorder(a)
-
-
-def split_layers(variant: Variant, trace: Trace) -> tuple[tuple[Layer, ...], sympy.MatrixExpr]:
-    """``(layers, head)`` with ``f(x) = head(z_1, …, z_m; x)``, ``z_j = φ_j(x)·W_j (+ b_j)``.
-
-    The outermost linear layers in updated fast weights are taken out of the traced model
-    (each layer replaced, wherever it occurs, by a symbol ``z_j``) until the rest — the
-    *head* — no longer contains an updated fast weight. The head is ``z`` itself for
-    φ(x)·W, ``x + LN(z)`` for TTT-Linear, ``z_1 ⊙ silu(z_2)`` for a ViTTT GLU. Updated weights
-    inside φ_j (TTT-MLP's first layer) make the kernel dynamic.
-
-    Raises:
-        ReductionError: an updated fast weight is used outside any linear layer; the message
-            names the sub-expression.
-    """
-    pred = trace.prediction
-    check_supported(pred, f"variant {variant.name!r}: the model")
-    updated = {u: trace.weights[u] for u in variant.update}
-    head, layers, taken = pred, [], {}
-    for node in _preorder(pred):
-        if not any(head.has(w) for w in updated.values()):
-            break
-        cand = _layer_candidate(node, trace, variant)
-        if cand is None or node in taken or not head.has(node):
-            continue
-        W, bias, phi = cand
-        z = sympy.MatrixSymbol(f"z_{W}", *node.shape)
-        head = head.xreplace({node: z})
-        taken[node] = z
-        layers.append(Layer(W, bias, phi, node, z))
-    left = [u for u, w in updated.items() if head.has(w)]
-    if left:
-        u = left[0]
-        w = updated[u]
-        smallest = head  # the smallest sub-expression that uses w other than as a linear layer
-        for n in _preorder(head):
-            if n.has(w) and n != w and n.count_ops() < smallest.count_ops():
-                smallest = n
-        taken_text = ", ".join(f"{to_text(lay.z)} = {to_text(lay.layer)}" for lay in layers) or "none"
-        raise ReductionError(
-            f"variant {variant.name!r}: the model's output {to_text(pred)} is not linear attention: the updated fast "
-            f"weight {u} enters it through {to_text(smallest)}, which is not a linear layer φ(x)·{u} (+ bias) "
-            f"with {u} outside φ (linear layers taken out: {taken_text}; Section 5.1)"
-        )
-    return tuple(layers), head
-
-
-def classify_layers(variant: Variant, layers, head, feature_weights, dloss_z, z_symbols, y_dloss) -> Classification:
-    """Kernel, values and parallelism of a model ``head(z_1, …; x)`` of linear layers, with reasons.
-
-    ``dloss_z`` maps each layer's state to ∂ℓ/∂z_j of the effective loss ℓ = L(head(z), v);
-    ``y_dloss`` is ∂L/∂f of the declared loss (for the wording only).
-    """
-    gated = len(layers) > 1
-    plain_head = (not gated) and head == layers[0].z
-    structure = "gated" if gated else ("linear" if plain_head else "headed")
-    reasons = [r for r in (lowering_reason(variant),) if r]
+def _reducible_reasons(layers, head, structure, dloss_z, plain) -> list[str]:
+    """Why each layer is a linear-attention update (Theorem 5.1), and how the head combines them."""
+    if plain:
+        W = layers[0].state
+        return [f"reducible: the model is φ(x)·{W} with {W} an updated fast weight and no bias, so a gradient step "
+                f"on {W} adds the rank-1 term φ_t(k)ᵀ g_t(k) (Theorem 5.1)"]
+    out = []
     for lay in layers:
         bias = (f" + {lay.bias}, the bias being a key constantly 1 (state [{lay.state}; {lay.bias}], key "
                 f"[φ(x), 1])" if lay.bias else "")
-        reasons.append(
+        out.append(
             f"reducible: {to_text(lay.z)} = {to_text(lay.layer)} is a linear layer φ(x)·{lay.state}{bias} in updated "
             f"fast weights, so a gradient step on it adds the rank-1 term k̂ᵀ v̂ with v̂ = −η ∂ℓ/∂z (Theorem 5.1)"
         )
-    if gated:
-        reasons.append(
+    if structure == "gated":
+        out.append(
             f"gated: the output {to_text(head)} combines {len(layers)} linear-attention reads "
             f"({', '.join(to_text(lay.z) for lay in layers)}), each linear in its own updated weight; "
             "the combination is element-wise (a GLU of linear attentions, Section 7.4 set form)"
         )
-    elif not plain_head:
-        reasons.append(
+    elif structure == "headed":
+        out.append(
             f"output head: f = {to_text(head)} with {to_text(layers[0].z)} the last linear layer; the head is "
             "absorbed into the effective loss ℓ(z) = L(head(z), v), so v̂ = −η ∂ℓ/∂z = "
             f"−η·{to_text(dloss_z[layers[0].state])}"
             " (Section 3, LN-MSE)"
         )
-    kernel, reason = kernel_kind(variant, feature_weights, "no updated weight inside φ", "")
-    reasons.append(reason)
-    dependent = {u: sorted(to_text(z) for z in z_symbols if g.has(z)) for u, g in dloss_z.items()}
-    indep = not any(dependent.values())
+    return out
+
+
+def _values_reason(indep, plain, structure, layers, dependent, dloss) -> str:
+    """Whether v̂ reads the state (Section 3)."""
+    if plain and indep:
+        return (f"values state-independent: ∂L/∂f = {to_text(dloss)} does not involve the prediction, so "
+                "v̂_i = g_i(k_i) depends only on (k_i, v_i, η_i) (Section 3)")
+    if plain:
+        return (f"values state-dependent: ∂L/∂f = {to_text(dloss)} involves the prediction f_t(k) = φ_t(k)W_t, so "
+                "v̂ reads the state (Section 3; for ½‖f − v‖² this is the delta rule)")
     if indep:
-        values = "state_independent"
-        reasons.append("values state-independent: ∂ℓ/∂z does not involve the layers' outputs (Section 3)")
-    else:
-        values = "state_dependent"
-        which = "; ".join(f"∂ℓ/∂{to_text(next(lay.z for lay in layers if lay.state == u))} reads "
-                          f"{', '.join(zs)}" for u, zs in dependent.items() if zs)
-        reasons.append(
-            f"values state-dependent: {which}, i.e. the prediction at the current state"
-            + (", nonlinearly through the head" if not plain_head else "") + " (Section 3)"
-        )
-    one_step = variant.schedule.order == "bidirectional"
-    blockers = []
-    if not one_step:
-        if kernel == "dynamic":
-            blockers.append("the kernel is dynamic (φ_t depends on the whole history, Section 4)")
-        if not indep:
-            blockers.append(
-                "values depend on the state, so each chunk's increment needs the previous chunk's state "
-                "(exact linear attention within a chunk, whose gradients are all taken at the chunk-start "
-                "state; sequential across chunks, Section 3)"
-            )
-    if variant.weight_norm is not None:
-        blockers.append("weight norm wraps every step, and Norm(A + B) ≠ Norm(A) + Norm(B) (Section 4)")
-    if blockers:
-        reasons.append("not parallel: " + "; ".join(blockers) + ".")
-    elif one_step:
-        reasons.append(one_step_reason(variant))
-    else:
-        reasons.append(
-            "parallel: static kernel and state-independent values, so chunk increments are precomputable and "
-            "the state is an associative prefix sum (Section 5)"
-        )
-    return Classification(True, kernel, values, not blockers, tuple(reasons),
-                          parallel_form="sequential" if blockers else "prefix_scan", structure=structure)
+        return "values state-independent: ∂ℓ/∂z does not involve the layers' outputs (Section 3)"
+    which = "; ".join(f"∂ℓ/∂{to_text(next(lay.z for lay in layers if lay.state == u))} reads {', '.join(zs)}"
+                      for u, zs in dependent.items() if zs)
+    through = ", nonlinearly through the head" if structure != "linear" else ""
+    return f"values state-dependent: {which}, i.e. the prediction at the current state{through} (Section 3)"
+
+
+def _prefix_scan_reason(variant: Variant, plain: bool) -> str:
+    """Why a static kernel with state-independent values is an associative prefix sum (Section 5)."""
+    if not plain:
+        return ("parallel: static kernel and state-independent values, so chunk increments are precomputable and "
+                "the state is an associative prefix sum (Section 5)")
+    keep = [c for c, on in (("per-token η", variant.lr.kind == "per_token"),
+                            ("per-position a_i (a rank-1 mask inside the chunk)", variant.lr.position),
+                            ("momentum (a cumulative-product scan)", variant.momentum is not None),
+                            ("decay (a cumulative-product scan, as simple_gla)", variant.decay is not None),
+                            ("Newton–Schulz per chunk", variant.orthogonalize is not None)) if on]
+    extra = f"; {', '.join(keep)} keep it so (Section 4)" if keep else ""
+    return ("parallel: static kernel, state-independent values and no weight norm, so chunk increments "
+            f"φ(K_n)ᵀṼ_n are precomputable and the state is an associative prefix sum (Section 5){extra}"
+            f"{clip_clause(variant)}")

@@ -1,9 +1,10 @@
 """``derive(variant)``: the linear-attention form of a declared variant, derived symbolically.
 
-Steps: trace the model and loss (the IR), split ``f(x) = φ(x; Θ)·W``
-(:mod:`derivations.classify`), differentiate the inner loss with our reverse-mode rules
-(:mod:`derivations.autodiff`), build q̂, k̂, v̂ and S_0 (Theorems 5.1–5.3), classify with
-reasons, and certify the rewrite exactly at tiny sizes (:mod:`derivations.certificate`).
+Steps: trace the model and loss (the IR), split it into linear layers ``z_j = φ_j(x; Θ)·W_j
+(+ b_j)`` under an output head (:mod:`derivations.classify`; a plain φ(x)·W is one layer under
+the identity head), differentiate the inner loss with our reverse-mode rules
+(:mod:`derivations.autodiff`), build q̂, k̂, v̂ and S_0 per layer (Theorems 5.1–5.3), classify
+with reasons, and certify the rewrite exactly at tiny sizes (:mod:`derivations.certificate`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import time
 import sympy
 
 from derivations.autodiff import grad, rationalize, tidy, vjp
-from derivations.classify import classify, classify_layers, split_last_layer, split_layers
-from derivations.errors import ReductionError
+from derivations.classify import classify, split_model
 from derivations.form import Formula, LayerForm, LinearAttentionForm
 from derivations.loading import load_variant
 from derivations.printing import to_latex, to_text
@@ -55,68 +55,15 @@ def derive(variant: Variant | str, *, certify: bool = True) -> LinearAttentionFo
     """Derive the linear-attention form of ``variant`` (a Variant, catalog name or file).
 
     Raises:
-        ReductionError: the model's last layer is not linear and bias-free in an updated fast
-            weight, or it uses an operation or function the engine cannot differentiate.
+        ReductionError: an updated fast weight is not in a linear layer φ(x)·W (+ b) under the
+            output head, or the model uses an operation or function the engine cannot
+            differentiate; the message names the sub-expression.
     """
     start = time.perf_counter()
     variant = load_variant(variant)
     tr = variant.trace()
-    try:
-        W, phi = split_last_layer(variant, tr)
-    except ReductionError as plain_error:
-        try:
-            layers, head = split_layers(variant, tr)
-        except ReductionError as e:
-            raise ReductionError(f"{plain_error}; and as linear layers under an output head: {e}") from None
-        form = _derive_layers(variant, tr, layers, head)
-        if certify:
-            from derivations.certificate import certify as run_certificate
-
-            object.__setattr__(form, "certificate", run_certificate(form))
-        object.__setattr__(form, "seconds", time.perf_counter() - start)
-        return form
-    loss = rationalize(tr.loss)
-    phi = rationalize(phi)
-    feature_weights = tuple(n for n, w in tr.weights.items() if n != W and phi.has(w))
-    dloss = grad(loss, tr.y)
-    cls = classify(variant, W, feature_weights, dloss, tr.y)
-    dynamic = cls.kernel == "dynamic"
-
-    d = tr.x.shape[1]
-    q, k = sympy.MatrixSymbol("q", 1, d), sympy.MatrixSymbol("k", 1, d)
-    eta = _eta(variant)
-    sign = 1 if variant.ascent else -1
-    Wsym = tr.weights[W]
-    theta_t = {n: tr.weights[n] for n in feature_weights}
-    theta_next = dict(theta_t)
-    if dynamic:
-        theta_t = {n: sympy.MatrixSymbol(f"{n}_{{t}}", *w.shape) for n, w in theta_t.items()}
-        theta_next = {n: sympy.MatrixSymbol(f"{n}_{{t+1}}", *w.shape) for n, w in theta_next.items()}
-    state_t = sympy.MatrixSymbol(f"{W}_{{t}}", *Wsym.shape)
-    state0 = sympy.MatrixSymbol(f"{W}_{{0}}", *Wsym.shape)
-
-    plain_t = {tr.weights[n]: s for n, s in theta_t.items()}
-    plain_next = {tr.weights[n]: s for n, s in theta_next.items()}
-    key = tidy(phi.xreplace({tr.x: k, **plain_t}))
-    query = tidy(phi.xreplace({tr.x: k if variant.queries == "key" else q, **plain_next}))
-    value = tidy(sympy.MatMul(sign * eta, dloss.xreplace({tr.y: sympy.MatMul(key, state_t)})))
-
-    pred_k = rationalize(tr.prediction).xreplace({tr.x: k})
-    ell = loss.xreplace({tr.y: pred_k})
-    gradients = {u: grad(ell, tr.weights[u]) for u in variant.update}
-
-    mask, mask_formula = mask_of(variant)
-    form = LinearAttentionForm(
-        variant=variant, state=W, x=tr.x, feature=tidy(phi), feature_weights=feature_weights,
-        q=q, k=k, v=tr.v, eta=eta, y=tr.y, dloss=dloss, query=query, key=key, value=value,
-        state_t=state_t, theta_t=theta_t, theta_next=theta_next, state0=state0, gradients=gradients,
-        lr_placement=lr_placement(variant), mask=mask, mask_formula=mask_formula,
-        chunk_transform=chunk_transform(variant), unrolled=unrolled_state(variant, W, dynamic),
-        momentum=momentum_coefficients(variant),
-        kernel_recurrence=_kernel_recurrence(variant, theta_t, theta_next, gradients, eta, sign, dynamic,
-                                             {**plain_t, Wsym: state_t}),
-        classification=cls, weights=dict(tr.weights),
-    )
+    layers, head = split_model(variant, tr)
+    form = _form(variant, tr, layers, rationalize(head))
     if certify:
         from derivations.certificate import certify as run_certificate
 
@@ -125,7 +72,7 @@ def derive(variant: Variant | str, *, certify: bool = True) -> LinearAttentionFo
     return form
 
 
-def _derive_layers(variant: Variant, tr, layers, head) -> LinearAttentionForm:
+def _form(variant: Variant, tr, layers, head) -> LinearAttentionForm:
     """The form of ``f = head(z_1, …; x)`` with linear layers ``z_j = φ_j(x)·W_j (+ b_j)``.
 
     The head is absorbed into the effective loss ℓ(z) = L(head(z), v): each layer is linear
@@ -133,15 +80,12 @@ def _derive_layers(variant: Variant, tr, layers, head) -> LinearAttentionForm:
     current state, derived with our reverse-mode rules.
     """
     loss = rationalize(tr.loss)
-    head = rationalize(head)
     dloss = grad(loss, tr.y)
     states = {lay.state for lay in layers} | {lay.bias for lay in layers if lay.bias}
     feature_weights = tuple(n for n, w in tr.weights.items()
                             if n not in states and any(rationalize(lay.feature).has(w) for lay in layers))
-    dloss_at_head = dloss.xreplace({tr.y: head})
-    dloss_z = {lay.state: tidy(vjp(head, lay.z, dloss_at_head)) for lay in layers}
-    zs = [lay.z for lay in layers]
-    cls = classify_layers(variant, layers, head, feature_weights, dloss_z, zs, dloss)
+    dloss_z = {lay.state: tidy(vjp(head, lay.z, dloss.xreplace({tr.y: head}))) for lay in layers}
+    cls = classify(variant, layers, head, feature_weights, dloss_z, dloss, tr.y)
     dynamic = cls.kernel == "dynamic"
 
     d = tr.x.shape[1]
@@ -156,52 +100,55 @@ def _derive_layers(variant: Variant, tr, layers, head) -> LinearAttentionForm:
     plain_t = {tr.weights[n]: s for n, s in theta_t.items()}
     plain_next = {tr.weights[n]: s for n, s in theta_next.items()}
 
-    at_state = {}
-    pieces = []
+    at_state, pieces = {}, []
     for lay in layers:
         phi = rationalize(lay.feature)
         key = tidy(phi.xreplace({tr.x: k, **plain_t}))
         query = tidy(phi.xreplace({tr.x: k if variant.queries == "key" else q, **plain_next}))
-        W = tr.weights[lay.state]
-        state_t = sympy.MatrixSymbol(f"{lay.state}_{{t}}", *W.shape)
+        state_t = sympy.MatrixSymbol(f"{lay.state}_{{t}}", *tr.weights[lay.state].shape)
         bias_t = sympy.MatrixSymbol(f"{lay.bias}_{{t}}", *tr.weights[lay.bias].shape) if lay.bias else None
         z_t = sympy.MatMul(key, state_t) if bias_t is None else sympy.MatAdd(sympy.MatMul(key, state_t), bias_t)
         at_state[lay.z] = z_t
         pieces.append((lay, phi, key, query, state_t, bias_t))
     out = []
     for lay, phi, key, query, state_t, bias_t in pieces:
-        g = dloss_z[lay.state].xreplace({**at_state, tr.x: k})
-        value = tidy(sympy.MatMul(sign * eta, g))
+        value = tidy(sympy.MatMul(sign * eta, dloss_z[lay.state].xreplace({**at_state, tr.x: k})))
         out.append(LayerForm(lay.state, lay.bias, lay.z, rationalize(lay.layer), tidy(phi), key, query,
                              dloss_z[lay.state], value, state_t, bias_t))
     main = out[0]
     W = main.state
     Wsym = tr.weights[W]
-    state0 = sympy.MatrixSymbol(f"{W}_{{0}}", *Wsym.shape)
     pred_k = rationalize(tr.prediction).xreplace({tr.x: k})
     ell = loss.xreplace({tr.y: pred_k})
     gradients = {u: grad(ell, tr.weights[u]) for u in variant.update}
     mask, mask_formula = mask_of(variant)
-    unrolled = list(unrolled_state(variant, W, dynamic))
-    reads = ", ".join(f"{to_text(lay.z)} = q̂ S_{lay.state}" for lay in out)
-    unrolled.append(Formula(
-        rf"o_t = {to_latex(head)}\big|_{{z = \hat{{q}}_t S_t,\ x = q_t}}",
-        f"o_t = {to_text(head)} at {reads} (the read state of each layer; x = q_t)",
-    ))
-    if any(lay.bias for lay in out):
-        unrolled.append(Formula(
-            r"\hat{k} = [\phi(k),\ 1],\quad S = [W;\ b]",
-            "a bias b is a key constantly 1: k̂ = [φ(k), 1] and S = [W; b], so b ← b + Σ_i v̂_i",
-        ))
-    form = LinearAttentionForm(
+    unrolled = unrolled_state(variant, W, dynamic)
+    if not (cls.structure == "linear" and main.bias is None):
+        unrolled += _head_read(head, out)
+    return LinearAttentionForm(
         variant=variant, state=W, x=tr.x, feature=main.feature, feature_weights=feature_weights,
         q=q, k=k, v=tr.v, eta=eta, y=tr.y, dloss=dloss, query=main.query, key=main.key, value=main.value,
-        state_t=main.state_t, theta_t=theta_t, theta_next=theta_next, state0=state0, gradients=gradients,
+        state_t=main.state_t, theta_t=theta_t, theta_next=theta_next,
+        state0=sympy.MatrixSymbol(f"{W}_{{0}}", *Wsym.shape), gradients=gradients,
         lr_placement=lr_placement(variant), mask=mask, mask_formula=mask_formula,
-        chunk_transform=chunk_transform(variant), unrolled=tuple(unrolled),
+        chunk_transform=chunk_transform(variant), unrolled=unrolled,
         momentum=momentum_coefficients(variant),
         kernel_recurrence=_kernel_recurrence(variant, theta_t, theta_next, gradients, eta, sign, dynamic,
                                              {**plain_t, Wsym: main.state_t}),
         classification=cls, weights=dict(tr.weights), head=head, layers=tuple(out),
     )
-    return form
+
+
+def _head_read(head, layers) -> tuple[Formula, ...]:
+    """The output read through the head, and how a bias joins the state (headed, gated, biased forms)."""
+    reads = ", ".join(f"{to_text(lay.z)} = q̂ S_{lay.state}" for lay in layers)
+    out = (Formula(
+        rf"o_t = {to_latex(head)}\big|_{{z = \hat{{q}}_t S_t,\ x = q_t}}",
+        f"o_t = {to_text(head)} at {reads} (the read state of each layer; x = q_t)",
+    ),)
+    if any(lay.bias for lay in layers):
+        out += (Formula(
+            r"\hat{k} = [\phi(k),\ 1],\quad S = [W;\ b]",
+            "a bias b is a key constantly 1: k̂ = [φ(k), 1] and S = [W; b], so b ← b + Σ_i v̂_i",
+        ),)
+    return out

@@ -2,10 +2,11 @@
 
 Conventions (per head, rows act on the right, as in ``reference/ttt-math.md``):
 
-* the model splits as ``f(x) = φ(x; Θ) · W`` with ``x`` a ``1 × D_k`` row, ``φ(x; Θ)`` a
-  ``1 × D_h`` row (the *feature*), and ``W`` the ``D_h × D_v`` *state* (a fast weight the
-  inner loop updates);
-* the layer then reads ``o_t = q̂_t (S_0 + Σ_i C_{ti} k̂_iᵀ v̂_i)`` (Theorems 5.1–5.3), with the
+* the model splits as ``f(x) = head(z_1, …; x)`` with linear layers ``z_j = φ_j(x; Θ) · W_j
+  (+ b_j)``: ``x`` a ``1 × D_k`` row, ``φ(x; Θ)`` a ``1 × D_h`` row (the *feature*), and ``W``
+  the ``D_h × D_v`` *state* (a fast weight the inner loop updates); a plain ``φ(x)·W`` is one
+  layer under the identity head ``z``;
+* each layer then reads ``q̂_t (S_0 + Σ_i C_{ti} k̂_iᵀ v̂_i)`` (Theorems 5.1–5.3), with the
   mask ``C`` given by the schedule and momentum, an optional per-chunk transform 𝓜
   (Newton–Schulz) and an optional weight norm wrapped around each state update.
 
@@ -80,7 +81,7 @@ class Certificate:
 
 @dataclass(frozen=True)
 class LayerForm:
-    """One linear layer ``z = φ(x)·W (+ b)`` of a headed or gated model, as linear attention.
+    """One linear layer ``z = φ(x)·W (+ b)`` of the model, as linear attention.
 
     ``key``/``query`` are φ_t(k) and φ_{t+1}(q); ``bias`` (an updated ``1 × n`` weight) extends
     them by a constant 1 and the state ``W`` by the row ``b``; ``dloss_z`` is ∂ℓ/∂z of the
@@ -103,7 +104,10 @@ class LayerForm:
 
 @dataclass(frozen=True, eq=False)
 class LinearAttentionForm:
-    """A variant rewritten as (extended) linear attention.
+    """A variant rewritten as (extended) linear attention: ``layers`` (at least one) under ``head``.
+
+    The attributes ``feature`` … ``value`` and ``state_t`` describe the first layer (the only one
+    of f = φ(x)·W, the last linear layer under a head).
 
     Attributes:
         variant: the declared variant.
@@ -167,8 +171,8 @@ class LinearAttentionForm:
     certificate: Certificate | None = None
     seconds: float = 0.0
     weights: dict = field(default_factory=dict)
-    #: headed/gated models: the head ``f = head(z_1, …; x)`` (an expression of the layers' ``z``
-    #: symbols and ``x``) and one :class:`LayerForm` per linear layer; None/() for f = φ(x)·W
+    #: the head ``f = head(z_1, …; x)`` (an expression of the layers' ``z`` symbols and ``x``;
+    #: ``z`` itself, the identity head, for f = φ(x)·W) and one :class:`LayerForm` per linear layer
     head: sympy.MatrixExpr | None = None
     layers: tuple = ()
 
@@ -176,7 +180,7 @@ class LinearAttentionForm:
     def is_linear(self) -> bool:
         """True iff the model is one bias-free linear layer read directly, f(x) = φ(x)·W
         (the identity head): the read is o = q̂ S, not head(q̂ S + b; x)."""
-        return self.head is None
+        return self.classification.structure == "linear" and not any(lay.bias for lay in self.layers)
 
     @property
     def reducible(self) -> bool:

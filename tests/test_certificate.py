@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import sympy
 
-from derivations import derive, dot, momentum, newton_schulz, sq_norm, variant, weight_norm
+from derivations import derive, dot, momentum, newton_schulz, silu, sq_norm, variant, weight_norm
 from derivations.catalog import CATALOG
 from derivations.certificate import certify
 from derivations.spec import bidirectional, chunked, per_token, token_level
@@ -65,3 +65,42 @@ def _v(schedule, mom=None, ns=None, wn=None, loss=lambda y, v: -dot(y, v)):
 def test_schedules_and_components_are_certified(rule):
     form = derive(_v(**rule))
     assert form.certificate.certified, form.certificate.failure
+
+
+def _headed(**rule):
+    @variant(fast={"W": ("d", "d")}, update=["W"], loss=lambda y, v: 0.5 * sq_norm(y - v), lr=per_token(),
+             schedule=chunked("block_inclusive", 2), **rule)
+    def headed(x, W):
+        return silu(x @ W)
+
+    return headed
+
+
+def _with_layer(form, **changes):
+    """``form`` with its first layer's fields replaced (a frozen dataclass, copied)."""
+    layer = dataclasses.replace(form.layers[0], **changes)
+    return dataclasses.replace(form, layers=(layer, *form.layers[1:]))
+
+
+def test_headed_form_with_a_wrong_value_is_not_certified():
+    """silu(x·W): the head is absorbed into ∂ℓ/∂z; a value off by the head's derivative is rejected."""
+    form = derive(_headed(), certify=False)
+    assert form.classification.structure == "headed" and certify(form).certified
+    lay = form.layers[0]
+    z = lay.z
+    without_head = form.dloss.xreplace({form.y: z})  # ∂L/∂f taken for ∂ℓ/∂z: forgets silu′(z)
+    assert not certify(_with_layer(form, dloss_z=without_head)).certified
+
+
+def test_headed_form_with_momentum_is_certified_through_the_chunk_state_form():
+    form = derive(_headed(momentum=momentum("chunk")))
+    assert form.certificate.certified, form.certificate.failure
+    assert "equals the literal inner loop" in form.certificate.checked
+
+
+def test_a_form_wrong_only_at_a_later_token_is_rejected_there():
+    """apply_then_update, chunk 2: tokens 0 and 1 read S_0, so a wrong value shows only at token 2."""
+    form = derive("lact_v6", certify=False)
+    assert form.variant.schedule.order == "apply_then_update"
+    result = certify(dataclasses.replace(form, dloss=sympy.MatMul(2, form.dloss)))
+    assert not result.certified and result.failure.startswith("token 2:"), result.failure

@@ -174,14 +174,14 @@ def test_feature_times_state_is_the_model():
 def test_lact_v2_effective_value_gives_the_oracle_increment():
     """Σ_i k̂_iᵀ v̂_i over a chunk equals the oracle's ΔW1 (autograd) for that chunk."""
     from verify.inputs import make_case
-    from verify.oracle import _increments
+    from verify.oracle import increments
 
     v2 = CATALOG["lact_v2"]
     form = derive(v2, certify=False)
     case = make_case(v2, seq_len=5, sizes={"d": 4, "h": 3}, generator=torch.Generator().manual_seed(3))
     W = {n: w[0, 0].clone().requires_grad_(n in v2.update) for n, w in case.initial_weights.items()}
     K, V, eta = case.k[0, :, 0], case.v[0, :, 0], case.lr[0, :, 0]
-    want = _increments(v2, W, K, V, {"W1": eta[:, None]}, False)["W1"]
+    want = increments(v2, W, K, V, {"W1": eta[:, None]}, False)["W1"]
     got = torch.zeros_like(want)
     for i in range(K.shape[0]):
         env = {**{n: w.detach() for n, w in W.items()}, "k": K[i:i + 1], "v": V[i:i + 1], "eta_t": eta[i]}

@@ -49,7 +49,7 @@ def _per_token(fn, rows: int) -> float:
 
 def model_flops(variant: Variant, sizes: dict[str, int], rows: int = 4) -> ModelFlops:
     """Count the matmul FLOPs of the declared model and of its inner-loss gradient per token."""
-    from verify.oracle import _increments, _read
+    from verify.oracle import increments, read_model
 
     g = torch.Generator().manual_seed(0)
     weights = {n: torch.randn(1, 1, *variant.shape_of(n, sizes), generator=g) for n in variant.fast}
@@ -58,7 +58,7 @@ def model_flops(variant: Variant, sizes: dict[str, int], rows: int = 4) -> Model
     V = torch.randn(1, 1, rows, dv, generator=g)
     eta = {u: torch.ones(1, 1, rows, 1) for u in variant.update}
     grid = (1, rows) if variant.spatial is not None else None  # a spatial layer: its conv2d on a 1 × rows grid
-    read = _per_token(lambda: _read(variant, weights, K, grid), rows)
+    read = _per_token(lambda: read_model(variant, weights, K, grid), rows)
     if variant.spatial is not None:
         # each kernel's gradient is one correlation the size of its convolution; torch's counter charges
         # a grouped convolution's weight gradient once per group, so it is not asked here
@@ -66,7 +66,7 @@ def model_flops(variant: Variant, sizes: dict[str, int], rows: int = 4) -> Model
     else:
         grad_ready = {n: (w.requires_grad_() if n in variant.update else w) for n, w in weights.items()}
         with torch.enable_grad():
-            inc = _per_token(lambda: _increments(variant, grad_ready, K, V, eta, False), rows)
+            inc = _per_token(lambda: increments(variant, grad_ready, K, V, eta, False), rows)
     last = [u for u in variant.update if variant.fast[u][1] == variant.value_dim]
     if len(last) == 1 and not _loss_reads_prediction(variant, dv):
         r, c = variant.shape_of(last[0], sizes)

@@ -1,10 +1,10 @@
 """The direct-TTT oracle: a declared inner loop, executed literally.
 
-Every generated form is checked against this. It is slow by design and meant to be read:
-per chunk it asks ``torch.autograd`` for the gradient of the inner loss at the current fast
-weights, then applies, in this order, the sign and learning rate, momentum,
-orthogonalisation, the decay, the weight update and weight normalisation, and reads the
-queries in the declared order. It never uses a derived gradient. With ``create_graph=True`` (chosen
+Every generated form is checked against this. It is slow by design and meant to be read: the
+schedule is :func:`derivations.inner_loop.run_inner_loop` (clip → momentum → 𝓜 → decay → add →
+weight norm per step, reads in the declared order), run here on torch tensors batched over
+``[B, H, tokens]``; each increment asks ``torch.autograd`` for the gradient of the inner loss at
+the current fast weights. It never uses a derived gradient. With ``create_graph=True`` (chosen
 automatically when an input requires grad), gradients of an outer loss flow back to q, k,
 v, the learning rates, the momentum coefficients and the initial fast weights.
 """
@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import torch
 
+from derivations.inner_loop import run_inner_loop
 from derivations.loading import load_variant
 from derivations.mat import Mat
 from derivations.spec import Orthogonalize
@@ -22,7 +23,7 @@ from derivations.variant import Variant
 from verify.checks import check_chunk_size, check_qkv, check_tensor
 from verify.signature import check_given
 
-__all__ = ["run_direct", "newton_schulz"]
+__all__ = ["run_direct", "newton_schulz", "read_model", "increments"]
 
 
 def newton_schulz(X: torch.Tensor, ortho: Orthogonalize) -> torch.Tensor:
@@ -44,7 +45,7 @@ def _column_norms(W: torch.Tensor) -> torch.Tensor:
     return W.norm(dim=-2, keepdim=True)
 
 
-def _read(variant: Variant, W: Mapping[str, torch.Tensor], rows: torch.Tensor, grid=None) -> torch.Tensor:
+def read_model(variant: Variant, W: Mapping[str, torch.Tensor], rows: torch.Tensor, grid=None) -> torch.Tensor:
     """f(rows; W): the model applied to token rows ``[B, H, n, D]`` (on the ``grid`` of a spatial layer)."""
     weights = {name: Mat.weight(w, name) for name, w in W.items()}
     return variant.model(Mat.rows(rows, grid=grid), **weights).value
@@ -52,11 +53,11 @@ def _read(variant: Variant, W: Mapping[str, torch.Tensor], rows: torch.Tensor, g
 
 def _token_losses(variant: Variant, W, K: torch.Tensor, V: torch.Tensor, grid=None) -> torch.Tensor:
     """ℓ_i = L(f(k_i; W), v_i) for each token row: ``[B, H, n, 1]``."""
-    prediction = _read(variant, W, K, grid)
+    prediction = read_model(variant, W, K, grid)
     return variant.loss(Mat.rows(prediction, "y"), Mat.rows(V, "v")).value
 
 
-def _increments(variant, W, K, V, eta, create_graph, grid=None) -> dict[str, torch.Tensor]:
+def increments(variant, W, K, V, eta, create_graph, grid=None) -> dict[str, torch.Tensor]:
     """ΔW_u = ∓ Σ_i η_{u,i} ∇_{W_u} ℓ_i for every updated weight u, all at the weights W.
 
     ``eta`` maps each updated name to a ``[B, H, n, 1]`` learning rate (or a float).
@@ -185,95 +186,17 @@ def run_direct(
 
     # Per (batch, head), a matrix of token rows: [B, H, T, D].
     Q, K, V = (t.transpose(1, 2) for t in (q, k, v))
-    if variant.queries == "key":
-        Q = K
-    eta = _eta_for(variant, lr, B, T, H, q.dtype, q.device)
-    alpha = momentum.transpose(1, 2)[..., None, None] if momentum is not None else None  # [B, H, T, 1, 1]
-    gamma = log_decay.transpose(1, 2).exp()[..., None, None] if log_decay is not None else None  # [B, H, T, 1, 1]
-    decay_first = variant.decay is not None and variant.decay.order == "decay_then_gradient"
-
     W = {n: (w.unsqueeze(0).expand(B, *w.shape) if w.dim() == 3 else w) for n, w in initial_weights.items()}
-    target_norms = {u: _column_norms(W[u]) for u in variant.update} if variant.weight_norm else {}
-    buffers = {u: torch.zeros_like(W[u]) for u in variant.update} if variant.momentum else {}
-
-    def step(W, increments, alpha_now, gamma_now=None):
-        """One inner step: momentum, orthogonalisation, decay (when given), update, weight norm."""
-        W = dict(W)
-        for u, inc in increments.items():
-            if variant.clip is not None:  # ViTTT: G[:, c] / (‖G[:, c]‖ + 1), literally
-                inc = inc / (_column_norms(inc) + 1.0)
-            if variant.momentum is not None:
-                buffers[u] = inc + alpha_now * buffers[u]
-                inc = buffers[u]
-            if variant.orthogonalize is not None:
-                inc = newton_schulz(inc, variant.orthogonalize)
-            # Titans' order: M_t = γ_t M_{t−1} + S_t, the gradient was taken before the decay
-            new = (W[u] if gamma_now is None else gamma_now * W[u]) + inc
-            if variant.weight_norm is not None:
-                new = new / (_column_norms(new) + variant.weight_norm.eps) * target_norms[u]
-            W[u] = new if create_graph else new.detach()
-        return W
-
-    def grad_ready(W):
-        return {
-            n: (w if (w.requires_grad or n not in variant.update) else w.detach().requires_grad_())
-            for n, w in W.items()
-        }
-
-    outputs = []
+    backend = _TorchBackend(
+        variant, Q=K if variant.queries == "key" else Q, K=K, V=V,
+        eta=_eta_for(variant, lr, B, T, H, q.dtype, q.device),
+        alpha=momentum.transpose(1, 2)[..., None, None] if momentum is not None else None,  # [B, H, T, 1, 1]
+        gamma=log_decay.transpose(1, 2).exp()[..., None, None] if log_decay is not None else None,  # [B, H, T, 1, 1]
+        position=position, grid=grid, create_graph=create_graph,
+        target_norms={u: _column_norms(W[u]) for u in variant.update} if variant.weight_norm else {},
+    )
     with torch.enable_grad():
-        starts = list(range(0, T, chunk_size))
-        for n, s in enumerate(starts):
-            e = min(s + chunk_size, T)
-            if sched.order == "apply_then_update":
-                outputs.append(_read(variant, W, Q[..., s:e, :], grid))
-                if n == len(starts) - 1:
-                    break  # the last chunk is apply-only
-            if decay_first:
-                # gated DeltaNet's order (token-level, so s is the only token of the chunk): S ← γ_s S,
-                # then the gradient below is taken at the decayed state.
-                W = {name: gamma[:, :, s] * w if name in variant.update else w for name, w in W.items()}
-            W = grad_ready(W)
-            if sched.order == "update_then_apply":
-                # One step per token, every gradient taken at the chunk-start weights.
-                eta_c = {u: eta[u][..., s:e, :] for u in variant.update}
-                per_token = [
-                    _increments(
-                        variant,
-                        W,
-                        K[..., t : t + 1, :],
-                        V[..., t : t + 1, :],
-                        {u: eta_c[u][..., t - s : t - s + 1, :] for u in variant.update},
-                        create_graph,
-                    )
-                    for t in range(s, e)
-                ]
-                if position is not None:  # TTT-Linear: token t reads W_s + a_(t−s) Σ_(j≤t) ΔW_j, no steps
-                    start, total = W, {}
-                    for t, inc in zip(range(s, e), per_token):
-                        total = {u: total[u] + g if u in total else g for u, g in inc.items()}
-                        W = {n: start[n] + position[t - s] * total[n] if n in total else w for n, w in start.items()}
-                        outputs.append(_read(variant, W, Q[..., t : t + 1, :]))
-                    if not create_graph:
-                        W = {n: w.detach() for n, w in W.items()}
-                    continue
-                for t, inc in zip(range(s, e), per_token):
-                    gamma_now = gamma[:, :, t] if gamma is not None and not decay_first else None
-                    W = step(W, inc, alpha[:, :, t] if alpha is not None else None, gamma_now)
-                    outputs.append(_read(variant, W, Q[..., t : t + 1, :]))
-                continue
-            inc = _increments(
-                variant,
-                W,
-                K[..., s:e, :],
-                V[..., s:e, :],
-                {u: eta[u][..., s:e, :] for u in variant.update},
-                create_graph,
-                grid,
-            )
-            W = step(W, inc, alpha[:, :, s:e].mean(dim=2) if alpha is not None else None)
-            if sched.order != "apply_then_update":  # block-inclusive, bidirectional
-                outputs.append(_read(variant, W, Q[..., s:e, :], grid))
+        outputs, W = run_inner_loop(variant, backend, W, T, chunk_size)
 
     o = torch.cat(outputs, dim=2).transpose(1, 2)
     final = {u: W[u] for u in variant.update}
@@ -281,3 +204,46 @@ def run_direct(
         o = o.detach()
         final = {u: w.detach() for u, w in final.items()}
     return o, final
+
+
+class _TorchBackend:
+    """The inner loop's torch interpretation (see :class:`derivations.inner_loop.Backend`):
+    tensors ``[B, H, ...]`` batched over batch and heads, gradients from ``torch.autograd``."""
+
+    def __init__(self, variant, *, Q, K, V, eta, alpha, gamma, position, grid, create_graph, target_norms):
+        self.variant, self.Q, self.K, self.V, self.eta = variant, Q, K, V, eta
+        self.alpha, self.gamma, self.a, self.grid = alpha, gamma, position, grid
+        self.create_graph, self.target_norms = create_graph, target_norms
+
+    def read(self, W, version, tokens):
+        return read_model(self.variant, W, self.Q[..., tokens.start:tokens.stop, :], self.grid)
+
+    def increments(self, W, version, tokens):
+        s, e = tokens.start, tokens.stop
+        eta = {u: self.eta[u][..., s:e, :] for u in self.variant.update}
+        return increments(self.variant, W, self.K[..., s:e, :], self.V[..., s:e, :], eta, self.create_graph, self.grid)
+
+    def trainable(self, W):
+        return {n: (w if (w.requires_grad or n not in self.variant.update) else w.detach().requires_grad_())
+                for n, w in W.items()}
+
+    def settle(self, w):
+        return w if self.create_graph else w.detach()
+
+    def clip(self, name, inc):  # ViTTT: G[:, c] / (‖G[:, c]‖ + 1), literally
+        return inc / (_column_norms(inc) + 1.0)
+
+    def orthogonalize(self, name, inc):
+        return newton_schulz(inc, self.variant.orthogonalize)
+
+    def renorm(self, name, w):
+        return w / (_column_norms(w) + self.variant.weight_norm.eps) * self.target_norms[name]
+
+    def momentum(self, tokens):
+        return self.alpha[:, :, tokens.start:tokens.stop].mean(dim=2)
+
+    def decay(self, t):
+        return self.gamma[:, :, t]
+
+    def position(self, p):
+        return self.a[p]
