@@ -21,7 +21,7 @@ from derivations.mat import Mat
 from derivations.spec import Orthogonalize
 from derivations.variant import Variant
 from verify.checks import check_chunk_size, check_qkv, check_tensor
-from verify.signature import check_given
+from verify.signature import check_given, input_leaves
 
 __all__ = ["run_direct", "newton_schulz", "read_model", "increments"]
 
@@ -180,9 +180,9 @@ def run_direct(
         chunk_size = T  # one step on all tokens
     position = _position_factors(variant, lr_position, chunk_size, q)
 
-    inputs = [q, k, v, *initial_weights.values()]
-    inputs += (list(lr.values()) if isinstance(lr, Mapping) else [lr]) + [momentum, log_decay, lr_position]
-    create_graph = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
+    optional = dict(lr=lr, momentum=momentum, log_decay=log_decay, lr_position=lr_position)
+    inputs = [q, k, v, *initial_weights.values(), *input_leaves(optional).values()]
+    create_graph = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
 
     # Per (batch, head), a matrix of token rows: [B, H, T, D].
     Q, K, V = (t.transpose(1, 2) for t in (q, k, v))
