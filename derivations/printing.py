@@ -31,26 +31,33 @@ def _needs_parens(arg, inside):
     return False
 
 
-class TextPrinter(StrPrinter):
-    """Unicode one-line printer for the IR."""
+class _ProductPrinting:
+    """Matrix products with a scalar coefficient, shared by the text and LaTeX printers: a
+    printer sets ``TIMES`` (between factors), ``MINUS`` and ``PARENS`` (a format with ``{}``)."""
+
+    TIMES = MINUS = PARENS = ""
 
     def _wrap(self, arg, inside):
         s = self._print(arg)
-        return f"({s})" if _needs_parens(arg, inside) else s
+        return self.PARENS.format(s) if _needs_parens(arg, inside) else s
 
     def _print_MatMul(self, expr):
         scalars = [a for a in expr.args if not isinstance(a, sympy.MatrixExpr)]
         mats = [a for a in expr.args if isinstance(a, sympy.MatrixExpr)]
         c = sympy.Mul(*scalars)
-        body = "·".join(self._wrap(m, "matmul") for m in mats)
+        body = self.TIMES.join(self._wrap(m, "matmul") for m in mats)
         if c == 1:
             return body
         if c == -1:
-            return "−" + body
+            return self.MINUS + body
         cs = self._print(c)
-        if isinstance(c, sympy.Add):
-            cs = f"({cs})"
-        return f"{cs}·{body}"
+        return f"{self.PARENS.format(cs) if isinstance(c, sympy.Add) else cs}{self.TIMES}{body}"
+
+
+class TextPrinter(_ProductPrinting, StrPrinter):
+    """Unicode one-line printer for the IR."""
+
+    TIMES, MINUS, PARENS = "·", "−", "({})"
 
     def _print_MatAdd(self, expr):
         terms = [self._print(a) for a in expr.args]
@@ -83,26 +90,10 @@ class TextPrinter(StrPrinter):
         return name
 
 
-class IRLatexPrinter(LatexPrinter):
+class IRLatexPrinter(_ProductPrinting, LatexPrinter):
     """LaTeX for the IR with ⊙, ⊤ and named element-wise functions."""
 
-    def _wrap(self, arg, inside):
-        s = self._print(arg)
-        return rf"\left({s}\right)" if _needs_parens(arg, inside) else s
-
-    def _print_MatMul(self, expr):
-        scalars = [a for a in expr.args if not isinstance(a, sympy.MatrixExpr)]
-        mats = [a for a in expr.args if isinstance(a, sympy.MatrixExpr)]
-        c = sympy.Mul(*scalars)
-        body = " ".join(self._wrap(m, "matmul") for m in mats)
-        if c == 1:
-            return body
-        if c == -1:
-            return "-" + body
-        cs = self._print(c)
-        if isinstance(c, sympy.Add):
-            cs = rf"\left({cs}\right)"
-        return f"{cs} {body}"
+    TIMES, MINUS, PARENS = " ", "-", r"\left({}\right)"
 
     def _print_HadamardProduct(self, expr):
         return r" \odot ".join(self._wrap(a, "hadamard") for a in expr.args)
