@@ -15,14 +15,16 @@ import tempfile
 from pathlib import Path
 
 from codegen.context import build_context
-from codegen.render import modules_for, render
+from codegen.plan import FormPlan, plan
+from codegen.render import render_package
 from derivations.derive import derive
 from derivations.errors import TTTLAError
 from derivations.form import LinearAttentionForm
 from derivations.loading import load_variant
 from derivations.variant import Variant
 
-__all__ = ["render_variant", "generate", "import_generated", "triton_refusal", "PACKAGE_ROOT", "GenerationError"]
+__all__ = ["render_variant", "generate", "import_generated", "plan_of", "triton_refusal", "PACKAGE_ROOT",
+           "GenerationError"]
 
 #: where the committed modules of the catalog live
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "tttla_kernels"
@@ -32,20 +34,23 @@ class GenerationError(TTTLAError):
     """Code generation was refused or failed (e.g. it would overwrite the package's files)."""
 
 
+def _derived(variant: Variant | str | LinearAttentionForm) -> LinearAttentionForm:
+    return variant if isinstance(variant, LinearAttentionForm) else derive(load_variant(variant), certify=False)
+
+
 def render_variant(variant: Variant | str | LinearAttentionForm) -> dict[str, str]:
     """Every generated file of a variant, by file name, as text."""
-    form = variant if isinstance(variant, LinearAttentionForm) else derive(load_variant(variant), certify=False)
-    context = build_context(form)
-    return {fname: render(template, context) for fname, template in modules_for(context).items()}
+    return render_package(build_context(_derived(variant)))
+
+
+def plan_of(variant: Variant | str | LinearAttentionForm) -> FormPlan:
+    """The variant's generated forms and their kinds (:func:`codegen.plan.plan`)."""
+    return plan(_derived(variant))
 
 
 def triton_refusal(variant: Variant | str | LinearAttentionForm) -> str | None:
     """Why ``variant`` gets no Triton form (one line), or None when it gets one."""
-    form = variant if isinstance(variant, LinearAttentionForm) else derive(load_variant(variant), certify=False)
-    context = build_context(form)
-    if context.triton_form:
-        return None
-    return f"no Triton form for {context.name!r}: {context.fallback_reason}"
+    return plan_of(variant).triton_refusal
 
 
 def _inside(path: Path, root: Path) -> bool:
