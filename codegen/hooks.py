@@ -489,9 +489,9 @@ class Hooks:
         """Whether the recurrence's step calls the runtime (Newton–Schulz, weight norm)."""
         return bool(self.c.ns_coefficients) or self.c.weight_norm_eps is not None
 
-    def step_state(self) -> str:
-        """What the steps carry besides the state: the target column norms, the momentum buffers."""
-        rows = []
+    def recurrent_state(self) -> str:
+        """The state the steps carry: the weights, and the target column norms and momentum buffers."""
+        rows = ["state = inputs.state"]
         if self.c.weight_norm_eps is not None:
             rows.append("target_norms = {name: W.norm(dim=-2, keepdim=True) for name, W in state.items()}  "
                         "# initial column norms")
@@ -499,6 +499,10 @@ class Hooks:
             rows.append("buffers = {name: torch.zeros_like(W) for name, W in state.items()}  "
                         "# momentum, pre-orthogonalisation")
         return _lines(rows)
+
+    def uses_step(self) -> bool:
+        """Whether the recurrence takes steps (a rank-1 learning rate reads partial sums instead)."""
+        return not self.c.lr_position
 
     def read_body(self) -> str:
         c = self.c
@@ -510,16 +514,18 @@ class Hooks:
 
     def read_doc(self) -> str:
         c = self.c
-        return "f(rows; Θ), the whole model" if c.model is not None else f"φ(rows; Θ) · {c.state}"
+        return "f(rows; Θ) (the whole model)" if c.model is not None else f"φ(rows; Θ) · {c.state}"
 
-    def eta_slices(self) -> str:
-        """The learning rates of tokens [start, end) passed to chunk_increments."""
+    def increments_args(self) -> str:
+        """The arguments of chunk_increments for tokens [start, end): keys, values, learning rates, weights."""
         c = self.c
-        if not c.per_token_lr:
-            return ""
-        if c.multi_state:
-            return "".join(f'inputs.eta["{w}"][..., start:end, :], ' for w, _, _ in c.updated)
-        return "inputs.eta[..., start:end, :], "
+        rows = ["inputs.K[..., start:end, :]", "inputs.V[..., start:end, :]"]
+        if c.per_token_lr and c.multi_state:
+            rows += [f'inputs.eta["{w}"][..., start:end, :]' for w, _, _ in c.updated]
+        elif c.per_token_lr:
+            rows.append("inputs.eta[..., start:end, :]")
+        rows.append("**weights(state)")
+        return _lines([f"{row}," for row in rows], " " * 12)
 
     def step_params(self) -> str:
         return "state, increments, alpha_now" + (", gamma_now" if self.c.decay == "gradient_then_decay" else "")

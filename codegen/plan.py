@@ -52,8 +52,8 @@ class FormPlan:
     chunk_template: str | None
     #: "recurrent", "chunk" and, when generated, "triton"
     forms: dict[str, PlannedForm]
-    #: why there is no Triton form (one line), or None when there is one
-    triton_refusal: str | None
+    #: why the variant gets no Triton form (one line), or None when it gets one
+    no_triton: str | None
     #: the default compute block of the parallel forms when the schedule fixes the step, else None
     compute_chunk: int | None = None
     #: the files every package has besides its forms
@@ -65,17 +65,24 @@ class FormPlan:
         """Every generated file → its template."""
         return {**self.support, **{f.file: f.template for f in self.forms.values()}}
 
+    @property
+    def triton_refusal(self) -> str | None:
+        """"no Triton form for 'name': why", or None when the variant gets one."""
+        return None if self.no_triton is None else f"no Triton form for {self.variant!r}: {self.no_triton}"
+
     def generated(self) -> dict[str, dict]:
         """``{form: {"kind": ..., "reason": ...}}`` (``tttla derive --json``'s ``"generated"``)."""
         return {name: f.summary() for name, f in self.forms.items()}
 
+    def not_generated(self) -> dict[str, str]:
+        """``{form: why}`` for the forms the variant does not get (``--json``'s ``"not_generated"``)."""
+        return {} if self.no_triton is None else {"triton": self.no_triton}
+
     def describe(self) -> list[str]:
-        """One line per form, then the missing Triton form's reason (``tttla derive``'s text)."""
+        """One line per form, then one per missing form (``tttla derive`` and ``tttla generate``)."""
         lines = [f"{name} ({f.file}): {f.kind}" + (f" — {f.reason}" if f.reason else "")
                  for name, f in self.forms.items()]
-        if self.triton_refusal:
-            lines.append(f"triton: none — {self.triton_refusal}")
-        return lines
+        return lines + ([self.triton_refusal] if self.triton_refusal else [])
 
 
 def plan(form: LinearAttentionForm) -> FormPlan:
@@ -88,7 +95,7 @@ def plan(form: LinearAttentionForm) -> FormPlan:
         refusal = _no_prefix_scan_template(form)
         chunk_template = None if refusal else "prefix_scan"
     steps = _sequential_kind(sched.order)
-    forms = {"recurrent": PlannedForm("recurrent.py", "recurrent.py.jinja", steps, _RECURRENCE_REASONS[sched.order])}
+    forms = {"recurrent": PlannedForm("recurrent.py", "recurrent.py.jinja", steps, _recurrence_reason(sched))}
     if chunk_template:
         forms["chunk"] = PlannedForm("chunk.py", _CHUNK_TEMPLATES[chunk_template], PARALLEL)
         forms["triton"] = PlannedForm("triton_chunk.py", _TRITON_TEMPLATES[chunk_template], PARALLEL)
@@ -99,7 +106,7 @@ def plan(form: LinearAttentionForm) -> FormPlan:
         variant=variant.name,
         chunk_template=chunk_template,
         forms=forms,
-        triton_refusal=None if chunk_template else f"no Triton form for {variant.name!r}: {refusal}",
+        no_triton=refusal,
         compute_chunk=COMPUTE_CHUNK if chunk_template and sched.fixed and token_steps else None,
     )
 
@@ -109,12 +116,13 @@ def _sequential_kind(order: str) -> str:
     return RECURRENCE if order == "update_then_apply" else CHUNK_SCAN
 
 
-_RECURRENCE_REASONS = {
-    "update_then_apply": "the reference form: one inner step per token, each read right after it",
-    "apply_then_update": "the reference form: one inner step per chunk, the chunks in sequence",
-    "block_inclusive": "the reference form: one inner step per chunk, the chunks in sequence",
-    "bidirectional": "the reference form: one inner step on all tokens",
-}
+def _recurrence_reason(schedule) -> str:
+    if schedule.order == "bidirectional":
+        return "the reference form: one inner step on all tokens"
+    if schedule.order != "update_then_apply":
+        return "the reference form: one inner step per chunk, the chunks in sequence"
+    at = "" if schedule.fixed else " (gradients at the chunk-start weights)"
+    return f"the reference form: one inner step per token{at}, each token read right after it"
 
 
 def _no_prefix_scan_template(form: LinearAttentionForm) -> str | None:

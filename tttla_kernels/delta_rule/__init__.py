@@ -12,7 +12,7 @@ Chunk-parallel in WY/UT form, not a prefix scan, because (derivation report):
 
 The forms (codegen.plan):
 
-- recurrent (recurrent.py): recurrence — the reference form: one inner step per token, each read right after it
+- recurrent (recurrent.py): recurrence — the reference form: one inner step per token, each token read right after it
 - chunk (chunk.py): parallel
 - triton (triton_chunk.py): parallel
 """

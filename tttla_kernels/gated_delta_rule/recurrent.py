@@ -60,7 +60,6 @@ def recurrent_gated_delta_rule(
     inputs = prepare(q, k, v, lr=lr, log_decay=log_decay, initial_state=initial_state, chunk_size=1)
     state = inputs.state
 
-
     def weights(state):
         return {**inputs.slow, **state}
 
@@ -71,7 +70,12 @@ def recurrent_gated_delta_rule(
 
     def increments(start, end, state):
         """Increments of the updated weights from tokens [start, end), at ``state``."""
-        return chunk_increments(inputs.K[..., start:end, :], inputs.V[..., start:end, :], inputs.eta[..., start:end, :], **weights(state))
+        return chunk_increments(
+            inputs.K[..., start:end, :],
+            inputs.V[..., start:end, :],
+            inputs.eta[..., start:end, :],
+            **weights(state),
+        )
 
     def step(state, increments, alpha_now):
         """One inner step: update."""

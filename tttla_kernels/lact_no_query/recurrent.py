@@ -87,7 +87,14 @@ def recurrent_lact_no_query(
 
     def increments(start, end, state):
         """Increments of the updated weights from tokens [start, end), at ``state``."""
-        return chunk_increments(inputs.K[..., start:end, :], inputs.V[..., start:end, :], inputs.eta["W0"][..., start:end, :], inputs.eta["W1"][..., start:end, :], inputs.eta["W2"][..., start:end, :], **weights(state))
+        return chunk_increments(
+            inputs.K[..., start:end, :],
+            inputs.V[..., start:end, :],
+            inputs.eta["W0"][..., start:end, :],
+            inputs.eta["W1"][..., start:end, :],
+            inputs.eta["W2"][..., start:end, :],
+            **weights(state),
+        )
 
     def step(state, increments, alpha_now):
         """One inner step: momentum, Newton–Schulz, update, weight norm."""

@@ -58,7 +58,6 @@ def recurrent_lact_v5(
     inputs = prepare(q, k, v, initial_state=initial_state, chunk_size=chunk_size)
     state = inputs.state
 
-
     def weights(state):
         return {**inputs.slow, **state}
 
@@ -69,7 +68,11 @@ def recurrent_lact_v5(
 
     def increments(start, end, state):
         """Increments of the updated weights from tokens [start, end), at ``state``."""
-        return chunk_increments(inputs.K[..., start:end, :], inputs.V[..., start:end, :], **weights(state))
+        return chunk_increments(
+            inputs.K[..., start:end, :],
+            inputs.V[..., start:end, :],
+            **weights(state),
+        )
 
     def step(state, increments, alpha_now):
         """One inner step: Newton–Schulz, update."""

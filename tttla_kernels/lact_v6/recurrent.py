@@ -55,7 +55,6 @@ def recurrent_lact_v6(
     inputs = prepare(q, k, v, initial_state=initial_state, chunk_size=chunk_size)
     state = inputs.state
 
-
     def weights(state):
         return {**inputs.slow, **state}
 
@@ -66,7 +65,11 @@ def recurrent_lact_v6(
 
     def increments(start, end, state):
         """Increments of the updated weights from tokens [start, end), at ``state``."""
-        return chunk_increments(inputs.K[..., start:end, :], inputs.V[..., start:end, :], **weights(state))
+        return chunk_increments(
+            inputs.K[..., start:end, :],
+            inputs.V[..., start:end, :],
+            **weights(state),
+        )
 
     def step(state, increments, alpha_now):
         """One inner step: update."""

@@ -54,7 +54,6 @@ def recurrent_linear_attention(
     inputs = prepare(q, k, v, initial_state=initial_state, chunk_size=1)
     state = inputs.state
 
-
     def weights(state):
         return {**inputs.slow, **state}
 
@@ -65,7 +64,11 @@ def recurrent_linear_attention(
 
     def increments(start, end, state):
         """Increments of the updated weights from tokens [start, end), at ``state``."""
-        return chunk_increments(inputs.K[..., start:end, :], inputs.V[..., start:end, :], **weights(state))
+        return chunk_increments(
+            inputs.K[..., start:end, :],
+            inputs.V[..., start:end, :],
+            **weights(state),
+        )
 
     def step(state, increments, alpha_now):
         """One inner step: update."""

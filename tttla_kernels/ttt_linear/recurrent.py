@@ -107,24 +107,22 @@ def recurrent_ttt_linear(
     )
     state = inputs.state
 
-
     def weights(state):
         return {**inputs.slow, **state}
 
     def read(rows, state):
-        """o = f(rows; Θ), the whole model for token rows [B, H, n, d]."""
+        """o = f(rows; Θ) (the whole model) for token rows [B, H, n, d]."""
         return model(rows, **weights(state))  # the whole model: its head is not φ(x)·W
 
     def increments(start, end, state):
         """Increments of the updated weights from tokens [start, end), at ``state``."""
-        return chunk_increments(inputs.K[..., start:end, :], inputs.V[..., start:end, :], inputs.eta["W"][..., start:end, :], inputs.eta["b"][..., start:end, :], **weights(state))
-
-    def step(state, increments, alpha_now):
-        """One inner step: update."""
-        new = {}
-        for name, increment in increments.items():
-            new[name] = state[name] + increment
-        return new
+        return chunk_increments(
+            inputs.K[..., start:end, :],
+            inputs.V[..., start:end, :],
+            inputs.eta["W"][..., start:end, :],
+            inputs.eta["b"][..., start:end, :],
+            **weights(state),
+        )
 
     outputs = []
     for start in range(0, inputs.T, inputs.chunk_size):

@@ -120,24 +120,24 @@ def recurrent_ttt_mlp(
     )
     state = inputs.state
 
-
     def weights(state):
         return {**inputs.slow, **state}
 
     def read(rows, state):
-        """o = f(rows; Θ), the whole model for token rows [B, H, n, d]."""
+        """o = f(rows; Θ) (the whole model) for token rows [B, H, n, d]."""
         return model(rows, **weights(state))  # the whole model: its head is not φ(x)·W2
 
     def increments(start, end, state):
         """Increments of the updated weights from tokens [start, end), at ``state``."""
-        return chunk_increments(inputs.K[..., start:end, :], inputs.V[..., start:end, :], inputs.eta["W1"][..., start:end, :], inputs.eta["b1"][..., start:end, :], inputs.eta["W2"][..., start:end, :], inputs.eta["b2"][..., start:end, :], **weights(state))
-
-    def step(state, increments, alpha_now):
-        """One inner step: update."""
-        new = {}
-        for name, increment in increments.items():
-            new[name] = state[name] + increment
-        return new
+        return chunk_increments(
+            inputs.K[..., start:end, :],
+            inputs.V[..., start:end, :],
+            inputs.eta["W1"][..., start:end, :],
+            inputs.eta["b1"][..., start:end, :],
+            inputs.eta["W2"][..., start:end, :],
+            inputs.eta["b2"][..., start:end, :],
+            **weights(state),
+        )
 
     outputs = []
     for start in range(0, inputs.T, inputs.chunk_size):

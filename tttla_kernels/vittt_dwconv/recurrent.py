@@ -57,7 +57,6 @@ def recurrent_vittt_dwconv(
     inputs = prepare(q, k, v, grid=grid, lr=lr, initial_state=initial_state)
     state = inputs.state
 
-
     def weights(state):
         return {**inputs.slow, **state}
 
@@ -68,7 +67,12 @@ def recurrent_vittt_dwconv(
 
     def increments(start, end, state):
         """Increments of the updated weights from tokens [start, end), at ``state``."""
-        return chunk_increments(inputs.K[..., start:end, :], inputs.V[..., start:end, :], inputs.eta[..., start:end, :], **weights(state))
+        return chunk_increments(
+            inputs.K[..., start:end, :],
+            inputs.V[..., start:end, :],
+            inputs.eta[..., start:end, :],
+            **weights(state),
+        )
 
     def step(state, increments, alpha_now):
         """One inner step: clip, update."""

@@ -72,17 +72,22 @@ def recurrent_vittt_glu(
     inputs = prepare(q, k, v, lr=lr, initial_state=initial_state)
     state = inputs.state
 
-
     def weights(state):
         return {**inputs.slow, **state}
 
     def read(rows, state):
-        """o = f(rows; Θ), the whole model for token rows [B, H, n, d]."""
+        """o = f(rows; Θ) (the whole model) for token rows [B, H, n, d]."""
         return model(rows, **weights(state))  # the whole model: its head is not φ(x)·W1
 
     def increments(start, end, state):
         """Increments of the updated weights from tokens [start, end), at ``state``."""
-        return chunk_increments(inputs.K[..., start:end, :], inputs.V[..., start:end, :], inputs.eta["W1"][..., start:end, :], inputs.eta["W2"][..., start:end, :], **weights(state))
+        return chunk_increments(
+            inputs.K[..., start:end, :],
+            inputs.V[..., start:end, :],
+            inputs.eta["W1"][..., start:end, :],
+            inputs.eta["W2"][..., start:end, :],
+            **weights(state),
+        )
 
     def step(state, increments, alpha_now):
         """One inner step: clip, update."""
