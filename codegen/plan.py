@@ -130,20 +130,19 @@ def _no_prefix_scan_template(form: LinearAttentionForm) -> str | None:
     variant = form.variant
     token_steps = variant.schedule.order == "update_then_apply"
     if not form.parallel:
-        return "; ".join(r for r in form.classification.reasons if r.startswith("not parallel")) or \
+        return "; ".join(r.rstrip(".") for r in form.classification.reasons if r.startswith("not parallel")) or \
             "it is not an associative prefix scan"
     if not form.is_linear:
         return (f"its {form.classification.structure} form (f = {to_text(form.head)}) has no parallel "
-                "template yet (the chunk template covers f = φ(x)·W); its chunk form is the scan over its steps")
+                "template yet (the chunk template covers f = φ(x)·W)")
     if form.classification.values == "state_dependent":  # parallel as one step, values read S_0
         return ("its values read the state (one step, so all at S_0), and the chunk template takes "
-                "state-independent values; its chunk form is the one step of the recurrence")
+                "state-independent values")
     if variant.lr.position:
-        return ("the per-position factors a_i of its rank-1 learning rate are not in the chunk templates yet; "
-                "its chunk form is the scan over its steps")
+        return "the per-position factors a_i of its rank-1 learning rate are not in the chunk templates yet"
     if variant.clip is not None and token_steps:  # a clip per token step does not batch over a chunk
         return ("the clip rescales every token's step by its own norm, so a chunk's steps are not one "
-                "batched increment; its chunk form is the scan over its steps")
+                "batched increment")
     if variant.decay is not None:
         return "a decayed prefix scan (simple_gla) is not among the chunk templates yet"
     if token_steps and (variant.momentum or variant.orthogonalize):

@@ -13,8 +13,8 @@ Not parallel, because (derivation report):
 The forms (codegen.plan):
 
 - recurrent (recurrent.py): chunk_scan — the reference form: one inner step per chunk, the chunks in sequence
-- chunk (chunk.py): chunk_scan — not parallel: the kernel is dynamic (φ_t depends on the whole history, Section 4); weight norm wraps every step, and Norm(A + B) ≠ Norm(A) + Norm(B) (Section 4).
-- no Triton form for 'lact_ga': not parallel: the kernel is dynamic (φ_t depends on the whole history, Section 4); weight norm wraps every step, and Norm(A + B) ≠ Norm(A) + Norm(B) (Section 4).
+- chunk (chunk.py): chunk_scan — not parallel: the kernel is dynamic (φ_t depends on the whole history, Section 4); weight norm wraps every step, and Norm(A + B) ≠ Norm(A) + Norm(B) (Section 4)
+- no Triton form for 'lact_ga': not parallel: the kernel is dynamic (φ_t depends on the whole history, Section 4); weight norm wraps every step, and Norm(A + B) ≠ Norm(A) + Norm(B) (Section 4)
 """
 
 from .chunk import chunk_lact_ga

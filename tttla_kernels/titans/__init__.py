@@ -13,8 +13,8 @@ Not parallel, because (derivation report):
 The forms (codegen.plan):
 
 - recurrent (recurrent.py): recurrence — the reference form: one inner step per token (gradients at the chunk-start weights), each token read right after it
-- chunk (chunk.py): recurrence — not parallel: values depend on the state, so each increment needs the previous state (Section 3).
-- no Triton form for 'titans': not parallel: values depend on the state, so each increment needs the previous state (Section 3).
+- chunk (chunk.py): recurrence — not parallel: values depend on the state, so each increment needs the previous state (Section 3)
+- no Triton form for 'titans': not parallel: values depend on the state, so each increment needs the previous state (Section 3)
 """
 
 from .chunk import chunk_titans

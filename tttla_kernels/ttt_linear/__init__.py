@@ -13,8 +13,8 @@ Not parallel, because (derivation report):
 The forms (codegen.plan):
 
 - recurrent (recurrent.py): recurrence — the reference form: one inner step per token (gradients at the chunk-start weights), each token read right after it
-- chunk (chunk.py): recurrence — not parallel: values depend on the state, so each chunk's increment needs the previous chunk's state (exact linear attention within a chunk, whose gradients are all taken at the chunk-start state; sequential across chunks, Section 3).
-- no Triton form for 'ttt_linear': not parallel: values depend on the state, so each chunk's increment needs the previous chunk's state (exact linear attention within a chunk, whose gradients are all taken at the chunk-start state; sequential across chunks, Section 3).
+- chunk (chunk.py): recurrence — not parallel: values depend on the state, so each chunk's increment needs the previous chunk's state (exact linear attention within a chunk, whose gradients are all taken at the chunk-start state; sequential across chunks, Section 3)
+- no Triton form for 'ttt_linear': not parallel: values depend on the state, so each chunk's increment needs the previous chunk's state (exact linear attention within a chunk, whose gradients are all taken at the chunk-start state; sequential across chunks, Section 3)
 """
 
 from .chunk import chunk_ttt_linear
