@@ -3,7 +3,7 @@ in ``_common.py``, which check a call's inputs, lay them out heads first and ret
 
 from __future__ import annotations
 
-from codegen.hooks._base import BODY, HookBase, lines
+from codegen.hooks._base import HookBase, call, lines
 
 
 class CallHooks(HookBase):
@@ -119,10 +119,7 @@ class CallHooks(HookBase):
                         else f"chunk_size={c.default_chunk}")
         if self._work_dtype_choice() and form != "recurrent":
             args.append("work_in_q_dtype=True")
-        call = f"inputs = prepare({', '.join(args)})"
-        if len(call) + len(BODY) <= 120:
-            return lines([call])
-        return lines(["inputs = prepare(", f"    {', '.join(args)},", ")"])
+        return lines(call("inputs = prepare", args))
 
     def _work_dtype_choice(self) -> bool:
         """Whether prepare lets a form run its token-level work in q's dtype (the prefix-scan forms)."""
@@ -244,7 +241,7 @@ class CallHooks(HookBase):
             rows.append('eta = runtime.token_coefficient("lr", lr, q, dtype)  # [B, H, T, 1]')
         if c.lr_position:
             rows.append("runtime.check_position(lr_position, chunk_size, q)")
-        rows += ["return Inputs(", *(f"    {name}={value}," for name, _, value in self._input_fields()), ")"]
+        rows += call("return Inputs", [f"{name}={value}" for name, _, value in self._input_fields()])
         return lines(rows)
 
     def finish_body(self) -> str:

@@ -104,16 +104,7 @@ def prepare(q, k, v, *, lr, initial_state, chunk_size) -> Inputs:
     V = runtime.heads_first(v, work)  # [B, H, T, d]
     eta = runtime.token_coefficient("lr", lr, q, dtype)  # [B, H, T, 1]
     return Inputs(
-        T=T,
-        chunk_size=chunk_size,
-        dtype=dtype,
-        work=work,
-        Q=Q,
-        K=K,
-        V=V,
-        slow=slow,
-        state=state,
-        eta=eta,
+        T=T, chunk_size=chunk_size, dtype=dtype, work=work, Q=Q, K=K, V=V, slow=slow, state=state, eta=eta,
         out_dtype=q.dtype,
     )
 

@@ -90,18 +90,8 @@ def prepare(q, k, v, *, lr, momentum, initial_state, chunk_size) -> Inputs:
         for name in STATE_SHAPES
     }  # each [B, H, T, 1]
     return Inputs(
-        T=T,
-        chunk_size=chunk_size,
-        dtype=dtype,
-        work=work,
-        Q=Q,
-        K=K,
-        V=V,
-        slow=slow,
-        state=state,
-        eta=eta,
-        alpha=runtime.token_coefficient("momentum", momentum, q, dtype),
-        out_dtype=q.dtype,
+        T=T, chunk_size=chunk_size, dtype=dtype, work=work, Q=Q, K=K, V=V, slow=slow, state=state, eta=eta,
+        alpha=runtime.token_coefficient("momentum", momentum, q, dtype), out_dtype=q.dtype,
     )
 
 

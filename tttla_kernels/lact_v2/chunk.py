@@ -54,7 +54,8 @@ def chunk_lact_v2(
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
     inputs = prepare(
-        q, k, v, W0=W0, W2=W2, lr=lr, momentum=momentum, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True,
+        q, k, v, W0=W0, W2=W2, lr=lr, momentum=momentum, initial_state=initial_state, chunk_size=chunk_size,
+        work_in_q_dtype=True,
     )
     chunk_size, work = inputs.chunk_size, inputs.work
     q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ of every token (work dtype)

@@ -67,7 +67,8 @@ def triton_lact_v2(
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
     inputs = prepare(
-        q, k, v, W0=W0, W2=W2, lr=lr, momentum=momentum, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True,
+        q, k, v, W0=W0, W2=W2, lr=lr, momentum=momentum, initial_state=initial_state, chunk_size=chunk_size,
+        work_in_q_dtype=True,
     )
     q_hat, k_hat, v_hat = (x.contiguous() for x in features(inputs))  # φ(Q), φ(K), V̂ of every token (work dtype)
     updates = chunk_outer(k_hat, v_hat, inputs.chunk_size)  # ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, h, d]

@@ -107,18 +107,8 @@ def prepare(q, k, v, *, lr, momentum, initial_state, chunk_size, work_in_q_dtype
     V = runtime.heads_first(v, work)  # [B, H, T, d]
     eta = runtime.token_coefficient("lr", lr, q, dtype)  # [B, H, T, 1]
     return Inputs(
-        T=T,
-        chunk_size=chunk_size,
-        dtype=dtype,
-        work=work,
-        Q=Q,
-        K=K,
-        V=V,
-        slow=slow,
-        state=state,
-        eta=eta,
-        alpha=runtime.token_coefficient("momentum", momentum, q, dtype),
-        out_dtype=q.dtype,
+        T=T, chunk_size=chunk_size, dtype=dtype, work=work, Q=Q, K=K, V=V, slow=slow, state=state, eta=eta,
+        alpha=runtime.token_coefficient("momentum", momentum, q, dtype), out_dtype=q.dtype,
     )
 
 

@@ -92,16 +92,7 @@ def prepare(q, k, v, *, initial_state, chunk_size, work_in_q_dtype=False) -> Inp
     Q, K = runtime.heads_first(q, work), runtime.heads_first(k, work)  # [B, H, T, d]
     V = runtime.heads_first(v, work)  # [B, H, T, d]
     return Inputs(
-        T=T,
-        chunk_size=chunk_size,
-        dtype=dtype,
-        work=work,
-        Q=Q,
-        K=K,
-        V=V,
-        slow=slow,
-        state=state,
-        out_dtype=q.dtype,
+        T=T, chunk_size=chunk_size, dtype=dtype, work=work, Q=Q, K=K, V=V, slow=slow, state=state, out_dtype=q.dtype,
     )
 
 

@@ -70,19 +70,9 @@ def prepare(q, k, v, *, lr, momentum, log_decay, initial_state, chunk_size) -> I
     V = runtime.heads_first(v, work)  # [B, H, T, d]
     eta = runtime.token_coefficient("lr", lr, q, dtype)  # [B, H, T, 1]
     return Inputs(
-        T=T,
-        chunk_size=chunk_size,
-        dtype=dtype,
-        work=work,
-        Q=Q,
-        K=K,
-        V=V,
-        slow=slow,
-        state=state,
-        eta=eta,
+        T=T, chunk_size=chunk_size, dtype=dtype, work=work, Q=Q, K=K, V=V, slow=slow, state=state, eta=eta,
         alpha=runtime.token_coefficient("momentum", momentum, q, dtype),
-        log_gamma=runtime.token_coefficient("log_decay", log_decay, q, dtype),
-        out_dtype=q.dtype,
+        log_gamma=runtime.token_coefficient("log_decay", log_decay, q, dtype), out_dtype=q.dtype,
     )
 
 

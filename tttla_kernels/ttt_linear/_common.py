@@ -80,18 +80,8 @@ def prepare(q, k, v, *, gamma, beta, lr, lr_position, initial_state, chunk_size)
     }  # each [B, H, T, 1]
     runtime.check_position(lr_position, chunk_size, q)
     return Inputs(
-        T=T,
-        chunk_size=chunk_size,
-        dtype=dtype,
-        work=work,
-        Q=Q,
-        K=K,
-        V=V,
-        slow=slow,
-        state=state,
-        eta=eta,
-        position=lr_position.to(dtype),
-        out_dtype=q.dtype,
+        T=T, chunk_size=chunk_size, dtype=dtype, work=work, Q=Q, K=K, V=V, slow=slow, state=state, eta=eta,
+        position=lr_position.to(dtype), out_dtype=q.dtype,
     )
 
 

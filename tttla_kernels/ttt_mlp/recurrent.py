@@ -116,7 +116,8 @@ def recurrent_ttt_mlp(
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
     inputs = prepare(
-        q, k, v, gamma=gamma, beta=beta, lr=lr, lr_position=lr_position, initial_state=initial_state, chunk_size=chunk_size,
+        q, k, v, gamma=gamma, beta=beta, lr=lr, lr_position=lr_position, initial_state=initial_state,
+        chunk_size=chunk_size,
     )
     state = inputs.state
 

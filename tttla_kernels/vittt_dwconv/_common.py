@@ -100,18 +100,8 @@ def prepare(q, k, v, *, grid, lr, initial_state, work_in_q_dtype=False) -> Input
     V = runtime.heads_first(v, work)  # [B, H, T, 1]
     eta = runtime.token_coefficient("lr", lr, q, dtype)  # [B, H, T, 1]
     return Inputs(
-        T=T,
-        chunk_size=chunk_size,
-        dtype=dtype,
-        work=work,
-        Q=Q,
-        K=K,
-        V=V,
-        slow=slow,
-        state=state,
-        eta=eta,
-        out_dtype=q.dtype,
-        heads=heads,
+        T=T, chunk_size=chunk_size, dtype=dtype, work=work, Q=Q, K=K, V=V, slow=slow, state=state, eta=eta,
+        out_dtype=q.dtype, heads=heads,
     )
 
 

@@ -75,16 +75,7 @@ def prepare(q, k, v, *, lr, initial_state) -> Inputs:
         for name in STATE_SHAPES
     }  # each [B, H, T, 1]
     return Inputs(
-        T=T,
-        chunk_size=chunk_size,
-        dtype=dtype,
-        work=work,
-        Q=Q,
-        K=K,
-        V=V,
-        slow=slow,
-        state=state,
-        eta=eta,
+        T=T, chunk_size=chunk_size, dtype=dtype, work=work, Q=Q, K=K, V=V, slow=slow, state=state, eta=eta,
         out_dtype=q.dtype,
     )
 
