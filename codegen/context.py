@@ -11,22 +11,26 @@ the per-token rows ``r = ∂L/∂z`` at its layer; for the state W it is exactly
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 from dataclasses import dataclass
 
 import sympy
 
+from codegen.plan import FormPlan, plan
 from codegen.printer import COL, ROW, WEIGHT, TorchEmitter
 from derivations.autodiff import tidy, vjp
 from derivations.classify import delta_coefficient
 from derivations.form import LinearAttentionForm
 from derivations.printing import to_text
 from derivations.structured import Lowering
-from tttla import __version__
 
-__all__ = ["ModuleContext", "build_context", "PrintedFunction", "COMPUTE_CHUNK"]
+__all__ = ["ModuleContext", "build_context", "PrintedFunction", "toolkit_version"]
 
-#: default block size of the parallel forms when the schedule fixes the step (token level)
-COMPUTE_CHUNK = 64
+
+def toolkit_version() -> str:
+    """The installed tttla's version (stamped into every generated header); read from the package
+    metadata so that codegen never imports the CLI package above it."""
+    return importlib.metadata.version("tttla")
 
 
 @dataclass(frozen=True)
@@ -67,17 +71,12 @@ class ModuleContext:
     weight_norm_eps: float | None
     queries_from_keys: bool
     parallel: bool
-    parallel_template: bool
-    fallback_reason: str
+    #: which forms are generated from which templates, and how each runs (codegen.plan)
+    plan: FormPlan
     reasons: tuple[str, ...]
     feature_map: PrintedFunction
     effective_value: PrintedFunction | None
     increments: PrintedFunction
-    #: the default *compute* chunk of the parallel forms (chunk, triton) of a variant whose
-    #: schedule fixes the semantic step (token level) but whose chunked form is valid for any
-    #: block size (update_then_apply, state-independent values, no momentum or Newton–Schulz);
-    #: None when the chunk size is the schedule's own (or there is no parallel form)
-    compute_chunk: int | None = None
     #: None, or the decay's order ("decay_then_gradient" / "gradient_then_decay"); the forms
     #: take ``log_decay`` g = log γ ``[B, T, H]``
     decay: str | None = None
@@ -98,11 +97,6 @@ class ModuleContext:
     @property
     def multi_state(self) -> bool:
         return len(self.updated) > 1
-
-    @property
-    def triton_form(self) -> bool:
-        """Whether the variant gets triton_chunk.py: the prefix-scan template or the WY/UT delta form."""
-        return self.parallel_template or self.parallel_form == "delta_chunk"
 
 
 def _dim_names(variant):
@@ -280,41 +274,13 @@ def build_context(form: LinearAttentionForm) -> ModuleContext:
     multi = len(variant.update) > 1
     sizes_of = {n: tuple(str(s) for s in shape) for n, shape in variant.fast.items()}
     sched = variant.schedule
-    token_steps = sched.order == "update_then_apply"
-    template_ok = form.parallel and not (token_steps and (variant.momentum or variant.orthogonalize))
-    template_ok = template_ok and variant.decay is None  # the prefix-scan templates have no decay yet
-    delta = form.classification.parallel_form == "delta_chunk"
-    token_clip = variant.clip is not None and token_steps  # a clip per token step does not batch over a chunk
-    read_state = form.classification.values == "state_dependent"  # parallel as one step, values read S_0
-    template_ok = template_ok and form.is_linear and not token_clip and not read_state and not variant.lr.position
-    if form.parallel and not form.is_linear:
-        fallback = (f"its {form.classification.structure} form (f = {to_text(form.head)}) has no parallel "
-                    "template yet (the chunk template covers f = φ(x)·W); its chunk form is the scan over its steps")
-    elif form.parallel and read_state:
-        fallback = ("its values read the state (one step, so all at S_0), and the chunk template takes "
-                    "state-independent values; its chunk form is the one step of the recurrence")
-    elif form.parallel and variant.lr.position:
-        fallback = ("the per-position factors a_i of its rank-1 learning rate are not in the chunk templates yet; "
-                    "its chunk form is the scan over its steps")
-    elif form.parallel and token_clip:
-        fallback = ("the clip rescales every token's step by its own norm, so a chunk's steps are not one "
-                    "batched increment; its chunk form is the scan over its steps")
-    elif not form.parallel:
-        fallback = "; ".join(r for r in form.classification.reasons if r.startswith("not parallel")) or \
-            "it is not an associative prefix scan"
-    elif not template_ok and variant.decay is not None:
-        fallback = "a decayed prefix scan (simple_gla) is not among the chunk templates yet"
-    elif not template_ok:
-        fallback = ("per-token steps with momentum or Newton–Schulz are not expressed as a chunked "
-                    "prefix sum yet")
-    else:
-        fallback = ""
+    forms = plan(form)
     eta_expr = "eta" if variant.lr.kind == "per_token" else repr(float(variant.lr.value))
     return ModuleContext(
         name=variant.name,
         description=variant.description,
         spec_hash=variant.spec_hash,
-        version=__version__,
+        version=toolkit_version(),
         order=sched.order,
         default_chunk=sched.chunk_size,
         fixed_chunk=sched.fixed,
@@ -334,16 +300,14 @@ def build_context(form: LinearAttentionForm) -> ModuleContext:
         weight_norm_eps=variant.weight_norm.eps if variant.weight_norm else None,
         queries_from_keys=variant.queries == "key",
         parallel=form.parallel,
-        parallel_template=template_ok,
-        fallback_reason=fallback,
+        plan=forms,
         reasons=form.classification.reasons,
         feature_map=_feature_map(form, dims),
-        effective_value=_effective_value(form, dims, eta_expr) if template_ok else None,
+        effective_value=_effective_value(form, dims, eta_expr) if forms.chunk_template == "prefix_scan" else None,
         increments=_increments(form, dims, multi),
-        compute_chunk=COMPUTE_CHUNK if (template_ok or delta) and sched.fixed and token_steps else None,
         decay=variant.decay.order if variant.decay else None,
         parallel_form=form.classification.parallel_form,
-        delta_terms=_delta_terms(form, dims) if delta else None,
+        delta_terms=_delta_terms(form, dims) if forms.chunk_template == "delta_chunk" else None,
         model=_model(form, dims),
         clip=getattr(variant, "clip", None) is not None,
         lowering=variant.lowering,

@@ -1,7 +1,9 @@
 """Rendering generated modules from Jinja templates (package data under ``templates/``).
 
 One :class:`jinja2.Environment` with ``StrictUndefined``: a template that asks for a value
-the context lacks fails loudly instead of printing nothing.
+the context lacks fails loudly instead of printing nothing. Templates see the variant's
+context as ``c`` and its generated pieces as ``h`` (:class:`codegen.hooks.Hooks`); which file
+comes from which template is the plan's (``c.plan.files``).
 """
 
 from __future__ import annotations
@@ -11,30 +13,9 @@ import functools
 import jinja2
 
 from codegen.context import ModuleContext
+from codegen.hooks import Hooks
 
-__all__ = ["environment", "render", "MODULES", "OPTIONAL_MODULES", "modules_for"]
-
-#: generated file → template
-MODULES = {
-    "__init__.py": "__init__.py.jinja",
-    "recurrent.py": "recurrent.py.jinja",
-    "chunk.py": "chunk.py.jinja",
-}
-
-#: generated file → (template, whether a variant's context gets it)
-OPTIONAL_MODULES = {
-    # Triton kernels exist for the parallel chunked form only
-    "triton_chunk.py": ("triton_chunk.py.jinja", lambda c: c.parallel_template),
-}
-
-
-def modules_for(context: ModuleContext) -> dict[str, str]:
-    """The generated files (→ template) of one variant: MODULES plus the optional ones it gets."""
-    extra = {f: t for f, (t, wanted) in OPTIONAL_MODULES.items() if wanted(context)}
-    if context.parallel_form == "delta_chunk":  # DeltaNet's WY/UT chunked form, in torch and with Triton
-        extra["chunk.py"] = "delta_chunk.py.jinja"
-        extra["triton_chunk.py"] = "triton_delta.py.jinja"
-    return {**MODULES, **extra}
+__all__ = ["environment", "render", "render_package"]
 
 
 @functools.cache
@@ -53,11 +34,16 @@ def environment() -> jinja2.Environment:
 
 def render(template: str, context: ModuleContext) -> str:
     """Render one template for one variant's context; trailing spaces are stripped."""
-    text = environment().get_template(template).render(c=context)
+    text = environment().get_template(template).render(c=context, h=Hooks(context))
     lines = [line.rstrip() for line in text.splitlines()]
     while lines and not lines[-1]:
         lines.pop()
     return "\n".join(_squeeze_blank_lines(lines)) + "\n"
+
+
+def render_package(context: ModuleContext) -> dict[str, str]:
+    """Every file of the variant's package (the plan's files), by name, as text."""
+    return {fname: render(template, context) for fname, template in context.plan.files.items()}
 
 
 def _squeeze_blank_lines(lines):

@@ -250,3 +250,100 @@ def test_kernels_import_without_sympy_or_jinja():
                          env={**__import__("os").environ, "TRITON_INTERPRET": "1"})
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
+
+
+# -- the plan of generated forms (codegen.plan) ------------------------------------------------
+
+def _plan(name):
+    from codegen.plan import plan
+    from derivations import derive
+
+    return plan(derive(CATALOG[name], certify=False))
+
+
+def test_plan_of_a_prefix_scan_variant():
+    p = _plan("lact_v2")
+    assert p.chunk_template == "prefix_scan" and p.compute_chunk is None and p.triton_refusal is None
+    assert p.files["chunk.py"] == "chunk.py.jinja" and p.files["triton_chunk.py"] == "triton_chunk.py.jinja"
+    assert p.generated()["chunk"] == p.generated()["triton"] == {"kind": "parallel", "reason": None}
+    recurrent = p.generated()["recurrent"]  # one step per chunk, the chunks in sequence
+    assert recurrent["kind"] == "chunk_scan" and "one inner step per chunk" in recurrent["reason"]
+
+
+def test_plan_of_a_token_level_prefix_scan_takes_a_compute_chunk():
+    p = _plan("linear_attention")
+    assert p.chunk_template == "prefix_scan" and p.compute_chunk == 64
+    assert p.forms["recurrent"].kind == "recurrence" and p.forms["chunk"].kind == "parallel"
+
+
+def test_plan_of_a_delta_chunk_variant():
+    p = _plan("gated_delta_rule")
+    assert p.chunk_template == "delta_chunk" and p.compute_chunk == 64 and p.triton_refusal is None
+    assert p.files["chunk.py"] == "delta_chunk.py.jinja" and p.files["triton_chunk.py"] == "triton_delta.py.jinja"
+    assert {f.kind for n, f in p.forms.items() if n != "recurrent"} == {"parallel"}
+
+
+@pytest.mark.parametrize("name,kind", [("ttt_linear", "recurrence"), ("lact", "chunk_scan")])
+def test_plan_of_a_sequential_variant(name, kind):
+    p = _plan(name)
+    assert p.chunk_template is None and set(p.forms) == {"recurrent", "chunk"}
+    chunk = p.forms["chunk"]
+    assert chunk.template == "chunk_recurrence.py.jinja" and chunk.kind == kind == p.forms["recurrent"].kind
+    assert chunk.reason.startswith("not parallel") and p.not_generated() == {"triton": chunk.reason}
+    assert p.triton_refusal == f"no Triton form for {name!r}: {chunk.reason}"
+
+
+def test_plan_of_a_headed_parallel_variant_says_why_it_has_no_parallel_template():
+    p = _plan("vittt_glu")  # a prefix scan under a gated head: parallel, but no template for its f
+    assert p.chunk_template is None and "triton" not in p.forms
+    chunk = p.forms["chunk"]
+    assert chunk.kind == "chunk_scan" and "no parallel template" in chunk.reason
+    assert "f = z_W1 ⊙ silu(z_W2)" in chunk.reason  # the head the template lacks
+
+
+def test_derive_reports_the_generated_forms(capsys):
+    import json
+
+    assert main(["derive", "ttt_linear", "--json", "--no-certificate"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["generated"]["recurrent"]["kind"] == "recurrence"
+    assert data["generated"]["chunk"]["reason"].startswith("not parallel") and "triton" not in data["generated"]
+    assert data["not_generated"]["triton"] == data["generated"]["chunk"]["reason"]
+    assert main(["derive", "lact_v2", "--no-certificate"]) == 0
+    text = capsys.readouterr().out
+    assert "generated forms" in text and "triton (triton_chunk.py): parallel" in text
+
+
+@pytest.mark.parametrize("name", sorted(CATALOG))
+def test_every_package_shares_its_pieces_through_common(name):
+    folder = PACKAGE_ROOT / name
+    common = (folder / "_common.py").read_text()
+    assert "def feature_map(" in common and "def prepare(" in common and "def finish(" in common
+    forms = [p for p in folder.glob("*.py") if p.name not in ("__init__.py", "_common.py")]
+    assert {p.name for p in forms} == set(_plan(name).files) - {"__init__.py", "_common.py"}
+    for path in forms:
+        text = path.read_text()
+        assert "def feature_map(" not in text and "def prepare(" not in text, f"{path} redefines a shared piece"
+        assert "runtime.check_qkv" not in text, f"{path} repeats the input checks of _common.prepare"
+
+
+def test_a_chunk_form_that_is_the_recurrence_says_so():
+    doc = import_generated("ttt_linear").chunk.__doc__  # chunk.py's module docstring
+    assert "the recurrence itself" in doc and "not a parallel form" in doc
+
+
+def test_codegen_never_imports_the_cli_package():
+    import ast
+    from pathlib import Path
+
+    for path in (Path(__file__).resolve().parent.parent / "codegen").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "tttla" or n.startswith("tttla.") for n in names), f"{path.name} imports {names}"
+
+
+def test_docstrings_describe_each_slow_weight_by_its_role():
+    text = (PACKAGE_ROOT / "ttt_mlp" / "recurrent.py").read_text()
+    assert "gamma: slow weight of the output head" in text and "beta: slow weight of the output head" in text
+    assert "W0: slow weight inside the feature map φ" in (PACKAGE_ROOT / "lact_v2" / "chunk.py").read_text()

@@ -195,7 +195,7 @@ def test_wy_chunk_form_is_generic_over_the_derived_terms(tmp_path):
     assert derive(scaled_delta, certify=False).classification.parallel_form == "delta_chunk"
     generate(scaled_delta, tmp_path)
     module = import_generated("scaled_delta", tmp_path)
-    source = (tmp_path / "scaled_delta" / "chunk.py").read_text()
+    source = (tmp_path / "scaled_delta" / "_common.py").read_text()
     assert "beta = torch.full_like(v[..., :1], -0.30000000000000004)" in source  # β = −(2·0.75)·0.2
     case = make_case(scaled_delta, batch=1, seq_len=11, heads=2, sizes={"d": 4, "e": 3}, requires_grad=True)
     for chunk in (1, 4, 64):

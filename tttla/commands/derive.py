@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from tttla.commands._variant_arg import add_variant_argument
 
@@ -10,7 +11,7 @@ EPILOG = """\
 examples:
   tttla derive lact_v2                 effective q, k, v, state, mask, classification, certificate
   tttla derive delta_rule --latex      the same as LaTeX
-  tttla derive lact --json             one JSON object
+  tttla derive lact --json             one JSON object ("generated": each form's kind, and why not parallel)
   tttla derive my_rule.py --report out writes out/report.md and out/report.html (offline MathML)
 """
 
@@ -36,14 +37,24 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    from codegen.plan import plan
     from derivations.derive import derive
     from derivations.loading import load_variant
     from tttla.reporting.derivation_report import write_report
-    from tttla.reporting.form_text import render_json, render_latex, render_text
+    from tttla.reporting.form_text import render_latex, render_text, summary
 
     form = derive(load_variant(args.variant), certify=not args.no_certificate)
+    forms = plan(form)
     fmt = args.format or "text"
-    print({"text": render_text, "latex": render_latex, "json": render_json}[fmt](form))
+    if fmt == "json":
+        print(json.dumps({**summary(form), "generated": forms.generated(), "not_generated": forms.not_generated()},
+                         ensure_ascii=False))
+    elif fmt == "latex":
+        print(render_latex(form))
+    else:
+        print(render_text(form))
+        print("\ngenerated forms (tttla generate)")
+        print("\n".join(f"  {line}" for line in forms.describe()))
     if args.report:
         md, page = write_report(form, args.report)
         if fmt != "json":

@@ -8,7 +8,7 @@ from tttla.commands._variant_arg import VARIANT_HELP, check_folder
 
 EPILOG = """\
 examples:
-  tttla generate my_rule.py --out kernels/        writes kernels/my_rule/{__init__,recurrent,chunk}.py
+  tttla generate my_rule.py --out kernels/        writes kernels/my_rule/{__init__,_common,recurrent,chunk}.py
                                                   (and triton_chunk.py for a parallel variant)
   tttla generate lact_v2 --out /tmp/k             a catalog variant, outside the package
   tttla generate --catalog --force                regenerate the package's own tttla_kernels/ modules
@@ -25,7 +25,8 @@ def add_parser(sub):
         description="Derive a variant and write its generated modules: recurrent.py (the "
         "linear-attention recurrence), chunk.py (the parallel chunked form, or the chunk scan "
         "for a variant that is not parallel) and, for a prefix_scan or delta_chunk variant, triton_chunk.py "
-        "(Triton forward and backward kernels of the chunked form).",
+        "(Triton forward and backward kernels of the chunked form); _common.py holds what they share. "
+        "It prints each form's kind (parallel, chunk_scan, recurrence) and why a form is not parallel.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -41,8 +42,11 @@ def add_parser(sub):
 def run(args) -> int:
     from tqdm import tqdm
 
-    from codegen.generate import PACKAGE_ROOT, GenerationError, generate, triton_refusal
+    from codegen.generate import PACKAGE_ROOT, GenerationError, generate
+    from codegen.plan import plan
     from derivations.catalog import CATALOG
+    from derivations.derive import derive
+    from derivations.loading import load_variant
 
     if args.catalog:
         if args.variant:
@@ -54,10 +58,11 @@ def run(args) -> int:
     if not args.variant:
         raise GenerationError("name a VARIANT (catalog name or FILE.py[:ATTR]) or pass --catalog")
     check_folder(args.out)
-    paths = generate(args.variant, args.out, force=args.force)
+    form = derive(load_variant(args.variant), certify=False)
+    paths = generate(form, args.out, force=args.force)
     print(f"wrote {paths[0].parent}/")
     for path in paths:
         print(f"  {path.name}")
-    if not any(path.name == "triton_chunk.py" for path in paths):
-        print(triton_refusal(args.variant))
+    print("forms (codegen.plan):")
+    print("\n".join(f"  {line}" for line in plan(form).describe()))
     return 0

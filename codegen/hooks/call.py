@@ -1,0 +1,256 @@
+"""Hooks of the public functions: their signature and docstring, and ``prepare`` / ``finish``
+in ``_common.py``, which check a call's inputs, lay them out heads first and return the results."""
+
+from __future__ import annotations
+
+from codegen.hooks._base import HookBase, call, lines
+
+
+class CallHooks(HookBase):
+    """The public functions (signature, docstring) and prepare / finish."""
+
+    def _keyword_inputs(self) -> list[tuple[str, str]]:
+        """(name, annotation) of the variant's keyword inputs before ``initial_state``."""
+        c = self.c
+        rows = [("grid", "tuple[int, int]")] if c.lowering else []
+        rows += [(w, "torch.Tensor") for w, _, _ in c.static]
+        if c.per_token_lr:
+            rows.append(("lr", "torch.Tensor" + (" | dict[str, torch.Tensor]" if c.multi_state else "")))
+        for name, wanted in (("lr_position", c.lr_position), ("momentum", c.momentum), ("log_decay", c.decay)):
+            if wanted:
+                rows.append((name, "torch.Tensor"))
+        return rows
+
+    def _chunk_default(self, form: str) -> int | None:
+        """The default of ``form``'s chunk_size argument, or None when it takes none."""
+        c = self.c
+        if not c.fixed_chunk:
+            return c.default_chunk
+        return c.plan.compute_chunk if form != "recurrent" else None
+
+    def _state_type(self) -> str:
+        return "dict[str, torch.Tensor]" if self.c.multi_state else "torch.Tensor"
+
+    def signature(self, form: str) -> str:
+        c, state = self.c, self._state_type()
+        fname = {"recurrent": "recurrent_", "chunk": "chunk_", "triton": "triton_"}[form] + c.name
+        params = ["q: torch.Tensor", "k: torch.Tensor", "v: torch.Tensor", "*",
+                  *(f"{n}: {t}" for n, t in self._keyword_inputs()),
+                  f"initial_state: {state} | None = None", "output_final_state: bool = False"]
+        default = self._chunk_default(form)
+        if default is not None:
+            params.append(f"chunk_size: int = {default}")
+        return f"def {fname}(\n" + "".join(f"    {p},\n" for p in params) + f") -> tuple[torch.Tensor, {state} | None]:"
+
+    def _slow_role(self, w: str) -> str:
+        c = self.c
+        if w in c.feature_weights:
+            return "slow weight inside the feature map φ"
+        return "slow weight of the output head" if c.model is not None else "slow weight of the model"
+
+    def docstring(self, form: str, summary: str) -> str:
+        """The public function's docstring, every shape given."""
+        c = self.c
+        unread = " (not read: this variant reads with its keys)" if c.queries_from_keys else ""
+        if c.lowering:
+            ch = c.lowering.channels
+            args = [f"q: queries ``[B, T, H, {ch}]``, T = h·w tokens of the grid, row-major{unread}.",
+                    f"k: keys ``[B, T, H, {ch}]``.", f"v: values ``[B, T, H, {ch}]``.",
+                    f"grid: ``(h, w)``, the token grid; each channel is convolved with its own "
+                    f"{c.lowering.kernel}×{c.lowering.kernel} kernel, zero-padded."]
+        else:
+            args = [f"q: queries ``[B, T, H, {c.key_dim}]``{unread}.", f"k: keys ``[B, T, H, {c.key_dim}]``.",
+                    f"v: values ``[B, T, H, {c.value_dim}]``."]
+        args += [f"{w}: {self._slow_role(w)}, ``[H, {r}, {cols}]`` or ``[B, H, {r}, {cols}]``."
+                 for w, r, cols in c.static]
+        if c.per_token_lr:
+            each = (f" (or a dict with one per updated weight: {', '.join(w for w, _, _ in c.updated)})"
+                    if c.multi_state else "")
+            args.append(f"lr: per-token learning rates η ``[B, T, H]``{each}; token t's gradient is scaled by η_t.")
+        if c.lr_position:
+            args += ["lr_position: a ``[chunk_size]``, the learning-rate factor of each mini-batch position "
+                     "(η_ij = a_i η_j):",
+                     "    token i reads W_0 + a_i Σ_(j≤i) ΔW_j and the mini-batch leaves W_0 + a_last Σ_j ΔW_j."]
+        if c.momentum:
+            mean = "; chunk n uses their mean ᾱ_n" if c.momentum == "chunk" else ""
+            args.append(f"momentum: per-token coefficients α ``[B, T, H]``{mean}.")
+        if c.decay == "decay_then_gradient":
+            args.append("log_decay: g = log γ ``[B, T, H]`` (fla's g); step t first decays the state, "
+                        "S ← exp(g_t) S, then takes its gradient there.")
+        elif c.decay:
+            args.append("log_decay: g = log γ ``[B, T, H]`` (fla's g); step t sets W ← exp(g_t) W + ΔW_t, "
+                        "the gradient taken before the decay.")
+        args.append(self._initial_state_arg())
+        args.append("output_final_state: also return the state after the last update.")
+        if not c.fixed_chunk:
+            args.append(f"chunk_size: tokens per inner step (default {c.default_chunk}); "
+                        "T need not be a multiple of it.")
+        elif self._chunk_default(form) is not None:
+            args += [f"chunk_size: tokens per block of the parallel computation (default {c.plan.compute_chunk}); the",
+                     "    result does not depend on it (the schedule steps once per token)."]
+        width = c.lowering.channels if c.lowering else c.value_dim
+        rows = [f'"""{summary}', "", c.description, "", "Args:", *(f"    {a}" for a in args), "", "Returns:",
+                f"    ``(o, final_state)``: o ``[B, T, H, {width}]`` in q's dtype; the final state (fp32,",
+                "    or fp64 for fp64 inputs) when ``output_final_state``, else None.", '"""']
+        return lines(rows)
+
+    def _initial_state_arg(self) -> str:
+        c = self.c
+        if c.lowering:
+            s = "s" if c.multi_state else ""
+            a_dict = "a dict of " if c.multi_state else ""
+            taps, ch = c.lowering.taps, c.lowering.channels
+            return (f"initial_state: the depthwise kernel{s} at t = 0, {a_dict}``[B, H, {taps}, {ch}]`` or "
+                    f"``[H, {taps}, {ch}]`` (column c: channel c's kernel, taps row-major); zeros when None.")
+        if c.multi_state:
+            entries = ", ".join(f"{w!r}: ``[B, H, {r}, {cols}]``" for w, r, cols in c.updated)
+            return (f"initial_state: the updated fast weights at t = 0, a dict {{{entries}}} "
+                    "(``[H, ...]`` is shared across the batch); zeros for a missing entry.")
+        w, r, cols = c.updated[0]
+        return (f"initial_state: the state {w} at t = 0, ``[B, H, {r}, {cols}]`` or ``[H, {r}, {cols}]``; "
+                "zeros when None.")
+
+    def prepare_call(self, form: str) -> str:
+        """``inputs = prepare(...)``: the form's inputs checked and laid out heads first."""
+        c = self.c
+        args = ["q", "k", "v", *(f"{n}={n}" for n, _ in self._keyword_inputs()), "initial_state=initial_state"]
+        if c.order != "bidirectional":
+            args.append("chunk_size=chunk_size" if self._chunk_default(form) is not None
+                        else f"chunk_size={c.default_chunk}")
+        if self._work_dtype_choice() and form != "recurrent":
+            args.append("work_in_q_dtype=True")
+        return lines(call("inputs = prepare", args))
+
+    def _work_dtype_choice(self) -> bool:
+        """Whether prepare lets a form run its token-level work in q's dtype (the prefix-scan forms)."""
+        return self.c.plan.chunk_template == "prefix_scan"
+
+    def _input_fields(self) -> list[tuple[str, str, str]]:
+        """(name, type and meaning, value in ``prepare``) of every field of ``Inputs``."""
+        c = self.c
+        keys = " (the keys)" if c.queries_from_keys else ""
+        fields = [("T", "int  # tokens", "T"),
+                  ("chunk_size", "int  # tokens per inner step, or per block of a parallel form", "chunk_size"),
+                  ("dtype", "torch.dtype  # of the state: fp32, or fp64 for fp64 inputs", "dtype"),
+                  ("work", "torch.dtype  # of the tokens and the chunk products", "work"),
+                  ("Q", f"torch.Tensor  # queries [B, H, T, {c.key_dim}]{keys}", "Q"),
+                  ("K", f"torch.Tensor  # keys [B, H, T, {c.key_dim}]", "K"),
+                  ("V", f"torch.Tensor  # values [B, H, T, {c.value_dim}]", "V"),
+                  ("slow", "dict[str, torch.Tensor]  # the slow weights, per head [B, H, ·, ·] (work dtype)", "slow"),
+                  ("state", "dict[str, torch.Tensor]  # the updated weights at t = 0, per head [B, H, ·, ·]", "state")]
+        each = " (one per updated weight)" if c.multi_state else ""
+        optional = [
+            (c.per_token_lr, "eta", f"torch.Tensor | dict[str, torch.Tensor]  # learning rates [B, H, T, 1]{each}",
+             "eta"),
+            (c.lr_position, "position", "torch.Tensor  # a_i per mini-batch position [chunk_size]",
+             "lr_position.to(dtype)"),
+            (c.momentum, "alpha", "torch.Tensor  # momentum coefficients [B, H, T, 1]",
+             'runtime.token_coefficient("momentum", momentum, q, dtype)'),
+            (c.decay, "log_gamma", "torch.Tensor  # g = log γ [B, H, T, 1]",
+             'runtime.token_coefficient("log_decay", log_decay, q, dtype)'),
+            (True, "out_dtype", "torch.dtype  # q's dtype, the output's", "q.dtype"),
+            (c.lowering, "heads", "int  # the layer's heads H (the forms run H·C per-channel heads)", "heads"),
+        ]
+        return fields + [(name, decl, value) for wanted, name, decl, value in optional if wanted]
+
+    def inputs_fields(self) -> str:
+        """The fields of the ``Inputs`` tuple ``prepare`` returns, each with its meaning and shape."""
+        return lines([f"{name}: {decl}" for name, decl, _ in self._input_fields()])
+
+    def prepare_signature(self) -> str:
+        c = self.c
+        params = ["q", "k", "v", "*", *(n for n, _ in self._keyword_inputs()), "initial_state"]
+        if c.order != "bidirectional":
+            params.append("chunk_size")
+        if self._work_dtype_choice():
+            params.append("work_in_q_dtype=False")
+        return f"def prepare({', '.join(params)}) -> Inputs:"
+
+    def prepare_body(self) -> str:
+        """Check every input (each error names the argument) and lay them out heads first."""
+        c = self.c
+        rows = []
+        if c.lowering:
+            lr = "lr" if c.per_token_lr else "_"
+            rows += [f"# one head per channel: each channel's {c.lowering.kernel}×{c.lowering.kernel} patches are its "
+                     f"keys and queries, its kernel a {c.lowering.taps} × 1 state",
+                     f"q, k, v, {lr}, initial_state, heads = runtime.lower_depthwise(",
+                     f"    q, k, v, grid, {c.lowering.kernel}{', lr=lr' if c.per_token_lr else ''}, "
+                     "initial_state=initial_state",
+                     ")"]
+        rows.append("B, T, H, Dk, Dv = runtime.check_qkv(q, k, v)")
+        if c.order == "bidirectional":
+            rows.append("chunk_size = T  # one step on all tokens")
+        else:
+            rows.append("chunk_size = runtime.check_chunk_size(chunk_size)")
+        rows.append("dtype = runtime.state_dtype(q)")
+        if self._work_dtype_choice():
+            rows.append("work = runtime.work_dtype(q) if work_in_q_dtype else dtype  "
+                        "# q's dtype for fp16/bf16 (tensor cores)")
+        else:
+            rows.append("work = dtype")
+        if c.multi_state:
+            rows += ["given = dict(initial_state or {})",
+                     "unknown = sorted(set(given) - set(STATE_SHAPES))",
+                     "if unknown:",
+                     '    raise ValueError(f"initial_state: {unknown} are not updated weights '
+                     '(expected keys {sorted(STATE_SHAPES)})")']
+            states = '*((f"initial_state[{name!r}]", STATE_SHAPES[name], t) for name, t in given.items())'
+            label = 'f"initial_state[{name!r}]"'
+        else:
+            first = c.updated[0][0]
+            rows.append(f'given = {{}} if initial_state is None else {{"{first}": initial_state}}')
+            states = f'("initial_state", STATE_SHAPES["{first}"], initial_state)'
+            label = '"initial_state"'
+        slow = "".join(f'("{w}", STATIC_SHAPES["{w}"], {w}), ' for w, _, _ in c.static)
+        rows += ["sizes = runtime.resolve_sizes(",
+                 f'    [("q", "{c.key_dim}", Dk), ("v", "{c.value_dim}", Dv)],',
+                 f"    [{slow}{states}],",
+                 ")"]
+        if c.static:
+            given_slow = ", ".join(f'("{w}", {w})' for w, _, _ in c.static)
+            rows += ["slow = {",
+                     '    name: runtime.per_head(name, w, B, H, runtime.shape_in(sizes, STATIC_SHAPES[name], name), '
+                     "q.device, work)",
+                     f"    for name, w in ({given_slow}{',' if len(c.static) == 1 else ''})",
+                     "}"]
+        else:
+            rows.append("slow = {}")
+        rows += ["state = {}",
+                 "for name, shape in STATE_SHAPES.items():",
+                 f"    label = {label}",
+                 "    shape = runtime.shape_in(sizes, shape, label)",
+                 "    state[name] = (",
+                 "        runtime.per_head(label, given[name], B, H, shape, q.device, dtype).clone()",
+                 "        if name in given",
+                 "        else torch.zeros(B, H, *shape, dtype=dtype, device=q.device)",
+                 "    )"]
+        if c.queries_from_keys:
+            rows.append(f"Q = K = runtime.heads_first(k, work)  # [B, H, T, {c.key_dim}]: the keys are read as queries")
+        else:
+            rows.append(f"Q, K = runtime.heads_first(q, work), runtime.heads_first(k, work)  # [B, H, T, {c.key_dim}]")
+        rows.append(f"V = runtime.heads_first(v, work)  # [B, H, T, {c.value_dim}]")
+        if c.per_token_lr and c.multi_state:
+            rows += ["per_weight = lr if isinstance(lr, dict) else {name: lr for name in STATE_SHAPES}",
+                     "eta = {",
+                     '    name: runtime.token_coefficient(f"lr[{name!r}]" if isinstance(lr, dict) else "lr", '
+                     "per_weight.get(name), q, dtype)",
+                     "    for name in STATE_SHAPES",
+                     "}  # each [B, H, T, 1]"]
+        elif c.per_token_lr:
+            rows.append('eta = runtime.token_coefficient("lr", lr, q, dtype)  # [B, H, T, 1]')
+        if c.lr_position:
+            rows.append("runtime.check_position(lr_position, chunk_size, q)")
+        rows += call("return Inputs", [f"{name}={value}" for name, _, value in self._input_fields()])
+        return lines(rows)
+
+    def finish_body(self) -> str:
+        c = self.c
+        final = "state" if c.multi_state else f'state["{c.updated[0][0]}"]'
+        rows = [f"final_state = {final} if output_final_state else None"]
+        if c.lowering:
+            rows.append("return runtime.raise_depthwise(o.transpose(1, 2).to(inputs.out_dtype), final_state, "
+                        "inputs.heads)  # channels back from heads")
+        else:
+            rows.append("return o.transpose(1, 2).to(inputs.out_dtype), final_state")
+        return lines(rows)

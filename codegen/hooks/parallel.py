@@ -1,0 +1,177 @@
+"""Hooks of the parallel forms: the pieces of ``_common.py`` that chunk.py and triton_chunk.py
+share (features, chunk states, WY/UT blocks) and their docstrings."""
+
+from __future__ import annotations
+
+from codegen.hooks._base import HookBase, column_clip, lines
+
+
+class ParallelHooks(HookBase):
+    """The parallel forms' shared pieces and docstrings."""
+
+    def phi(self, rows: str) -> str:
+        """The call of φ on ``rows`` with the slow weights it reads from ``inputs``."""
+        weights = "".join(f', inputs.slow["{w}"]' for w in self.c.feature_weights)
+        return f"feature_map({rows}{weights})"
+
+    def features_body(self) -> str:
+        """φ(Q), φ(K) and V̂ of every token (the prefix-scan forms)."""
+        c = self.c
+        eta = ", inputs.eta" if c.per_token_lr else ""
+        if c.queries_from_keys:
+            rows = [f"q_hat = k_hat = {self.phi('inputs.K')}  # [B, H, T, {c.state_rows}]: the keys read as queries"]
+        else:
+            rows = [f"q_hat = {self.phi('inputs.Q')}  # [B, H, T, {c.state_rows}]",
+                    f"k_hat = {self.phi('inputs.K')}  # [B, H, T, {c.state_rows}]"]
+        rows += [f"v_hat = effective_value(inputs.V{eta}).to(inputs.work)  # [B, H, T, {c.value_dim}]",
+                 "return q_hat, k_hat, v_hat"]
+        return lines(rows)
+
+    def chunk_states_body(self) -> str:
+        """From the chunk increments to the states the chunks read (the prefix-scan forms)."""
+        c = self.c
+        rows = []
+        if c.clip:
+            rows.append(column_clip("updates"))
+        if c.momentum:
+            rows += ["coefficients = runtime.momentum_matrix(runtime.chunk_means(inputs.alpha, inputs.chunk_size))  "
+                     "# [B, H, N, N]",
+                     'updates = torch.einsum("bhnj,bhjkv->bhnkv", coefficients, updates)  '
+                     "# M_n = Σ_{j≤n} B[n, j] ΔS_j"]
+        if c.ns_coefficients:
+            rows.append("updates = runtime.newton_schulz(updates, NS_COEFFICIENTS, NS_EPS, dtype=inputs.work)  "
+                        "# U_n = 𝓜(M_n), batched over chunks")
+        rows.append(f'states = torch.cat([inputs.state["{c.state}"].unsqueeze(2), updates], dim=2).cumsum(dim=2)  '
+                    "# S^{(0)}, …, S^{(N)}: one scan")
+        if c.order == "apply_then_update":
+            rows += ["reads = states[:, :, :-1]  # S^{(n−1)}: chunk n reads the state before its own step",
+                     "return reads, reads[:, :, -1]  # the last chunk is apply-only"]
+        elif c.order == "update_then_apply":
+            rows += ["reads = states[:, :, :-1]  # S^{(n−1)}: chunk n reads the state before it (plus its own tokens)",
+                     "return reads, states[:, :, -1]"]
+        else:
+            rows += [f"reads = states[:, :, 1:]  # S^{{(n)}}: chunk n reads the state after its own step "
+                     f"[B, H, N, {c.state_rows}, {c.value_dim}]",
+                     "return reads, reads[:, :, -1]"]
+        return lines(rows)
+
+    def chunk_states_doc(self) -> str:
+        c = self.c
+        steps = [s for s, on in (("the clip rescales each step", c.clip),
+                                 ("momentum mixes the increments", c.momentum),
+                                 ("Newton–Schulz orthogonalises them, batched over chunks", c.ns_coefficients)) if on]
+        text = "; ".join(steps) + ", then one prefix sum gives the states" if steps else "one prefix sum gives them"
+        return text[0].upper() + text[1:] + "."
+
+    def wy_blocks_body(self) -> str:
+        """Every block's matrices at once (the delta rule's WY/UT forms)."""
+        c = self.c
+        eta = ", inputs.eta" if c.per_token_lr else ""
+        zero_g = " and g = 0" if c.decay else ""
+        rows = ["L = inputs.chunk_size",
+                f"q_hat = {self.phi('inputs.Q')}  # [B, H, T, {c.state_rows}]",
+                f"k_hat = {self.phi('inputs.K')}  # [B, H, T, {c.state_rows}]",
+                f"b, beta = delta_terms(inputs.V{eta})  # [B, H, T, {c.value_dim}], [B, H, T, 1]",
+                f"# Blocks [B, H, N, L, ·]; the padded tail has k̂ = b = β = 0{zero_g}, so it changes nothing.",
+                "q_blocks = runtime.split_chunks(q_hat, L)",
+                "k_blocks = runtime.split_chunks(k_hat, L)",
+                "b_blocks = runtime.split_chunks(b, L)",
+                "beta_blocks = runtime.split_chunks(beta, L)  # [B, H, N, L, 1]",
+                "causal = torch.ones(L, L, dtype=torch.bool, device=q_hat.device).tril()",
+                "strict = causal.tril(-1)",
+                "scores = q_blocks @ k_blocks.mT  # Q̂K̂ᵀ: [B, H, N, L, L]",
+                "gram = k_blocks @ k_blocks.mT  # K̂K̂ᵀ: [B, H, N, L, L]"]
+        if c.decay:
+            rows += ["G = runtime.split_chunks(inputs.log_gamma, L)[..., 0].cumsum(-1)  "
+                     "# log Γ_t within each block: [B, H, N, L]",
+                     'D = (G[..., :, None] - G[..., None, :]).masked_fill(~causal, float("-inf")).exp()  '
+                     "# Γ_t/Γ_i, i ≤ t",
+                     "scores, gram = scores * D, gram * D",
+                     "Gamma = G.exp().unsqueeze(-1)  # Γ_t: [B, H, N, L, 1]",
+                     "q_blocks = Gamma * q_blocks  # reads Γ_t q̂_t S of the block-start state",
+                     "k_tail = (G[..., -1:] - G).exp().unsqueeze(-1) * k_blocks  # Γ_L/Γ_i k̂_i",
+                     "block_decay = G[..., -1].exp()[..., None, None]  # Γ_L: [B, H, N, 1, 1]",
+                     "rhs = torch.cat([b_blocks, beta_blocks * Gamma * k_blocks], dim=-1)  # [B | diag(βΓ) K̂]"]
+        else:
+            rows += ["k_tail = k_blocks",
+                     "block_decay = None  # no decay",
+                     "rhs = torch.cat([b_blocks, beta_blocks * k_blocks], dim=-1)  # [B | diag(β) K̂]"]
+        rows += ["A = (beta_blocks * gram).masked_fill(~strict, 0.0)  # strictly lower: [B, H, N, L, L]",
+                 "unit = torch.eye(L, dtype=A.dtype, device=A.device)",
+                 "solved = torch.linalg.solve_triangular(unit + A, rhs, upper=False, unitriangular=True)",
+                 "U, W = solved.split([b.shape[-1], k_hat.shape[-1]], dim=-1)  "
+                 f"# [B, H, N, L, {c.value_dim}], [B, H, N, L, {c.state_rows}]",
+                 "scores = scores.masked_fill(~causal, 0.0)",
+                 "return q_blocks, scores, U, W, k_tail, block_decay"]
+        return lines(rows)
+
+    def prefix_scan_summary(self) -> str:
+        c = self.c
+        rows = ["The layer is an associative prefix scan: the feature map is static and the values do not",
+                "depend on the state, so every chunk's increment ΔS_n = φ(K_n)ᵀ V̂_n is computed at once;"]
+        if c.momentum:
+            rows.append("momentum mixes them with the coefficients B[n, j] = Π_{s=j+1}^{n} ᾱ_s (Theorem 5.3);")
+        if c.ns_coefficients:
+            rows.append("Newton–Schulz orthogonalises each chunk's update, batched over chunks;")
+        rows.append({
+            "apply_then_update": "chunk n reads S_0 + Σ_{j<n} U_j (an exclusive prefix sum): O_n = φ(Q_n) S^{(n−1)}.",
+            "update_then_apply": "token t reads S^{(n−1)} plus its own chunk's tokens i ≤ t: "
+                                 "O_n = φ(Q_n) S^{(n−1)} + tril(φ(Q_n) φ(K_n)ᵀ) V̂_n.",
+        }.get(c.order, "chunk n reads S_0 + Σ_{j≤n} U_j (an inclusive prefix sum): O_n = φ(Q_n) S^{(n)}."))
+        return "\n".join(rows)
+
+    def triton_pipeline(self) -> str:
+        c = self.c
+        if c.feature_weights:
+            phi = (f" φ is a chain of matrix\n   products with the slow weights {', '.join(c.feature_weights)} and "
+                   "element-wise epilogues; its\n   gradients w.r.t. those weights are sums over every token of the "
+                   "sequence, which batched torch\n   matmuls give at full speed, so the Triton kernels start from "
+                   "the features.")
+        else:
+            phi = " φ is the identity here."
+        scan = ("momentum (B[n, j] = Π_{s=j+1}^{n} ᾱ_s), " if c.momentum else "") + \
+            ("Newton–Schulz\n   batched over chunks, " if c.ns_coefficients else "")
+        read = {
+            "apply_then_update": "O_n = φ(Q_n) S^{(n−1)} (block-exclusive: no intra-chunk term).",
+            "update_then_apply": "O_n = φ(Q_n) S^{(n−1)} + tril(φ(Q_n) φ(K_n)ᵀ) V̂_n (token-inclusive).",
+            "block_inclusive": "O_n = φ(Q_n) S^{(n)} (block-inclusive: no intra-chunk term).",
+        }.get(c.order, "O = φ(Q) S^{(1)} (bidirectional: one update on all tokens).")
+        grads = "q, k, v" + (", lr" if c.per_token_lr else "") + (", momentum" if c.momentum else "") + \
+            "".join(f", {w}" for w in c.feature_weights)
+        return "\n".join([
+            f"1. φ(Q), φ(K) and V̂ = {c.sign}η ∂L/∂f in torch, with autograd.{phi}",
+            f"2. ``chunk_outer`` (Triton): the chunk increments ΔS_n = φ(K_n)ᵀ V̂_n ``[B, H, N, {c.state_rows}, "
+            f"{c.value_dim}]``.",
+            f"3. torch, with autograd: {scan}the prefix sum over chunks: the state each chunk reads.",
+            f"4. ``chunk_read`` (Triton): {read}",
+            "",
+            "Both kernels live in ``tttla_kernels/triton_runtime.py``, shared by every variant: torch.library",
+            "custom ops (``tttla::chunk_outer``, ``tttla::chunk_read``) whose backward passes are the same two",
+            f"ops with the roles of their operands permuted, so gradients reach {grads} and the",
+            "initial state, and ``torch.compile`` traces the whole layer. Token-level work runs in q's dtype",
+            "for fp16/bf16 (tensor cores), else in the state dtype; states and accumulators are fp32 (fp64",
+            "for fp64 inputs)."])
+
+    def delta_math(self) -> str:
+        """The WY/UT form's maths (both delta forms' docstrings)."""
+        c = self.c
+        if c.decay:
+            step = "S_t = γ_t S_{t−1} + k̂_tᵀ (b_t − β_t k̂_t γ_t S_{t−1}) with γ_t = exp(g_t)."
+            within = ", with Γ_t = Π_{s≤t} γ_s inside the block and D_ti = Γ_t/Γ_i"
+            blocks = ["    A = strict_lower(diag(β) (K̂K̂ᵀ ⊙ D)),  (I + A) [U | W] = [B | diag(βΓ) K̂]  "
+                      "(one triangular solve)",
+                      "    u = U − W S,  O = diag(Γ) Q̂ S + (tril(Q̂K̂ᵀ) ⊙ D) u,  S ← Γ_L S + K̂ᵀ diag(Γ_L/Γ) u"]
+        else:
+            step = "S_t = S_{t−1} + k̂_tᵀ (b_t − β_t k̂_t S_{t−1})."
+            within = ""
+            blocks = ["    A = strict_lower(diag(β) K̂K̂ᵀ),  (I + A) [U | W] = [B | diag(β) K̂]  (one triangular solve)",
+                      "    u = U − W S,  O = Q̂ S + tril(Q̂K̂ᵀ) u,  S ← S + K̂ᵀ u"]
+        return "\n".join([
+            "∂L/∂f is affine in the prediction with Jacobian c·I, so the effective value at the state S is",
+            "v̂_t = b_t − β_t k̂_t S and every per-token step is an affine map of the state:",
+            step,
+            f"Within a block of ``chunk_size`` tokens that starts from the state S{within}:",
+            "", *blocks, "",
+            "(T = (I + A)⁻¹ diag(β) is the UT transform: W = T K̂ and, for ½‖f − v‖², U = T V.) The blocks'",
+            "matrices are computed for all blocks at once; only the block states run in sequence. The",
+            "semantic step is one per token whatever ``chunk_size`` is."])

@@ -1,0 +1,143 @@
+"""Hooks of recurrent.py: its summary, the state its steps carry, the step and the schedule's loop."""
+
+from __future__ import annotations
+
+from codegen.hooks._base import INNER, HookBase, column_clip, lines
+
+
+class RecurrentHooks(HookBase):
+    """The recurrence's pieces."""
+
+    def recurrent_summary(self) -> str:
+        c = self.c
+        order = {
+            "update_then_apply": "One step per token (gradients taken at the chunk-start weights), each token read "
+                                 "right after\nits own step.",
+            "apply_then_update": "One step per chunk; chunk n reads the state left by chunk n − 1; the last chunk is "
+                                 "apply-only.",
+            "block_inclusive": "One step per chunk; chunk n reads the state after its own step.",
+        }.get(c.order, "One step on all tokens; every token reads the updated state.")
+        sign = "+" if c.sign == "+" else "−"
+        rows = [order,
+                f"Each step adds the increments ΔU = {sign}Σ_i η_i ∇_U ℓ_i of the updated weights;",
+                f"for the state {c.state} that is Σ_i k̂_iᵀ v̂_i with k̂ = φ(k) and v̂ = {c.sign}η ∂L/∂f",
+                "(Theorems 5.1–5.2)."]
+        extra = []
+        if c.momentum:
+            extra.append("Momentum accumulates increments before they are applied (Theorem 5.3).")
+        if c.ns_coefficients:
+            extra.append("Newton–Schulz orthogonalises each step.")
+        if c.decay == "decay_then_gradient":
+            extra.append("Each step first decays the state, S ← γ_t S (γ_t = exp(g_t)), and takes its gradient there.")
+        elif c.decay:
+            extra.append("Each step decays the weights after the gradient: W ← γ_t W + ΔW_t (γ_t = exp(g_t)).")
+        if c.weight_norm_eps is not None:
+            extra.append("Weight norm rescales every output channel after each step.")
+        return "\n".join(rows + extra)
+
+    def step_uses_runtime(self) -> bool:
+        """Whether the recurrence's step calls the runtime (Newton–Schulz, weight norm)."""
+        return bool(self.c.ns_coefficients) or self.c.weight_norm_eps is not None
+
+    def recurrent_state(self) -> str:
+        """The state the steps carry: the weights, and the target column norms and momentum buffers."""
+        rows = ["state = inputs.state"]
+        if self.c.weight_norm_eps is not None:
+            rows.append("target_norms = {name: W.norm(dim=-2, keepdim=True) for name, W in state.items()}  "
+                        "# initial column norms")
+        if self.c.momentum:
+            rows.append("buffers = {name: torch.zeros_like(W) for name, W in state.items()}  "
+                        "# momentum, pre-orthogonalisation")
+        return lines(rows)
+
+    def uses_step(self) -> bool:
+        """Whether the recurrence takes steps (a rank-1 learning rate reads partial sums instead)."""
+        return not self.c.lr_position
+
+    def read_body(self) -> str:
+        c = self.c
+        if c.model is not None:
+            return lines([f"return model(rows, **weights(state))  # the whole model: its head is not φ(x)·{c.state}"],
+                          INNER)
+        weights = "".join(f', W["{w}"]' for w in c.feature_weights)
+        return lines(["W = weights(state)", f'return feature_map(rows{weights}) @ W["{c.state}"]'], INNER)
+
+    def read_doc(self) -> str:
+        c = self.c
+        return "f(rows; Θ) (the whole model)" if c.model is not None else f"φ(rows; Θ) · {c.state}"
+
+    def increments_args(self) -> str:
+        """The arguments of chunk_increments for tokens [start, end): keys, values, learning rates, weights."""
+        c = self.c
+        rows = ["inputs.K[..., start:end, :]", "inputs.V[..., start:end, :]"]
+        if c.per_token_lr and c.multi_state:
+            rows += [f'inputs.eta["{w}"][..., start:end, :]' for w, _, _ in c.updated]
+        elif c.per_token_lr:
+            rows.append("inputs.eta[..., start:end, :]")
+        rows.append("**weights(state)")
+        return lines([f"{row}," for row in rows], " " * 12)
+
+    def step_params(self) -> str:
+        return "state, increments, alpha_now" + (", gamma_now" if self.c.decay == "gradient_then_decay" else "")
+
+    def step_doc(self) -> str:
+        c = self.c
+        parts = [p for p, on in (("clip", c.clip), ("momentum", c.momentum), ("Newton–Schulz", c.ns_coefficients))
+                 if on]
+        parts.append("update")
+        if c.weight_norm_eps is not None:
+            parts.append("weight norm")
+        return ", ".join(parts)
+
+    def step_body(self) -> str:
+        """One inner step of one updated weight: ``increment`` → ``new[name]``."""
+        c = self.c
+        rows = []
+        if c.clip:
+            rows.append(column_clip("increment"))
+        if c.momentum:
+            rows += ["buffers[name] = increment + alpha_now * buffers[name]", "increment = buffers[name]"]
+        if c.ns_coefficients:
+            rows.append("increment = runtime.newton_schulz(increment, NS_COEFFICIENTS, NS_EPS)")
+        if c.decay == "gradient_then_decay":
+            rows.append("new[name] = gamma_now * state[name] + increment  "
+                        "# W ← γ_t W + ΔW_t (gradient taken before the decay)")
+        else:
+            rows.append("new[name] = state[name] + increment")
+        if c.weight_norm_eps is not None:
+            rows.append("new[name] = runtime.renormalize_columns(new[name], target_norms[name], WEIGHT_NORM_EPS)")
+        return lines(rows, " " * 12)
+
+    def schedule_loop(self) -> str:
+        """The body of the loop over chunks ``[start, end)``: steps and reads in the schedule's order."""
+        c = self.c
+        chunk_alpha = "inputs.alpha[:, :, start:end].mean(dim=2, keepdim=True)" if c.momentum else "None"
+        if c.order == "apply_then_update":
+            rows = ["outputs.append(read(inputs.Q[..., start:end, :], state))",
+                    "if end == inputs.T:",
+                    "    break  # the last chunk is apply-only",
+                    f"state = step(state, increments(start, end, state), {chunk_alpha})"]
+        elif c.order != "update_then_apply":
+            rows = [f"state = step(state, increments(start, end, state), {chunk_alpha})",
+                    "outputs.append(read(inputs.Q[..., start:end, :], state))"]
+        else:
+            rows = ["# every token's increment at the chunk-start weights, then one step per token"]
+            if c.decay == "decay_then_gradient":
+                rows += ["# S ← γ_t S before the step's gradient (one token per step)",
+                         "state = {name: inputs.log_gamma[:, :, start:end].exp() * W for name, W in state.items()}"]
+            rows.append("per_token = [increments(t, t + 1, state) for t in range(start, end)]")
+            if c.lr_position:
+                rows += ["# η_ij = a_i η_j: token t reads W_0 + a_(t−start) Σ_(j≤t) ΔW_j (not a sequence of steps)",
+                         "chunk_start, total = state, {}",
+                         "for t, increment in zip(range(start, end), per_token):",
+                         "    total = {name: total[name] + d if name in total else d for name, d in increment.items()}",
+                         "    state = {name: chunk_start[name] + inputs.position[t - start] * total[name] "
+                         "for name in chunk_start}",
+                         "    outputs.append(read(inputs.Q[..., t:t + 1, :], state))"]
+            else:
+                alpha = "inputs.alpha[:, :, t:t + 1]" if c.momentum else "None"
+                gamma = ", inputs.log_gamma[:, :, t:t + 1].exp()" if c.decay == "gradient_then_decay" else ""
+                rows += ["for t, increment in zip(range(start, end), per_token):",
+                         f"    state = step(state, increment, {alpha}{gamma})",
+                         "    outputs.append(read(inputs.Q[..., t:t + 1, :], state))"]
+        return lines(rows, INNER)

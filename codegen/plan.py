@@ -1,0 +1,150 @@
+"""Which forms a derived variant gets, from which templates, and how each one runs.
+
+The one place that decides it: the context, the renderer, ``generate``, ``tttla generate`` and
+``tttla derive`` (its ``"generated"`` field) all read :func:`plan`.
+
+A form's *kind* says how it runs over the sequence: ``"parallel"`` (every chunk's work at once,
+only a cheap pass over the chunk states in sequence), ``"chunk_scan"`` (one inner step per chunk
+of tokens, the chunks in sequence) or ``"recurrence"`` (one step per token, in sequence). Every
+kind that is not parallel comes with a one-line reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from derivations.form import LinearAttentionForm
+from derivations.printing import to_text
+
+__all__ = ["plan", "FormPlan", "PlannedForm", "PARALLEL", "CHUNK_SCAN", "RECURRENCE", "COMPUTE_CHUNK"]
+
+PARALLEL, CHUNK_SCAN, RECURRENCE = "parallel", "chunk_scan", "recurrence"
+
+#: default block size of the parallel forms when the schedule fixes the step (token level)
+COMPUTE_CHUNK = 64
+
+#: the chunk form's template for each parallel chunk template (None: the recurrence re-exported)
+_CHUNK_TEMPLATES = {"prefix_scan": "chunk.py.jinja", "delta_chunk": "delta_chunk.py.jinja",
+                    None: "chunk_recurrence.py.jinja"}
+_TRITON_TEMPLATES = {"prefix_scan": "triton_chunk.py.jinja", "delta_chunk": "triton_delta.py.jinja"}
+
+
+@dataclass(frozen=True)
+class PlannedForm:
+    """One generated form: its file, its template, its kind and, unless parallel, why not."""
+
+    file: str
+    template: str
+    kind: str
+    reason: str | None = None
+
+    def summary(self) -> dict:
+        return {"kind": self.kind, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class FormPlan:
+    """The generated forms of one variant (see :func:`plan`)."""
+
+    variant: str
+    #: "prefix_scan" (the chunked prefix sum), "delta_chunk" (the WY/UT form) or None: no parallel
+    #: chunk template fits, chunk.py is the recurrence and there is no Triton form
+    chunk_template: str | None
+    #: "recurrent", "chunk" and, when generated, "triton"
+    forms: dict[str, PlannedForm]
+    #: why the variant gets no Triton form (one line), or None when it gets one
+    no_triton: str | None
+    #: the default compute block of the parallel forms when the schedule fixes the step, else None
+    compute_chunk: int | None = None
+    #: the files every package has besides its forms
+    support: dict[str, str] = field(default_factory=lambda: {"__init__.py": "__init__.py.jinja",
+                                                            "_common.py": "_common.py.jinja"})
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Every generated file → its template."""
+        return {**self.support, **{f.file: f.template for f in self.forms.values()}}
+
+    @property
+    def triton_refusal(self) -> str | None:
+        """"no Triton form for 'name': why", or None when the variant gets one."""
+        return None if self.no_triton is None else f"no Triton form for {self.variant!r}: {self.no_triton}"
+
+    def generated(self) -> dict[str, dict]:
+        """``{form: {"kind": ..., "reason": ...}}`` (``tttla derive --json``'s ``"generated"``)."""
+        return {name: f.summary() for name, f in self.forms.items()}
+
+    def not_generated(self) -> dict[str, str]:
+        """``{form: why}`` for the forms the variant does not get (``--json``'s ``"not_generated"``)."""
+        return {} if self.no_triton is None else {"triton": self.no_triton}
+
+    def describe(self) -> list[str]:
+        """One line per form, then one per missing form (``tttla derive`` and ``tttla generate``)."""
+        lines = [f"{name} ({f.file}): {f.kind}" + (f" — {f.reason}" if f.reason else "")
+                 for name, f in self.forms.items()]
+        return lines + ([self.triton_refusal] if self.triton_refusal else [])
+
+
+def plan(form: LinearAttentionForm) -> FormPlan:
+    """Decide the generated forms of ``form``'s variant."""
+    variant = form.variant
+    sched = variant.schedule
+    if form.classification.parallel_form == "delta_chunk":
+        chunk_template, refusal = "delta_chunk", None
+    else:
+        refusal = _no_prefix_scan_template(form)
+        chunk_template = None if refusal else "prefix_scan"
+    steps = _sequential_kind(sched.order)
+    forms = {"recurrent": PlannedForm("recurrent.py", "recurrent.py.jinja", steps, _recurrence_reason(sched))}
+    if chunk_template:
+        forms["chunk"] = PlannedForm("chunk.py", _CHUNK_TEMPLATES[chunk_template], PARALLEL)
+        forms["triton"] = PlannedForm("triton_chunk.py", _TRITON_TEMPLATES[chunk_template], PARALLEL)
+    else:
+        forms["chunk"] = PlannedForm("chunk.py", _CHUNK_TEMPLATES[None], steps, refusal)
+    token_steps = sched.order == "update_then_apply"
+    return FormPlan(
+        variant=variant.name,
+        chunk_template=chunk_template,
+        forms=forms,
+        no_triton=refusal,
+        compute_chunk=COMPUTE_CHUNK if chunk_template and sched.fixed and token_steps else None,
+    )
+
+
+def _sequential_kind(order: str) -> str:
+    """The kind of the recurrence: a token loop when every token reads right after its own step."""
+    return RECURRENCE if order == "update_then_apply" else CHUNK_SCAN
+
+
+def _recurrence_reason(schedule) -> str:
+    if schedule.order == "bidirectional":
+        return "the reference form: one inner step on all tokens"
+    if schedule.order != "update_then_apply":
+        return "the reference form: one inner step per chunk, the chunks in sequence"
+    at = "" if schedule.fixed else " (gradients at the chunk-start weights)"
+    return f"the reference form: one inner step per token{at}, each token read right after it"
+
+
+def _no_prefix_scan_template(form: LinearAttentionForm) -> str | None:
+    """Why the chunked prefix-sum templates (chunk.py, triton_chunk.py) do not fit, or None."""
+    variant = form.variant
+    token_steps = variant.schedule.order == "update_then_apply"
+    if not form.parallel:
+        return "; ".join(r.rstrip(".") for r in form.classification.reasons if r.startswith("not parallel")) or \
+            "it is not an associative prefix scan"
+    if not form.is_linear:
+        return (f"its {form.classification.structure} form (f = {to_text(form.head)}) has no parallel "
+                "template yet (the chunk template covers f = φ(x)·W)")
+    if form.classification.values == "state_dependent":  # parallel as one step, values read S_0
+        return ("its values read the state (one step, so all at S_0), and the chunk template takes "
+                "state-independent values")
+    if variant.lr.position:
+        return "the per-position factors a_i of its rank-1 learning rate are not in the chunk templates yet"
+    if variant.clip is not None and token_steps:  # a clip per token step does not batch over a chunk
+        return ("the clip rescales every token's step by its own norm, so a chunk's steps are not one "
+                "batched increment")
+    if variant.decay is not None:
+        return "a decayed prefix scan (simple_gla) is not among the chunk templates yet"
+    if token_steps and (variant.momentum or variant.orthogonalize):
+        return "per-token steps with momentum or Newton–Schulz are not expressed as a chunked prefix sum yet"
+    return None
