@@ -204,9 +204,8 @@ class TorchEmitter(Printer):
 
     def _value(self, expr) -> Value:
         code, kind = self._print(expr)
-        if kind == COL and expr.shape == (1, 1):
-            kind = DOT
-        return Value(code, kind, tuple(expr.shape))
+        shape = tuple(expr.shape) if isinstance(expr, sympy.MatrixExpr) else (1, 1)  # an entry E[0, 0] is 1 × 1
+        return Value(code, DOT if kind == COL and shape == (1, 1) else kind, shape)
 
     def emptyPrinter(self, expr):
         raise UnprintableError(f"cannot print {type(expr).__name__} as torch code (no _print_{type(expr).__name__}):"
@@ -279,12 +278,6 @@ class TorchEmitter(Printer):
         same = len(set(codes)) == 1
         hint = f"{codes[0]}_sq" if same and len(codes) == 2 else "_times_".join(codes)
         return self._bind(expr, code, kind, hint, "squared" if same and len(codes) == 2 else "prod")
-
-    def _print_HadamardPower(self, expr):
-        base = self._value(expr.base)
-        power = self._scalar(expr.exp)
-        return self._bind(expr, f"{self._wrap(base.code)} ** {self._wrap(power.code)}", base.kind,
-                          f"{base.code}_pow", "power")
 
     def _print_ElementwiseApplyFunction(self, expr):
         arg, kind = self._print(expr.expr)
@@ -372,13 +365,14 @@ class TorchEmitter(Printer):
 
     def _mean(self, coeff, mats):
         """``X.mean(-1)`` for ``1/n · X 𝟙`` (a row X of n entries), else None."""
-        if len(mats) != 2 or not _is_ones(mats[1]) or sympy.simplify(coeff * mats[1].shape[0]) != 1:
+        if len(mats) < 2 or not _is_ones(mats[-1]) or sympy.simplify(coeff * mats[-1].shape[0]) != 1:
             return None
-        x = self._value(mats[0])
+        row, ones = _product(mats[:-1]), mats[-1]
+        x = self._value(row)
         if x.kind != ROW:
             return None
-        if mats[1].shape[1] != 1:  # the mean broadcast along the row: the mean itself
-            return self._print(sympy.MatMul(coeff, mats[0], sympy.OneMatrix(mats[1].shape[0], 1)))
+        if ones.shape[1] != 1:  # the mean broadcast along the row: the mean itself
+            return self._print(sympy.MatMul(coeff, row, sympy.OneMatrix(ones.shape[0], 1)))
         name, kind = self._bind(sympy.MatMul(coeff, *mats), f"{self._wrap(x.code)}.mean(-1, keepdim=True)", DOT,
                                 f"mean_{x.code}", "mean")
         self._means[name] = x.code
@@ -422,7 +416,8 @@ class TorchEmitter(Printer):
     def _row_sum(self, a: Value, expr) -> Value:
         """a 𝟙: the sums of a's rows (p × 1)."""
         if a.kind in (ROW, WEIGHT):
-            return Value(f"{self._wrap(a.code)}.sum(-1, keepdim=True)", DOT if a.kind == ROW else WEIGHT, (a.shape[0], 1))
+            kind = DOT if a.kind == ROW else WEIGHT
+            return Value(f"{self._wrap(a.code)}.sum(-1, keepdim=True)", kind, (a.shape[0], 1))
         if a.kind in (DOT, CONST):
             return Value(f"{self._dim(a.shape[1])} * {self._wrap(a.code)}", a.kind, (a.shape[0], 1))
         raise UnprintableError(f"cannot sum the rows of a {a.kind} in {expr}")
