@@ -48,6 +48,10 @@ ROW, COL, WEIGHT, DOT, CONST = "row", "col", "weight", "dot", "const"
 PER_TOKEN = (ROW, COL, DOT)
 #: longest generated name built from its operands' names (longer ones get a short role name)
 MAX_NAME = 25
+#: names that say only which operation made a value (never used inside another name)
+GENERIC_ROLES = ("total", "prod", "mm", "scaled", "outer")
+#: longest operand name kept inside a name built on it (a longer one is replaced by its role)
+MAX_PART = 16
 
 
 class UnprintableError(TypeError):
@@ -140,6 +144,7 @@ class TorchEmitter(Printer):
         self._used: set[str] = set(self.names.values())
         self._dim_names: dict = {}
         self._means: dict = {}  # name of a row mean → name of the row
+        self._roles: dict = {}  # generated name → what it is ("mean", "gelu", …), for names built on it
 
     # --- public ---------------------------------------------------------------------
 
@@ -171,11 +176,14 @@ class TorchEmitter(Printer):
 
     def peek_kind(self, expr) -> str:
         """The kind ``expr`` would print as, emitting nothing."""
-        saved = list(self.lines), dict(self._memo), set(self._used), dict(self._dim_names), dict(self._means)
+        saved = [list(self.lines), set(self._used), *(dict(m) for m in self._tables())]
         try:
             return self._code(expr)[1]
         finally:
-            self.lines, self._memo, self._used, self._dim_names, self._means = saved
+            self.lines, self._used = saved[:2]
+            for table, before in zip(self._tables(), saved[2:]):
+                table.clear()
+                table.update(before)
 
     def value(self, expr, name: str | None = None) -> str:
         """Code for ``expr``'s value as an operand: the name of a symbol or of an earlier
@@ -183,6 +191,9 @@ class TorchEmitter(Printer):
         if name is None or isinstance(expr, sympy.MatrixSymbol) or canonical(expr) in self._memo:
             return self._wrap(self._code(expr)[0])
         return self.assign(name, expr)
+
+    def _tables(self):
+        return self._memo, self._dim_names, self._means, self._roles
 
     # --- dispatch -------------------------------------------------------------------------
 
@@ -260,10 +271,10 @@ class TorchEmitter(Printer):
             parts = [("+", name), *(p for i, p in enumerate(parts) if i not in used)]
         code = " ".join(f"{s} {c if s == '+' else self._wrap(c)}" for s, c in parts)
         code = code[2:] if code.startswith("+ ") else "-" + code[2:]
-        hint = "_".join(("" if s == "+" and i == 0 else {"+": "plus_", "-": "minus_"}[s]) + _name_part(c)
+        hint = "_".join(("" if s == "+" and i == 0 else {"+": "plus_", "-": "minus_"}[s]) + self._part(c)
                         for i, (s, c) in enumerate(parts))
         if [s for s, _ in parts] == ["+", "-"] and self._means.get(parts[1][1]) == parts[0][1]:  # z − mean(z)
-            hint = f"centered_{parts[0][1]}"
+            hint = f"centered_{self._part(parts[0][1])}"
             return self._bind(expr, code, kind, hint, "centered")
         return self._bind(expr, code, kind, hint, "total")
 
@@ -276,7 +287,8 @@ class TorchEmitter(Printer):
         if len(factors) == 1:
             return code, kind
         same = len(set(codes)) == 1
-        hint = f"{codes[0]}_sq" if same and len(codes) == 2 else "_times_".join(codes)
+        parts = [self._part(c) for c in codes]
+        hint = f"{parts[0]}_sq" if same and len(codes) == 2 else "_times_".join(parts)
         return self._bind(expr, code, kind, hint, "squared" if same and len(codes) == 2 else "prod")
 
     def _print_ElementwiseApplyFunction(self, expr):
@@ -285,7 +297,7 @@ class TorchEmitter(Printer):
             raise UnprintableError(f"an element-wise function of a constant, {expr}, should have been folded")
         code = self._elementwise(expr.function, arg, kind, expr.shape)
         name = _function_name(expr.function)
-        return self._bind(expr, code, kind, f"{name}_{arg}", name)
+        return self._bind(expr, code, kind, f"{name}_{self._part(arg)}", name)
 
     def _join(self, values, expr) -> tuple[str, list[str]]:
         """The kind of an element-wise combination (sum, ⊙) of ``values`` of shape
@@ -357,7 +369,7 @@ class TorchEmitter(Printer):
         code, kind = self._outer(segments, scalar, expr)
         if code.isidentifier() or kind == CONST:  # nothing computed, or a number
             return code, kind
-        names = [_name_part(v.code) for v in segments]
+        names = [self._part(v.code) for v in segments]
         if scalar is not None:
             names.insert(0, "neg" if scalar.code == "-1" else scalar.code if scalar.code.isidentifier() else "scaled")
         role = "outer" if len(segments) > 1 else "scaled" if scalar is not None else "mm"
@@ -374,7 +386,7 @@ class TorchEmitter(Printer):
         if ones.shape[1] != 1:  # the mean broadcast along the row: the mean itself
             return self._print(sympy.MatMul(coeff, row, sympy.OneMatrix(ones.shape[0], 1)))
         name, kind = self._bind(sympy.MatMul(coeff, *mats), f"{self._wrap(x.code)}.mean(-1, keepdim=True)", DOT,
-                                f"mean_{x.code}", "mean")
+                                f"mean_{self._part(x.code)}", "mean")
         self._means[name] = x.code
         return name, kind
 
@@ -389,7 +401,7 @@ class TorchEmitter(Printer):
                 acc = Value(*self._memo[key], tuple(prefix.shape))
                 continue
             code, kind = self._times(acc, self._value(mats[i]), prefix)
-            hint = "_".join(_name_part(self._print(m)[0]) for m in mats[: i + 1] if not _is_ones(m))
+            hint = "_".join(self._part(self._print(m)[0]) for m in mats[: i + 1] if not _is_ones(m))
             if code.isidentifier():
                 acc = Value(code, kind, tuple(prefix.shape))
             else:
@@ -502,11 +514,10 @@ class TorchEmitter(Printer):
     def _scalar(self, s) -> Value:
         """A scalar factor: numbers, dimension symbols (``1/d``) and entries ``E[0, 0]`` of
         1 × 1 expressions (per-token numbers)."""
-        subs, kind = {}, CONST
-        for el in sorted(s.atoms(MatrixElement), key=sympy.default_sort_key):
-            v = self._value(el)
-            subs[el] = sympy.Symbol(v.code)
-            kind = DOT if v.kind in PER_TOKEN or kind == DOT else (v.kind if v.kind != CONST else kind)
+        entries = {el: self._value(el) for el in sorted(s.atoms(MatrixElement), key=sympy.default_sort_key)}
+        subs = {el: sympy.Symbol(v.code) for el, v in entries.items()}
+        kinds = {v.kind for v in entries.values()}
+        kind = DOT if kinds & set(PER_TOKEN) else WEIGHT if WEIGHT in kinds else CONST
         s = s.xreplace(subs)
         for sym in sorted(s.free_symbols - set(subs.values()), key=str):
             name = self._dim(sym, required=False)
@@ -540,9 +551,20 @@ class TorchEmitter(Printer):
         """Bind a composite value to a fresh name (each intermediate is computed once): named
         after its operands (``hint``) when short, else by its ``role``."""
         name = self._fresh(hint if hint.isidentifier() and len(hint) <= MAX_NAME else role)
+        self._roles[name] = role
         self._line(name, code, kind, expr.shape)
         self._memo[canonical(expr)] = (name, kind)
         return name, kind
+
+    def _part(self, code: str) -> str:
+        """How an operand reads inside a name built on it: a small number is an ε, a long
+        generated name is replaced by what it is (``gelu_tanh_W2``, not ``gelu_tanh_x_W1_plus_b1_W2``)."""
+        try:
+            return "eps" if abs(float(code)) < 1e-3 else "c"
+        except ValueError:
+            code = code.removesuffix(".mT")
+        role = self._roles.get(code)
+        return role if len(code) > MAX_PART and role not in (None, *GENERIC_ROLES) else code
 
     def _shape(self, kind, shape) -> str:
         rows, cols = (self.dims.get(s, str(s)) for s in shape)
@@ -649,14 +671,6 @@ def _negated(expr):
 def _factor(code: str) -> str:
     """``code`` as a factor of a product ``a * b``: parenthesised only where it must be."""
     return f"({code})" if any(op in code for op in (" + ", " - ", " @ ")) else code
-
-
-def _name_part(code: str) -> str:
-    """How an operand's code reads inside a generated name (a small constant is an ε)."""
-    try:
-        return "eps" if abs(float(code)) < 1e-3 else "c"
-    except ValueError:
-        return code.removesuffix(".mT")
 
 
 def _scalar_hint(value, arg):

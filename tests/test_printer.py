@@ -12,6 +12,7 @@ import math
 import pytest
 import sympy
 import torch
+from sympy.matrices.expressions.matexpr import MatrixElement
 
 from codegen.generate import generate, import_generated
 from codegen.printer import COL, CONST, DOT, ROW, WEIGHT, TorchEmitter, TorchScalarPrinter, UnprintableError
@@ -30,8 +31,6 @@ from derivations import (
     sum_all,
     variant,
 )
-from sympy.matrices.expressions.matexpr import MatrixElement
-
 from derivations.autodiff import grad, tidy, vjp
 from derivations.numeric import evaluate
 from verify.forms import usable_forms
