@@ -1,14 +1,13 @@
 """Printing the matrix-expression IR as batched torch code.
 
-Two printers, after SymPy's (``sympy/printing/numpy.py``, ``pycode.py``): each dispatches on
-the type of a node to a ``_print_<Node>`` method and keeps its functions in a lookup table.
+After SymPy's printers (``sympy/printing/numpy.py``, ``pycode.py``), :class:`TorchEmitter`
+dispatches on the type of a node to a ``_print_<Node>`` method (an unknown node raises
+:class:`UnprintableError` naming it and the expression); scalar bodies of element-wise
+functions go through :class:`~codegen.scalar_printer.TorchScalarPrinter`.
 
-* :class:`TorchScalarPrinter` prints *scalar* SymPy expressions (the bodies of element-wise
-  functions and their derivatives) as torch code; its table merges torch's functions and
-  the entries of :data:`derivations.functions.FUNCTIONS` into PythonCodePrinter's.
-* :class:`TorchEmitter` prints a *matrix* expression as one named assignment per
-  intermediate value, with a shape comment, e.g. ``k_W0 = k @ W0  # [B, H, T, h]``; each
-  sub-expression is computed once.
+It prints a *matrix* expression as one named assignment per intermediate value, with a
+shape comment, e.g. ``k_W0 = k @ W0  # [B, H, T, h]``; each sub-expression is computed once,
+and a name says what the value is (``mean_z``, ``centered_z``, ``silu_prime_z``).
 
 Batched semantics. Every value has a *kind*, which says how it is stored:
 
@@ -27,6 +26,8 @@ A per-token value of shape r × c (r, c > 1) is never stored: the only such valu
 engine builds are gradients of fast weights, and those are printed **summed over tokens**.
 So the product of a column and a row, ``aᵀ b``, is ``a.mT @ b`` = Σ_i a_iᵀ b_i — exactly a
 weight's gradient — and a product whose inner dimension is 1 is evaluated per token first.
+A column times a 1 × 1 *row* (e.g. ∂L/∂f of a width-1 prediction) is such a gradient too, of
+a one-column weight, and is summed; a column times a dot product (DOT) stays a column.
 """
 
 from __future__ import annotations
@@ -37,10 +38,9 @@ import sympy
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement
 from sympy.printing.printer import Printer
-from sympy.printing.pycode import PythonCodePrinter
 
+from codegen.scalar_printer import TorchScalarPrinter
 from derivations.autodiff import DERIVATIVE_OF
-from derivations.functions import FUNCTIONS
 
 __all__ = ["TorchScalarPrinter", "TorchEmitter", "UnprintableError", "ROW", "COL", "WEIGHT", "DOT", "CONST"]
 
@@ -56,65 +56,6 @@ MAX_PART = 16
 
 class UnprintableError(TypeError):
     """A node of a matrix expression has no torch form (names the node and the expression)."""
-
-
-class TorchScalarPrinter(PythonCodePrinter):
-    """Scalar SymPy expressions as element-wise torch code; floats print shortest-exact."""
-
-    _torch_functions = {
-        "exp": "torch.exp",
-        "log": "torch.log",
-        "tanh": "torch.tanh",
-        "sinh": "torch.sinh",
-        "cosh": "torch.cosh",
-        "erf": "torch.erf",
-        "sqrt": "torch.sqrt",
-        "Abs": "torch.abs",
-    }
-
-    def __init__(self, settings=None):
-        super().__init__(settings)
-        self.known_functions = {**self.known_functions, **self._torch_functions}
-        # our element-wise functions, printed through their torch spelling
-        self._by_class = {fn.symbolic: fn for fn in FUNCTIONS.values() if isinstance(fn.symbolic, type)}
-
-    def _print_Function(self, expr):
-        fn = self._by_class.get(type(expr))
-        if fn is not None:
-            return fn.torch_source.format(self._print(expr.args[0]))
-        return super()._print_Function(expr)
-
-    def _print_Heaviside(self, expr):
-        x = self._print(expr.args[0])
-        return f"({x} > 0).to({x}.dtype)"
-
-    def _print_Max(self, expr):
-        a, b = expr.args
-        return f"torch.clamp_min({self._print(b)}, {self._print(a)})" if a.is_number else super()._print_Max(expr)
-
-    def _print_Pi(self, expr):
-        return "math.pi"
-
-    def _print_Float(self, expr):
-        return repr(float(expr))
-
-    def _print_Rational(self, expr):
-        return repr(float(expr))
-
-    _print_Half = _print_Rational
-
-    def _print_Pow(self, expr, rational=False):
-        base, exp = expr.args
-        if exp == sympy.S.Half:
-            return f"math.sqrt({self._print(base)})" if base.is_number else f"torch.sqrt({self._print(base)})"
-        if base.is_number and exp.is_number:
-            return repr(float(expr))
-        return super()._print_Pow(expr, rational=rational)
-
-    def parenthesize(self, item, level, strict=False):
-        if item.is_Number and item >= 0:  # a decimal needs no parentheses: 0.5*x, not (0.5)*x
-            return self._print(item)
-        return super().parenthesize(item, level, strict)
 
 
 class Value(NamedTuple):
@@ -240,6 +181,8 @@ class TorchEmitter(Printer):
         n = expr.shape[0]
         if n == 1:
             return "1.0", CONST
+        if not self.names:
+            raise UnprintableError(f"{expr} needs a tensor to take its dtype and device from, and none is named")
         ref = next(iter(self.names.values()))
         return self._bind(expr, f"torch.eye({self._dim(n)}, dtype={ref}.dtype, device={ref}.device)", WEIGHT, "eye",
                           "eye")
