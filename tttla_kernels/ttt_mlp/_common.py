@@ -25,8 +25,8 @@ STATE_SHAPES = {"W1": ('d', 'h'), "b1": ('1', 'h'), "W2": ('h', 'd'), "b2": ('1'
 def feature_map(x, W1, b1):
     """φ(x): [B, H, T, d] → [B, H, T, h]."""
     x_W1 = x @ W1  # [B, H, T, h]
-    total = x_W1 + b1  # [B, H, T, h]
-    phi = F.gelu(total, approximate='tanh')  # [B, H, T, h]
+    x_W1_plus_b1 = x_W1 + b1  # [B, H, T, h]
+    phi = F.gelu(x_W1_plus_b1, approximate='tanh')  # [B, H, T, h]
     return phi
 
 

@@ -29,8 +29,8 @@ def chunk_increments(k, v, eta_W1, eta_W2, W1, W2):
     dW1 = k.mT @ (-eta_W1 * dL_dz_W1)  # [B, H, d, d]
     k_W1 = k @ W1  # [B, H, T, d]
     sigmoid_k_W2 = torch.sigmoid(k_W2)  # [B, H, T, d]
-    d_k_W2 = sigmoid_k_W2*(k_W2*(1 - sigmoid_k_W2) + 1)  # [B, H, T, d]
-    dL_dz_W2 = dL_df * k_W1 * d_k_W2  # [B, H, T, d]
+    silu_prime_k_W2 = sigmoid_k_W2*(k_W2*(1 - sigmoid_k_W2) + 1)  # [B, H, T, d]
+    dL_dz_W2 = dL_df * k_W1 * silu_prime_k_W2  # [B, H, T, d]
     dW2 = k.mT @ (-eta_W2 * dL_dz_W2)  # [B, H, d, d]
     return {"W1": dW1, "W2": dW2}
 
