@@ -18,7 +18,7 @@ import sympy
 
 from codegen.plan import FormPlan, plan
 from codegen.printer import COL, ROW, WEIGHT, TorchEmitter
-from derivations.autodiff import tidy, vjp
+from derivations.autodiff import canonicalize, vjp
 from derivations.classify import delta_coefficient
 from derivations.form import LinearAttentionForm
 from derivations.printing import to_text
@@ -57,7 +57,7 @@ class ModuleContext:
     fixed_chunk: bool
     state: str
     updated: tuple[tuple[str, str, str], ...]  # (name, rows, cols) of updated weights
-    static: tuple[tuple[str, str, str], ...]  # (name, rows, cols) of slow (non-updated) weights
+    slow_weights: tuple[tuple[str, str, str], ...]  # (name, rows, cols) of slow (non-updated) weights
     feature_weights: tuple[str, ...]
     key_dim: str
     value_dim: str
@@ -124,7 +124,7 @@ def _effective_value(form: LinearAttentionForm, dims, eta_expr) -> PrintedFuncti
         return None
     G = sympy.MatrixSymbol("G", *form.dloss.shape)
     em = TorchEmitter({form.v: ("v", ROW), G: ("G", ROW)}, dims)
-    em.assign("dL_df", tidy(form.dloss))
+    em.assign("dL_df", canonicalize(form.dloss))
     sign = "" if form.variant.ascent else "-"
     em.lines.append(f"v_hat = {sign}{eta_expr} * dL_df  # [B, H, T, {form.variant.value_dim}]")
     params = ("v", "eta") if form.variant.lr.kind == "per_token" else ("v",)
@@ -153,7 +153,7 @@ def _increments(form: LinearAttentionForm, dims, multi) -> PrintedFunction:
                                                                for n in form.feature_weights}}))
     if form.y in form.dloss.free_symbols and form.is_linear:  # state-dependent values read f(k)
         em.assign("prediction", trace.prediction)
-    em.assign("dL_df", tidy(form.dloss.xreplace({form.y: trace.prediction})))
+    em.assign("dL_df", canonicalize(form.dloss.xreplace({form.y: trace.prediction})))
     G = sympy.MatrixSymbol("G", *trace.prediction.shape)  # the cotangent ∂L/∂f, already named
     em.names[G], em.kinds[G] = "dL_df", ROW
     sign = "" if variant.ascent else "-"
@@ -162,7 +162,8 @@ def _increments(form: LinearAttentionForm, dims, multi) -> PrintedFunction:
     def scale(name):  # ∓η_U: a per-token [B, H, T, 1] or a constant
         return sign + (_eta_name(name, multi) if per_token else repr(float(variant.lr.value)))
 
-    sums = {name: _token_sums(em, tidy(vjp(trace.prediction, trace.weights[name], G))) for name in variant.update}
+    sums = {name: _token_sums(em, canonicalize(vjp(trace.prediction, trace.weights[name], G)))
+            for name in variant.update}
     order = sorted(variant.update, key=lambda n: (max(_size(r) for _, r in sums[n]),
                                                   all(a is None for a, _ in sums[n]),
                                                   variant.update.index(n)))
@@ -206,7 +207,7 @@ def _token_sums(em: TorchEmitter, grad) -> list:
             scalars = [f for f in term.args if not isinstance(f, sympy.MatrixExpr)]
             mats = [f for f in term.args if isinstance(f, sympy.MatrixExpr)]
             for j in range(1, len(mats)):
-                key, row = _product(mats[:j]), tidy(sympy.MatMul(*scalars, *mats[j:]))
+                key, row = _product(mats[:j]), canonicalize(sympy.MatMul(*scalars, *mats[j:]))
                 if em.peek_kind(key) == COL and em.peek_kind(row) == ROW:
                     split = (key, row)
                     break
@@ -250,7 +251,7 @@ def _delta_terms(form: LinearAttentionForm, dims) -> PrintedFunction:
     per_token = variant.lr.kind == "per_token"
     eta = "eta" if per_token else repr(float(variant.lr.value))
     if terms:
-        em.assign("dL_df_at_0", tidy(sympy.MatAdd(*terms) if len(terms) > 1 else terms[0]))
+        em.assign("dL_df_at_0", canonicalize(sympy.MatAdd(*terms) if len(terms) > 1 else terms[0]))
         em.lines.append(f"b = {sign}{eta} * dL_df_at_0  # [B, H, T, {variant.value_dim}]")
     else:
         em.lines.append("b = torch.zeros_like(v)  # ∂L/∂f has no term without the prediction")
@@ -286,7 +287,7 @@ def build_context(form: LinearAttentionForm) -> ModuleContext:
         fixed_chunk=sched.fixed,
         state=form.state,
         updated=tuple((n, *sizes_of[n]) for n in variant.update),
-        static=tuple((n, *sizes_of[n]) for n in variant.static),
+        slow_weights=tuple((n, *sizes_of[n]) for n in variant.slow_weights),
         feature_weights=form.feature_weights,
         key_dim=variant.key_dim,
         value_dim=variant.value_dim,

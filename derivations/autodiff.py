@@ -41,44 +41,44 @@ def rationalize(expr):
 
 
 __all__ = [
-    "rationalize", "vjp", "grad", "scalar_function", "derivative_function", "tidy", "CONSTANT_NODES",
+    "rationalize", "vjp", "grad", "scalar_function", "derivative_function", "canonicalize", "CONSTANT_NODES",
 ]
 
 CONSTANT_NODES = (sympy.OneMatrix, sympy.ZeroMatrix, sympy.Identity, sympy.MatrixBase)
 
 
-def tidy(expr):
+def canonicalize(expr):
     """Light canonicalisation of an IR expression: flatten sums and products, collect
     scalar factors, drop identities and double transposes, pull scalars out of transposes.
     Unlike ``doit`` it keeps ``(A·B)ᵀ`` and ``φ(k)ᵀ`` readable. Each distinct sub-expression
-    is tidied once (a memo per call), so shared sub-trees cost nothing extra."""
+    is canonicalised once (a memo per call), so shared sub-trees cost nothing extra."""
     memo: dict = {}
 
     def t(e):
         if e not in memo:
-            memo[e] = _tidy_node(e, t)
+            memo[e] = _canonical_node(e, t)
         return memo[e]
 
     return t(expr)
 
 
-def _tidy_node(expr, tidy):
-    """One node of :func:`tidy`; ``tidy`` tidies sub-expressions (memoised)."""
+def _canonical_node(expr, canonicalize):
+    """One node of :func:`canonicalize`; ``canonicalize`` canonicalizes sub-expressions (memoised)."""
     if not isinstance(expr, sympy.MatrixExpr) or isinstance(expr, (sympy.MatrixSymbol, *CONSTANT_NODES)):
         return expr
     if isinstance(expr, sympy.Transpose):
-        arg = tidy(expr.arg)
+        arg = canonicalize(expr.arg)
         if isinstance(arg, sympy.OneMatrix):
             return sympy.OneMatrix(arg.shape[1], arg.shape[0])
         if isinstance(arg, sympy.Transpose):
             return arg.arg
         if isinstance(arg, sympy.MatAdd):
-            return tidy(sympy.MatAdd(*[sympy.Transpose(t) for t in arg.args]))
+            return canonicalize(sympy.MatAdd(*[sympy.Transpose(t) for t in arg.args]))
         if isinstance(arg, sympy.MatMul):
             c, mats = _split_scalars(arg)
             if c != 1:
-                inner = tidy(sympy.Transpose(_matmul(*mats)))
-                return tidy(sympy.MatMul(c, inner))
+                inner = canonicalize(sympy.Transpose(_matmul(*mats)))
+                return canonicalize(sympy.MatMul(c, inner))
         if isinstance(arg, sympy.Identity) or (isinstance(arg, sympy.MatrixExpr) and arg.shape == (1, 1)
                                                 and isinstance(arg, sympy.OneMatrix)):
             return arg
@@ -86,7 +86,7 @@ def _tidy_node(expr, tidy):
     if isinstance(expr, sympy.MatMul):
         scalars, mats = [], []
         for a in expr.args:
-            a = tidy(a)
+            a = canonicalize(a)
             if isinstance(a, sympy.MatMul):
                 c, ms = _split_scalars(a)
                 scalars.append(c)
@@ -107,7 +107,7 @@ def _tidy_node(expr, tidy):
     if isinstance(expr, sympy.MatAdd):
         terms = []
         for a in expr.args:
-            a = tidy(a)
+            a = canonicalize(a)
             terms.extend(a.args if isinstance(a, sympy.MatAdd) else [a])
         collected: dict = {}
         for t in terms:
@@ -116,7 +116,7 @@ def _tidy_node(expr, tidy):
             c, ms = _split_scalars(t) if isinstance(t, sympy.MatMul) else (sympy.Integer(1), [t])
             key = _matmul(*ms)
             collected[key] = collected.get(key, 0) + c
-        terms = [tidy(sympy.MatMul(c, m)) for m, c in collected.items() if c != 0]
+        terms = [canonicalize(sympy.MatMul(c, m)) for m, c in collected.items() if c != 0]
         if not terms:
             return sympy.ZeroMatrix(*expr.shape)
         terms.sort(key=sympy.default_sort_key)
@@ -124,7 +124,7 @@ def _tidy_node(expr, tidy):
     if isinstance(expr, sympy.HadamardProduct):
         factors, scale = [], sympy.Integer(1)
         for a in expr.args:
-            a = tidy(a)
+            a = canonicalize(a)
             if isinstance(a, sympy.MatMul):
                 c, ms = _split_scalars(a)
                 scale, a = scale * c, _matmul(*ms)
@@ -132,7 +132,7 @@ def _tidy_node(expr, tidy):
         had = sympy.HadamardProduct(*factors)
         return had if scale == 1 else sympy.MatMul(scale, had)
     if isinstance(expr, ElementwiseApplyFunction):
-        return type(expr)(expr.function, tidy(expr.expr))
+        return type(expr)(expr.function, canonicalize(expr.expr))
     return expr
 
 
@@ -211,7 +211,7 @@ def vjp(expr, wrt: sympy.MatrixSymbol, cotangent):
         parts = pending.pop(node)
         G = parts[0] if len(parts) == 1 else sympy.MatAdd(*parts)
         if node == wrt:
-            return tidy(G)
+            return canonicalize(G)
         for child, cot in _pullback(node, G, depends):
             pending.setdefault(child, []).append(cot)
     raise AssertionError("unreachable: wrt is the last node of the order")

@@ -123,7 +123,7 @@ class _Problem:
         self.loss, self.y, self.vsym = rationalize(tr.loss), tr.y, tr.v
         self._token_symbols(v)
         self.names = [lay.state for lay in self.layers] + [lay.bias for lay in self.layers if lay.bias]
-        self.shapes = {n: tuple(self._size(s) for s in tr.weights[n].shape) for n in (*self.names, *v.static)}
+        self.shapes = {n: tuple(self._size(s) for s in tr.weights[n].shape) for n in (*self.names, *v.slow_weights)}
         self.initial = {n: self._symbols(n, n) for n in self.names}
         self.placeholders = {n: self._symbols(f"p_{n}", n) for n in self.names}
         self._explicit_head(form, tr)
@@ -155,7 +155,8 @@ class _Problem:
         self.vp = Matrix(1, self.dv, sympy.symbols(f"vp_0:{self.dv}"))
         fixed = {**{z: ImmutableMatrix(m) for z, m in self.zp.items()}, tr.x.subs(self.dims): ImmutableMatrix(self.xp),
                  tr.v.subs(self.dims): ImmutableMatrix(self.vp),
-                 **{tr.weights[n].subs(self.dims): ImmutableMatrix(self._symbols(n, n)) for n in form.variant.static}}
+                 **{tr.weights[n].subs(self.dims): ImmutableMatrix(self._symbols(n, n))
+                    for n in form.variant.slow_weights}}
         self.head = _explicit(head.xreplace(fixed))
         self.dloss_z = {lay.state: _explicit(_cotangent(form, lay).subs(self.dims).xreplace(fixed))
                         for lay in self.layers}

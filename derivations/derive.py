@@ -13,7 +13,7 @@ import time
 
 import sympy
 
-from derivations.autodiff import grad, rationalize, tidy, vjp
+from derivations.autodiff import canonicalize, grad, rationalize, vjp
 from derivations.classify import classify, split_model
 from derivations.form import Formula, LayerForm, LinearAttentionForm
 from derivations.loading import load_variant
@@ -84,7 +84,7 @@ def _form(variant: Variant, tr, layers, head) -> LinearAttentionForm:
     states = {lay.state for lay in layers} | {lay.bias for lay in layers if lay.bias}
     feature_weights = tuple(n for n, w in tr.weights.items()
                             if n not in states and any(rationalize(lay.feature).has(w) for lay in layers))
-    dloss_z = {lay.state: tidy(vjp(head, lay.z, dloss.xreplace({tr.y: head}))) for lay in layers}
+    dloss_z = {lay.state: canonicalize(vjp(head, lay.z, dloss.xreplace({tr.y: head}))) for lay in layers}
     cls = classify(variant, layers, head, feature_weights, dloss_z, dloss, tr.y)
     dynamic = cls.kernel == "dynamic"
 
@@ -103,8 +103,8 @@ def _form(variant: Variant, tr, layers, head) -> LinearAttentionForm:
     at_state, pieces = {}, []
     for lay in layers:
         phi = rationalize(lay.feature)
-        key = tidy(phi.xreplace({tr.x: k, **plain_t}))
-        query = tidy(phi.xreplace({tr.x: k if variant.queries == "key" else q, **plain_next}))
+        key = canonicalize(phi.xreplace({tr.x: k, **plain_t}))
+        query = canonicalize(phi.xreplace({tr.x: k if variant.queries == "key" else q, **plain_next}))
         state_t = sympy.MatrixSymbol(f"{lay.state}_{{t}}", *tr.weights[lay.state].shape)
         bias_t = sympy.MatrixSymbol(f"{lay.bias}_{{t}}", *tr.weights[lay.bias].shape) if lay.bias else None
         z_t = sympy.MatMul(key, state_t) if bias_t is None else sympy.MatAdd(sympy.MatMul(key, state_t), bias_t)
@@ -112,8 +112,8 @@ def _form(variant: Variant, tr, layers, head) -> LinearAttentionForm:
         pieces.append((lay, phi, key, query, state_t, bias_t))
     out = []
     for lay, phi, key, query, state_t, bias_t in pieces:
-        value = tidy(sympy.MatMul(sign * eta, dloss_z[lay.state].xreplace({**at_state, tr.x: k})))
-        out.append(LayerForm(lay.state, lay.bias, lay.z, rationalize(lay.layer), tidy(phi), key, query,
+        value = canonicalize(sympy.MatMul(sign * eta, dloss_z[lay.state].xreplace({**at_state, tr.x: k})))
+        out.append(LayerForm(lay.state, lay.bias, lay.z, rationalize(lay.layer), canonicalize(phi), key, query,
                              dloss_z[lay.state], value, state_t, bias_t))
     main = out[0]
     W = main.state

@@ -56,7 +56,7 @@ class ScalarFunction(sympy.Function):
         return rf"{self.latex_name}\left({printer._print(self.args[0])}\right)"
 
 
-class sigmoid_(ScalarFunction):
+class Sigmoid(ScalarFunction):
     """σ(x) = 1 / (1 + e^{-x})."""
 
     latex_name = r"\sigma"
@@ -66,11 +66,11 @@ class sigmoid_(ScalarFunction):
         return 1 / (1 + sympy.exp(-x))
 
     def fdiff(self, argindex=1):
-        s = sigmoid_(self.args[0])
+        s = Sigmoid(self.args[0])
         return s * (1 - s)
 
 
-class silu_(ScalarFunction):
+class SiLU(ScalarFunction):
     """silu(x) = x σ(x)."""
 
     latex_name = r"\operatorname{silu}"
@@ -81,11 +81,11 @@ class silu_(ScalarFunction):
 
     def fdiff(self, argindex=1):
         x = self.args[0]
-        s = sigmoid_(x)
+        s = Sigmoid(x)
         return s * (1 + x * (1 - s))
 
 
-class gelu_(ScalarFunction):
+class GELU(ScalarFunction):
     """gelu(x) = x Φ(x), Φ the standard normal CDF (the exact, erf-based form)."""
 
     latex_name = r"\operatorname{gelu}"
@@ -105,7 +105,7 @@ _GELU_C = sympy.sqrt(2 / sympy.pi)
 _GELU_A = sympy.Rational(44715, 1000000)
 
 
-class gelu_tanh_(ScalarFunction):
+class GELUTanh(ScalarFunction):
     """gelu_tanh(x) = x/2 (1 + tanh(√(2/π)(x + 0.044715 x³)))."""
 
     latex_name = r"\operatorname{gelu}_{\tanh}"
@@ -120,7 +120,7 @@ class gelu_tanh_(ScalarFunction):
         return (1 + u) / 2 + x * (1 - u**2) * _GELU_C * (1 + 3 * _GELU_A * x**2) / 2
 
 
-class relu_(ScalarFunction):
+class ReLU(ScalarFunction):
     """relu(x) = max(0, x); its derivative is the Heaviside step (0 at 0)."""
 
     latex_name = r"\operatorname{relu}"
@@ -133,7 +133,7 @@ class relu_(ScalarFunction):
         return sympy.Heaviside(self.args[0], 0)
 
 
-class rsqrt_(ScalarFunction):
+class Rsqrt(ScalarFunction):
     """rsqrt(x) = 1/√x (the inverse standard deviation of LayerNorm)."""
 
     latex_name = r"\operatorname{rsqrt}"
@@ -143,7 +143,7 @@ class rsqrt_(ScalarFunction):
         return 1 / sympy.sqrt(x)
 
     def fdiff(self, argindex=1):
-        return -rsqrt_(self.args[0]) ** 3 / 2
+        return -Rsqrt(self.args[0]) ** 3 / 2
 
 
 def _identity_sym(x):
@@ -239,11 +239,11 @@ def _rsqrt(x):
     return _torch_fns()[0].rsqrt(x)
 
 
-silu = register("silu", _silu, silu_, "F.silu({})")
-gelu = register("gelu", _gelu, gelu_, "F.gelu({})")
-gelu_tanh = register("gelu_tanh", _gelu_tanh, gelu_tanh_, "F.gelu({}, approximate='tanh')")
+silu = register("silu", _silu, SiLU, "F.silu({})")
+gelu = register("gelu", _gelu, GELU, "F.gelu({})")
+gelu_tanh = register("gelu_tanh", _gelu_tanh, GELUTanh, "F.gelu({}, approximate='tanh')")
 tanh = register("tanh", _tanh, sympy.tanh, "torch.tanh({})")
-sigmoid = register("sigmoid", _sigmoid, sigmoid_, "torch.sigmoid({})")
-relu = register("relu", _relu, relu_, "F.relu({})")
+sigmoid = register("sigmoid", _sigmoid, Sigmoid, "torch.sigmoid({})")
+relu = register("relu", _relu, ReLU, "F.relu({})")
 identity = register("identity", _identity, _identity_sym, "{}")
-rsqrt = register("rsqrt", _rsqrt, rsqrt_, "torch.rsqrt({})")
+rsqrt = register("rsqrt", _rsqrt, Rsqrt, "torch.rsqrt({})")

@@ -102,7 +102,7 @@ class Variant:
         return tuple(names)
 
     @property
-    def static(self) -> tuple[str, ...]:
+    def slow_weights(self) -> tuple[str, ...]:
         """Fast weights the inner loop does not update (slow weights of the outer loop)."""
         return tuple(n for n in self.fast if n not in self.update)
 

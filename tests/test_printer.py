@@ -31,7 +31,7 @@ from derivations import (
     sum_all,
     variant,
 )
-from derivations.autodiff import grad, tidy, vjp
+from derivations.autodiff import canonicalize, grad, vjp
 from derivations.numeric import evaluate
 from verify.forms import usable_forms
 from verify.fuzz import run_campaign
@@ -165,7 +165,7 @@ def test_the_gradients_of_certified_losses_print():
     T = SIZES[d]
     tensors = _tensors(T, seed=3)
     for name, loss in losses.items():
-        dloss = tidy(grad(loss.value, f))
+        dloss = canonicalize(grad(loss.value, f))
         assert dloss.has(sympy.Identity), name
         got, kind, source = _printed(dloss, tensors)
         assert kind == ROW, source
@@ -207,7 +207,7 @@ def test_scalar_printer_merges_its_functions_and_prints_short_floats():
 def test_names_say_what_values_are_and_negations_fold():
     em = TorchEmitter(SYMBOLS, {d: "d", h: "h"})
     z = M(x) @ M(W0)
-    em.assign("out", tidy(layer_norm(z, M(b), M(b)).value))
+    em.assign("out", canonicalize(layer_norm(z, M(b), M(b)).value))
     code = em.code()
     assert "mean_x_W0 = x_W0.mean(-1, keepdim=True)" in code
     assert "centered_x_W0 = x_W0 - mean_x_W0" in code
@@ -217,7 +217,7 @@ def test_names_say_what_values_are_and_negations_fold():
     # a per-token learning rate times ∂L/∂f = −v folds to one product, no sign
     eta, v = sympy.MatrixSymbol("eta", 1, 1), sympy.MatrixSymbol("v", 1, d)
     em = TorchEmitter({eta: ("eta", ROW), v: ("v", ROW)}, {d: "d"})
-    em.assign("v_hat", tidy(sympy.MatMul(-1, eta[0, 0], sympy.MatMul(-1, v))))
+    em.assign("v_hat", canonicalize(sympy.MatMul(-1, eta[0, 0], sympy.MatMul(-1, v))))
     assert em.code().strip() == "v_hat = eta * v  # [B, H, T, d]"
 
 

@@ -1,6 +1,6 @@
 """Generated forms of a variant, and calling them on a :class:`~verify.inputs.Case`.
 
-Every generated form takes ``fn(q, k, v, *, <static weights>, <optional inputs>, initial_state=,
+Every generated form takes ``fn(q, k, v, *, <slow weights>, <optional inputs>, initial_state=,
 output_final_state=, chunk_size=)``, the optional inputs (lr, momentum, log_decay, grid, lr_position: see
 :mod:`verify.signature`) and ``chunk_size`` only where the variant takes them (see ``tttla_kernels/<variant>/``);
 :func:`form_kwargs` turns a case into those keyword arguments and :func:`call_form`
@@ -32,7 +32,7 @@ def form_kwargs(variant: Variant, case: Case, output_final_state: bool = True) -
     for a single updated weight, else a dict name → tensor; ``chunk_size`` only when the
     schedule is not fixed.
     """
-    kwargs = {n: case.initial_weights[n] for n in variant.static}
+    kwargs = {n: case.initial_weights[n] for n in variant.slow_weights}
     kwargs.update(case.optional)
     updated = {n: case.initial_weights[n] for n in variant.update}
     kwargs["initial_state"] = updated if len(updated) > 1 else next(iter(updated.values()))

@@ -68,7 +68,7 @@ class Hooks(CallHooks, RecurrentHooks, ParallelHooks):
             return "{" + ", ".join(f'"{w}": ({r!r}, {cols!r})' for w, r, cols in weights) + "}"
 
         rows = ["#: Declared shapes of the slow (not updated) weights and of the state (the updated weights).",
-                f"STATIC_SHAPES = {table(c.static)}", f"STATE_SHAPES = {table(c.updated)}"]
+                f"SLOW_WEIGHT_SHAPES = {table(c.slow_weights)}", f"STATE_SHAPES = {table(c.updated)}"]
         if c.ns_coefficients:
             rows += ["#: Newton–Schulz steps (a, b, c): X ← a X + (b A + c A²) X with A = X Xᵀ.",
                      "NS_COEFFICIENTS = (", *(f"    {abc}," for abc in c.ns_coefficients), ")",

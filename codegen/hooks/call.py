@@ -13,7 +13,7 @@ class CallHooks(HookBase):
         """(name, annotation) of the variant's keyword inputs before ``initial_state``."""
         c = self.c
         rows = [("grid", "tuple[int, int]")] if c.lowering else []
-        rows += [(w, "torch.Tensor") for w, _, _ in c.static]
+        rows += [(w, "torch.Tensor") for w, _, _ in c.slow_weights]
         if c.per_token_lr:
             rows.append(("lr", "torch.Tensor" + (" | dict[str, torch.Tensor]" if c.multi_state else "")))
         for name, wanted in (("lr_position", c.lr_position), ("momentum", c.momentum), ("log_decay", c.decay)):
@@ -62,7 +62,7 @@ class CallHooks(HookBase):
             args = [f"q: queries ``[B, T, H, {c.key_dim}]``{unread}.", f"k: keys ``[B, T, H, {c.key_dim}]``.",
                     f"v: values ``[B, T, H, {c.value_dim}]``."]
         args += [f"{w}: {self._slow_role(w)}, ``[H, {r}, {cols}]`` or ``[B, H, {r}, {cols}]``."
-                 for w, r, cols in c.static]
+                 for w, r, cols in c.slow_weights]
         if c.per_token_lr:
             each = (f" (or a dict with one per updated weight: {', '.join(w for w, _, _ in c.updated)})"
                     if c.multi_state else "")
@@ -202,17 +202,17 @@ class CallHooks(HookBase):
             rows.append(f'given = {{}} if initial_state is None else {{"{first}": initial_state}}')
             states = f'("initial_state", STATE_SHAPES["{first}"], initial_state)'
             label = '"initial_state"'
-        slow = "".join(f'("{w}", STATIC_SHAPES["{w}"], {w}), ' for w, _, _ in c.static)
+        slow = "".join(f'("{w}", SLOW_WEIGHT_SHAPES["{w}"], {w}), ' for w, _, _ in c.slow_weights)
         rows += ["sizes = runtime.resolve_sizes(",
                  f'    [("q", "{c.key_dim}", Dk), ("v", "{c.value_dim}", Dv)],',
                  f"    [{slow}{states}],",
                  ")"]
-        if c.static:
-            given_slow = ", ".join(f'("{w}", {w})' for w, _, _ in c.static)
+        if c.slow_weights:
+            given_slow = ", ".join(f'("{w}", {w})' for w, _, _ in c.slow_weights)
             rows += ["slow = {",
-                     '    name: runtime.per_head(name, w, B, H, runtime.shape_in(sizes, STATIC_SHAPES[name], name), '
-                     "q.device, work)",
-                     f"    for name, w in ({given_slow}{',' if len(c.static) == 1 else ''})",
+                     "    name: runtime.per_head(name, w, B, H, "
+                     "runtime.shape_in(sizes, SLOW_WEIGHT_SHAPES[name], name), q.device, work)",
+                     f"    for name, w in ({given_slow}{',' if len(c.slow_weights) == 1 else ''})",
                      "}"]
         else:
             rows.append("slow = {}")

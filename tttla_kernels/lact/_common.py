@@ -18,7 +18,7 @@ import torch.nn.functional as F  # noqa: F401
 from tttla_kernels import runtime
 
 #: Declared shapes of the slow (not updated) weights and of the state (the updated weights).
-STATIC_SHAPES = {}
+SLOW_WEIGHT_SHAPES = {}
 STATE_SHAPES = {"W0": ('d', 'h'), "W1": ('h', 'd'), "W2": ('d', 'h')}
 #: Newton–Schulz steps (a, b, c): X ← a X + (b A + c A²) X with A = X Xᵀ.
 NS_COEFFICIENTS = (
@@ -35,9 +35,9 @@ WEIGHT_NORM_EPS = 1e-05
 def feature_map(x, W0, W2):
     """φ(x): [B, H, T, d] → [B, H, T, h]."""
     x_W0 = x @ W0  # [B, H, T, h]
-    silu_x_W0 = F.silu(x_W0)  # [B, H, T, h]
+    SiLU_x_W0 = F.silu(x_W0)  # [B, H, T, h]
     x_W2 = x @ W2  # [B, H, T, h]
-    phi = silu_x_W0 * x_W2  # [B, H, T, h]
+    phi = SiLU_x_W0 * x_W2  # [B, H, T, h]
     return phi
 
 

@@ -28,16 +28,16 @@ from ._common import NS_COEFFICIENTS, NS_EPS, WEIGHT_NORM_EPS, feature_map, fini
 def chunk_increments(k, v, eta_W0, eta_W1, eta_W2, W0, W1, W2):
     """increments ΔU = −Σ_i η_i ∇_U ℓ_i of the updated weights."""
     k_W0 = k @ W0  # [B, H, T, h]
-    silu_k_W0 = F.silu(k_W0)  # [B, H, T, h]
+    SiLU_k_W0 = F.silu(k_W0)  # [B, H, T, h]
     k_W2 = k @ W2  # [B, H, T, h]
-    k_hat = silu_k_W0 * k_W2  # [B, H, T, h]
+    k_hat = SiLU_k_W0 * k_W2  # [B, H, T, h]
     dL_df = -v  # [B, H, T, d]
     dW1 = k_hat.mT @ (-eta_W1 * dL_df)  # [B, H, h, d]
     dL_df_W1 = dL_df @ W1.mT  # [B, H, T, h]
-    dL_dz_W2 = dL_df_W1 * silu_k_W0  # [B, H, T, h]
+    dL_dz_W2 = dL_df_W1 * SiLU_k_W0  # [B, H, T, h]
     dW2 = k.mT @ (-eta_W2 * dL_dz_W2)  # [B, H, d, h]
-    sigmoid_k_W0 = torch.sigmoid(k_W0)  # [B, H, T, h]
-    silu_prime_k_W0 = sigmoid_k_W0*(k_W0*(1 - sigmoid_k_W0) + 1)  # [B, H, T, h]
+    Sigmoid_k_W0 = torch.sigmoid(k_W0)  # [B, H, T, h]
+    silu_prime_k_W0 = Sigmoid_k_W0*(k_W0*(1 - Sigmoid_k_W0) + 1)  # [B, H, T, h]
     dL_dz_W0 = dL_df_W1 * k_W2 * silu_prime_k_W0  # [B, H, T, h]
     dW0 = k.mT @ (-eta_W0 * dL_dz_W0)  # [B, H, d, h]
     return {"W0": dW0, "W1": dW1, "W2": dW2}

@@ -18,7 +18,7 @@ import torch.nn.functional as F  # noqa: F401
 from tttla_kernels import runtime
 
 #: Declared shapes of the slow (not updated) weights and of the state (the updated weights).
-STATIC_SHAPES = {"W0": ('d', 'h'), "W2": ('d', 'h')}
+SLOW_WEIGHT_SHAPES = {"W0": ('d', 'h'), "W2": ('d', 'h')}
 STATE_SHAPES = {"W1": ('h', 'd')}
 #: Newton–Schulz steps (a, b, c): X ← a X + (b A + c A²) X with A = X Xᵀ.
 NS_COEFFICIENTS = (
@@ -35,9 +35,9 @@ WEIGHT_NORM_EPS = 1e-05
 def feature_map(x, W0, W2):
     """φ(x): [B, H, T, d] → [B, H, T, h]."""
     x_W0 = x @ W0  # [B, H, T, h]
-    silu_x_W0 = F.silu(x_W0)  # [B, H, T, h]
+    SiLU_x_W0 = F.silu(x_W0)  # [B, H, T, h]
     x_W2 = x @ W2  # [B, H, T, h]
-    phi = silu_x_W0 * x_W2  # [B, H, T, h]
+    phi = SiLU_x_W0 * x_W2  # [B, H, T, h]
     return phi
 
 
@@ -67,10 +67,10 @@ def prepare(q, k, v, *, W0, W2, lr, momentum, initial_state, chunk_size) -> Inpu
     given = {} if initial_state is None else {"W1": initial_state}
     sizes = runtime.resolve_sizes(
         [("q", "d", Dk), ("v", "d", Dv)],
-        [("W0", STATIC_SHAPES["W0"], W0), ("W2", STATIC_SHAPES["W2"], W2), ("initial_state", STATE_SHAPES["W1"], initial_state)],
+        [("W0", SLOW_WEIGHT_SHAPES["W0"], W0), ("W2", SLOW_WEIGHT_SHAPES["W2"], W2), ("initial_state", STATE_SHAPES["W1"], initial_state)],
     )
     slow = {
-        name: runtime.per_head(name, w, B, H, runtime.shape_in(sizes, STATIC_SHAPES[name], name), q.device, work)
+        name: runtime.per_head(name, w, B, H, runtime.shape_in(sizes, SLOW_WEIGHT_SHAPES[name], name), q.device, work)
         for name, w in (("W0", W0), ("W2", W2))
     }
     state = {}

@@ -27,9 +27,9 @@ from ._common import NS_COEFFICIENTS, NS_EPS, feature_map, finish, prepare
 def chunk_increments(k, v, eta, W0, W1, W2):
     """increments ΔU = −Σ_i η_i ∇_U ℓ_i of the updated weights."""
     k_W0 = k @ W0  # [B, H, T, h]
-    silu_k_W0 = F.silu(k_W0)  # [B, H, T, h]
+    SiLU_k_W0 = F.silu(k_W0)  # [B, H, T, h]
     k_W2 = k @ W2  # [B, H, T, h]
-    k_hat = silu_k_W0 * k_W2  # [B, H, T, h]
+    k_hat = SiLU_k_W0 * k_W2  # [B, H, T, h]
     dL_df = -v  # [B, H, T, d]
     dW1 = k_hat.mT @ (-eta * dL_df)  # [B, H, h, d]
     return {"W1": dW1}

@@ -18,7 +18,7 @@ import torch.nn.functional as F  # noqa: F401
 from tttla_kernels import runtime
 
 #: Declared shapes of the slow (not updated) weights and of the state (the updated weights).
-STATIC_SHAPES = {"gamma": ('1', 'd'), "beta": ('1', 'd')}
+SLOW_WEIGHT_SHAPES = {"gamma": ('1', 'd'), "beta": ('1', 'd')}
 STATE_SHAPES = {"W1": ('d', 'h'), "b1": ('1', 'h'), "W2": ('h', 'd'), "b2": ('1', 'd')}
 
 
@@ -59,10 +59,10 @@ def prepare(q, k, v, *, gamma, beta, lr, lr_position, initial_state, chunk_size)
         raise ValueError(f"initial_state: {unknown} are not updated weights (expected keys {sorted(STATE_SHAPES)})")
     sizes = runtime.resolve_sizes(
         [("q", "d", Dk), ("v", "d", Dv)],
-        [("gamma", STATIC_SHAPES["gamma"], gamma), ("beta", STATIC_SHAPES["beta"], beta), *((f"initial_state[{name!r}]", STATE_SHAPES[name], t) for name, t in given.items())],
+        [("gamma", SLOW_WEIGHT_SHAPES["gamma"], gamma), ("beta", SLOW_WEIGHT_SHAPES["beta"], beta), *((f"initial_state[{name!r}]", STATE_SHAPES[name], t) for name, t in given.items())],
     )
     slow = {
-        name: runtime.per_head(name, w, B, H, runtime.shape_in(sizes, STATIC_SHAPES[name], name), q.device, work)
+        name: runtime.per_head(name, w, B, H, runtime.shape_in(sizes, SLOW_WEIGHT_SHAPES[name], name), q.device, work)
         for name, w in (("gamma", gamma), ("beta", beta))
     }
     state = {}

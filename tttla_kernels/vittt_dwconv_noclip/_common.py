@@ -18,7 +18,7 @@ import torch.nn.functional as F  # noqa: F401
 from tttla_kernels import runtime
 
 #: Declared shapes of the slow (not updated) weights and of the state (the updated weights).
-STATIC_SHAPES = {}
+SLOW_WEIGHT_SHAPES = {}
 STATE_SHAPES = {"w": ('taps', '1')}
 
 

@@ -24,12 +24,12 @@ def chunk_increments(k, v, eta_W1, eta_W2, W1, W2):
     """increments ΔU = −Σ_i η_i ∇_U ℓ_i of the updated weights."""
     dL_df = -0.3333333333333333 * v  # [B, H, T, d]
     k_W2 = k @ W2  # [B, H, T, d]
-    silu_k_W2 = F.silu(k_W2)  # [B, H, T, d]
-    dL_dz_W1 = dL_df * silu_k_W2  # [B, H, T, d]
+    SiLU_k_W2 = F.silu(k_W2)  # [B, H, T, d]
+    dL_dz_W1 = dL_df * SiLU_k_W2  # [B, H, T, d]
     dW1 = k.mT @ (-eta_W1 * dL_dz_W1)  # [B, H, d, d]
     k_W1 = k @ W1  # [B, H, T, d]
-    sigmoid_k_W2 = torch.sigmoid(k_W2)  # [B, H, T, d]
-    silu_prime_k_W2 = sigmoid_k_W2*(k_W2*(1 - sigmoid_k_W2) + 1)  # [B, H, T, d]
+    Sigmoid_k_W2 = torch.sigmoid(k_W2)  # [B, H, T, d]
+    silu_prime_k_W2 = Sigmoid_k_W2*(k_W2*(1 - Sigmoid_k_W2) + 1)  # [B, H, T, d]
     dL_dz_W2 = dL_df * k_W1 * silu_prime_k_W2  # [B, H, T, d]
     dW2 = k.mT @ (-eta_W2 * dL_dz_W2)  # [B, H, d, d]
     return {"W1": dW1, "W2": dW2}
@@ -39,8 +39,8 @@ def model(x, W1, W2):
     """f(x; θ) = z_W1 ⊙ silu(z_W2) with z_W1 = x·W1, z_W2 = x·W2: [B, H, T, d] → [B, H, T, d]."""
     x_W1 = x @ W1  # [B, H, T, d]
     x_W2 = x @ W2  # [B, H, T, d]
-    silu_x_W2 = F.silu(x_W2)  # [B, H, T, d]
-    prediction = x_W1 * silu_x_W2  # [B, H, T, d]
+    SiLU_x_W2 = F.silu(x_W2)  # [B, H, T, d]
+    prediction = x_W1 * SiLU_x_W2  # [B, H, T, d]
     return prediction
 
 
