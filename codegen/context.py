@@ -118,16 +118,17 @@ def _feature_map(form: LinearAttentionForm, dims) -> PrintedFunction:
     return PrintedFunction("feature_map", params, em.code(), result, doc)
 
 
-def _effective_value(form: LinearAttentionForm, dims, eta_expr) -> PrintedFunction | None:
+def _effective_value(form: LinearAttentionForm, dims) -> PrintedFunction | None:
     """v̂ = ∓η ∂L/∂f when it does not depend on the state (else None)."""
     if form.y in form.dloss.free_symbols:
         return None
-    G = sympy.MatrixSymbol("G", *form.dloss.shape)
-    em = TorchEmitter({form.v: ("v", ROW), G: ("G", ROW)}, dims)
-    em.assign("dL_df", canonicalize(form.dloss))
+    per_token = form.variant.lr.kind == "per_token"
+    eta = sympy.MatrixSymbol("eta", 1, 1)  # a per-token η: [B, H, T, 1]
+    em = TorchEmitter({form.v: ("v", ROW), eta: ("eta", ROW)}, dims)
+    step = (1 if form.variant.ascent else -1) * (eta[0, 0] if per_token else sympy.nsimplify(form.variant.lr.value))
+    em.assign("v_hat", canonicalize(sympy.MatMul(step, form.dloss)))  # the printer folds the signs
     sign = "" if form.variant.ascent else "-"
-    em.lines.append(f"v_hat = {sign}{eta_expr} * dL_df  # [B, H, T, {form.variant.value_dim}]")
-    params = ("v", "eta") if form.variant.lr.kind == "per_token" else ("v",)
+    params = ("v", "eta") if per_token else ("v",)
     return PrintedFunction("effective_value", params, em.code(), "v_hat",
                            f"v̂ = {sign or '+'}η ∂L/∂f: [B, H, T, {form.variant.value_dim}]")
 
@@ -276,7 +277,6 @@ def build_context(form: LinearAttentionForm) -> ModuleContext:
     sizes_of = {n: tuple(str(s) for s in shape) for n, shape in variant.fast.items()}
     sched = variant.schedule
     forms = plan(form)
-    eta_expr = "eta" if variant.lr.kind == "per_token" else repr(float(variant.lr.value))
     return ModuleContext(
         name=variant.name,
         description=variant.description,
@@ -304,7 +304,7 @@ def build_context(form: LinearAttentionForm) -> ModuleContext:
         plan=forms,
         reasons=form.classification.reasons,
         feature_map=_feature_map(form, dims),
-        effective_value=_effective_value(form, dims, eta_expr) if forms.chunk_template == "prefix_scan" else None,
+        effective_value=_effective_value(form, dims) if forms.chunk_template == "prefix_scan" else None,
         increments=_increments(form, dims, multi),
         decay=variant.decay.order if variant.decay else None,
         parallel_form=form.classification.parallel_form,

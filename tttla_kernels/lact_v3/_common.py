@@ -38,8 +38,7 @@ def feature_map(x):
 
 def effective_value(v, eta):
     """v̂ = -η ∂L/∂f: [B, H, T, d]."""
-    dL_df = -v  # [B, H, T, d]
-    v_hat = -eta * dL_df  # [B, H, T, d]
+    v_hat = eta * v  # [B, H, T, d]
     return v_hat
 
 

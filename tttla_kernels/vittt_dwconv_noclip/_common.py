@@ -29,8 +29,7 @@ def feature_map(x):
 
 def effective_value(v, eta):
     """v̂ = -η ∂L/∂f: [B, H, T, 1]."""
-    dL_df = -0.3333333333333333 * v  # [B, H, T, 1]
-    v_hat = -eta * dL_df  # [B, H, T, 1]
+    v_hat = 0.3333333333333333*eta * v  # [B, H, T, 1]
     return v_hat
 
 
