@@ -1,5 +1,5 @@
 """The results a classification reason rests on: which theorems and sections it cites, and what
-they say (``docs/maths.md``, section 14, says where each is explained)."""
+they say; ``docs/maths.md`` (section 14) says where each is explained in full."""
 
 from __future__ import annotations
 
