@@ -1,6 +1,6 @@
 """The derived linear-attention form of a variant (the output of :func:`derivations.derive`).
 
-Conventions (per head, rows act on the right, as in ``reference/ttt-math.md``):
+Conventions (per head, rows act on the right, as in ``docs/maths.md`` section 1):
 
 * the model splits as ``f(x) = head(z_1, …; x)`` with linear layers ``z_j = φ_j(x; Θ) · W_j
   (+ b_j)``: ``x`` a ``1 × D_k`` row, ``φ(x; Θ)`` a ``1 × D_h`` row (the *feature*), and ``W``

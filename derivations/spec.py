@@ -225,7 +225,7 @@ def decay(order: str = "decay_then_gradient") -> Decay:
 class ColumnClip:
     """ViTTT's clip of each step's increment, per output column (a column of W, ``[in, out]``):
     G[:, c] ← G[:, c] / (‖G[:, c]‖ + 1), applied to every updated weight's increment before
-    momentum, orthogonalisation and the update (reference Section 7.4, pitfall 11)."""
+    momentum, orthogonalisation and the update (``docs/maths.md`` section 10)."""
 
     def describe(self) -> str:
         return "column-wise gradient clip G[:, c] / (‖G[:, c]‖ + 1)"

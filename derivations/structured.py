@@ -13,7 +13,7 @@ The two interpretations of :mod:`derivations.mat` differ here by design:
 * **traced** (the engine): channels are independent, so the variant is *lowered* to one
   channel: the input row becomes the channel's k×k patch ψ_c(X, p) = (X_{c, p+Δ})_Δ, a
   ``1 × k²`` row, the kernel a ``k² × 1`` state, and ``depthwise_conv(x, w)`` the product
-  ``x·w``: sliding-window linear attention (reference Section 7.5, App. G) with one head per
+  ``x·w``: sliding-window linear attention (``docs/maths.md`` section 11) with one head per
   channel. Everything downstream (derivation, certificate, generated code) works on that
   lowered variant; generated forms unfold the grid into patches and fold channels into heads.
 

@@ -1,5 +1,5 @@
 """The unrolled state, the mask, the momentum coefficients and the chunk transform of a
-variant's schedule, as formulas (Theorems 5.2–5.3 and Section 5 of the reference)."""
+variant's schedule, as formulas (Theorems 5.2–5.3; ``docs/maths.md`` sections 4, 6–8)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The Triton forms on a real GPU (skipped without CUDA): every form in fp32, fp16 and bf16,
 forward and backward, against the fp64 oracle, up to T = 32768.
 
-fp32 must stay within the fp32 bound of DESIGN.md; fp16 and bf16 operands (fp32 accumulators
+fp32 must stay within the fp32 bound (docs/maths.md section 13); fp16 and bf16 operands (fp32 accumulators
 and states) may be at most 2x as far from the fp64 oracle as the layer executed literally in
 the same dtype ("plain torch"). Fresh kernel outputs are NaN-filled.
 """

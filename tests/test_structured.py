@@ -1,5 +1,5 @@
 """Structured fast weights: the depthwise k×k convolution on a token grid (ViTTT's second branch,
-reference Section 7.5), on its own and through the whole pipeline."""
+docs/maths.md section 11), on its own and through the whole pipeline."""
 
 from __future__ import annotations
 

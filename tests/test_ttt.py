@@ -1,5 +1,5 @@
 """TTT-Linear/MLP and ViTTT GLU: LayerNorm in the language, linear layers under a head, gated
-forms, the column clip; oracles against independent closed forms (reference 7.4, 7.6)."""
+forms, the column clip; oracles against independent closed forms (docs/maths.md sections 5–6)."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def test_layer_norm_vjp_matches_torch_autograd():
     torch.testing.assert_close(db.sum(-2, keepdim=True), want[2], rtol=1e-10, atol=1e-12)
 
 
-# --- TTT-Linear: the oracle against the dual form of reference 7.6 -----------------------------
+# --- TTT-Linear: the oracle against the dual form (docs/maths.md section 6) -----------------
 
 
 def _ln(z, gamma, beta, eps=1e-6):
@@ -114,7 +114,7 @@ def _ln(z, gamma, beta, eps=1e-6):
 
 
 def _ln_mse_grad(z, y, gamma, beta):
-    """∇ = (D ĝ − Σ ĝ − x̂ Σ(ĝ ⊙ x̂)) / (D σ) with ĝ = γ ⊙ (γ x̂ + β − y) (reference Section 3)."""
+    """∇ = (D ĝ − Σ ĝ − x̂ Σ(ĝ ⊙ x̂)) / (D σ) with ĝ = γ ⊙ (γ x̂ + β − y) (docs/maths.md section 5)."""
     out, xhat, sigma = _ln(z, gamma, beta)
     dim = z.shape[-1]
     gh = gamma * (out - y)
@@ -123,7 +123,7 @@ def _ln_mse_grad(z, y, gamma, beta):
 
 def ttt_linear_dual(Q, K, V, W0, b0, gamma, beta, eta_b, eta_a, L):
     """The dual form, one head: per mini-batch Z̄ = QW − (η ⊙ tril(QKᵀ))∇ + b − tril(η)∇ with the
-    rank-1 η_ij = a_i b_j, o = q + LN(Z̄); W ← W − Σ_j η_bj k_jᵀ∇_j (written from 7.6, not from the oracle)."""
+    rank-1 η_ij = a_i b_j, o = q + LN(Z̄); W ← W − Σ_j η_bj k_jᵀ∇_j (written from the dual form, not from the oracle)."""
     W, b, outs = W0.clone(), b0.clone(), []
     for s in range(0, Q.shape[0], L):
         q, k, v = Q[s:s + L], K[s:s + L], V[s:s + L]
@@ -238,7 +238,7 @@ def test_layer_norm_certificate_catches_a_wrong_value(name):
     assert not certify(_with_dloss_z(form, sympy.MatAdd(*kept))).certified
 
 
-# --- ViTTT GLU: the oracle against the closed form of reference 7.4 ----------------------------
+# --- ViTTT GLU: the oracle against the closed form (docs/maths.md section 5) ----------------
 
 
 def _silu_prime(x):
@@ -256,7 +256,7 @@ def test_vittt_glu_oracle_equals_the_closed_form(clip):
     Q, K, V = case.q[0, :, 0], case.k[0, :, 0], case.v[0, :, 0]
     W1, W2 = case.initial_weights["W1"][0, 0], case.initial_weights["W2"][0, 0]
     E = V / (3 * T)
-    G1 = -K.T @ (E * torch.nn.functional.silu(K @ W2))  # 7.4 with W_0 ↔ W2 (gate), W_1 ↔ W1
+    G1 = -K.T @ (E * torch.nn.functional.silu(K @ W2))  # G₁ of docs/maths.md section 5
     G2 = -K.T @ (E * (K @ W1) * _silu_prime(K @ W2))
     if clip:
         G1, G2 = (G / (G.norm(dim=0, keepdim=True) + 1) for G in (G1, G2))

@@ -18,7 +18,7 @@ TRITON_VARIANTS = ["lact_v2", "lact_v3", "lact_v4", "lact_v5", "lact_v6", "linea
 #: Triton forms checked in the interpreter only so far (no GPU run yet): the WY/UT delta form's
 #: block-state kernel, and the depthwise (per-channel) lowering through the prefix-scan kernels
 INTERPRETER_ONLY_VARIANTS = ["delta_rule", "gated_delta_rule", "vittt_dwconv"]
-FP32_RMS_RATIO = 1e-4  # DESIGN.md: fp32 against the fp64 oracle
+FP32_RMS_RATIO = 1e-4  # docs/maths.md section 13: fp32 against the fp64 oracle
 #: where the kernels run: the GPU, or the CPU under Triton's interpreter
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -1,6 +1,6 @@
 """How close a generated form must come to the fp64 oracle, per dtype and quantity.
 
-Two metrics, one per dtype (DESIGN.md, "Tolerances"), each per tensor:
+Two metrics, one per dtype (``docs/maths.md`` section 13), each per tensor:
 
 * fp64 — the exactness check: relative error ``max|Δ| / max|ref|`` ≤ 1e-9;
 * fp32 — RMSE ratio ``RMS(Δ) / RMS(ref)`` ≤ 1e-4 (the reference is always the fp64 oracle).
@@ -22,7 +22,7 @@ case seed 90 — chunk 1, h = 2, rank-1 updates — plain torch's ∂lr error wa
 1.5e-3 to 1.1e-2 after a one-ulp perturbation), and its largest error e₃₂ against the fp64
 oracle sets
 
-* fp32: bound = max(1e-4, 2 · e₃₂) — DESIGN's rule "at most 2× as far from the fp64
+* fp32: bound = max(1e-4, 2 · e₃₂) — the rule "at most 2× as far from the fp64
   reference as plain torch in the same dtype" — when only the last layer is updated.
   Measured over 150 cases each of lact_v1–v4 (seeds 0–149): every quantity above 1e-4 (up
   to 12 in RMS ratio, for ∂momentum of lact_v3) was within 1.62× of e₃₂ (≤ 1.00× for all

@@ -1,4 +1,4 @@
-"""Titans-style memory (reference Section 7.7): a linear memory M trained by ½·MSE with
+"""Titans-style memory (``docs/maths.md`` section 7): a linear memory M trained by ½·MSE with
 per-token momentum and weight decay, gradients taken at the chunk-start memory.
 
     S_t = η_t S_{t−1} − θ_t ∇_M ℓ_t(M_{chunk start}),   M_t = (1 − α_t) M_{t−1} + S_t,   o_t = q_t M_t

@@ -1,5 +1,5 @@
-"""ViT³ / ViTTT's two branches: the GLU (reference Section 7.4) and the 3×3 depthwise
-convolution (Section 7.5).
+"""ViT³ / ViTTT's two branches: the GLU (``docs/maths.md`` section 5) and the 3×3 depthwise
+convolution (section 11).
 
 ``f(x) = (x W1) ⊙ silu(x W2)``, both weights updated, one bidirectional step on all tokens
 with the mean dot-product loss −(s/N) Σ_n ⟨f(k_n), v_n⟩, s = 9^{−1/2} = 1/3.

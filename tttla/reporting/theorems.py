@@ -1,5 +1,5 @@
 """The results a classification reason rests on: which theorems and sections it cites, and what
-they say (``reference/ttt-math.md``)."""
+they say; ``docs/maths.md`` (section 14) says where each is explained in full."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 __all__ = ["THEOREMS", "cited", "split_decision"]
 
-#: What each reference cited by a classification reason says (``reference/ttt-math.md``).
+#: What each reference cited by a classification reason says (explained in ``docs/maths.md``).
 THEOREMS = {
     "Theorem 5.1": "one gradient step on a layer f(x) = φ(x)·W that is linear and bias-free in W adds the rank-1 "
     "term φ_t(k)ᵀ g_t(k) with g_t = −η ∂L/∂f, so the read o = φ_{t+1}(q)(W_t + φ_t(k)ᵀ g_t(k)) is linear "

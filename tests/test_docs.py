@@ -1,0 +1,93 @@
+"""The project's documents stand on their own: no hand-written file points at the maths outside
+the repository, and every relative link in README.md and docs/*.md leads to a file (and heading)
+in it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: where the maths used to live, outside this repository
+OUTSIDE = ("shared/reference", "ttt-math.md")
+HAND_WRITTEN = (".py", ".md", ".ipynb", ".jinja")
+DOCUMENTS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$", re.MULTILINE)
+
+
+def _tracked() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return out.splitlines()
+
+
+def _generated(path: str) -> bool:
+    """A module under tttla_kernels/<variant>/, written by codegen (its templates are checked)."""
+    parts = Path(path).parts
+    return len(parts) > 2 and parts[0] == "tttla_kernels"
+
+
+def hand_written_files() -> list[str]:
+    return [p for p in _tracked() if p.endswith(HAND_WRITTEN) and not _generated(p) and (ROOT / p).is_file()
+            and Path(p).name != "test_docs.py"]  # this file names the strings it looks for
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    text = re.sub(r"[`*_]", "", heading).strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    return {github_anchor(h) for h in HEADING.findall(path.read_text(encoding="utf-8"))}
+
+
+def relative_links(doc: str) -> list[str]:
+    """The link targets of ``doc`` that are neither web addresses nor mail."""
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    text = re.sub(r"```.*?```", "", text, flags=re.DOTALL)  # links inside code blocks are not links
+    return [t for t in LINK.findall(text) if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
+
+
+def test_the_files_are_found():
+    files = hand_written_files()
+    assert "README.md" in files and "docs/maths.md" in files and "derivations/classify.py" in files
+    assert "codegen/templates/chunk.py.jinja" in files
+    assert not any(f.startswith("tttla_kernels/lact_v2/") for f in files)
+    assert "tttla_kernels/runtime.py" in files
+
+
+@pytest.mark.parametrize("path", hand_written_files())
+def test_no_pointer_outside_the_repository(path):
+    text = (ROOT / path).read_text(encoding="utf-8")
+    found = [s for s in OUTSIDE if s in text]
+    assert not found, f"{path} refers to {found}: explain the maths in docs/maths.md and point there instead"
+
+
+def test_github_anchor():
+    assert github_anchor("3. One gradient step is a rank-1 update (Theorem 5.1)") == \
+        "3-one-gradient-step-is-a-rank-1-update-theorem-51"
+    assert github_anchor("10. Newton–Schulz, weight norm and the clip") == "10-newtonschulz-weight-norm-and-the-clip"
+
+
+def test_relative_links_finds_links():
+    assert "docs/maths.md" in relative_links("README.md")
+    assert any(t.startswith("#") for t in relative_links("docs/maths.md"))
+
+
+@pytest.mark.parametrize("doc", DOCUMENTS)
+def test_relative_links_resolve(doc):
+    source = ROOT / doc
+    broken = []
+    for target in relative_links(doc):
+        path, _, anchor = target.partition("#")
+        file = (source.parent / path).resolve() if path else source
+        if not file.is_file() or ROOT not in file.parents:
+            broken.append(f"{target} (no file {path} in the repository)")
+        elif anchor and file.suffix == ".md" and anchor not in anchors(file):
+            broken.append(f"{target} (no heading #{anchor} in {file.relative_to(ROOT)})")
+    assert not broken, f"{doc}: broken links: {broken}"
