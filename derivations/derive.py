@@ -1,7 +1,7 @@
 """``derive(variant)``: the linear-attention form of a declared variant, derived symbolically.
 
 Steps: trace the model and loss (the IR), split it into linear layers ``z_j = φ_j(x; Θ)·W_j
-(+ b_j)`` under an output head (:mod:`derivations.classify`; a plain φ(x)·W is one layer under
+(+ b_j)`` under an output head (:mod:`derivations.split`; a plain φ(x)·W is one layer under
 the identity head), differentiate the inner loss with our reverse-mode rules
 (:mod:`derivations.autodiff`), build q̂, k̂, v̂ and S_0 per layer (Theorems 5.1–5.3), classify
 with reasons, and certify the rewrite exactly at tiny sizes (:mod:`derivations.certificate`).
@@ -14,10 +14,11 @@ import time
 import sympy
 
 from derivations.autodiff import canonicalize, grad, rationalize, vjp
-from derivations.classify import classify, split_model
+from derivations.classify import classify
 from derivations.form import Formula, LayerForm, LinearAttentionForm
 from derivations.loading import load_variant
 from derivations.printing import to_latex, to_text
+from derivations.split import split_model
 from derivations.unroll import chunk_transform, lr_placement, mask_of, momentum_coefficients, unrolled_state
 from derivations.variant import Variant
 

@@ -25,7 +25,7 @@ import sympy
 
 from derivations.variant import Variant
 
-__all__ = ["Formula", "Classification", "Certificate", "LayerForm", "LinearAttentionForm"]
+__all__ = ["Formula", "Reason", "Classification", "Certificate", "LayerForm", "LinearAttentionForm"]
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,26 @@ class Formula:
 
 
 @dataclass(frozen=True)
+class Reason:
+    """One decision of the classifier, as data: a stable ``code`` (``"kernel.static"``,
+    ``"parallel_form.delta_chunk"``, …), the theorems and sections it rests on (``basis``, named
+    as in ``reference/ttt-math.md``) and its ``facts`` (weight names, SymPy expressions, flags).
+    :mod:`derivations.reasons` lists the codes and turns a reason into the sentence a person reads.
+    """
+
+    code: str
+    basis: tuple[str, ...] = ()
+    facts: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Classification:
     """What the rewrite says about running the layer in parallel.
 
     ``kernel`` is ``"static"`` or ``"dynamic"``; ``values`` is ``"state_independent"`` or
     ``"state_dependent"``; ``parallel`` is true iff the state is an associative prefix sum
-    of precomputable chunk increments. ``reasons`` has one sentence per decision, citing
-    the theorem, section or component it rests on.
+    of precomputable chunk increments. ``reasons`` has one :class:`Reason` per decision, citing
+    the theorem, section or component it rests on (``codes`` lists their codes).
 
     ``parallel_form`` names the chunked parallel form the layer has: ``"prefix_scan"``
     (``parallel``: chunk increments and a prefix sum), ``"delta_chunk"`` (per-token steps whose
@@ -55,11 +68,20 @@ class Classification:
     kernel: str
     values: str
     parallel: bool
-    reasons: tuple[str, ...]
+    reasons: tuple[Reason, ...]
     parallel_form: str = "sequential"
     #: ``"linear"`` (f = φ(x)·W), ``"headed"`` (f = head(φ(x)·W + b; x), e.g. x + LN(z)) or
     #: ``"gated"`` (an element-wise combination of several linear layers, e.g. a GLU)
     structure: str = "linear"
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """The codes of the reasons, in order (``("reducible.plain", "kernel.static", …)``)."""
+        return tuple(r.code for r in self.reasons)
+
+    def reason(self, code: str) -> Reason | None:
+        """The reason with this code, or None when the classifier did not give it."""
+        return next((r for r in self.reasons if r.code == code), None)
 
 
 @dataclass(frozen=True)

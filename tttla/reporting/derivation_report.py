@@ -7,9 +7,10 @@ from pathlib import Path
 
 from derivations.form import LinearAttentionForm
 from derivations.printing import to_latex, with_parts
+from derivations.reasons import decision, explanation
 from tttla.reporting.form_text import effective
 from tttla.reporting.pages import html_page, markdown_to_html, write_pages
-from tttla.reporting.theorems import THEOREMS, cited, split_decision
+from tttla.reporting.theorems import THEOREMS, cited
 
 __all__ = ["SECTIONS", "md_title", "render_markdown", "render_html", "write_report"]
 
@@ -79,13 +80,9 @@ def md_classification(form: LinearAttentionForm) -> str:
     c = form.classification
     rows = []
     for reason in c.reasons:
-        decision, why = split_decision(reason)
-        basis = ", ".join(cited(reason)) or "-"
-        rows.append(f"| {decision or '-'} | {why.replace('|', '/')} | {basis} |")
-    refs = []
-    for reason in c.reasons:
-        refs += [r for r in cited(reason) if r not in refs]
-    statements = "".join(f"- **{r}**: {THEOREMS[r]}\n" for r in refs if r in THEOREMS)
+        basis = ", ".join(reason.basis) or "-"
+        rows.append(f"| {decision(reason)} | {explanation(reason).replace('|', '/')} | {basis} |")
+    statements = "".join(f"- **{r}**: {THEOREMS[r]}\n" for r in cited(c.reasons) if r in THEOREMS)
     return (
         "## Classification\n\n"
         "| reducible | kernel | values | parallel | parallel form |\n|---|---|---|---|---|\n"

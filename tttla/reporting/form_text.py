@@ -6,6 +6,7 @@ import json
 
 from derivations.form import LinearAttentionForm
 from derivations.printing import to_latex, to_text, with_parts
+from derivations.reasons import sentences
 
 __all__ = ["effective", "summary", "render_json", "render_text", "render_latex"]
 
@@ -26,7 +27,8 @@ def summary(form: LinearAttentionForm) -> dict:
         "values": c.values,
         "parallel": c.parallel,
         "parallel_form": c.parallel_form,
-        "reasons": list(c.reasons),
+        "reasons": list(sentences(c.reasons)),
+        "reason_codes": list(c.codes),
         "certified": bool(cert and cert.certified),
         "certificate": None if cert is None else {
             "checked": cert.checked, "abstract": list(cert.abstract), "sizes": cert.sizes,
@@ -74,7 +76,7 @@ def _sections(form: LinearAttentionForm, printer, formula):
     out.append(("classification", [
         f"reducible: {'yes' if c.reducible else 'no'} · kernel: {c.kernel} · values: {c.values} · "
         f"parallel: {'yes' if c.parallel else 'no'} · parallel form: {c.parallel_form}",
-        *[f"- {r}" for r in c.reasons]]))
+        *[f"- {r}" for r in sentences(c.reasons)]]))
     cert = form.certificate
     if cert is not None:
         status = "CERTIFIED" if cert.certified else f"NOT certified: {cert.failure}"
