@@ -25,15 +25,7 @@ import sympy
 
 from derivations.variant import Variant
 
-__all__ = ["Formula", "Reason", "Classification", "Certificate", "LayerForm", "LinearAttentionForm"]
-
-
-@dataclass(frozen=True)
-class Formula:
-    """One displayed equation, as LaTeX and as one line of Unicode text."""
-
-    latex: str
-    text: str
+__all__ = ["Reason", "Classification", "Certificate", "LayerForm", "LinearAttentionForm"]
 
 
 @dataclass(frozen=True)
@@ -153,11 +145,10 @@ class LinearAttentionForm:
         state0: S_0 = W_0, the initial state (a symbol).
         gradients: ∇_U ℓ for each updated fast weight U, at the current weights, for
             ℓ = L(f(k), v) (derived with :mod:`derivations.autodiff`).
-        lr_placement, mask, mask_formula, chunk_transform: the schedule's reading in words
-            and formulas.
-        unrolled: the unrolled state and output (Theorem 5.2, chunk form of Section 5).
-        momentum: the β/B coefficients (Theorem 5.3), or None.
-        kernel_recurrence: Θ_{t+1} in terms of Θ_t for dynamic kernels, or None.
+        mask: the read mask C_ti the schedule implies, by name (``"token-inclusive"``,
+            ``"block-exclusive"``, ``"block-inclusive"`` or ``"bidirectional"``);
+            :mod:`tttla.reporting.formulas` typesets it with the unrolled state, the momentum
+            coefficients and the dynamic kernel's recurrence.
         classification: reducible/kernel/values/parallel with reasons.
         certificate: the exact symbolic check, or None when skipped.
         seconds: wall time of the derivation (certificate included).
@@ -182,13 +173,7 @@ class LinearAttentionForm:
     theta_next: dict
     state0: sympy.MatrixSymbol
     gradients: dict
-    lr_placement: str
     mask: str
-    mask_formula: Formula
-    chunk_transform: str | None
-    unrolled: tuple[Formula, ...]
-    momentum: tuple[Formula, ...] | None
-    kernel_recurrence: tuple[Formula, ...] | None
     classification: Classification
     certificate: Certificate | None = None
     seconds: float = 0.0

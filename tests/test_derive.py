@@ -16,6 +16,7 @@ from derivations.numeric import evaluate
 from derivations.printing import to_text
 from derivations.reasons import sentence
 from derivations.spec import chunked, per_token
+from tttla.reporting import formulas
 
 EXPECTED = {
     "lact": ("dynamic", "state_independent", False),
@@ -65,7 +66,7 @@ PARALLEL_FORM = {
 }
 
 
-#: each variant's reason codes; a blocker of "not_parallel" or "parallel_form.sequential" as code.blocker
+#: each variant's reason codes; "not_parallel" and "parallel_form.sequential" as code.blocker, per blocker
 _MOMENTUM_CHUNKS = ("parallel_form.sequential.momentum", "parallel_form.sequential.not_token_steps")
 _LACT_SEQUENTIAL = ("parallel_form.sequential.weight_norm", "parallel_form.sequential.newton_schulz",
                     *_MOMENTUM_CHUNKS)
@@ -102,8 +103,9 @@ _REF = re.compile(r"Theorem 5\.\d|Section \d(?:\.\d)?")
 
 
 def _codes(c) -> set[str]:
-    """The classification's codes, and each blocker of a reason as ``code.blocker``."""
-    return set(c.codes) | {f"{r.code}.{b}" for r in c.reasons for b in r.facts.get("blockers", ())}
+    """The classification's codes, a reason with blockers written as ``code.blocker`` for each."""
+    return {f"{r.code}.{b}" for r in c.reasons for b in r.facts["blockers"]} | {
+        r.code for r in c.reasons if "blockers" not in r.facts}
 
 
 def test_every_catalog_variant_is_classified():
@@ -133,7 +135,9 @@ def test_lact_form_pieces():
     assert form.state == "W1" and form.feature_weights == ("W0", "W2")
     assert form.query.has(form.theta_next["W0"]) and form.key.has(form.theta_t["W0"])
     assert set(form.gradients) == {"W0", "W1", "W2"}
-    assert form.kernel_recurrence and form.momentum and form.chunk_transform
+    assert formulas.kernel_recurrence(form) and formulas.momentum_coefficients(form) and formulas.chunk_transform(form)
+    recurrence = formulas.kernel_recurrence(form)[0].latex
+    assert recurrence.startswith("W0_{t+1} = W0_{t} ") and r"\nabla_{W0} \ell_t = " in recurrence
     assert form.mask == "block-exclusive"
     nq = derive("lact_no_query", certify=False)
     assert not nq.query.has(nq.q) and nq.query.has(nq.k)

@@ -34,6 +34,7 @@ from derivations.catalog import CATALOG
 from derivations.certificate import certify
 from derivations.mat import Mat
 from derivations.printing import to_text
+from tttla.reporting.formulas import lr_placement
 from verify.fuzz import run_campaign
 from verify.inputs import make_case
 from verify.oracle import run_direct
@@ -288,7 +289,7 @@ def rank1_delta(x, W):
 def test_rank1_learning_rate_certified_and_generated(tmp_path):
     form = derive(rank1_delta)
     assert form.certificate.certified and "a_p symbolic" in form.certificate.checked
-    assert "rank-1 η_ij = a_i η_j" in form.lr_placement
+    assert "rank-1 η_ij = a_i η_j" in lr_placement(form)
     wrong = dataclasses.replace(form, dloss=sympy.MatMul(2, form.dloss))
     assert not certify(wrong).certified
     generate(rank1_delta, tmp_path)
