@@ -22,6 +22,7 @@ from derivations.autodiff import canonicalize, vjp
 from derivations.classify import delta_coefficient
 from derivations.form import LinearAttentionForm
 from derivations.printing import to_text
+from derivations.reasons import sentences
 from derivations.structured import Lowering
 
 __all__ = ["ModuleContext", "build_context", "PrintedFunction", "toolkit_version"]
@@ -302,7 +303,7 @@ def build_context(form: LinearAttentionForm) -> ModuleContext:
         queries_from_keys=variant.queries == "key",
         parallel=form.parallel,
         plan=forms,
-        reasons=form.classification.reasons,
+        reasons=sentences(form.classification.reasons),
         feature_map=_feature_map(form, dims),
         effective_value=_effective_value(form, dims) if forms.chunk_template == "prefix_scan" else None,
         increments=_increments(form, dims, multi),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from derivations.form import LinearAttentionForm
 from derivations.printing import to_text
+from derivations.reasons import sentence
 
 __all__ = ["plan", "FormPlan", "PlannedForm", "PARALLEL", "CHUNK_SCAN", "RECURRENCE", "COMPUTE_CHUNK"]
 
@@ -130,8 +131,8 @@ def _no_prefix_scan_template(form: LinearAttentionForm) -> str | None:
     variant = form.variant
     token_steps = variant.schedule.order == "update_then_apply"
     if not form.parallel:
-        return "; ".join(r.rstrip(".") for r in form.classification.reasons if r.startswith("not parallel")) or \
-            "it is not an associative prefix scan"
+        blocked = form.classification.reason("not_parallel")
+        return sentence(blocked).rstrip(".") if blocked else "it is not an associative prefix scan"
     if not form.is_linear:
         return (f"its {form.classification.structure} form (f = {to_text(form.head)}) has no parallel "
                 "template yet (the chunk template covers f = φ(x)·W)")

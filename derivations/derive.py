@@ -1,7 +1,7 @@
 """``derive(variant)``: the linear-attention form of a declared variant, derived symbolically.
 
 Steps: trace the model and loss (the IR), split it into linear layers ``z_j = φ_j(x; Θ)·W_j
-(+ b_j)`` under an output head (:mod:`derivations.classify`; a plain φ(x)·W is one layer under
+(+ b_j)`` under an output head (:mod:`derivations.split`; a plain φ(x)·W is one layer under
 the identity head), differentiate the inner loss with our reverse-mode rules
 (:mod:`derivations.autodiff`), build q̂, k̂, v̂ and S_0 per layer (Theorems 5.1–5.3), classify
 with reasons, and certify the rewrite exactly at tiny sizes (:mod:`derivations.certificate`).
@@ -14,41 +14,23 @@ import time
 import sympy
 
 from derivations.autodiff import canonicalize, grad, rationalize, vjp
-from derivations.classify import classify, split_model
-from derivations.form import Formula, LayerForm, LinearAttentionForm
+from derivations.classify import classify
+from derivations.form import LayerForm, LinearAttentionForm
 from derivations.loading import load_variant
-from derivations.printing import to_latex, to_text
-from derivations.unroll import chunk_transform, lr_placement, mask_of, momentum_coefficients, unrolled_state
+from derivations.split import split_model
 from derivations.variant import Variant
 
-__all__ = ["derive"]
+__all__ = ["derive", "MASKS"]
+
+#: the read mask C_ti (which steps token t reads) of each schedule order, by name
+MASKS = {"update_then_apply": "token-inclusive", "apply_then_update": "block-exclusive",
+         "block_inclusive": "block-inclusive", "bidirectional": "bidirectional"}
 
 
 def _eta(variant: Variant):
     if variant.lr.kind == "per_token":
         return sympy.Symbol("eta_t", positive=True)
     return sympy.nsimplify(variant.lr.value, rational=True)
-
-
-def _kernel_recurrence(variant, theta_t, theta_next, gradients, eta, sign, dynamic, plain_t):
-    if not dynamic:
-        return None
-    out = []
-    for name in variant.update:
-        if name not in theta_t:
-            continue
-        g = gradients[name]
-        step_l = f"{'+' if sign > 0 else '-'} {to_latex(eta)} \\nabla_{{{name}}} \\ell_t"
-        step_t = f"{'+' if sign > 0 else '−'} {to_text(eta)}·∇_{name} ℓ_t"
-        if variant.momentum or variant.orthogonalize or variant.weight_norm:
-            step_l = r"\text{ (through the same momentum / }\mathcal{M}\text{ / Norm as the state) }" + step_l
-            step_t += "  (through the same momentum / 𝓜 / Norm as the state)"
-        out.append(Formula(
-            f"{theta_next[name].name} = {theta_t[name].name} {step_l},\\quad \\nabla_{{{name}}} \\ell_t = "
-            f"{to_latex(g.xreplace(plain_t))}",
-            f"{theta_next[name].name} = {theta_t[name].name} {step_t},  ∇_{name} ℓ_t = {to_text(g.xreplace(plain_t))}",
-        ))
-    return tuple(out)
 
 
 def derive(variant: Variant | str, *, certify: bool = True) -> LinearAttentionForm:
@@ -121,34 +103,10 @@ def _form(variant: Variant, tr, layers, head) -> LinearAttentionForm:
     pred_k = rationalize(tr.prediction).xreplace({tr.x: k})
     ell = loss.xreplace({tr.y: pred_k})
     gradients = {u: grad(ell, tr.weights[u]) for u in variant.update}
-    mask, mask_formula = mask_of(variant)
-    unrolled = unrolled_state(variant, W, dynamic)
-    if not (cls.structure == "linear" and main.bias is None):
-        unrolled += _head_read(head, out)
     return LinearAttentionForm(
         variant=variant, state=W, x=tr.x, feature=main.feature, feature_weights=feature_weights,
         q=q, k=k, v=tr.v, eta=eta, y=tr.y, dloss=dloss, query=main.query, key=main.key, value=main.value,
         state_t=main.state_t, theta_t=theta_t, theta_next=theta_next,
         state0=sympy.MatrixSymbol(f"{W}_{{0}}", *Wsym.shape), gradients=gradients,
-        lr_placement=lr_placement(variant), mask=mask, mask_formula=mask_formula,
-        chunk_transform=chunk_transform(variant), unrolled=unrolled,
-        momentum=momentum_coefficients(variant),
-        kernel_recurrence=_kernel_recurrence(variant, theta_t, theta_next, gradients, eta, sign, dynamic,
-                                             {**plain_t, Wsym: main.state_t}),
-        classification=cls, weights=dict(tr.weights), head=head, layers=tuple(out),
+        mask=MASKS[variant.schedule.order], classification=cls, weights=dict(tr.weights), head=head, layers=tuple(out),
     )
-
-
-def _head_read(head, layers) -> tuple[Formula, ...]:
-    """The output read through the head, and how a bias joins the state (headed, gated, biased forms)."""
-    reads = ", ".join(f"{to_text(lay.z)} = q̂ S_{lay.state}" for lay in layers)
-    out = (Formula(
-        rf"o_t = {to_latex(head)}\big|_{{z = \hat{{q}}_t S_t,\ x = q_t}}",
-        f"o_t = {to_text(head)} at {reads} (the read state of each layer; x = q_t)",
-    ),)
-    if any(lay.bias for lay in layers):
-        out += (Formula(
-            r"\hat{k} = [\phi(k),\ 1],\quad S = [W;\ b]",
-            "a bias b is a key constantly 1: k̂ = [φ(k), 1] and S = [W; b], so b ← b + Σ_i v̂_i",
-        ),)
-    return out

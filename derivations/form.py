@@ -25,15 +25,20 @@ import sympy
 
 from derivations.variant import Variant
 
-__all__ = ["Formula", "Classification", "Certificate", "LayerForm", "LinearAttentionForm"]
+__all__ = ["Reason", "Classification", "Certificate", "LayerForm", "LinearAttentionForm"]
 
 
 @dataclass(frozen=True)
-class Formula:
-    """One displayed equation, as LaTeX and as one line of Unicode text."""
+class Reason:
+    """One decision of the classifier, as data: a stable ``code`` (``"kernel.static"``,
+    ``"parallel_form.delta_chunk"``, …), the theorems and sections it rests on (``basis``, named
+    as in ``reference/ttt-math.md``) and its ``facts`` (weight names, SymPy expressions, flags).
+    :mod:`derivations.reasons` lists the codes and turns a reason into the sentence a person reads.
+    """
 
-    latex: str
-    text: str
+    code: str
+    basis: tuple[str, ...] = ()
+    facts: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -42,8 +47,8 @@ class Classification:
 
     ``kernel`` is ``"static"`` or ``"dynamic"``; ``values`` is ``"state_independent"`` or
     ``"state_dependent"``; ``parallel`` is true iff the state is an associative prefix sum
-    of precomputable chunk increments. ``reasons`` has one sentence per decision, citing
-    the theorem, section or component it rests on.
+    of precomputable chunk increments. ``reasons`` has one :class:`Reason` per decision, citing
+    the theorem, section or component it rests on (``codes`` lists their codes).
 
     ``parallel_form`` names the chunked parallel form the layer has: ``"prefix_scan"``
     (``parallel``: chunk increments and a prefix sum), ``"delta_chunk"`` (per-token steps whose
@@ -55,11 +60,20 @@ class Classification:
     kernel: str
     values: str
     parallel: bool
-    reasons: tuple[str, ...]
+    reasons: tuple[Reason, ...]
     parallel_form: str = "sequential"
     #: ``"linear"`` (f = φ(x)·W), ``"headed"`` (f = head(φ(x)·W + b; x), e.g. x + LN(z)) or
     #: ``"gated"`` (an element-wise combination of several linear layers, e.g. a GLU)
     structure: str = "linear"
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """The codes of the reasons, in order (``("reducible.plain", "kernel.static", …)``)."""
+        return tuple(r.code for r in self.reasons)
+
+    def reason(self, code: str) -> Reason | None:
+        """The reason with this code, or None when the classifier did not give it."""
+        return next((r for r in self.reasons if r.code == code), None)
 
 
 @dataclass(frozen=True)
@@ -131,11 +145,10 @@ class LinearAttentionForm:
         state0: S_0 = W_0, the initial state (a symbol).
         gradients: ∇_U ℓ for each updated fast weight U, at the current weights, for
             ℓ = L(f(k), v) (derived with :mod:`derivations.autodiff`).
-        lr_placement, mask, mask_formula, chunk_transform: the schedule's reading in words
-            and formulas.
-        unrolled: the unrolled state and output (Theorem 5.2, chunk form of Section 5).
-        momentum: the β/B coefficients (Theorem 5.3), or None.
-        kernel_recurrence: Θ_{t+1} in terms of Θ_t for dynamic kernels, or None.
+        mask: the read mask C_ti the schedule implies, by name (``"token-inclusive"``,
+            ``"block-exclusive"``, ``"block-inclusive"`` or ``"bidirectional"``);
+            :mod:`tttla.reporting.formulas` typesets it with the unrolled state, the momentum
+            coefficients and the dynamic kernel's recurrence.
         classification: reducible/kernel/values/parallel with reasons.
         certificate: the exact symbolic check, or None when skipped.
         seconds: wall time of the derivation (certificate included).
@@ -160,13 +173,7 @@ class LinearAttentionForm:
     theta_next: dict
     state0: sympy.MatrixSymbol
     gradients: dict
-    lr_placement: str
     mask: str
-    mask_formula: Formula
-    chunk_transform: str | None
-    unrolled: tuple[Formula, ...]
-    momentum: tuple[Formula, ...] | None
-    kernel_recurrence: tuple[Formula, ...] | None
     classification: Classification
     certificate: Certificate | None = None
     seconds: float = 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -12,7 +13,10 @@ from derivations import ReductionError, derive, dot, silu, variant
 from derivations.catalog import CATALOG
 from derivations.functions import ElementwiseFunction
 from derivations.numeric import evaluate
+from derivations.printing import to_text
+from derivations.reasons import sentence
 from derivations.spec import chunked, per_token
+from tttla.reporting import formulas
 
 EXPECTED = {
     "lact": ("dynamic", "state_independent", False),
@@ -62,8 +66,50 @@ PARALLEL_FORM = {
 }
 
 
+#: each variant's reason codes; "not_parallel" and "parallel_form.sequential" as code.blocker, per blocker
+_MOMENTUM_CHUNKS = ("parallel_form.sequential.momentum", "parallel_form.sequential.not_token_steps")
+_LACT_SEQUENTIAL = ("parallel_form.sequential.weight_norm", "parallel_form.sequential.newton_schulz",
+                    *_MOMENTUM_CHUNKS)
+_PREFIX_SCAN = ("reducible.plain", "kernel.static", "values.state_independent", "parallel.prefix_scan")
+_DYNAMIC_LACT = ("reducible.plain", "kernel.dynamic", "not_parallel.dynamic_kernel", "not_parallel.weight_norm",
+                 "parallel_form.sequential.dynamic_kernel", *_LACT_SEQUENTIAL)
+_DELTA = ("reducible.plain", "kernel.static", "values.state_dependent", "not_parallel.state_dependent_values",
+          "parallel_form.delta_chunk")
+_ONE_STEP_DWCONV = ("lowered.depthwise", "reducible.plain", "kernel.static", "values.state_independent",
+                    "parallel.one_step")
+_GLU = ("reducible.linear_layer", "structure.gated", "kernel.static", "values.state_dependent", "parallel.one_step")
+CODES = {
+    **{name: {*_DYNAMIC_LACT, "values.state_independent"} for name in ("lact", "lact_ga", "lact_no_query")},
+    "lact_mse": {*_DYNAMIC_LACT, "values.state_dependent", "not_parallel.state_dependent_values"},
+    "lact_v1": {"reducible.plain", "kernel.static", "values.state_independent", "not_parallel.weight_norm",
+                *_LACT_SEQUENTIAL},
+    **{name: {*_PREFIX_SCAN} for name in ("lact_v2", "lact_v3", "lact_v4", "lact_v5", "lact_v6", "linear_attention")},
+    "delta_rule": {*_DELTA},
+    "gated_delta_rule": {*_DELTA},
+    "titans": {"reducible.plain", "kernel.static", "values.state_dependent", "not_parallel.state_dependent_values",
+               *_MOMENTUM_CHUNKS},
+    "ttt_linear": {"reducible.bias_key", "structure.head", "kernel.static", "values.state_dependent",
+                   "not_parallel.state_dependent_values"},
+    "ttt_mlp": {"reducible.bias_key", "structure.head", "kernel.dynamic", "values.state_dependent",
+                "not_parallel.dynamic_kernel", "not_parallel.state_dependent_values"},
+    "vittt_dwconv": {*_ONE_STEP_DWCONV},
+    "vittt_dwconv_noclip": {*_ONE_STEP_DWCONV},
+    "vittt_glu": {*_GLU},
+    "vittt_glu_noclip": {*_GLU},
+}
+
+#: a theorem or section cited in a sentence
+_REF = re.compile(r"Theorem 5\.\d|Section \d(?:\.\d)?")
+
+
+def _codes(c) -> set[str]:
+    """The classification's codes, a reason with blockers written as ``code.blocker`` for each."""
+    return {name for r in c.reasons
+            for name in ([f"{r.code}.{b}" for b in r.facts["blockers"]] if "blockers" in r.facts else [r.code])}
+
+
 def test_every_catalog_variant_is_classified():
-    assert set(EXPECTED) == set(CATALOG)
+    assert set(EXPECTED) == set(CATALOG) == set(CODES)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -77,9 +123,11 @@ def test_classification(name):
     assert (c.kernel, c.values, c.parallel) == EXPECTED[name]
     assert c.parallel_form == PARALLEL_FORM[name]
     assert (c.parallel_form == "prefix_scan") == c.parallel
-    assert len(c.reasons) >= 4 and all(isinstance(r, str) and r for r in c.reasons)
+    assert _codes(c) == CODES[name]
+    for reason in c.reasons:  # each sentence cites exactly the theorems and sections its reason rests on
+        assert list(dict.fromkeys(_REF.findall(sentence(reason)))) == list(reason.basis), reason.code
     if name == "lact_v1":
-        assert any("weight norm" in r for r in c.reasons)
+        assert c.reason("not_parallel").facts["blockers"] == ("weight_norm",)
 
 
 def test_lact_form_pieces():
@@ -87,7 +135,9 @@ def test_lact_form_pieces():
     assert form.state == "W1" and form.feature_weights == ("W0", "W2")
     assert form.query.has(form.theta_next["W0"]) and form.key.has(form.theta_t["W0"])
     assert set(form.gradients) == {"W0", "W1", "W2"}
-    assert form.kernel_recurrence and form.momentum and form.chunk_transform
+    assert formulas.kernel_recurrence(form) and formulas.momentum_coefficients(form) and formulas.chunk_transform(form)
+    recurrence = formulas.kernel_recurrence(form)[0].latex
+    assert recurrence.startswith("W0_{t+1} = W0_{t} ") and r"\nabla_{W0} \ell_t = " in recurrence
     assert form.mask == "block-exclusive"
     nq = derive("lact_no_query", certify=False)
     assert not nq.query.has(nq.q) and nq.query.has(nq.k)
@@ -118,7 +168,8 @@ def test_nonlinear_last_layer_is_a_head():
     form = derive(v)
     c = form.classification
     assert c.structure == "headed" and c.values == "state_dependent" and not c.parallel
-    assert any("output head: f = silu(z_W)" in r for r in c.reasons)
+    head = c.reason("structure.head").facts
+    assert to_text(head["head"]) == "silu(z_W)" and head["z"].name == "z_W"
     assert form.certificate.certified, form.certificate.failure
 
 
@@ -129,7 +180,7 @@ def test_biased_last_layer_is_a_constant_one_feature():
     v = _declare(biased, {"W": ("d", "d"), "b": (1, "d")}, ["W", "b"])
     form = derive(v)
     assert form.layers[0].bias == "b" and form.classification.values == "state_independent"
-    assert any("bias being a key constantly 1" in r for r in form.classification.reasons)
+    assert form.classification.reason("reducible.bias_key").facts["bias"] == "b"
     assert form.certificate.certified, form.certificate.failure
 
 
@@ -139,7 +190,8 @@ def test_static_last_layer_becomes_the_head():
 
     v = _declare(two, {"W0": ("d", "d"), "W1": ("d", "d")}, ["W0"])
     form = derive(v, certify=False)
-    assert form.state == "W0" and any("silu(z_W0)·W1" in r for r in form.classification.reasons)
+    head = form.classification.reason("structure.head").facts["head"]
+    assert form.state == "W0" and to_text(head) == "silu(z_W0)·W1"
 
 
 def test_weight_outside_its_linear_layer_is_named():

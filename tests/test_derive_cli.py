@@ -9,6 +9,7 @@ import time
 import pytest
 
 from derivations.catalog import CATALOG
+from derivations.reasons import CODES as REASON_CODES
 from tttla.cli import main
 
 USER_FILE = textwrap.dedent('''
@@ -49,6 +50,7 @@ def test_derive_json_on_catalog(name, capsys):
     assert data["kernel"] in ("static", "dynamic")
     assert data["values"] in ("state_independent", "state_dependent")
     assert set(data["effective"]) >= {"query", "key", "value", "state0"}
+    assert len(data["reason_codes"]) == len(data["reasons"]) and set(data["reason_codes"]) <= set(REASON_CODES)
 
 
 def test_derive_latex_and_format(capsys):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from derivations.form import Reason
 from tttla.cli import main
 from tttla.reporting.theorems import cited
 
@@ -68,9 +69,9 @@ def test_report_html_is_self_contained(small_report):
 
 
 def test_cited_references():
-    assert cited("static kernel (Theorem 5.2); prefix sum (Section 5); again (Theorem 5.2)") == [
-        "Theorem 5.2", "Section 5"]
-    assert cited("see Theorems 5.1–5.3") == ["Theorem 5.1", "Theorem 5.2", "Theorem 5.3"]
+    reasons = (Reason("kernel.static", ("Theorem 5.2",)), Reason("parallel.prefix_scan", ("Section 5", "Section 4")),
+               Reason("values.state_independent", ("Section 4", "Theorem 5.2")))
+    assert cited(reasons) == ["Theorem 5.2", "Section 5", "Section 4"]
 
 
 def test_report_command_on_a_user_file(tmp_path, capsys):

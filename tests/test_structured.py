@@ -24,6 +24,7 @@ from derivations import (
 )
 from derivations.catalog import CATALOG
 from derivations.mat import Mat
+from tttla.reporting import formulas
 from tttla_kernels import runtime
 from verify.forms import call_form, generated_forms, usable_forms
 from verify.fuzz import run_campaign
@@ -115,11 +116,11 @@ def test_derived_as_sliding_window_linear_attention(name):
     assert (c.structure, c.kernel, c.values, c.parallel, c.parallel_form) == (
         "linear", "static", "state_independent", True, "prefix_scan")
     assert form.certificate.certified, form.certificate.failure
-    assert c.reasons[0].startswith("lowered per channel") and "3×3 patch" in c.reasons[0]
-    assert ("column-wise gradient clip" in " ".join(c.reasons)) == (name == "vittt_dwconv")
+    assert c.codes[0] == "lowered.depthwise" and c.reasons[0].facts == {"kernel": 3}
+    assert (c.reason("parallel.one_step").facts["clip"] is not None) == (name == "vittt_dwconv")
     assert form.state == "w" and form.feature == form.x  # φ = the patch itself
     assert form.x.shape[1] == form.variant.lowered().trace().x.shape[1]  # 1 × taps
-    assert any("ψ_c(Q, p)" in f.text for f in form.unrolled)
+    assert any("ψ_c(Q, p)" in f.text for f in formulas.unrolled(form))
     v = form.variant
     assert v.fast == {"w": (9, "d")} and v.value_dim == "d" and v.lowered().fast == {"w": ("taps", 1)}
 

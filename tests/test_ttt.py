@@ -33,6 +33,8 @@ from derivations.autodiff import vjp
 from derivations.catalog import CATALOG
 from derivations.certificate import certify
 from derivations.mat import Mat
+from derivations.printing import to_text
+from tttla.reporting.formulas import lr_placement
 from verify.fuzz import run_campaign
 from verify.inputs import make_case
 from verify.oracle import run_direct
@@ -165,10 +167,10 @@ def test_ttt_linear_classification_and_reasons():
     c = form.classification
     assert (c.structure, c.kernel, c.values, c.parallel, c.parallel_form) == (
         "headed", "static", "state_dependent", False, "sequential")
-    text = " ".join(c.reasons)
-    assert "z_W = x·W + b" in text and "bias being a key constantly 1" in text
-    assert "absorbed into the effective loss" in text and "nonlinearly through the head" in text
-    assert "exact linear attention within a chunk" in text and "sequential across chunks" in text
+    layer = c.reason("reducible.bias_key").facts
+    assert (to_text(layer["z"]), to_text(layer["layer"]), layer["bias"]) == ("z_W", "x·W + b", "b")
+    assert "structure.head" in c.codes and c.reason("values.state_dependent").facts["through_head"]
+    assert c.reason("not_parallel").facts == {"blockers": ("state_dependent_values",), "plain": False}
     assert form.layers[0].bias == "b" and form.value.has(form.state_t) and form.value.has(form.layers[0].bias_t)
 
 
@@ -177,7 +179,7 @@ def test_ttt_mlp_is_dynamic_and_not_parallel():
     c = form.classification
     assert (c.structure, c.kernel, c.values, c.parallel) == ("headed", "dynamic", "state_dependent", False)
     assert form.state == "W2" and set(form.feature_weights) == {"W1", "b1"}
-    assert any("kernel dynamic" in r and "W1, b1" in r for r in c.reasons)
+    assert c.reason("kernel.dynamic").facts["updated"] == ("W1", "b1")
 
 
 @pytest.mark.parametrize("name", ["vittt_glu", "vittt_glu_noclip"])
@@ -186,9 +188,9 @@ def test_vittt_glu_is_a_gate_of_two_linear_attentions(name):
     c = form.classification
     assert (c.structure, c.kernel, c.parallel, c.parallel_form) == ("gated", "static", True, "prefix_scan")
     assert [lay.state for lay in form.layers] == ["W1", "W2"]
-    text = " ".join(c.reasons)
-    assert "z_W1 ⊙ silu(z_W2)" in text and "one bidirectional step" in text
-    assert ("column-wise gradient clip" in text) == (name == "vittt_glu")
+    gate = c.reason("structure.gated").facts
+    assert to_text(gate["head"]) == "z_W1 ⊙ silu(z_W2)" and gate["outputs"] == tuple(lay.z for lay in form.layers)
+    assert (c.reason("parallel.one_step").facts["clip"] is not None) == (name == "vittt_glu")
     # ∂ℓ/∂z1 = −(1/3) v ⊙ silu(z2): branch 1's value is gated by the other branch (7.4)
     assert form.layers[0].dloss_z.has(form.layers[1].z) and not form.layers[0].dloss_z.has(form.layers[0].z)
 
@@ -287,7 +289,7 @@ def rank1_delta(x, W):
 def test_rank1_learning_rate_certified_and_generated(tmp_path):
     form = derive(rank1_delta)
     assert form.certificate.certified and "a_p symbolic" in form.certificate.checked
-    assert "rank-1 η_ij = a_i η_j" in form.lr_placement
+    assert "rank-1 η_ij = a_i η_j" in lr_placement(form)
     wrong = dataclasses.replace(form, dloss=sympy.MatMul(2, form.dloss))
     assert not certify(wrong).certified
     generate(rank1_delta, tmp_path)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 from derivations.form import LinearAttentionForm
 from derivations.printing import to_latex, with_parts
+from derivations.reasons import decision, explanation
+from tttla.reporting import formulas
 from tttla.reporting.form_text import effective
 from tttla.reporting.pages import html_page, markdown_to_html, write_pages
-from tttla.reporting.theorems import THEOREMS, cited, split_decision
+from tttla.reporting.theorems import THEOREMS, cited
 
 __all__ = ["SECTIONS", "md_title", "render_markdown", "render_html", "write_report"]
 
@@ -54,23 +56,25 @@ def md_effective(form: LinearAttentionForm) -> str:
     return (
         "## Effective linear attention (Theorems 5.1–5.3)\n\n"
         f"$$\\hat q = {eff['query']}$$\n\n$$\\hat k = {eff['key']}$$\n\n{value}"
-        f"$$S_0 = {eff['state0']}$$\n\nLearning rate: {form.lr_placement}\n"
+        f"$$S_0 = {eff['state0']}$$\n\nLearning rate: {formulas.lr_placement(form)}\n"
     )
 
 
 def md_unrolled(form: LinearAttentionForm) -> str:
     """The unrolled state, the mask and, with momentum, its coefficients."""
     out = ["## Unrolled state\n"]
-    out += [f"$${f.latex}$$\n" for f in form.unrolled]
-    out.append(f"Mask ({form.mask}): ${form.mask_formula.latex}$\n")
-    if form.chunk_transform:
-        out.append(f"Chunk transform: {form.chunk_transform}\n")
-    if form.momentum:
+    out += [f"$${f.latex}$$\n" for f in formulas.unrolled(form)]
+    out.append(f"Mask ({form.mask}): ${formulas.mask_formula(form).latex}$\n")
+    transform, momentum, recurrence = (formulas.chunk_transform(form), formulas.momentum_coefficients(form),
+                                       formulas.kernel_recurrence(form))
+    if transform:
+        out.append(f"Chunk transform: {transform}\n")
+    if momentum:
         out.append("## Momentum coefficients (Theorem 5.3)\n")
-        out += [f"$${f.latex}$$\n" for f in form.momentum]
-    if form.kernel_recurrence:
+        out += [f"$${f.latex}$$\n" for f in momentum]
+    if recurrence:
         out.append("## Dynamic kernel\n")
-        out += [f"$${f.latex}$$\n" for f in form.kernel_recurrence]
+        out += [f"$${f.latex}$$\n" for f in recurrence]
     return "\n".join(out)
 
 
@@ -79,13 +83,9 @@ def md_classification(form: LinearAttentionForm) -> str:
     c = form.classification
     rows = []
     for reason in c.reasons:
-        decision, why = split_decision(reason)
-        basis = ", ".join(cited(reason)) or "-"
-        rows.append(f"| {decision or '-'} | {why.replace('|', '/')} | {basis} |")
-    refs = []
-    for reason in c.reasons:
-        refs += [r for r in cited(reason) if r not in refs]
-    statements = "".join(f"- **{r}**: {THEOREMS[r]}\n" for r in refs if r in THEOREMS)
+        basis = ", ".join(reason.basis) or "-"
+        rows.append(f"| {decision(reason)} | {explanation(reason).replace('|', '/')} | {basis} |")
+    statements = "".join(f"- **{r}**: {THEOREMS[r]}\n" for r in cited(c.reasons) if r in THEOREMS)
     return (
         "## Classification\n\n"
         "| reducible | kernel | values | parallel | parallel form |\n|---|---|---|---|---|\n"

@@ -6,6 +6,8 @@ import json
 
 from derivations.form import LinearAttentionForm
 from derivations.printing import to_latex, to_text, with_parts
+from derivations.reasons import sentences
+from tttla.reporting import formulas
 
 __all__ = ["effective", "summary", "render_json", "render_text", "render_latex"]
 
@@ -26,7 +28,8 @@ def summary(form: LinearAttentionForm) -> dict:
         "values": c.values,
         "parallel": c.parallel,
         "parallel_form": c.parallel_form,
-        "reasons": list(c.reasons),
+        "reasons": list(sentences(c.reasons)),
+        "reason_codes": list(c.codes),
         "certified": bool(cert and cert.certified),
         "certificate": None if cert is None else {
             "checked": cert.checked, "abstract": list(cert.abstract), "sizes": cert.sizes,
@@ -38,13 +41,17 @@ def summary(form: LinearAttentionForm) -> dict:
         "dloss": to_latex(form.dloss),
         "gradients": {u: to_latex(g) for u, g in form.gradients.items()},
         "mask": form.mask,
-        "lr_placement": form.lr_placement,
-        "chunk_transform": form.chunk_transform,
-        "unrolled": [f.latex for f in form.unrolled],
-        "momentum": [f.latex for f in form.momentum] if form.momentum else None,
-        "kernel_recurrence": [f.latex for f in form.kernel_recurrence] if form.kernel_recurrence else None,
+        "lr_placement": formulas.lr_placement(form),
+        "chunk_transform": formulas.chunk_transform(form),
+        "unrolled": [f.latex for f in formulas.unrolled(form)],
+        "momentum": _latex(formulas.momentum_coefficients(form)),
+        "kernel_recurrence": _latex(formulas.kernel_recurrence(form)),
         "seconds": round(form.seconds, 4),
     }
+
+
+def _latex(equations) -> list[str] | None:
+    return [f.latex for f in equations] if equations else None
 
 
 def render_json(form: LinearAttentionForm) -> str:
@@ -57,24 +64,26 @@ def _sections(form: LinearAttentionForm, printer, formula):
     eff = effective(form, printer)
     grads = [line for u, g in form.gradients.items() for line in _lines(f"∇_{u} ℓ", g, printer)]
     value = _lines("v̂", form.value, printer)
+    transform, momentum, recurrence = (formulas.chunk_transform(form), formulas.momentum_coefficients(form),
+                                       formulas.kernel_recurrence(form))
     out = [
         ("variant", [f"{v.name}: {v.description}", f"f(x) = φ(x)·{form.state}, φ(x) = {eff['feature']}"]),
         ("gradients of ℓ = L(f(k), v) (our reverse-mode rules)", [f"∂L/∂f = {printer(form.dloss)}", *grads]),
         ("effective linear attention (Theorems 5.1–5.3)", [
             f"q̂ = {eff['query']}", f"k̂ = {eff['key']}", *value, f"S_0 = {eff['state0']}",
-            f"learning rate: {form.lr_placement}"]),
-        ("unrolled state", [formula(f) for f in form.unrolled]),
-        ("mask", [f"{form.mask}: {formula(form.mask_formula)}"]
-         + ([f"chunk transform: {form.chunk_transform}"] if form.chunk_transform else [])),
+            f"learning rate: {formulas.lr_placement(form)}"]),
+        ("unrolled state", [formula(f) for f in formulas.unrolled(form)]),
+        ("mask", [f"{form.mask}: {formula(formulas.mask_formula(form))}"]
+         + ([f"chunk transform: {transform}"] if transform else [])),
     ]
-    if form.momentum:
-        out.append(("momentum coefficients (Theorem 5.3)", [formula(f) for f in form.momentum]))
-    if form.kernel_recurrence:
-        out.append(("dynamic kernel recurrence", [formula(f) for f in form.kernel_recurrence]))
+    if momentum:
+        out.append(("momentum coefficients (Theorem 5.3)", [formula(f) for f in momentum]))
+    if recurrence:
+        out.append(("dynamic kernel recurrence", [formula(f) for f in recurrence]))
     out.append(("classification", [
         f"reducible: {'yes' if c.reducible else 'no'} · kernel: {c.kernel} · values: {c.values} · "
         f"parallel: {'yes' if c.parallel else 'no'} · parallel form: {c.parallel_form}",
-        *[f"- {r}" for r in c.reasons]]))
+        *[f"- {r}" for r in sentences(c.reasons)]]))
     cert = form.certificate
     if cert is not None:
         status = "CERTIFIED" if cert.certified else f"NOT certified: {cert.failure}"
@@ -107,8 +116,8 @@ def render_latex(form: LinearAttentionForm) -> str:
         rf"\hat{{q}} &= {eff['query']}", rf"\hat{{k}} &= {eff['key']}", rf"\hat{{v}} &= {eff['value']}",
         rf"S_0 &= {eff['state0']}", rf"\frac{{\partial L}}{{\partial f}} &= {to_latex(form.dloss)}",
         *[rf"\nabla_{{{u}}} \ell &= {to_latex(g)}" for u, g in form.gradients.items()],
-        *[f"& {f.latex}" for f in form.unrolled],
-        *[f"& {f.latex}" for f in (form.momentum or ())],
-        f"& {form.mask_formula.latex}",
+        *[f"& {f.latex}" for f in formulas.unrolled(form)],
+        *[f"& {f.latex}" for f in (formulas.momentum_coefficients(form) or ())],
+        f"& {formulas.mask_formula(form).latex}",
     ]
     return "\\begin{align*}\n" + " \\\\\n".join(rows) + "\n\\end{align*}"

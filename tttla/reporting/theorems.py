@@ -1,11 +1,9 @@
-"""The results a classification reason rests on: which theorems and sections it cites, and what
-they say; ``docs/maths.md`` (section 14) says where each is explained in full."""
+"""What the theorems and sections a classification reason rests on say; a reason names them in
+its ``basis``, and ``docs/maths.md`` (section 14) says where each is explained in full."""
 
 from __future__ import annotations
 
-import re
-
-__all__ = ["THEOREMS", "cited", "split_decision"]
+__all__ = ["THEOREMS", "cited"]
 
 #: What each reference cited by a classification reason says (explained in ``docs/maths.md``).
 THEOREMS = {
@@ -25,23 +23,7 @@ THEOREMS = {
     "Section 5.1": "the rewrite needs a last layer that is linear and bias-free in an updated fast weight.",
 }
 
-_REF = re.compile(r"(Theorems? 5\.\d(?:[–-]5\.\d)?|Section \d(?:\.\d)?)")
 
-
-def cited(reason: str) -> list[str]:
-    """The theorems and sections a reason cites, in order (``Theorems 5.1–5.3`` expands)."""
-    out = []
-    for ref in _REF.findall(reason):
-        if ref.startswith("Theorems"):
-            lo, hi = (int(x[-1]) for x in re.split(r"[–-]", ref.split()[1]))
-            refs = [f"Theorem 5.{i}" for i in range(lo, hi + 1)]
-        else:
-            refs = [ref]
-        out += [r for r in refs if r not in out]
-    return out
-
-
-def split_decision(reason: str) -> tuple[str, str]:
-    """``("kernel static", "only W is updated …")`` from ``"kernel static: only W …"``."""
-    head, sep, rest = reason.partition(": ")
-    return (head, rest) if sep and len(head) < 40 else ("", reason)
+def cited(reasons) -> list[str]:
+    """The theorems and sections the reasons rest on, each once, in order."""
+    return list(dict.fromkeys(ref for r in reasons for ref in r.basis))

@@ -1,28 +1,47 @@
-"""The unrolled state, the mask, the momentum coefficients and the chunk transform of a
-variant's schedule, as formulas (Theorems 5.2–5.3; ``docs/maths.md`` sections 4, 6–8)."""
+"""The derived form's displayed equations, as LaTeX and as Unicode text: the mask, the unrolled
+state and the read, the momentum coefficients, the chunk transform, the learning rate's placement
+and the dynamic kernel's recurrence (Theorems 5.2–5.3; ``docs/maths.md`` sections 4, 6–8).
+
+The engine keeps the data (the variant's schedule, the state's name, the kernel kind, the
+gradients as SymPy expressions); this module words and typesets them for ``tttla derive`` and
+the reports.
+"""
 
 from __future__ import annotations
 
-from derivations.form import Formula
-from derivations.variant import Variant
+from dataclasses import dataclass
 
-__all__ = ["mask_of", "unrolled_state", "momentum_coefficients", "chunk_transform", "lr_placement"]
+from derivations.form import LinearAttentionForm
+from derivations.printing import to_latex, to_text
 
+__all__ = ["Formula", "mask_formula", "lr_placement", "chunk_transform", "unrolled", "momentum_coefficients",
+           "kernel_recurrence"]
+
+
+@dataclass(frozen=True)
+class Formula:
+    """One displayed equation, as LaTeX and as one line of Unicode text."""
+
+    latex: str
+    text: str
+
+
+#: the read mask C of each mask kind (``LinearAttentionForm.mask``), as LaTeX and text
 MASKS = {
-    "update_then_apply": ("token-inclusive", r"C_{ti} = \mathbb{1}[i \le t]", "C_ti = 1[i ≤ t]"),
-    "apply_then_update": ("block-exclusive", r"C_{ti} = \mathbb{1}[c(i) < c(t)]", "C_ti = 1[c(i) < c(t)]"),
-    "block_inclusive": ("block-inclusive", r"C_{ti} = \mathbb{1}[c(i) \le c(t)]", "C_ti = 1[c(i) ≤ c(t)]"),
-    "bidirectional": ("bidirectional", r"C_{ti} = 1", "C_ti = 1"),
+    "token-inclusive": (r"C_{ti} = \mathbb{1}[i \le t]", "C_ti = 1[i ≤ t]"),
+    "block-exclusive": (r"C_{ti} = \mathbb{1}[c(i) < c(t)]", "C_ti = 1[c(i) < c(t)]"),
+    "block-inclusive": (r"C_{ti} = \mathbb{1}[c(i) \le c(t)]", "C_ti = 1[c(i) ≤ c(t)]"),
+    "bidirectional": (r"C_{ti} = 1", "C_ti = 1"),
 }
 
 
-def mask_of(variant: Variant) -> tuple[str, Formula]:
+def mask_formula(form: LinearAttentionForm) -> Formula:
     """The read mask implied by the schedule (without momentum)."""
-    name, latex, text = MASKS[variant.schedule.order]
-    return name, Formula(latex, text)
+    return Formula(*MASKS[form.mask])
 
 
-def lr_placement(variant: Variant) -> str:
+def lr_placement(form: LinearAttentionForm) -> str:
+    variant = form.variant
     if variant.lr.position:
         return ("rank-1 η_ij = a_i η_j (TTT-Linear): η_j scales token j's gradient, v̂_j = η_j·g_j, and token i of a "
                 "mini-batch reads S_0 + a_i Σ_(j≤i) k̂_jᵀ v̂_j, so C_ij = a_(p(i)) within the mini-batch and the "
@@ -33,7 +52,8 @@ def lr_placement(variant: Variant) -> str:
     return f"constant η = {variant.lr.value:g}, folded into the value v̂_i"
 
 
-def chunk_transform(variant: Variant) -> str | None:
+def chunk_transform(form: LinearAttentionForm) -> str | None:
+    variant = form.variant
     o = variant.orthogonalize
     if o is None:
         return None
@@ -48,8 +68,14 @@ def _wrap(variant, inner_latex, inner_text):
     return inner_latex, inner_text
 
 
-def unrolled_state(variant: Variant, state: str, dynamic: bool) -> tuple[Formula, ...]:
-    """The state after n steps and the read, in the schedule's order."""
+def unrolled(form: LinearAttentionForm) -> tuple[Formula, ...]:
+    """The state after n steps and the read, in the schedule's order (through the head, unless
+    the model is φ(x)·W read directly)."""
+    return _unrolled_state(form.variant, form.state, form.classification.kernel == "dynamic") + (
+        () if form.is_linear else _head_read(form.head, form.layers))
+
+
+def _unrolled_state(variant, state: str, dynamic: bool) -> tuple[Formula, ...]:
     order = variant.schedule.order
     token = order == "update_then_apply"
     i, n = ("i", "t") if token else ("m", "n")
@@ -118,8 +144,9 @@ def unrolled_state(variant: Variant, state: str, dynamic: bool) -> tuple[Formula
     return tuple(out)
 
 
-def momentum_coefficients(variant: Variant) -> tuple[Formula, ...] | None:
-    """β (per token, Theorem 5.3) or B (per chunk, Section 5) coefficients."""
+def momentum_coefficients(form: LinearAttentionForm) -> tuple[Formula, ...] | None:
+    """β (per token, Theorem 5.3) or B (per chunk, Section 5) coefficients, or None without momentum."""
+    variant = form.variant
     m = variant.momentum
     if m is None:
         return None
@@ -138,3 +165,44 @@ def momentum_coefficients(variant: Variant) -> tuple[Formula, ...] | None:
         Formula(rf"\mathcal{{C}}_{{nm}} = \sum_{{j=m}}^{{{r}}} B_m^{{j}}",
                 f"𝒞_nm = Σ_(j=m..{r}) B_m^j  (the chunk mask C = 𝒞 ⊗ 1_(L×L) without Muon)"),
     )
+
+
+def kernel_recurrence(form: LinearAttentionForm) -> tuple[Formula, ...] | None:
+    """Θ_{t+1} in terms of Θ_t for each updated weight inside φ (a dynamic kernel), else None."""
+    if form.classification.kernel != "dynamic":
+        return None
+    variant, eta, theta_t, theta_next = form.variant, form.eta, form.theta_t, form.theta_next
+    sign = 1 if variant.ascent else -1
+    # the gradients are written at the plain weights; show them at step t
+    plain_t = {**{form.weights[n]: s for n, s in theta_t.items()}, form.weights[form.state]: form.state_t}
+    out = []
+    for name in variant.update:
+        if name not in theta_t:
+            continue
+        g = form.gradients[name]
+        step_l = f"{'+' if sign > 0 else '-'} {to_latex(eta)} \\nabla_{{{name}}} \\ell_t"
+        step_t = f"{'+' if sign > 0 else '−'} {to_text(eta)}·∇_{name} ℓ_t"
+        if variant.momentum or variant.orthogonalize or variant.weight_norm:
+            step_l = r"\text{ (through the same momentum / }\mathcal{M}\text{ / Norm as the state) }" + step_l
+            step_t += "  (through the same momentum / 𝓜 / Norm as the state)"
+        out.append(Formula(
+            f"{theta_next[name].name} = {theta_t[name].name} {step_l},\\quad \\nabla_{{{name}}} \\ell_t = "
+            f"{to_latex(g.xreplace(plain_t))}",
+            f"{theta_next[name].name} = {theta_t[name].name} {step_t},  ∇_{name} ℓ_t = {to_text(g.xreplace(plain_t))}",
+        ))
+    return tuple(out)
+
+
+def _head_read(head, layers) -> tuple[Formula, ...]:
+    """The output read through the head, and how a bias joins the state (headed, gated, biased forms)."""
+    reads = ", ".join(f"{to_text(lay.z)} = q̂ S_{lay.state}" for lay in layers)
+    out = (Formula(
+        rf"o_t = {to_latex(head)}\big|_{{z = \hat{{q}}_t S_t,\ x = q_t}}",
+        f"o_t = {to_text(head)} at {reads} (the read state of each layer; x = q_t)",
+    ),)
+    if any(lay.bias for lay in layers):
+        out += (Formula(
+            r"\hat{k} = [\phi(k),\ 1],\quad S = [W;\ b]",
+            "a bias b is a key constantly 1: k̂ = [φ(k), 1] and S = [W; b], so b ← b + Σ_i v̂_i",
+        ),)
+    return out
