@@ -32,7 +32,7 @@ __all__ = ["Reason", "Classification", "Certificate", "LayerForm", "LinearAttent
 class Reason:
     """One decision of the classifier, as data: a stable ``code`` (``"kernel.static"``,
     ``"parallel_form.delta_chunk"``, …), the theorems and sections it rests on (``basis``, named
-    as in ``reference/ttt-math.md``) and its ``facts`` (weight names, SymPy expressions, flags).
+    as in ``docs/maths.md``) and its ``facts`` (weight names, SymPy expressions, flags).
     :mod:`derivations.reasons` lists the codes and turns a reason into the sentence a person reads.
     """
 
