@@ -167,6 +167,31 @@ def test_lact_v5_is_lact_v6_with_muon_on_each_chunk_update():
     torch.testing.assert_close(o, torch.cat(expected, 2).transpose(1, 2), **TOL)
 
 
+def test_lact_v2_is_chunk_momentum_then_muon_on_swiglu_features():
+    """LaCT V2 (reference, "LaCT ablations"), chunk by chunk: φ(x) = silu(x W0) ⊙ (x W2), read
+    O_n = φ(Q_n) W1 before the step, then M_n = φ(K_n)ᵀ (η ⊙ V)_n + ᾱ_n M_(n−1) (the chunk's mean α)
+    and W1 ← W1 + 𝓜(M_n): momentum first, Newton–Schulz on the momentum-mixed update."""
+    T, L = 23, 6
+    v2 = CATALOG["lact_v2"]
+    case = make_case(v2, seq_len=T, heads=2, chunk_size=L, sizes={"d": 4, "h": 3}, generator=_gen(6))
+    o, final = run_direct(v2, **case.kwargs())
+    Q, K, V = (t.transpose(1, 2) for t in (case.q, case.k, case.v))  # [B, H, T, D]
+    eta, alpha = case.lr.transpose(1, 2)[..., None], case.momentum.transpose(1, 2)  # [B, H, T, 1], [B, H, T]
+    W0, W1, W2 = (case.initial_weights[n] for n in ("W0", "W1", "W2"))
+
+    def phi(x):
+        return torch.nn.functional.silu(x @ W0) * (x @ W2)
+
+    M, expected = torch.zeros_like(W1), []
+    for s in range(0, T, L):
+        chunk = slice(s, s + L)
+        expected.append(phi(Q[..., chunk, :]) @ W1)
+        M = phi(K[..., chunk, :]).mT @ (eta[..., chunk, :] * V[..., chunk, :]) + alpha[..., chunk].mean(-1)[
+            ..., None, None] * M
+        W1 = W1 + muon(M, v2.orthogonalize.coefficients)
+    torch.testing.assert_close(o, torch.cat(expected, 2).transpose(1, 2), **TOL)
+
+
 def test_chunk_momentum_matches_the_hand_unrolled_coefficients():
     """Momentum without Muon, block-exclusive: O_n = Q_n W0 + Σ_m 𝒞_nm Q_n K_mᵀ (η ⊙ V)_m with
     𝒞_nm = Σ_{j=m}^{n-1} Π_{s=m+1}^{j} ᾱ_s (Theorem 5.3 at chunk level)."""
