@@ -16,7 +16,7 @@ import torch
 import tttla_kernels.delta_rule as delta_rule
 from derivations.catalog import CATALOG
 from verify.fuzz import check_form, draw
-from verify.tolerances import DEFAULTS
+from verify.tolerances import DEFAULTS, relative_error
 
 VARIANT = CATALOG["delta_rule"]
 FORM = delta_rule.FORMS["recurrent"]
@@ -72,3 +72,10 @@ def test_a_form_that_raises_fails():
 
     result = check_form(VARIANT, "broken", raising, _reference(), torch.float64)
     assert not result.passed and result.failures() == ["raised RuntimeError: boom"]
+
+
+def test_a_reference_of_zeros_is_compared_in_absolute_terms_and_non_finite_is_infinitely_wrong():
+    zeros, small = torch.zeros(3, dtype=torch.float64), torch.full((3,), 2e-9, dtype=torch.float64)
+    for metric in ("max_rel", "rms_ratio"):
+        assert relative_error(zeros, small, metric) == pytest.approx(2e-9)
+        assert relative_error(small, torch.tensor([2e-9, float("nan"), 2e-9]), metric) == float("inf")
