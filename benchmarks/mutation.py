@@ -116,7 +116,9 @@ MUTANTS: list[Mutant] = [
        "run_inner_loop(p.variant, _Literal(p), p.initial, T, 1)", CERT),
     _m("derivations/certificate.py", "    if p.normalising and blocked:\n", "    if False:\n", CERT),
     _m("derivations/certificate.py", "return sum(self.p.alpha[t] for t in tokens) / len(tokens)",
-       "return self.p.alpha[tokens[0]]", CERT),
+       "return self.p.alpha[tokens[0]]", CERT,
+       equivalent="at the certificate's T = 3 a step of several tokens is always the first step, whose α "
+                  "multiplies the zero momentum buffer; every later step has one token, whose mean α is its α"),
     # --- derivations/inner_loop.py -------------------------------------------------------------------
     _m("derivations/inner_loop.py", "                if n == len(chunks) - 1:\n                    break",
        "                if False:\n                    break", LOOP, ORACLE),

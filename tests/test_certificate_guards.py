@@ -14,8 +14,9 @@ import pytest
 import sympy
 
 import derivations.certificate as certificate
-from derivations import derive, dot, sq_norm, variant, weight_norm
+from derivations import derive, dot, momentum, sq_norm, variant, weight_norm
 from derivations.certificate import certify
+from derivations.normalization import layer_norm
 from derivations.spec import bidirectional, chunked, per_token, token_level
 
 # polynomial heads: a rejected form costs one simplify, fast without exp/sigmoid in the entries
@@ -136,3 +137,16 @@ def test_weight_norm_keeps_a_token_level_mse_rule_off_the_delta_chunk_form():
                                                                             parallel_form="delta_chunk"))
     cert = certify(as_delta)
     assert not cert.certified and "delta_chunk (WY/UT) − literal" in cert.failure, cert.failure
+
+
+def test_a_normalising_head_with_momentum_is_not_covered():
+    """The stepwise check (a LayerNorm head) compares single steps: how momentum combines steps is
+    not checked there, so such a form is reported as not covered, never certified."""
+    @variant(fast={"W": ("d", "d"), "b": (1, "d"), "gamma": (1, "d"), "beta": (1, "d")}, update=["W", "b"],
+             loss=lambda y, v: 0.5 * sq_norm(y - v), lr=per_token(), momentum=momentum("token"),
+             schedule=token_level())
+    def normed_momentum(x, W, b, gamma, beta):
+        return x + layer_norm(x @ W + b, gamma, beta)
+
+    cert = certify(derive(normed_momentum, certify=False))
+    assert not cert.certified and cert.failure == "not covered: momentum with a normalising head"

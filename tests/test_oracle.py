@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from derivations import chunked, constant, dot, momentum, per_token, token_level, variant
+from derivations import chunked, column_clip, constant, dot, momentum, per_token, token_level, variant
 from derivations.catalog import CATALOG
 from derivations.spec import newton_schulz as ns_rule
 from tttla_kernels import runtime
@@ -189,6 +189,23 @@ def test_lact_v2_is_chunk_momentum_then_muon_on_swiglu_features():
         M = phi(K[..., chunk, :]).mT @ (eta[..., chunk, :] * V[..., chunk, :]) + alpha[..., chunk].mean(-1)[
             ..., None, None] * M
         W1 = W1 + muon(M, v2.orthogonalize.coefficients)
+    torch.testing.assert_close(o, torch.cat(expected, 2).transpose(1, 2), **TOL)
+
+
+def test_column_clip_divides_each_column_of_the_update_by_its_norm_plus_one():
+    """ViTTT's clip, block-inclusive: G_n = K_nᵀ (η ⊙ V)_n, W ← W + G_n[:, c] / (‖G_n[:, c]‖ + 1) per
+    column c, then O_n = Q_n W."""
+    T, L = 11, 4
+    clipped = linear_variant("block_inclusive", L, lr=per_token(), clip=column_clip())
+    case = make_case(clipped, seq_len=T, heads=2, chunk_size=L, generator=_gen(7))
+    o, _ = run_direct(clipped, **case.kwargs())
+    Q, K, V = (t.transpose(1, 2) for t in (case.q, case.k, case.v))
+    eta = case.lr.transpose(1, 2)[..., None]
+    W, expected = case.initial_weights["W"], []
+    for s in range(0, T, L):
+        G = K[..., s:s + L, :].mT @ (eta[..., s:s + L, :] * V[..., s:s + L, :])
+        W = W + G / (torch.sqrt((G * G).sum(-2, keepdim=True)) + 1)
+        expected.append(Q[..., s:s + L, :] @ W)
     torch.testing.assert_close(o, torch.cat(expected, 2).transpose(1, 2), **TOL)
 
 
