@@ -79,3 +79,14 @@ def test_a_reference_of_zeros_is_compared_in_absolute_terms_and_non_finite_is_in
     for metric in ("max_rel", "rms_ratio"):
         assert relative_error(zeros, small, metric) == pytest.approx(2e-9)
         assert relative_error(small, torch.tensor([2e-9, float("nan"), 2e-9]), metric) == float("inf")
+
+
+def test_a_form_whose_final_state_has_a_wrong_backward_fails():
+    """The final state's value is right but its gradient leaks into ∂k: the outer loss must read
+    the final state, or no gradient through it is ever checked."""
+    def leaky(q, k, v, **kwargs):
+        o, state = FORM(q, k, v, **kwargs)
+        return o, state + (k.sum() - k.sum().detach())  # + 0, with ∂/∂k = 1 per entry
+
+    result = check_form(VARIANT, "leaky", leaky, _reference(), torch.float64)
+    assert [f.split(":")[0] for f in result.failures()] == ["∂k"], result.failures()
