@@ -4,7 +4,7 @@ At tiny sizes (T = 3 tokens, every named dimension 2) every token, value, learni
 momentum coefficient, decay and position factor is a SymPy symbol, and each layer's feature
 map is kept abstract (undefined functions φ_j(x₀, x₁), a fresh set per step when the kernel is
 dynamic), so the check is about the rewrite, not about φ. The output head (a LayerNorm, a GLU
-gate; the identity for f = φ(x)·W) is explicit. Two outputs are compared entry by entry:
+gate; the identity for f = φ(x)·W) is explicit. The outputs are compared entry by entry:
 
 * **literal**: :func:`derivations.inner_loop.run_inner_loop`, the schedule the oracle runs,
   with SymPy matrices; each increment ∓Σ η_i ∇ℓ_i comes from SymPy's element-wise
@@ -14,7 +14,10 @@ gate; the identity for f = φ(x)·W) is explicit. Two outputs are compared entry
   ``o_t = q̂_t S_0 + Σ_i C_ti (q̂_t k̂_iᵀ) v̂_i`` with the mask and momentum coefficients of
   Theorem 5.3 / Section 5 (parallel φ(x)·W without 𝓜, clip, decay or a_p), or as the
   chunk-state form ``S_r = Norm?(γ_r S_{r−1} + 𝓜?(Σ_{m≤r} B_m^r Clip?(Δ_m)))`` otherwise,
-  read through the head.
+  read through the head;
+* **delta_chunk** (a form whose parallel form is DeltaNet's WY/UT chunk form): besides, that
+  block form itself — per-token affine steps S ↦ γ_t(I − β_t k̂_tᵀk̂_t)S + k̂_tᵀb_t composed by one
+  triangular solve per block — against the same literal loop.
 
 A normalising head (LayerNorm) makes the unrolled states nest 1/sqrt(var) beyond what SymPy
 expands in reasonable time; there the increments of every token's step are compared at a
@@ -34,6 +37,7 @@ from sympy import ImmutableMatrix, Matrix
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from derivations.autodiff import rationalize
+from derivations.classify import delta_coefficient
 from derivations.form import Certificate
 from derivations.inner_loop import run_inner_loop
 from derivations.printing import function_name, to_text
@@ -365,12 +369,63 @@ def _chunk_state_form(p: _Problem) -> list:
     return [p.model(states[_read_step(p, t) + 1], _read_step(p, t) + 1, p.q[t]) for t in range(T)]
 
 
+#: the block size of the delta_chunk check: blocks [0, 1] and [2] compose inside and across blocks
+DELTA_BLOCK = 2
+
+
+def _delta_chunk_form(p: _Problem) -> list:
+    """DeltaNet's WY/UT block form, as the generated delta_chunk code computes it: with
+    ∂L/∂f = c·f + r (c from :func:`~derivations.classify.delta_coefficient`), v̂_t = b_t − β_t k̂_t S
+    with b_t = v̂_t at S = 0 and β_t = ±η_t c, and per block from the state S (Γ_t = Π_(s≤t) γ_s in
+    the block, 1 without a decay; D_ti = Γ_t/Γ_i):
+
+        A = strict_lower(diag(β)(K̂K̂ᵀ ⊙ D)),  u = (I + A)⁻¹ (B − diag(βΓ) K̂ S),
+        o_t = Γ_t q̂_t S + Σ_(i≤t) D_ti (q̂_t k̂_iᵀ) u_i,  S ← Γ_L S + Σ_i (Γ_L/Γ_i) k̂_iᵀ u_i."""
+    lay = p.layers[0]
+    W = lay.state
+    c = delta_coefficient(p.form.dloss, p.form.y)
+    if c is None:
+        raise ValueError(f"∂L/∂f = {to_text(p.form.dloss)} is not c·f + r(v), so there is no WY/UT form")
+    zero = {n: sympy.zeros(*S.shape) for n, S in p.initial.items()}
+    S, out = p.initial[W], []
+    for s in range(0, T, DELTA_BLOCK):
+        toks = range(s, min(s + DELTA_BLOCK, T))
+        K = Matrix.vstack(*(p.phi(0, 0, p.k[t]) for t in toks))
+        Q = Matrix.vstack(*(p.phi(0, 0, p.q[t]) for t in toks))
+        B = Matrix.vstack(*(p.values(0, t, zero)[W] for t in toks))
+        beta = [-p.sign * p.eta[t] * c for t in toks]
+        gamma = [sympy.Mul(*(p.gamma[u] for u in toks[:i + 1])) if p.gamma else sympy.Integer(1)
+                 for i in range(len(toks))]
+        reads, S = _ut_block(K, Q, B, beta, gamma, S)
+        out += reads
+    return out
+
+
+def _ut_block(K, Q, B, beta, gamma, S):
+    """One block of the WY/UT form from state S: ``(outputs, state after the block)``."""
+    n = K.rows
+    A = Matrix(n, n, lambda i, j: beta[i] * gamma[i] / gamma[j] * (K[i, :] * K[j, :].T)[0, 0] if j < i else 0)
+    u = (sympy.eye(n) + A).LUsolve(B - Matrix.diag(*(b * g for b, g in zip(beta, gamma))) * K * S)
+    reads = []
+    for i in range(n):
+        o = gamma[i] * Q[i, :] * S
+        for j in range(i + 1):
+            o += gamma[i] / gamma[j] * (Q[i, :] * K[j, :].T)[0, 0] * u[j, :]
+        reads.append(o)
+    after = gamma[-1] * S + sum((gamma[-1] / gamma[j] * K[j, :].T * u[j, :] for j in range(n)), sympy.zeros(*S.shape))
+    return reads, after
+
+
 def _failure(p: _Problem) -> str | None:
-    derived = _attention_form(p) if _uses_attention_form(p) else _chunk_state_form(p)
-    for t, (der, lit) in enumerate(zip(derived, _literal(p))):
-        bad = _residual(der - lit)
-        if bad is not None:
-            return f"token {t}: derived − literal = {bad} ≠ 0"
+    literal = _literal(p)
+    forms = {"derived": lambda: _attention_form(p) if _uses_attention_form(p) else _chunk_state_form(p)}
+    if p.form.classification.parallel_form == "delta_chunk":
+        forms["delta_chunk (WY/UT)"] = lambda: _delta_chunk_form(p)
+    for which, outputs in forms.items():  # each form computed only when the ones before it hold
+        for t, (der, lit) in enumerate(zip(outputs(), literal, strict=True)):
+            bad = _residual(der - lit)
+            if bad is not None:
+                return f"token {t}: {which} − literal = {bad} ≠ 0"
     return None
 
 
@@ -454,8 +509,11 @@ def _description(p: _Problem) -> tuple[str, tuple[str, ...]]:
                  if p.a else "chunk-state form S_r = Norm?(" + ("γ_r " if v.decay else "")
                  + "S_{r−1} + 𝓜?(Σ_m B_m^r " + ("Clip(Δ_m)" if v.clip else "Δ_m") + "))"
                  + (f" with the decay ({v.decay.order})" if v.decay else ""))
+        delta = (f"; so does DeltaNet's WY/UT block form of the delta_chunk code (blocks of {DELTA_BLOCK}, "
+                 "v̂_t = b_t − β_t k̂_t S with β_t = ±η_t c from ∂L/∂f = c·f + r)"
+                 if form.classification.parallel_form == "delta_chunk" else "")
         return (f"{shape} (v̂ from the derived ∂L/∂f = {to_text(form.dloss)}) equals the literal inner loop "
-                f"(SymPy element-wise gradients) {schedule}"), tuple(abstract)
+                f"(SymPy element-wise gradients) {schedule}{delta}"), tuple(abstract)
     update = (f"the {form.classification.structure} form: W_j ← W_j + Σ k̂ᵀ v̂_j, b_j ← b_j + Σ v̂_j with "
               f"v̂_j = ∓η ∂ℓ/∂z_j from our rules, read through the head {to_text(form.head)},")
     literal = "(SymPy element-wise gradients of the explicit loss)"

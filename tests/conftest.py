@@ -31,6 +31,24 @@ def nan_fill(monkeypatch):
     monkeypatch.setenv("TTTLA_NAN_FILL", "1")
 
 
+@pytest.fixture
+def reversed_grid(monkeypatch):
+    """Triton's CPU interpreter runs a grid's programs in reverse order. In order, a program that
+    writes outside its tile is overwritten by the next program, which owns those elements; on a
+    GPU the programs run in any order, so such a write is a race. Reversed, it shows on the CPU."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    from triton.runtime import interpreter
+
+    builder = type(interpreter.interpreter_builder)
+    in_order = builder.set_grid_idx
+
+    def reversed_idx(self, x, y, z):
+        in_order(self, *(n - 1 - i for n, i in zip(self.grid_dim, (x, y, z))))
+
+    monkeypatch.setattr(builder, "set_grid_idx", reversed_idx)
+
+
 @pytest.fixture(scope="session")
 def small_report(tmp_path_factory):
     """One full report of lact_v6 (a parallel variant with a Triton form), built once with few

@@ -6,9 +6,10 @@ import pytest
 import sympy
 import torch
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.matrices.expressions.matexpr import MatrixElement
 
-from derivations.autodiff import grad, vjp
-from derivations.functions import FUNCTIONS
+from derivations.autodiff import derivative_function, grad, vjp
+from derivations.functions import FUNCTIONS, ScalarFunction
 from derivations.numeric import evaluate
 
 X = sympy.MatrixSymbol("X", 2, 3)
@@ -17,6 +18,11 @@ P = sympy.MatrixSymbol("P", 3, 2)
 Q = sympy.MatrixSymbol("Q", 3, 3)
 r = sympy.MatrixSymbol("r", 1, 2)
 c = sympy.Symbol("c")
+
+
+def _entry(*factors):
+    """The only entry of the 1×1 product of ``factors``, kept as a MatrixElement."""
+    return MatrixElement(sympy.MatMul(*factors), 0, 0)
 
 
 def _ew(name, expr):
@@ -34,6 +40,12 @@ CASES = {
     "hadamard": sympy.HadamardProduct(X, Y, X),
     "scalar_entry": sympy.MatMul(sympy.MatMul(r, X, P, r.T)[0, 0], X),
     "one_matrix": sympy.MatMul(sympy.OneMatrix(1, 2), X),
+    # scalar factors that are entries of 1×1 expressions (unevaluated, as the tracer's dot(a, b)[0, 0] with
+    # symbolic shapes) or of X itself: constants, powers, products
+    "scalar_entry_times_constant": sympy.MatMul(3 * _entry(r, X, P, r.T), Y),
+    "scalar_entry_squared": sympy.MatMul(_entry(r, X, P, r.T) ** 2, Y),
+    "scalar_entries_product": sympy.MatMul(_entry(r, X, P, r.T) * _entry(r, X, X.T, r.T), Y),
+    "entry_of_x_cubed": sympy.MatMul(c * X[1, 2] ** 3, Y),
     **{f"fn_{n}": sympy.HadamardProduct(_ew(n, sympy.MatMul(X, Q)), Y) for n in FUNCTIONS if n != "rsqrt"},
     # rsqrt is defined for positive arguments only (LayerNorm's var + ε)
     "fn_rsqrt": sympy.HadamardProduct(_ew("rsqrt", sympy.HadamardProduct(sympy.MatMul(X, Q), sympy.MatMul(X, Q))), Y),
@@ -54,16 +66,31 @@ def test_vjp_matches_sympy_elementwise(name):
     assert got.shape == X.shape
     env = _explicit_map(sympy.MatAdd(sympy.HadamardProduct(G, expr), sympy.ZeroMatrix(*expr.shape)))
     env.update(_explicit_map(X))
-    E = expr.xreplace(env).as_explicit()
+    E = expr.xreplace(env).doit().as_explicit()  # doit: entries of explicit products, evaluated
     s = sum(a * b for a, b in zip(env[G], E))
     Xe = env[X]
     zero = isinstance(got, sympy.ZeroMatrix)
-    got_e = sympy.zeros(2, 3) if zero else sympy.Matrix(got.xreplace(env).as_explicit())
+    got_e = sympy.zeros(2, 3) if zero else sympy.Matrix(got.xreplace(env).doit().as_explicit())
     for i in range(2):
         for j in range(3):
             want = sympy.diff(s, Xe[i, j])
             d = sympy.expand(got_e[i, j] - want)
             assert d == 0 or sympy.simplify(d) == 0, (name, i, j, got_e[i, j], want)
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_elementwise_derivatives_match_their_closed_forms(name):
+    """The rules' f′ (``fdiff``, also what the SymPy element-wise check and the certificate
+    differentiate with) against SymPy's derivative of the closed form ``closed(x)``, which shares
+    nothing with ``fdiff``, at points on both sides of 0 (rsqrt: positive arguments)."""
+    x = sympy.Symbol("x", real=True)
+    f = FUNCTIONS[name].symbolic(x)
+    closed = type(f).closed(x) if isinstance(f, ScalarFunction) else f  # SymPy's own (tanh, identity)
+    independent = sympy.diff(closed, x)
+    rule = derivative_function(_ew(name, X).function)
+    points = [0.3, 1.0, 2.5] if name == "rsqrt" else [-1.7, -0.3, 0.6, 2.2]
+    for x0 in points:
+        assert abs(float(rule(x0).evalf(30)) - float(independent.subs(x, x0).evalf(30))) < 1e-12, (name, x0)
 
 
 def _random_env(expr, gen):

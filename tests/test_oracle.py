@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from derivations import chunked, constant, dot, momentum, per_token, token_level, variant
+from derivations import chunked, column_clip, constant, dot, momentum, per_token, token_level, variant
 from derivations.catalog import CATALOG
 from derivations.spec import newton_schulz as ns_rule
 from tttla_kernels import runtime
@@ -164,6 +164,48 @@ def test_lact_v5_is_lact_v6_with_muon_on_each_chunk_update():
     for s in range(0, T, L):
         expected.append(Q[..., s : s + L, :] @ S)
         S = S + muon(K[..., s : s + L, :].mT @ V[..., s : s + L, :], v5.orthogonalize.coefficients)
+    torch.testing.assert_close(o, torch.cat(expected, 2).transpose(1, 2), **TOL)
+
+
+def test_lact_v2_is_chunk_momentum_then_muon_on_swiglu_features():
+    """LaCT V2 (reference, "LaCT ablations"), chunk by chunk: φ(x) = silu(x W0) ⊙ (x W2), read
+    O_n = φ(Q_n) W1 before the step, then M_n = φ(K_n)ᵀ (η ⊙ V)_n + ᾱ_n M_(n−1) (the chunk's mean α)
+    and W1 ← W1 + 𝓜(M_n): momentum first, Newton–Schulz on the momentum-mixed update."""
+    T, L = 23, 6
+    v2 = CATALOG["lact_v2"]
+    case = make_case(v2, seq_len=T, heads=2, chunk_size=L, sizes={"d": 4, "h": 3}, generator=_gen(6))
+    o, final = run_direct(v2, **case.kwargs())
+    Q, K, V = (t.transpose(1, 2) for t in (case.q, case.k, case.v))  # [B, H, T, D]
+    eta, alpha = case.lr.transpose(1, 2)[..., None], case.momentum.transpose(1, 2)  # [B, H, T, 1], [B, H, T]
+    W0, W1, W2 = (case.initial_weights[n] for n in ("W0", "W1", "W2"))
+
+    def phi(x):
+        return torch.nn.functional.silu(x @ W0) * (x @ W2)
+
+    M, expected = torch.zeros_like(W1), []
+    for s in range(0, T, L):
+        chunk = slice(s, s + L)
+        expected.append(phi(Q[..., chunk, :]) @ W1)
+        M = phi(K[..., chunk, :]).mT @ (eta[..., chunk, :] * V[..., chunk, :]) + alpha[..., chunk].mean(-1)[
+            ..., None, None] * M
+        W1 = W1 + muon(M, v2.orthogonalize.coefficients)
+    torch.testing.assert_close(o, torch.cat(expected, 2).transpose(1, 2), **TOL)
+
+
+def test_column_clip_divides_each_column_of_the_update_by_its_norm_plus_one():
+    """ViTTT's clip, block-inclusive: G_n = K_nᵀ (η ⊙ V)_n, W ← W + G_n[:, c] / (‖G_n[:, c]‖ + 1) per
+    column c, then O_n = Q_n W."""
+    T, L = 11, 4
+    clipped = linear_variant("block_inclusive", L, lr=per_token(), clip=column_clip())
+    case = make_case(clipped, seq_len=T, heads=2, chunk_size=L, generator=_gen(7))
+    o, _ = run_direct(clipped, **case.kwargs())
+    Q, K, V = (t.transpose(1, 2) for t in (case.q, case.k, case.v))
+    eta = case.lr.transpose(1, 2)[..., None]
+    W, expected = case.initial_weights["W"], []
+    for s in range(0, T, L):
+        G = K[..., s:s + L, :].mT @ (eta[..., s:s + L, :] * V[..., s:s + L, :])
+        W = W + G / (torch.sqrt((G * G).sum(-2, keepdim=True)) + 1)
+        expected.append(Q[..., s:s + L, :] @ W)
     torch.testing.assert_close(o, torch.cat(expected, 2).transpose(1, 2), **TOL)
 
 

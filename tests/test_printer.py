@@ -71,6 +71,8 @@ CASES = {
     "weight @ weight": (M(W0) @ M(W1), WEIGHT),
     "transposed weight": (M(G) @ M(W0).T, ROW),
     "column times row: sum over tokens": (M(x).T @ M(G), WEIGHT),
+    "per-token column times a weight row: (Σ x)ᵀ b": (sympy.MatMul(sympy.Transpose(x), b), WEIGHT),
+    "weight column times a per-token row: c (Σ G)": (sympy.MatMul(c, G), WEIGHT),
     "per-token scalar times a token sum": (sympy.MatMul(_entry(dot(M(x), M(y))), sympy.Transpose(x), G), WEIGHT),
     "broadcast @ weight (column sums)": (broadcast(dot(M(x), M(y)), M(x)) @ M(W0), ROW),
     "transposed broadcast times a row": (broadcast(dot(M(x), M(y)), M(x)).T @ M(G), WEIGHT),

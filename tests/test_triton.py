@@ -3,7 +3,9 @@
 
 Every Triton form is checked, forward and backward, against the fp64 oracle (the truth) and
 against its own torch chunk form, in fp32 on small ragged shapes; fresh kernel outputs are
-NaN-filled (TTTLA_NAN_FILL=1) so an element no program writes fails the comparison. Larger
+NaN-filled (TTTLA_NAN_FILL=1) so an element no program writes fails the comparison, and the
+interpreter runs each grid's programs in reverse order, so a program writing outside its tile is
+not silently overwritten by the program that owns it. Larger
 shapes, fp16/bf16 and T = 32768 are in test_gpu.py (GPU only).
 """
 
@@ -29,7 +31,7 @@ from derivations.catalog import CATALOG
 from tttla_kernels import triton_runtime
 from verify.tolerances import relative_error
 
-pytestmark = pytest.mark.usefixtures("nan_fill")
+pytestmark = pytest.mark.usefixtures("nan_fill", "reversed_grid")
 
 #: (T, d, chunk): one token, fewer tokens than a chunk, a ragged tail, an exact multiple
 SHAPES = [(1, 3, 8), (5, 8, 8), (37, 3, 16), (64, 16, 16)]
