@@ -75,8 +75,8 @@ MUTANTS: list[Mutant] = [
     _m("tttla_kernels/triton_runtime.py", "    rows = offs_t < end\n", "    rows = offs_t < T\n", *TRITON),
     # --- its three partial catches -------------------------------------------------------------------
     _m("derivations/classify.py",
-       '    if variant.weight_norm is not None:\n        blockers.append("weight norm is not affine',
-       '    if False:\n        blockers.append("weight norm is not affine', GUARDS, DELTA),
+       '        ("weight_norm", variant.weight_norm is not None),',
+       '        ("weight_norm", False),', GUARDS, DELTA),
     _m("derivations/inner_loop.py",
        "            if v.momentum is not None:\n                self.buffers[name] = inc + alpha * self.buffers[name]\n"
        "                inc = self.buffers[name]\n            if v.orthogonalize is not None:\n"
@@ -175,14 +175,14 @@ MUTANTS: list[Mutant] = [
     _m("tttla_kernels/triton_runtime.py",
        "        in_chunk = offs_t < end\n", "        in_chunk = offs_t < T\n", *TRITON),
     # --- derivations/classify.py ---------------------------------------------------------------------
-    _m("derivations/classify.py", "    if variant.momentum is not None:\n        blockers.append(",
-       "    if False:\n        blockers.append(", DELTA, GUARDS),
+    _m("derivations/classify.py", '        ("momentum", variant.momentum is not None),\n        ("not_token_steps"',
+       '        ("momentum", False),\n        ("not_token_steps"', DELTA, GUARDS),
     _m("derivations/classify.py",
        "        if term == y:\n            c += 1\n", "        if term == y:\n            c += 2\n",
        DELTA, GUARDS),
     _m("derivations/classify.py",
-       'if not (sched.order == "update_then_apply" and sched.fixed and sched.chunk_size == 1):',
-       'if not (sched.order == "update_then_apply"):', DELTA, GUARDS),
+       '("not_token_steps", not (sched.order == "update_then_apply" and sched.fixed and sched.chunk_size == 1)),',
+       '("not_token_steps", not (sched.order == "update_then_apply")),', DELTA, GUARDS),
 ]
 
 
