@@ -71,8 +71,8 @@ def hint(error: Exception, command: str) -> str:
             return "check the path, or give a catalog name from 'tttla list'"
         return "a variant is a catalog name from 'tttla list', FILE.py or FILE.py:NAME"
     if isinstance(error, ReductionError):
-        return ("the derived forms need a last layer linear and bias-free in an updated fast weight; "
-                "'tttla run' still runs the inner loop literally")
+        return ("the derived forms need every updated weight in a linear layer φ(x)·W (+ b) under a head free of "
+                "updated weights, docs/maths.md section 2; 'tttla run' still runs the inner loop literally")
     if isinstance(error, DeclarationError):
         return "fix the @variant declaration; the README's 'Declare a variant' lists every option"
     if isinstance(error, OSError):

@@ -91,8 +91,8 @@ class CallHooks(HookBase):
                         "T need not be a multiple of it.")
         elif self._chunk_ignored() and form == "recurrent":
             args += [f"chunk_size: checked (an integer >= 1, default {c.plan.compute_chunk}) but unused: the "
-                     "recurrence steps once per", "    token; it is here so that every form of "
-                     f"{c.name} takes the same arguments (the parallel forms' block size)."]
+                     "recurrence steps once per token;", "    the parallel forms' block size, taken here too so that "
+                     "every form has the same arguments."]
         elif self._chunk_ignored():
             args += [f"chunk_size: tokens per block of the parallel computation (default {c.plan.compute_chunk}); the",
                      "    result does not depend on it (the schedule steps once per token)."]
@@ -122,16 +122,16 @@ class CallHooks(HookBase):
         """``inputs = prepare(...)``: the form's inputs checked and laid out heads first."""
         c = self.c
         args = ["q", "k", "v", *(f"{n}={n}" for n, _ in self._keyword_inputs()), "initial_state=initial_state"]
-        checked = []
+        steps = []
         if c.order != "bidirectional":
-            steps_per_token = form == "recurrent" and self._chunk_ignored()
-            args.append(f"chunk_size={c.default_chunk}" if steps_per_token or self._chunk_default() is None
-                        else "chunk_size=chunk_size")
-            if steps_per_token:
-                checked = ["runtime.check_chunk_size(chunk_size)  # the recurrence steps once per token whatever it is"]
+            given = self._chunk_default() is not None
+            args.append("chunk_size=chunk_size" if given else f"chunk_size={c.default_chunk}")
+            if form == "recurrent" and self._chunk_ignored():
+                steps = [f"inputs = inputs._replace(chunk_size={c.default_chunk})  "
+                         "# chunk_size was checked; the recurrence steps once per token"]
         if self._work_dtype_choice() and form != "recurrent":
             args.append("work_in_q_dtype=True")
-        return lines([*checked, *call("inputs = prepare", args)])
+        return lines([*call("inputs = prepare", args), *steps])
 
     def _work_dtype_choice(self) -> bool:
         """Whether prepare lets a form run its token-level work in q's dtype (the prefix-scan forms)."""
