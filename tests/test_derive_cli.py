@@ -139,9 +139,9 @@ AGREEING = {
 }
 
 
-@pytest.mark.parametrize("name, parallelism", [("linear_attention", "prefix_scan"), ("vittt_glu", "one_step"),
-                                                ("delta_rule", "chunk_parallel"), ("gated_delta_rule", "chunk_parallel"),
-                                                ("lact", "sequential"), ("ttt_linear", "sequential")])
+@pytest.mark.parametrize("name, parallelism", [
+    ("linear_attention", "prefix_scan"), ("vittt_glu", "one_step"), ("delta_rule", "chunk_parallel"),
+    ("gated_delta_rule", "chunk_parallel"), ("lact", "sequential"), ("ttt_linear", "sequential")])
 def test_the_verdict_fields_agree(name, parallelism, tmp_path, capsys):
     """delta_rule used to print "parallel: no · parallel form: delta_chunk"."""
     parallel, prefix_scan, parallel_form, said = AGREEING[parallelism]
