@@ -21,6 +21,7 @@ from codegen.printer import COL, ROW, WEIGHT, TorchEmitter
 from derivations.autodiff import canonicalize, vjp
 from derivations.classify import delta_coefficient
 from derivations.form import LinearAttentionForm
+from derivations.loading import reference_of
 from derivations.printing import to_text
 from derivations.reasons import sentences
 from derivations.structured import Lowering
@@ -94,6 +95,8 @@ class ModuleContext:
     lowering: Lowering | None = None
     #: a rank-1 learning rate η_ij = a_i η_j: the forms take ``lr_position`` a ``[L]`` (TTT-Linear)
     lr_position: bool = False
+    #: the VARIANT argument of ``tttla generate`` that regenerates it (derivations.loading.reference_of)
+    reference: str | None = None
 
     @property
     def multi_state(self) -> bool:
@@ -270,6 +273,7 @@ def _delta_terms(form: LinearAttentionForm, dims) -> PrintedFunction:
 
 def build_context(form: LinearAttentionForm) -> ModuleContext:
     """Collect and print everything the templates need for ``form``'s variant."""
+    reference = reference_of(form.variant)
     if form.variant.spatial is not None:  # the code runs the per-channel variant the engine derived
         form = dataclasses.replace(form, variant=form.variant.lowered())
     variant = form.variant
@@ -314,4 +318,5 @@ def build_context(form: LinearAttentionForm) -> ModuleContext:
         clip=getattr(variant, "clip", None) is not None,
         lowering=variant.lowering,
         lr_position=variant.lr.position,
+        reference=reference,
     )

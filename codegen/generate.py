@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
 import shutil
 import sys
 import tempfile
@@ -61,6 +62,12 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; set it straight back
+    os.umask(mask)
+    return mask
+
+
 def generate(variant: Variant | str | LinearAttentionForm, root: str | Path, *, force: bool = False) -> list[Path]:
     """Write the generated modules of ``variant`` (or of an already derived form) to
     ``root/<name>/`` and return their paths.
@@ -88,6 +95,7 @@ def generate(variant: Variant | str | LinearAttentionForm, root: str | Path, *, 
     try:
         for fname, text in files.items():
             (staging / fname).write_text(text)
+        staging.chmod(0o777 & ~_umask())  # mkdtemp made it 0700; give it the mode mkdir would
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{name}-old-", dir=root))
             target.rename(old / name)

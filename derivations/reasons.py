@@ -53,7 +53,8 @@ def _structure_gated(head, outputs) -> str:
 
 def _structure_head(head, z, dloss_z) -> str:
     return (f"f = {to_text(head)} with {to_text(z)} the last linear layer; the head is absorbed into the effective "
-            f"loss ℓ(z) = L(head(z), v), so v̂ = −η ∂ℓ/∂z = −η·{to_text(dloss_z)} (Section 3, LN-MSE)")
+            f"loss ℓ(z) = L(head(z), v), so v̂ = −η ∂ℓ/∂z = −η·{to_text(dloss_z)}; a query reads "
+            f"o = {to_text(head)} at {to_text(z)} = q̂ S, not o = q̂ S (Section 3, LN-MSE)")
 
 
 def _kernel_static(updated_state: str | None, slow_weights: tuple[str, ...]) -> str:

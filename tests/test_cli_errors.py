@@ -1,6 +1,7 @@
 """User mistakes through ``tttla.cli.main``, for every subcommand that takes a VARIANT: one line
 on stderr that says what is wrong and what to do, exit status 2, never a traceback."""
 
+import json
 import textwrap
 
 import pytest
@@ -108,3 +109,43 @@ def test_every_help_explains_with_examples(capsys):
         assert main([command, "--help"]) == 0
         text = capsys.readouterr().out
         assert "example" in text and f"tttla {command}" in text, command
+
+
+@pytest.mark.parametrize("command", ["derive", "bench"])
+@pytest.mark.parametrize("variant, message", [("lact_v7", "no catalog variant named 'lact_v7'"),
+                                               ("{tmp}/nope.py", "no such file:")])
+def test_a_refusal_with_json_prints_a_json_object(command, variant, message, tmp_path, capsys):
+    """--json promises JSON on stdout: a refusal is an object with the error and the hint, exit 2."""
+    code = main([command, variant.format(tmp=tmp_path), "--json"])
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert code == 2 and data["exit_code"] == 2 and data["command"] == f"tttla {command}"
+    assert message in data["error"] and "hint" in data
+    assert captured.err.startswith(f"tttla {command}: error: {data['error']}")
+
+
+def test_a_usage_error_with_json_prints_a_json_object(capsys):
+    assert main(["derive", "--format", "json"]) == 2
+    data = json.loads(capsys.readouterr().out)
+    assert "required: VARIANT" in data["error"] and data["hint"] == "see 'tttla derive --help'"
+
+
+def test_a_refusal_without_json_prints_nothing_on_stdout(capsys):
+    assert main(["derive", "lact_v7"]) == 2
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("folder", ["rules", "rules.py"])
+def test_a_folder_given_as_variant_is_named_a_folder(command, folder, tmp_path, capsys):
+    (tmp_path / folder).mkdir()
+    line = _one_line_error(capsys, command, main(_argv(command, str(tmp_path / folder), tmp_path)))
+    assert f"{tmp_path / folder} is a folder, not a variant" in line and "FILE.py:NAME" in line
+    assert "no such file" not in line
+
+
+def test_a_folder_named_like_a_catalog_variant_does_not_hide_it(tmp_path, monkeypatch, capsys):
+    (tmp_path / "delta_rule").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["derive", "delta_rule", "--no-certificate", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["variant"] == "delta_rule"

@@ -2,6 +2,9 @@
 generated forms equal the oracle, argument errors name the argument, and the overwrite
 guards hold."""
 
+import inspect
+import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -348,3 +351,71 @@ def test_docstrings_describe_each_slow_weight_by_its_role():
     text = (PACKAGE_ROOT / "ttt_mlp" / "recurrent.py").read_text()
     assert "gamma: slow weight of the output head" in text and "beta: slow weight of the output head" in text
     assert "W0: slow weight inside the feature map φ" in (PACKAGE_ROOT / "lact_v2" / "chunk.py").read_text()
+
+
+def test_the_header_of_a_file_variant_regenerates_it(tmp_path, monkeypatch, capsys):
+    """The header names the VARIANT argument that loads the declaration again, from any folder."""
+    path = tmp_path / "user.py"
+    path.write_text(USER)
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "user.py", "--out", "kernels"]) == 0
+    header = (tmp_path / "kernels" / "tanh_memory" / "__init__.py").read_text().splitlines()[1]
+    command = header.split("`")[1].split()
+    assert command == ["tttla", "generate", f"{path.resolve()}:tanh_memory", "--out", "DIR"], header
+    monkeypatch.chdir(tmp_path.parent)
+    capsys.readouterr()
+    assert main([*command[1:-1], str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "tanh_memory" / "recurrent.py").is_file()
+
+
+def test_the_header_of_a_catalog_variant_names_the_catalog_and_the_name():
+    header = render_variant("lact_v2")["recurrent.py"].splitlines()[1]
+    assert "`tttla generate --catalog --force`" in header and "`tttla generate lact_v2 --out DIR`" in header
+
+
+def test_the_header_of_a_variant_built_in_a_function_says_how_to_regenerate_it():
+    from derivations import dot, variant
+
+    @variant(fast={"W": ("d", "d")}, update=["W"], loss=lambda y, v: -dot(y, v))
+    def local(x, W):
+        return x @ W
+
+    header = render_variant(local)["__init__.py"].splitlines()[1]
+    assert "codegen.generate.generate" in header and "tttla generate" not in header
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_generated_folders_honour_the_umask(umask, tmp_path):
+    old = os.umask(umask)
+    try:
+        paths = generate("lact_v6", tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(paths[0].parent.stat().st_mode) == 0o777 & ~umask
+
+
+def _public_signatures(name):
+    package = import_generated(name)
+    return {form: inspect.signature(fn) for form, fn in package.FORMS.items()}
+
+
+@pytest.mark.parametrize("name", sorted(CATALOG))
+def test_every_form_of_a_variant_takes_the_same_arguments(name):
+    """The forms are swappable: the same keyword arguments, with the same defaults."""
+    signatures = _public_signatures(name)
+    first, *rest = signatures.items()
+    for form, signature in rest:
+        assert list(signature.parameters.values()) == list(first[1].parameters.values()), (form, first[0])
+
+
+@pytest.mark.parametrize("name", ["delta_rule", "linear_attention"])
+def test_the_recurrence_checks_a_chunk_size_it_does_not_need(name):
+    variant, forms = CATALOG[name], import_generated(name).FORMS
+    case = make_case(variant, seq_len=7, heads=2, sizes={"d": 3}, chunk_size=1)
+    kwargs = form_kwargs(variant, case)
+    o_ref, _ = forms["recurrent"](case.q, case.k, case.v, **kwargs)
+    for chunk_size in (1, 3, 64):
+        o, _ = forms["recurrent"](case.q, case.k, case.v, **kwargs, chunk_size=chunk_size)
+        torch.testing.assert_close(o, o_ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1, got 0"):
+        forms["recurrent"](case.q, case.k, case.v, **kwargs, chunk_size=0)

@@ -143,9 +143,10 @@ def test_classification_reasons():
 def test_derive_json_has_parallel_form(capsys):
     assert main(["derive", "gated_delta_rule", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["parallel_form"] == "delta_chunk" and out["parallel"] is False
+    assert out["parallel_form"] == "delta_chunk" and out["parallelism"] == "chunk_parallel"
+    assert out["parallel"] is True and out["prefix_scan"] is False
     assert main(["derive", "titans"]) == 0
-    assert "parallel form: sequential" in capsys.readouterr().out
+    assert "parallel: no (a scan over the inner steps)" in capsys.readouterr().out
 
 
 def _check_against_oracle(variant_, fn, case, chunk_size=None, tol=1e-9):

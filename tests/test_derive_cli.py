@@ -88,3 +88,66 @@ def test_non_reducible_user_file_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "silu(x·W)·W" in err and "enters it through silu(z_W)·W" in err and err.startswith("tttla derive: error:")
+
+
+TANH_FILE = textwrap.dedent('''
+    from derivations import variant, dot, tanh, constant, token_level
+
+    @variant(fast={"W": ("d", "d")}, update=["W"], loss=lambda y, v: -dot(y, v), lr=constant(0.1),
+             schedule=token_level())
+    def squashed(x, W):
+        """A tanh head over one linear layer."""
+        return tanh(x @ W)
+''')
+
+
+def _derive(argv, capsys):
+    assert main(["derive", *argv, "--no-certificate"]) == 0
+    return capsys.readouterr().out
+
+
+def test_a_headed_model_says_its_read_is_through_the_head(tmp_path, capsys):
+    """tanh(x·W) is reducible, but its output is o = tanh(q̂ S), not o = q̂ S: every output says so."""
+    path = tmp_path / "squashed.py"
+    path.write_text(TANH_FILE)
+    data = json.loads(_derive([str(path), "--json"], capsys))
+    assert data["reducible"] is True and data["structure"] == "headed" and data["head"] == "tanh(z_W)"
+    assert data["read"] == "o = tanh(z_W) with z_W = q̂ S_W"
+    text = _derive([str(path)], capsys)
+    assert "structure: headed (o = tanh(z_W) with z_W = q̂ S_W) · reducible: yes" in text
+    assert "f = tanh(z_W)" in text and "z_W = x·W" in text
+    assert main(["derive", str(path), "--no-certificate", "--report", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| headed | o = tanh(z_W) with z_W = q̂ S_W | True |" in md and "under a head" in md
+
+
+@pytest.mark.parametrize("name, structure, head", [("lact_v2", "linear", None), ("ttt_linear", "headed", "x + "),
+                                                   ("vittt_glu", "gated", "z_W1 ⊙ silu(z_W2)")])
+def test_the_structure_of_catalog_variants(name, structure, head, capsys):
+    data = json.loads(_derive([name, "--json"], capsys))
+    assert data["structure"] == structure
+    assert data["head"] is None if head is None else head in data["head"]
+    assert (data["read"] == "o = q̂ S") == (structure == "linear")
+
+
+#: parallelism → (parallel, prefix_scan, parallel_form, the text's parallel field)
+AGREEING = {
+    "prefix_scan": (True, True, "prefix_scan", "parallel: prefix scan"),
+    "one_step": (True, True, "prefix_scan", "parallel: one step on all tokens"),
+    "chunk_parallel": (True, False, "delta_chunk", "parallel: chunk-parallel (delta_chunk"),
+    "sequential": (False, False, "sequential", "parallel: no (a scan over the inner steps)"),
+}
+
+
+@pytest.mark.parametrize("name, parallelism", [
+    ("linear_attention", "prefix_scan"), ("vittt_glu", "one_step"), ("delta_rule", "chunk_parallel"),
+    ("gated_delta_rule", "chunk_parallel"), ("lact", "sequential"), ("ttt_linear", "sequential")])
+def test_the_verdict_fields_agree(name, parallelism, tmp_path, capsys):
+    """delta_rule used to print "parallel: no · parallel form: delta_chunk"."""
+    parallel, prefix_scan, parallel_form, said = AGREEING[parallelism]
+    data = json.loads(_derive([name, "--json"], capsys))
+    assert (data["parallelism"], data["parallel"], data["prefix_scan"], data["parallel_form"]) == (
+        parallelism, parallel, prefix_scan, parallel_form)
+    text = _derive([name, "--report", str(tmp_path)], capsys)
+    assert said in text and "parallel: no · parallel form" not in text
+    assert said.removeprefix("parallel: ") in (tmp_path / "report.md").read_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 
 from derivations.errors import TTTLAError
@@ -47,29 +48,36 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        raise UsageError(self.prog, message)
+
+
+class UsageError(Exception):
+    """A command line argparse refused; ``main`` reports it (as JSON too when --json was given)."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog, self.hint = prog, f"see '{prog} --help'"
 
 
 def hint(error: Exception, command: str) -> str:
-    """What the user can do about ``error``, as a parenthesised suffix (empty when the message
-    already says it)."""
+    """What the user can do about ``error`` (empty when the message already says it)."""
     from derivations.errors import DeclarationError, ReductionError, VariantNotFound
 
     text = str(error)
     if isinstance(error, VariantNotFound):
-        if "tttla list" in text:
+        if "tttla list" in text or "FILE.py" in text:
             return ""
         if text.startswith("no such file"):
-            return " (hint: check the path, or give a catalog name from 'tttla list')"
-        return " (hint: a variant is a catalog name from 'tttla list', FILE.py or FILE.py:NAME)"
+            return "check the path, or give a catalog name from 'tttla list'"
+        return "a variant is a catalog name from 'tttla list', FILE.py or FILE.py:NAME"
     if isinstance(error, ReductionError):
-        return (" (hint: the derived forms need a last layer linear and bias-free in an updated fast weight; "
-                "'tttla run' still runs the inner loop literally)")
+        return ("the derived forms need every updated weight in a linear layer φ(x)·W (+ b) under a head free of "
+                "updated weights, docs/maths.md section 2; 'tttla run' still runs the inner loop literally")
     if isinstance(error, DeclarationError):
-        return " (hint: fix the @variant declaration; the README's 'Declare a variant' lists every option)"
+        return "fix the @variant declaration; the README's 'Declare a variant' lists every option"
     if isinstance(error, OSError):
-        return f" (hint: check the path given to 'tttla {command}')"
-    return f" (hint: see 'tttla {command} --help')"
+        return f"check the path given to 'tttla {command}'"
+    return f"see 'tttla {command} --help'"
 
 
 def one_line(text: str) -> str:
@@ -91,11 +99,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def refuse(prog: str, message: str, advice: str, as_json: bool) -> int:
+    """Report a refusal: one line on stderr, and with ``--json`` one JSON object on stdout; exit 2."""
+    message = one_line(message)
+    if as_json:
+        print(json.dumps({"error": message, "hint": advice or None, "command": prog, "exit_code": 2},
+                         ensure_ascii=False))
+    print(f"{prog}: error: {message}" + (f" (hint: {advice})" if advice else ""), file=sys.stderr)
+    return 2
+
+
+def wants_json(argv: list[str]) -> bool:
+    """Whether the command line asks for JSON output (``--json`` or ``--format json``)."""
+    return "--json" in argv or "--format=json" in argv or any(
+        a == "--format" and b == "json" for a, b in zip(argv, argv[1:], strict=False))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, --version or a usage error (already printed, one line)
+    except UsageError as e:
+        return refuse(e.prog, str(e), e.hint, wants_json(argv))
+    except SystemExit as e:  # --help or --version (already printed)
         return e.code if isinstance(e.code, int) else 2
     if args.command is None:
         parser.print_help()
@@ -103,9 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except (TTTLAError, OSError) as e:
-        message = one_line(e if not isinstance(e, OSError) or not e.filename else f"{e.strerror}: {e.filename}")
-        print(f"tttla {args.command}: error: {message}{hint(e, args.command)}", file=sys.stderr)
-        return 2
+        message = e if not isinstance(e, OSError) or not e.filename else f"{e.strerror}: {e.filename}"
+        return refuse(f"tttla {args.command}", str(message), hint(e, args.command), wants_json(argv))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -21,12 +21,16 @@ class CallHooks(HookBase):
                 rows.append((name, "torch.Tensor"))
         return rows
 
-    def _chunk_default(self, form: str) -> int | None:
-        """The default of ``form``'s chunk_size argument, or None when it takes none."""
+    def _chunk_default(self) -> int | None:
+        """The default of the chunk_size argument, or None when no form takes one. Every form of a
+        variant takes the same arguments (they are swappable): where the schedule fixes the inner
+        steps, the recurrence accepts the parallel forms' block size too and only checks it."""
         c = self.c
-        if not c.fixed_chunk:
-            return c.default_chunk
-        return c.plan.compute_chunk if form != "recurrent" else None
+        return c.default_chunk if not c.fixed_chunk else c.plan.compute_chunk
+
+    def _chunk_ignored(self) -> bool:
+        """Whether chunk_size is a block size that cannot change the result (a fixed schedule)."""
+        return self.c.fixed_chunk and self._chunk_default() is not None
 
     def _state_type(self) -> str:
         return "dict[str, torch.Tensor]" if self.c.multi_state else "torch.Tensor"
@@ -37,7 +41,7 @@ class CallHooks(HookBase):
         params = ["q: torch.Tensor", "k: torch.Tensor", "v: torch.Tensor", "*",
                   *(f"{n}: {t}" for n, t in self._keyword_inputs()),
                   f"initial_state: {state} | None = None", "output_final_state: bool = False"]
-        default = self._chunk_default(form)
+        default = self._chunk_default()
         if default is not None:
             params.append(f"chunk_size: int = {default}")
         return f"def {fname}(\n" + "".join(f"    {p},\n" for p in params) + f") -> tuple[torch.Tensor, {state} | None]:"
@@ -85,7 +89,11 @@ class CallHooks(HookBase):
         if not c.fixed_chunk:
             args.append(f"chunk_size: tokens per inner step (default {c.default_chunk}); "
                         "T need not be a multiple of it.")
-        elif self._chunk_default(form) is not None:
+        elif self._chunk_ignored() and form == "recurrent":
+            args += [f"chunk_size: checked (an integer >= 1, default {c.plan.compute_chunk}) but unused: the "
+                     "recurrence steps once per token;", "    the parallel forms' block size, taken here too so that "
+                     "every form has the same arguments."]
+        elif self._chunk_ignored():
             args += [f"chunk_size: tokens per block of the parallel computation (default {c.plan.compute_chunk}); the",
                      "    result does not depend on it (the schedule steps once per token)."]
         width = c.lowering.channels if c.lowering else c.value_dim
@@ -114,12 +122,16 @@ class CallHooks(HookBase):
         """``inputs = prepare(...)``: the form's inputs checked and laid out heads first."""
         c = self.c
         args = ["q", "k", "v", *(f"{n}={n}" for n, _ in self._keyword_inputs()), "initial_state=initial_state"]
+        steps = []
         if c.order != "bidirectional":
-            args.append("chunk_size=chunk_size" if self._chunk_default(form) is not None
-                        else f"chunk_size={c.default_chunk}")
+            given = self._chunk_default() is not None
+            args.append("chunk_size=chunk_size" if given else f"chunk_size={c.default_chunk}")
+            if form == "recurrent" and self._chunk_ignored():
+                steps = [f"inputs = inputs._replace(chunk_size={c.default_chunk})  "
+                         "# chunk_size was checked; the recurrence steps once per token"]
         if self._work_dtype_choice() and form != "recurrent":
             args.append("work_in_q_dtype=True")
-        return lines(call("inputs = prepare", args))
+        return lines([*call("inputs = prepare", args), *steps])
 
     def _work_dtype_choice(self) -> bool:
         """Whether prepare lets a form run its token-level work in q's dtype (the prefix-scan forms)."""

@@ -9,7 +9,7 @@ from derivations.form import LinearAttentionForm
 from derivations.printing import to_latex, with_parts
 from derivations.reasons import decision, explanation
 from tttla.reporting import formulas
-from tttla.reporting.form_text import effective
+from tttla.reporting.form_text import PARALLELISM, effective, verdict
 from tttla.reporting.pages import html_page, markdown_to_html, write_pages
 from tttla.reporting.theorems import THEOREMS, cited
 
@@ -38,12 +38,16 @@ def md_gradients(form: LinearAttentionForm) -> str:
     """The inner loss, the split f(x) = φ(x)·W and the gradient of every updated fast weight."""
     eff = effective(form, to_latex)
     loss = to_latex(form.variant.trace().loss)
+    split, model = ("a feature map and a last linear layer", f"f(x) = \\phi(x)\\,{form.state}") if form.is_linear \
+        else ("linear layers under a head (docs/maths.md section 2)",
+              f"f = {to_latex(form.head)},\\quad " + ",\\ ".join(
+                  f"{to_latex(lay.z)} = {to_latex(lay.layer)}" for lay in form.layers))
     grads = "".join(_display_math(f"\\nabla_{{{u}}} \\ell", g) for u, g in form.gradients.items())
     return (
         "## Inner loss and gradients (derived by our reverse-mode rules)\n\n"
         f"Inner loss of the prediction $y = f(k)$ and the value $v$:\n\n$$L(y, v) = {loss}$$\n\n"
-        f"The model splits as a feature map and a last linear layer:\n\n"
-        f"$$f(x) = \\phi(x)\\,{form.state},\\qquad \\phi(x) = {eff['feature']}$$\n\n"
+        f"The model splits as {split}:\n\n"
+        f"$${model},\\qquad \\phi(x) = {eff['feature']}$$\n\n"
         f"$$\\frac{{\\partial L}}{{\\partial f}} = {to_latex(form.dloss)}$$\n\n"
         f"Gradient of $\\ell = L(f(k), v)$ for each updated fast weight:\n\n{grads}"
     )
@@ -80,7 +84,7 @@ def md_unrolled(form: LinearAttentionForm) -> str:
 
 def md_classification(form: LinearAttentionForm) -> str:
     """The classification, each reason with the theorem or section it rests on."""
-    c = form.classification
+    c, v = form.classification, verdict(form)
     rows = []
     for reason in c.reasons:
         basis = ", ".join(reason.basis) or "-"
@@ -88,8 +92,9 @@ def md_classification(form: LinearAttentionForm) -> str:
     statements = "".join(f"- **{r}**: {THEOREMS[r]}\n" for r in cited(c.reasons) if r in THEOREMS)
     return (
         "## Classification\n\n"
-        "| reducible | kernel | values | parallel | parallel form |\n|---|---|---|---|---|\n"
-        f"| {c.reducible} | {c.kernel} | {c.values} | {c.parallel} | {c.parallel_form} |\n\n"
+        "| structure | read | reducible | kernel | values | parallel |\n|---|---|---|---|---|---|\n"
+        f"| {v['structure']} | {v['read'].replace('|', '/')} | {v['reducible']} | {v['kernel']} | {v['values']} | "
+        f"{PARALLELISM[v['parallelism']]} |\n\n"
         "| decision | reason | rests on |\n|---|---|---|\n" + "\n".join(rows) + "\n\n"
         + (f"What the cited results say:\n\n{statements}" if statements else "")
     )

@@ -9,7 +9,8 @@ from derivations.printing import to_latex, to_text, with_parts
 from derivations.reasons import sentences
 from tttla.reporting import formulas
 
-__all__ = ["effective", "summary", "render_json", "render_text", "render_latex"]
+__all__ = ["effective", "verdict", "verdict_line", "read", "PARALLELISM", "summary", "render_json", "render_text",
+           "render_latex"]
 
 
 def effective(form: LinearAttentionForm, printer) -> dict:
@@ -18,16 +19,58 @@ def effective(form: LinearAttentionForm, printer) -> dict:
             "state0": printer(form.state0), "feature": printer(form.feature)}
 
 
+#: how a layer runs in parallel (the verdict's ``parallelism``), and how the text output says it
+PARALLELISM = {
+    "prefix_scan": "prefix scan",
+    "one_step": "one step on all tokens",
+    "chunk_parallel": "chunk-parallel (delta_chunk: WY/UT within blocks, block states in sequence; not a prefix scan)",
+    "sequential": "no (a scan over the inner steps)",
+}
+
+
+def _parallelism(form: LinearAttentionForm) -> str:
+    c = form.classification
+    if c.parallel:
+        return "one_step" if c.reason("parallel.one_step") else "prefix_scan"
+    return "chunk_parallel" if c.parallel_form == "delta_chunk" else "sequential"
+
+
+def read(form: LinearAttentionForm, printer=to_text) -> str:
+    """What a query reads: ``o = q̂ S`` for φ(x)·W, else the head at each layer's read state."""
+    if form.is_linear:
+        return "o = q̂ S"
+    reads = ", ".join(f"{printer(lay.z)} = q̂ S_{lay.state}" + (f" + {lay.bias}" if lay.bias else "")
+                      for lay in form.layers)
+    return f"o = {printer(form.head)} with {reads}" + (", x = q" if form.x in form.head.free_symbols else "")
+
+
+def verdict(form: LinearAttentionForm) -> dict:
+    """The classification's verdict, fields that agree with each other (``--json``, text and report):
+    ``structure`` (``linear``: o = q̂ S; ``headed``/``gated``: the read passes through ``head``),
+    ``read``, ``reducible``, ``kernel``, ``values``, ``parallelism`` (``prefix_scan``, ``one_step``,
+    ``chunk_parallel`` or ``sequential``), ``parallel`` (any parallel form: not ``sequential``),
+    ``prefix_scan`` and ``parallel_form`` (the chunk template: prefix_scan, delta_chunk, sequential)."""
+    c = form.classification
+    parallelism = _parallelism(form)
+    return {"structure": c.structure, "head": None if form.is_linear else to_text(form.head),
+            "read": read(form), "reducible": c.reducible, "kernel": c.kernel, "values": c.values,
+            "parallelism": parallelism, "parallel": parallelism != "sequential", "prefix_scan": c.parallel,
+            "parallel_form": c.parallel_form}
+
+
+def verdict_line(form: LinearAttentionForm) -> str:
+    """The verdict in one line of text (``tttla derive``)."""
+    v = verdict(form)
+    return (f"structure: {v['structure']} ({v['read']}) · reducible: {'yes' if v['reducible'] else 'no'} · "
+            f"kernel: {v['kernel']} · values: {v['values']} · parallel: {PARALLELISM[v['parallelism']]}")
+
+
 def summary(form: LinearAttentionForm) -> dict:
     """The derivation as plain data (the ``--json`` output)."""
     c, cert = form.classification, form.certificate
     return {
         "variant": form.variant.name,
-        "reducible": c.reducible,
-        "kernel": c.kernel,
-        "values": c.values,
-        "parallel": c.parallel,
-        "parallel_form": c.parallel_form,
+        **verdict(form),
         "reasons": list(sentences(c.reasons)),
         "reason_codes": list(c.codes),
         "certified": bool(cert and cert.certified),
@@ -67,7 +110,7 @@ def _sections(form: LinearAttentionForm, printer, formula):
     transform, momentum, recurrence = (formulas.chunk_transform(form), formulas.momentum_coefficients(form),
                                        formulas.kernel_recurrence(form))
     out = [
-        ("variant", [f"{v.name}: {v.description}", f"f(x) = φ(x)·{form.state}, φ(x) = {eff['feature']}"]),
+        ("variant", [f"{v.name}: {v.description}", *_split(form, printer), f"φ(x) = {eff['feature']}"]),
         ("gradients of ℓ = L(f(k), v) (our reverse-mode rules)", [f"∂L/∂f = {printer(form.dloss)}", *grads]),
         ("effective linear attention (Theorems 5.1–5.3)", [
             f"q̂ = {eff['query']}", f"k̂ = {eff['key']}", *value, f"S_0 = {eff['state0']}",
@@ -80,16 +123,20 @@ def _sections(form: LinearAttentionForm, printer, formula):
         out.append(("momentum coefficients (Theorem 5.3)", [formula(f) for f in momentum]))
     if recurrence:
         out.append(("dynamic kernel recurrence", [formula(f) for f in recurrence]))
-    out.append(("classification", [
-        f"reducible: {'yes' if c.reducible else 'no'} · kernel: {c.kernel} · values: {c.values} · "
-        f"parallel: {'yes' if c.parallel else 'no'} · parallel form: {c.parallel_form}",
-        *[f"- {r}" for r in sentences(c.reasons)]]))
+    out.append(("classification", [verdict_line(form), *[f"- {r}" for r in sentences(c.reasons)]]))
     cert = form.certificate
     if cert is not None:
         status = "CERTIFIED" if cert.certified else f"NOT certified: {cert.failure}"
         out.append(("certificate", [f"{status} ({cert.seconds:.2f} s)", cert.checked,
                                     "kept abstract: " + "; ".join(cert.abstract)]))
     return out
+
+
+def _split(form: LinearAttentionForm, printer) -> list[str]:
+    """The model as linear layers under a head: f(x) = φ(x)·W, or f = head(z_1, …) and each z_j."""
+    if form.is_linear:
+        return [f"f(x) = φ(x)·{form.state}"]
+    return [f"f = {printer(form.head)}", *(f"{printer(lay.z)} = {printer(lay.layer)}" for lay in form.layers)]
 
 
 def _lines(lhs: str, expr, printer) -> list[str]:
