@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import sympy
+
 from derivations.form import Reason
 from derivations.printing import to_text
 
@@ -51,9 +53,17 @@ def _structure_gated(head, outputs) -> str:
             "is element-wise (a GLU of linear attentions, Section 7.4 set form)")
 
 
+def _minus_eta_times(expr) -> str:
+    """``−η·expr`` as text, a leading minus of a product folded (``−η·(−v ⊙ s)`` reads ``η·v ⊙ s``)."""
+    text = to_text(expr)
+    if isinstance(expr, sympy.MatMul) and text.startswith("−"):
+        return "η·" + text[1:]
+    return "−η·" + (f"({text})" if isinstance(expr, sympy.MatAdd) else text)
+
+
 def _structure_head(head, z, dloss_z) -> str:
     return (f"f = {to_text(head)} with {to_text(z)} the last linear layer; the head is absorbed into the effective "
-            f"loss ℓ(z) = L(head(z), v), so v̂ = −η ∂ℓ/∂z = −η·{to_text(dloss_z)}; a query reads "
+            f"loss ℓ(z) = L(head(z), v), so v̂ = −η ∂ℓ/∂z = {_minus_eta_times(dloss_z)}; a query reads "
             f"o = {to_text(head)} at {to_text(z)} = q̂ S, not o = q̂ S (Section 3, LN-MSE)")
 
 
