@@ -8,7 +8,7 @@ import torch
 __all__ = [
     "check_qkv", "check_per_token", "check_state", "check_chunk_size",
     "state_dtype", "work_dtype", "heads_first", "per_head", "token_coefficient",
-    "newton_schulz", "renormalize_columns", "chunk_means", "momentum_matrix", "split_chunks",
+    "newton_schulz", "renormalize_columns", "chunk_means", "momentum_matrix", "causal_product", "split_chunks",
     "resolve_sizes", "shape_in", "check_grid", "grid_patches", "lower_depthwise", "raise_depthwise", "check_position",
 ]
 
@@ -150,7 +150,24 @@ def momentum_matrix(abar: torch.Tensor) -> torch.Tensor:
     rows = torch.arange(N, device=abar.device)
     below = rows[:, None] > rows[None, :]  # n > j
     factors = torch.where(below, abar[..., :, None], torch.ones_like(abar[..., :, None]))
-    return torch.cumprod(factors, dim=-2) * (rows[:, None] >= rows[None, :])
+    return torch.where(rows[:, None] >= rows[None, :], torch.cumprod(factors, dim=-2), 0.0)
+
+
+def causal_product(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Σ_{s ≤ t} weights[..., t, s] · values[..., s, :]: ``[..., L, L]`` times ``[..., L, D]`` →
+    ``[..., L, D]``, reading only the lower triangle of ``weights``, causal for non-finite values.
+
+    ``tril(weights) @ values`` would multiply the zeros above the diagonal into every value, and
+    0·NaN = NaN carries a NaN or inf at s back to the rows t < s. Here the product runs on the
+    finite values, and an entry (t, c) with a non-finite value at some s ≤ t in column c is NaN,
+    as the sum over s ≤ t is then non-finite too.
+    """
+    L = weights.shape[-1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=weights.device).tril()
+    finite = torch.isfinite(values)
+    out = torch.where(causal, weights, 0.0) @ torch.where(finite, values, 0.0)
+    reached = (~finite).to(values.dtype).cumsum(dim=-2) > 0  # a non-finite value at some s ≤ t
+    return torch.where(reached, float("nan"), out)
 
 
 def split_chunks(x: torch.Tensor, chunk_size: int) -> torch.Tensor:

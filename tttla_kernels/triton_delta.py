@@ -6,7 +6,8 @@ sequential part here. For blocks n = 0 … N−1, starting from S_0, with the st
 
     u_n = U_n − W_n S_n,   O_n = Q_n S_n + P_n u_n,   S_{n+1} = g_n S_n + Kᵀ_n u_n
 
-(g_n ≡ 1 without a decay). The backward pass runs the blocks in reverse with ∂L/∂S in
+(g_n ≡ 1 without a decay). P_n is lower triangular, so a NaN or inf in u_s reaches the rows t ≥ s
+of O_n only (``drop_nonfinite``). The backward pass runs the blocks in reverse with ∂L/∂S in
 registers:
 
     du = P_nᵀ dO_n + K_n dS_{n+1},  dU_n = du,  dW_n = −du S_nᵀ,  dP_n = dO_n u_nᵀ,
@@ -25,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tttla_kernels.triton_runtime import check_device, new_output
+from tttla_kernels.triton_runtime import check_device, drop_nonfinite, new_output
 
 __all__ = ["delta_scan"]
 
@@ -68,8 +69,9 @@ def delta_scan_fwd_kernel(
         p = _load(p_ptr + blk * L * L, L, L, L, L, BL, BL)
         k = _load(k_ptr + blk * L * DK, L, DK, L, DK, BL, BK)
         u = u - tl.dot(w, S, input_precision="ieee")  # the block's effective values at their own steps
-        o = tl.dot(q, S, input_precision="ieee") + tl.dot(p, u, input_precision="ieee")
-        _store(o_ptr + blk * L * DV, o, L, DV, DV, BL, BV)
+        finite_u, reached = drop_nonfinite(u, True)  # P is lower triangular: u_s reaches rows t ≥ s only
+        o = tl.dot(q, S, input_precision="ieee") + tl.dot(p, finite_u, input_precision="ieee")
+        _store(o_ptr + blk * L * DV, tl.where(reached, float("nan"), o), L, DV, DV, BL, BV)
         if HAS_DECAY:
             S = tl.load(g_ptr + blk) * S
         S = S + tl.dot(tl.trans(k), u, input_precision="ieee")

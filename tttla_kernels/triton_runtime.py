@@ -33,7 +33,8 @@ import triton.testing
 
 from tttla_kernels.runtime import state_dtype
 
-__all__ = ["MASK_NONE", "MASK_CAUSAL", "MASK_ANTICAUSAL", "chunk_outer", "chunk_read", "check_device", "new_output"]
+__all__ = ["MASK_NONE", "MASK_CAUSAL", "MASK_ANTICAUSAL", "chunk_outer", "chunk_read", "check_device", "new_output",
+           "drop_nonfinite"]
 
 # Masks of the intra-chunk term of chunk_read: which tokens s of t's chunk it reads.
 MASK_NONE, MASK_CAUSAL, MASK_ANTICAUSAL = 0, 1, 2  # none; s ≤ t; s ≥ t (the transpose of causal)
@@ -170,6 +171,19 @@ def chunk_outer_kernel(
 
 
 @triton.jit
+def drop_nonfinite(v, causal: tl.constexpr):
+    """The values ``v [BT, BV]`` of a diagonal block (sources s in the rows' own token order) with
+    their non-finite entries zeroed, and where the masked sum over s reaches one: s ≤ t
+    (``causal``) or s ≥ t. Multiplying a masked-out value by a zero score would give 0·NaN = NaN
+    in rows that cannot read it; a row that does read it is non-finite, so the caller sets it NaN."""
+    bad = ((v - v) != 0).to(tl.int32)  # NaN or ±inf
+    seen = tl.cumsum(bad, axis=0)  # Σ_{s ≤ t}
+    if not causal:
+        seen = tl.sum(bad, axis=0)[None, :] - seen + bad  # Σ_{s ≥ t}
+    return tl.where(bad != 0, tl.zeros_like(v), v), seen > 0
+
+
+@triton.jit
 def chunk_read_kernel(
     q_ptr, k_ptr, v_ptr, s_ptr, o_ptr, T, L, N, DK, DV,
     s_stride_bh, s_stride_n, s_stride_r, s_stride_c,
@@ -182,7 +196,8 @@ def chunk_read_kernel(
     (the accumulator dtype) read through its strides (a transposed view needs no copy) and
     rounded to q's dtype for the product. HAS_STATE: add the state term; MASK: 0 no intra-chunk
     term, 1 s ≤ t, 2 s ≥ t. Grid ``(⌈DV/BV⌉, N·⌈L/BT⌉, BH)``: a program writes BT tokens of one
-    chunk (masked ragged tail), accumulating in fp32 (fp64 when ACC64).
+    chunk (masked ragged tail), accumulating in fp32 (fp64 when ACC64). A NaN or inf in q_t, k_s
+    or v_s reaches only the rows t that read it (``drop_nonfinite``).
     """
     i_v, i_tb, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     n_blocks = tl.cdiv(L, BT)
@@ -199,6 +214,7 @@ def chunk_read_kernel(
     k_base = k_ptr + i_bh * T * DK
     v_base = v_ptr + i_bh * T * DV
     acc = tl.zeros([BT, BV], dtype=acc_t)
+    poisoned = tl.zeros([BT, BV], dtype=tl.int1)  # a non-finite value v_s with mask(s, t) in column c
     if HAS_STATE:  # q_t S_{c(t)}
         s_base = s_ptr + i_bh * s_stride_bh + i_n * s_stride_n
         for k0 in range(0, DK, BK):
@@ -231,7 +247,11 @@ def chunk_read_kernel(
             scores = tl.where(keep & sources[None, :], scores, 0.0)
             v = tl.load(v_base + offs_s[:, None] * DV + offs_v[None, :],
                         mask=sources[:, None] & cols[None, :], other=0.0)  # [BT, BV]
+            if i_s == i_j:  # the diagonal block, where the mask drops sources: see drop_nonfinite
+                v, reached = drop_nonfinite(v, MASK == 1)
+                poisoned = poisoned | reached
             acc += tl.dot(scores.to(in_t), v, input_precision="ieee").to(acc_t)
+        acc = tl.where(poisoned, float("nan"), acc)
     tl.store(o_ptr + i_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], acc.to(o_ptr.dtype.element_ty),
              mask=rows[:, None] & cols[None, :])
 

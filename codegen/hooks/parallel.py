@@ -36,8 +36,8 @@ class ParallelHooks(HookBase):
         if c.momentum:
             rows += ["coefficients = runtime.momentum_matrix(runtime.chunk_means(inputs.alpha, inputs.chunk_size))  "
                      "# [B, H, N, N]",
-                     'updates = torch.einsum("bhnj,bhjkv->bhnkv", coefficients, updates)  '
-                     "# M_n = Σ_{j≤n} B[n, j] ΔS_j"]
+                     "mixed = runtime.causal_product(coefficients, updates.flatten(-2))  # M_n = Σ_{j≤n} B[n, j] ΔS_j",
+                     "updates = mixed.unflatten(-1, updates.shape[-2:])"]
         if c.ns_coefficients:
             rows.append("updates = runtime.newton_schulz(updates, NS_COEFFICIENTS, NS_EPS, dtype=inputs.work)  "
                         "# U_n = 𝓜(M_n), batched over chunks")

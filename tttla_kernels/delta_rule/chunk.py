@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from tttla_kernels import runtime
+
 from ._common import finish, prepare, wy_blocks
 
 
@@ -58,7 +60,7 @@ def chunk_delta_rule(
     outputs = []
     for n in range(U.shape[2]):
         u = U[:, :, n] - W[:, :, n] @ S  # the block's effective values v̂ at their own steps
-        outputs.append(q_blocks[:, :, n] @ S + scores[:, :, n] @ u)
+        outputs.append(q_blocks[:, :, n] @ S + runtime.causal_product(scores[:, :, n], u))
         S = S + k_tail[:, :, n].mT @ u
     o = torch.stack(outputs, dim=2).flatten(2, 3)[:, :, :inputs.T]  # [B, H, T, d]
     return finish(o, {**inputs.state, "W": S}, output_final_state, inputs)

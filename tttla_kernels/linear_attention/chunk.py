@@ -55,8 +55,6 @@ def chunk_linear_attention(
     updates = (k_chunks.mT @ v_chunks).to(inputs.dtype)  # ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, d, d]
     reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state after the last step
     o = q_chunks @ reads.to(work)  # [B, H, N, L, d]
-    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q_hat.device).tril()
-    scores = (q_chunks @ k_chunks.mT).masked_fill(~causal, 0.0)  # [B, H, N, L, L]
-    o = o + scores @ v_chunks  # the chunk's own tokens i ≤ t
+    o = o + runtime.causal_product(q_chunks @ k_chunks.mT, v_chunks)  # the chunk's own tokens i ≤ t
     o = o.flatten(2, 3)[:, :, :inputs.T]  # [B, H, T, d]
     return finish(o, {**inputs.state, "W": last}, output_final_state, inputs)
