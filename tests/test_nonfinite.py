@@ -168,15 +168,16 @@ def test_chunk_read_kernel_drops_what_its_mask_drops(name, mask):
 
     T, L, D, column = 150, 128, 4, 1
     g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(1, 1, T, D, generator=g) for _ in range(3))
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the interpreter runs on CPU tensors
+    q, k, v = (torch.randn(1, 1, T, D, generator=g).to(device) for _ in range(3))
     flag = MASK_CAUSAL if mask == "causal" else MASK_ANTICAUSAL
     clean = chunk_read(q, k, v, None, L, flag, D)
     t = torch.arange(T)
     for s in (5, 70, 140):  # the first and the second source block of chunk 0; the ragged chunk 1
         inputs = {"k": k.clone(), "v": v.clone()}
         inputs[name][0, 0, s, column] = float("nan") if s % 2 else float("inf")
-        o = chunk_read(q, inputs["k"], inputs["v"], None, L, flag, D)[0, 0]
+        o = chunk_read(q, inputs["k"], inputs["v"], None, L, flag, D)[0, 0].cpu()
         reads = (t // L == s // L) & ((t >= s) if mask == "causal" else (t <= s))
         expected = reads[:, None] & (torch.ones(D, dtype=torch.bool) if name == "k" else torch.arange(D) == column)
         assert torch.equal(~torch.isfinite(o), expected), f"{name}[{s}]: {_where(~torch.isfinite(o) != expected)}"
-        torch.testing.assert_close(o[~expected], clean[0, 0][~expected])
+        torch.testing.assert_close(o[~expected], clean[0, 0].cpu()[~expected])
