@@ -94,14 +94,26 @@ class TorchEmitter(Printer):
         fresh = canonical(expr) not in self._memo and not isinstance(expr, sympy.MatrixSymbol)
         code, kind = self._code(expr)
         if fresh and self.lines and self.lines[-1].startswith(f"{code} = "):
-            # the value was just computed under a generated name: give it the target's
+            # the value was just computed under a generated name: give it the target's, everywhere
+            # the generated one was recorded (a product is memoised both nested and flattened)
             self.lines[-1] = f"{name} = " + self.lines[-1].split(" = ", 1)[1]
             self._used.discard(code)
+            self._rename(code, name)
         else:
             self._line(name, code, kind, expr.shape)
         self._used.add(name)
         self._memo[canonical(expr)] = (name, kind)
         return name
+
+    def _rename(self, old: str, new: str) -> None:
+        """Every record of the value named ``old`` now names it ``new``."""
+        for key, (bound, kind) in list(self._memo.items()):
+            if bound == old:
+                self._memo[key] = (new, kind)
+        for table in (self._means, self._roles):
+            if old in table:
+                table[new] = table.pop(old)
+        self._means = {k: new if v == old else v for k, v in self._means.items()}
 
     def line(self, name: str, code: str, kind: str, shape) -> str:
         """Emit a hand-written ``name = code`` with the shape comment of a ``kind`` value."""

@@ -22,9 +22,8 @@ from verify.tolerances import bound
 def test_random_declaration_is_refused_or_verified(decl, tmp_path_factory):
     root = tmp_path_factory.mktemp("generality")
     outcome = check(decl, root, cases=1, forms_filter=lambda names: [n for n in names if n != "triton"], limit_s=60)
-    # a verification failure is a finding the campaign records (benchmarks/results/generality.json); an
-    # unexpected exception anywhere in the pipeline is a bug
-    assert not outcome.traceback, f"{decl.source()}\n{outcome.message}"
+    assert not outcome.traceback, f"{decl.source()}\n{outcome.message}"  # an unexpected exception is a bug
+    assert outcome.status in ("refused", "verified"), f"{decl.source()}\n{outcome.message}"
     if outcome.status == "refused":
         assert f"variant {decl.name!r}" in outcome.message or "sub-expression" in outcome.message, outcome.message
 

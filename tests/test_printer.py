@@ -8,6 +8,7 @@ T equals a weight dimension, so a missing sum or a wrong broadcast cannot hide.
 """
 
 import math
+import re
 
 import pytest
 import sympy
@@ -229,6 +230,22 @@ def test_shared_subexpressions_are_computed_once():
     em.assign("a", (silu(z) * z).value)
     em.assign("b", (silu(z) @ M(W1)).value)
     assert em.code().count("x @ W0") == 1 and em.code().count("F.silu") == 1
+
+
+def test_a_renamed_value_is_renamed_wherever_it_was_recorded():
+    """``assign`` gives a just-computed value the target's name; a product is memoised nested and
+    flattened, and a later use of the flattened one must read the new name (the generality
+    campaign's ``NameError: k_W0_W1_W2``: ((k·W0)·W1)·W2 assigned as ``prediction``)."""
+    em = TorchEmitter(SYMBOLS, {d: "d", h: "h"})
+    nested = sympy.MatMul(sympy.MatMul(sympy.MatMul(x, W0), W1), W1)
+    em.assign("prediction", nested)
+    em.assign("out", sympy.MatAdd(sympy.MatMul(x, W0, W1, W1), y))
+    code = em.code()
+    assert "prediction + y" in code or "y + prediction" in code, code
+    defined = {line.split(" = ")[0].strip() for line in code.splitlines()}
+    right_sides = " ".join(line.split(" = ", 1)[1].split("#")[0] for line in code.splitlines())
+    used = set(re.findall(r"[A-Za-z_]\w*", right_sides))
+    assert used <= defined | {"x", "y", "W0", "W1"}, code
 
 
 # --- end to end: losses that used to stop at the printer ---------------------------------------
