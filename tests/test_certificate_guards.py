@@ -132,7 +132,7 @@ def test_weight_norm_keeps_a_token_level_mse_rule_off_the_delta_chunk_form():
     cert = certify(form)  # classified delta_chunk, the WY/UT check would fail here
     assert cert.certified, cert.failure
     assert form.classification.parallel_form == "sequential"
-    assert any("weight norm" in r for r in form.classification.reasons)
+    assert "weight_norm" in form.classification.reason("parallel_form.sequential").facts["blockers"]
     as_delta = dataclasses.replace(form, classification=dataclasses.replace(form.classification,
                                                                             parallel_form="delta_chunk"))
     cert = certify(as_delta)
