@@ -110,10 +110,9 @@ class TorchEmitter(Printer):
         for key, (bound, kind) in list(self._memo.items()):
             if bound == old:
                 self._memo[key] = (new, kind)
-        for table in (self._means, self._roles):
-            if old in table:
-                table[new] = table.pop(old)
-        self._means = {k: new if v == old else v for k, v in self._means.items()}
+        if old in self._roles:
+            self._roles[new] = self._roles.pop(old)
+        self._means = {(new if k == old else k): (new if v == old else v) for k, v in self._means.items()}
 
     def line(self, name: str, code: str, kind: str, shape) -> str:
         """Emit a hand-written ``name = code`` with the shape comment of a ``kind`` value."""

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from derivations.form import LinearAttentionForm
 from derivations.printing import to_latex, to_text, with_parts
 from derivations.reasons import sentences
 from tttla.reporting import formulas
 
-__all__ = ["effective", "verdict", "verdict_line", "read", "PARALLELISM", "summary", "render_json", "render_text",
+__all__ = ["effective", "verdict", "verdict_line", "read", "PARALLELISM", "summary", "render_text",
            "render_latex"]
 
 
@@ -95,10 +93,6 @@ def summary(form: LinearAttentionForm) -> dict:
 
 def _latex(equations) -> list[str] | None:
     return [f.latex for f in equations] if equations else None
-
-
-def render_json(form: LinearAttentionForm) -> str:
-    return json.dumps(summary(form), ensure_ascii=False)
 
 
 def _sections(form: LinearAttentionForm, printer, formula):
