@@ -8,7 +8,7 @@ import torch
 __all__ = [
     "check_qkv", "check_per_token", "check_state", "check_chunk_size",
     "state_dtype", "work_dtype", "heads_first", "per_head", "token_coefficient",
-    "newton_schulz", "renormalize_columns", "chunk_means", "momentum_matrix", "causal_product", "split_chunks",
+    "newton_schulz", "renormalize_columns", "chunk_means", "linear_scan", "causal_product", "split_chunks",
     "resolve_sizes", "shape_in", "check_grid", "grid_patches", "lower_depthwise", "raise_depthwise", "check_position",
 ]
 
@@ -140,17 +140,37 @@ def chunk_means(alpha: torch.Tensor, chunk_size: int) -> torch.Tensor:
     return padded.unflatten(-1, (N, chunk_size)).sum(-1) / counts
 
 
-def momentum_matrix(abar: torch.Tensor) -> torch.Tensor:
-    """B[n, j] = Π_{s=j+1}^{n} ᾱ_s for j ≤ n, else 0: ``[..., N]`` → ``[..., N, N]``.
+def linear_scan(a: torch.Tensor, b: torch.Tensor, initial: torch.Tensor | None = None) -> torch.Tensor:
+    """h_n = a_n ⊙ h_{n−1} + b_n for n = 0 … N−1 along dim 2, from h_{−1} = ``initial`` (zero when None).
 
-    M_n = Σ_j B[n, j] ΔS_j solves M_n = ΔS_n + ᾱ_n M_{n−1}. Built by a cumulative
-    product down each column (no division, so exact zeros and tiny ᾱ are safe).
+    ``b`` is ``[B, H, N, …]``; ``a`` ``[·, ·, N, …]`` (N along dim 2) broadcasts against it (a scalar per chunk as
+    ``[B, H, N, 1, 1]``, one factor per state row as ``[B, H, N, r, 1]``); ``initial`` is ``[B, H, …]``.
+    Returns every h_n (inclusive), ``b``'s shape. Momentum (M_n = ᾱ_n M_{n−1} + ΔS_n) and a decay
+    across chunks (S_n = Γ_n S_{n−1} + ΔS_n) are such scans.
+
+    Time and memory grow linearly with N: the scan pairs neighbours, (a_{2m+1} a_{2m},
+    a_{2m+1} b_{2m} + b_{2m+1}), solves the half-length scan for the odd positions, and fills in
+    each even one from the odd one before it (2 log₂ N rounds of batched products, no N×N
+    coefficients, no host sync). An h_n reads only a_j, b_j with j ≤ n, so a non-finite input at
+    chunk j reaches only h_j, h_{j+1}, ….
     """
-    N = abar.shape[-1]
-    rows = torch.arange(N, device=abar.device)
-    below = rows[:, None] > rows[None, :]  # n > j
-    factors = torch.where(below, abar[..., :, None], torch.ones_like(abar[..., :, None]))
-    return torch.where(rows[:, None] >= rows[None, :], torch.cumprod(factors, dim=-2), 0.0)
+    if initial is not None:
+        first = a.narrow(2, 0, 1) * initial.unsqueeze(2) + b.narrow(2, 0, 1)
+        b = torch.cat([first, b.narrow(2, 1, b.shape[2] - 1)], dim=2)
+    return _pair_scan(a.movedim(2, 0), b.movedim(2, 0)).movedim(0, 2)
+
+
+def _pair_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """:func:`linear_scan` along dim 0 from a zero h_{−1}."""
+    n = b.shape[0]
+    if n == 1:
+        return b
+    pairs = n // 2
+    a_even, a_odd = a[0:2 * pairs:2], a[1:2 * pairs:2]
+    odd = _pair_scan(a_odd * a_even, a_odd * b[0:2 * pairs:2] + b[1:2 * pairs:2])  # h_1, h_3, …
+    even = torch.cat([b[:1], a[2::2] * odd[:(n - 1) // 2] + b[2::2]])  # h_0, h_2, …
+    woven = torch.stack([even[:pairs], odd], dim=1).flatten(0, 1)
+    return woven if n % 2 == 0 else torch.cat([woven, even[pairs:]])
 
 
 def causal_product(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -34,10 +34,8 @@ class ParallelHooks(HookBase):
         if c.clip:
             rows.append(column_clip("updates"))
         if c.momentum:
-            rows += ["coefficients = runtime.momentum_matrix(runtime.chunk_means(inputs.alpha, inputs.chunk_size))  "
-                     "# [B, H, N, N]",
-                     "mixed = runtime.causal_product(coefficients, updates.flatten(-2))  # M_n = Σ_{j≤n} B[n, j] ΔS_j",
-                     "updates = mixed.unflatten(-1, updates.shape[-2:])"]
+            rows += ["abar = runtime.chunk_means(inputs.alpha, inputs.chunk_size)[..., None, None]  # [B, H, N, 1, 1]",
+                     "updates = runtime.linear_scan(abar, updates)  # M_n = ᾱ_n M_{n−1} + ΔS_n (linear in N)"]
         if c.ns_coefficients:
             rows.append("updates = runtime.newton_schulz(updates, NS_COEFFICIENTS, NS_EPS, dtype=inputs.work)  "
                         "# U_n = 𝓜(M_n), batched over chunks")
@@ -110,7 +108,7 @@ class ParallelHooks(HookBase):
         rows = ["The layer is an associative prefix scan: the feature map is static and the values do not",
                 "depend on the state, so every chunk's increment ΔS_n = φ(K_n)ᵀ V̂_n is computed at once;"]
         if c.momentum:
-            rows.append("momentum mixes them with the coefficients B[n, j] = Π_{s=j+1}^{n} ᾱ_s (Theorem 5.3);")
+            rows.append("momentum mixes them, M_n = ᾱ_n M_{n−1} + ΔS_n, by a linear scan over chunks (Theorem 5.3);")
         if c.ns_coefficients:
             rows.append("Newton–Schulz orthogonalises each chunk's update, batched over chunks;")
         rows.append({
@@ -129,7 +127,7 @@ class ParallelHooks(HookBase):
                    "the features.")
         else:
             phi = " φ is the identity here."
-        scan = ("momentum (B[n, j] = Π_{s=j+1}^{n} ᾱ_s), " if c.momentum else "") + \
+        scan = ("momentum (M_n = ᾱ_n M_{n−1} + ΔS_n, a linear scan), " if c.momentum else "") + \
             ("Newton–Schulz\n   batched over chunks, " if c.ns_coefficients else "")
         read = {
             "apply_then_update": "O_n = φ(Q_n) S^{(n−1)} (block-exclusive: no intra-chunk term).",

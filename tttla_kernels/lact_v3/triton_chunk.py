@@ -9,7 +9,7 @@ Pipeline (flash-linear-attention's split into a state pass and an output pass):
 
 1. φ(Q), φ(K) and V̂ = -η ∂L/∂f in torch, with autograd. φ is the identity here.
 2. ``chunk_outer`` (Triton): the chunk increments ΔS_n = φ(K_n)ᵀ V̂_n ``[B, H, N, d, d]``.
-3. torch, with autograd: momentum (B[n, j] = Π_{s=j+1}^{n} ᾱ_s), Newton–Schulz
+3. torch, with autograd: momentum (M_n = ᾱ_n M_{n−1} + ΔS_n, a linear scan), Newton–Schulz
    batched over chunks, the prefix sum over chunks: the state each chunk reads.
 4. ``chunk_read`` (Triton): O_n = φ(Q_n) S^{(n−1)} (block-exclusive: no intra-chunk term).
 

@@ -6,7 +6,7 @@ V4: V3 with a constant learning rate η = 1.
 
 The layer is an associative prefix scan: the feature map is static and the values do not
 depend on the state, so every chunk's increment ΔS_n = φ(K_n)ᵀ V̂_n is computed at once;
-momentum mixes them with the coefficients B[n, j] = Π_{s=j+1}^{n} ᾱ_s (Theorem 5.3);
+momentum mixes them, M_n = ᾱ_n M_{n−1} + ΔS_n, by a linear scan over chunks (Theorem 5.3);
 Newton–Schulz orthogonalises each chunk's update, batched over chunks;
 chunk n reads S_0 + Σ_{j<n} U_j (an exclusive prefix sum): O_n = φ(Q_n) S^{(n−1)}.
 """
