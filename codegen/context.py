@@ -18,12 +18,14 @@ import sympy
 
 from codegen.plan import FormPlan, plan
 from codegen.printer import COL, ROW, WEIGHT, TorchEmitter
+from codegen.scalar_printer import TorchScalarPrinter
 from derivations.autodiff import canonicalize, vjp
 from derivations.classify import delta_coefficient
 from derivations.form import LinearAttentionForm
 from derivations.loading import reference_of
 from derivations.printing import to_text
 from derivations.reasons import sentences
+from derivations.spec import HEAD
 from derivations.structured import Lowering
 
 __all__ = ["ModuleContext", "build_context", "PrintedFunction", "toolkit_version"]
@@ -79,9 +81,14 @@ class ModuleContext:
     feature_map: PrintedFunction
     effective_value: PrintedFunction | None
     increments: PrintedFunction
-    #: None, or the decay's order ("decay_then_gradient" / "gradient_then_decay"); the forms
-    #: take ``log_decay`` g = log γ ``[B, T, H]``
+    #: None, or the decay's order ("decay_then_gradient" / "gradient_then_decay")
     decay: str | None = None
+    #: the decay's gate: "token" (the forms take ``log_decay`` g ``[B, T, H]``), "channel" (g
+    #: ``[B, T, H, Dk]``) or "head" (a constant per head, printed in ``decay_per_head``); None without
+    decay_gate: str | None = None
+    #: a per-head decay: the printed log γ_h of every head, and γ_h as text
+    decay_per_head: PrintedFunction | None = None
+    decay_per_head_text: str = ""
     #: "prefix_scan", "delta_chunk" or "sequential" (the classification's parallel form)
     parallel_form: str = "sequential"
     #: delta_chunk variants: b_t and β_t of v̂_t = b_t − β_t k̂_t S (printed), else None
@@ -120,6 +127,17 @@ def _feature_map(form: LinearAttentionForm, dims) -> PrintedFunction:
     dh = form.feature.shape[1]
     doc = f"φ(x): [B, H, T, {form.variant.key_dim}] → [B, H, T, {dims.get(dh, dh)}]"
     return PrintedFunction("feature_map", params, em.code(), result, doc)
+
+
+def _decay_per_head(decay) -> PrintedFunction | None:
+    """log γ_h of every head from the declared γ_h (a per-head decay), else None."""
+    if decay is None or decay.per_head is None:
+        return None
+    gamma = TorchScalarPrinter().doprint(decay.per_head.subs(HEAD, sympy.Symbol("h")))
+    body = "\n".join(["    h = torch.arange(heads, dtype=dtype, device=device)",
+                      f"    gamma = torch.as_tensor({gamma}, dtype=dtype, device=device).expand(heads)"])
+    return PrintedFunction("log_decay_per_head", ("heads", "dtype", "device"), body, "torch.log(gamma)",
+                           f"log γ_h of every head ``[H]``, γ_h = {decay.per_head} (declared)")
 
 
 def _effective_value(form: LinearAttentionForm, dims) -> PrintedFunction | None:
@@ -312,6 +330,9 @@ def build_context(form: LinearAttentionForm) -> ModuleContext:
         effective_value=_effective_value(form, dims) if forms.chunk_template == "prefix_scan" else None,
         increments=_increments(form, dims, multi),
         decay=variant.decay.order if variant.decay else None,
+        decay_gate=variant.decay.gate if variant.decay else None,
+        decay_per_head=_decay_per_head(variant.decay),
+        decay_per_head_text=str(variant.decay.per_head) if variant.decay and variant.decay.per_head is not None else "",
         parallel_form=form.classification.parallel_form,
         delta_terms=_delta_terms(form, dims) if forms.chunk_template == "delta_chunk" else None,
         model=_model(form, dims),

@@ -97,9 +97,12 @@ def plan(form: LinearAttentionForm) -> FormPlan:
         chunk_template = None if refusal else "prefix_scan"
     steps = _sequential_kind(sched.order)
     forms = {"recurrent": PlannedForm("recurrent.py", "recurrent.py.jinja", steps, _recurrence_reason(sched))}
+    no_triton = refusal
     if chunk_template:
         forms["chunk"] = PlannedForm("chunk.py", _CHUNK_TEMPLATES[chunk_template], PARALLEL)
-        forms["triton"] = PlannedForm("triton_chunk.py", _TRITON_TEMPLATES[chunk_template], PARALLEL)
+        no_triton = _no_triton_template(form, chunk_template)
+        if no_triton is None:
+            forms["triton"] = PlannedForm("triton_chunk.py", _TRITON_TEMPLATES[chunk_template], PARALLEL)
     else:
         forms["chunk"] = PlannedForm("chunk.py", _CHUNK_TEMPLATES[None], steps, refusal)
     token_steps = sched.order == "update_then_apply"
@@ -107,7 +110,7 @@ def plan(form: LinearAttentionForm) -> FormPlan:
         variant=variant.name,
         chunk_template=chunk_template,
         forms=forms,
-        no_triton=refusal,
+        no_triton=no_triton,
         compute_chunk=COMPUTE_CHUNK if chunk_template and sched.fixed and token_steps else None,
     )
 
@@ -144,8 +147,14 @@ def _no_prefix_scan_template(form: LinearAttentionForm) -> str | None:
     if variant.clip is not None and token_steps:  # a clip per token step does not batch over a chunk
         return ("the clip rescales every token's step by its own norm, so a chunk's steps are not one "
                 "batched increment")
-    if variant.decay is not None:
-        return "a decayed prefix scan (simple_gla) is not among the chunk templates yet"
     if token_steps and (variant.momentum or variant.orthogonalize):
         return "per-token steps with momentum or Newton–Schulz are not expressed as a chunked prefix sum yet"
+    return None
+
+
+def _no_triton_template(form: LinearAttentionForm, chunk_template: str) -> str | None:
+    """Why a variant with a parallel chunk form gets no Triton form, or None."""
+    variant = form.variant
+    if chunk_template == "prefix_scan" and variant.decay is not None and variant.schedule.order == "update_then_apply":
+        return "the Triton read kernel does not apply a per-token decay inside a chunk yet"
     return None

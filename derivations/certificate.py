@@ -143,9 +143,16 @@ class _Problem:
             self.eta = [sympy.nsimplify(v.lr.value, rational=True)] * T
         self.alpha = list(sympy.symbols(f"alpha0:{T}")) if v.momentum else None
         self.a = list(sympy.symbols(f"a0:{self.L}")) if v.lr.position else None
-        self.gamma = list(sympy.symbols(f"gamma0:{T}")) if v.decay else None
+        self.gamma = _decay_symbols(v.decay, D)
         self.decay_first = v.decay is not None and v.decay.order == "decay_then_gradient"
         self.sign = 1 if v.ascent else -1
+
+    def decay_of(self, tokens):
+        """Π_(t ∈ tokens) γ_t: a symbol product, or for a per-channel gate the diagonal matrix of
+        the per-channel products (it multiplies a state's rows)."""
+        if isinstance(self.gamma[0], Matrix):
+            return Matrix.diag(*[sympy.Mul(*(self.gamma[t][c] for t in tokens)) for c in range(D)])
+        return sympy.Mul(*(self.gamma[t] for t in tokens))
 
     def _explicit_head(self, form, tr) -> None:
         """The head and ∂ℓ/∂z made explicit once, in placeholder entries of z, x and v (cheap),
@@ -274,11 +281,23 @@ class _Literal:
     def momentum(self, tokens):
         return sum(self.p.alpha[t] for t in tokens) / len(tokens)
 
-    def decay(self, token):
-        return self.p.gamma[token]
+    def decay(self, tokens):
+        return self.p.decay_of(tokens)
 
     def position(self, p):
         return self.p.a[p]
+
+
+def _decay_symbols(decay, channels: int) -> list | None:
+    """γ_t of every token as symbols: one per token, one row of ``channels`` per token (a
+    per-channel gate) or one symbol γ_h shared by every token (a constant per-head decay)."""
+    if decay is None:
+        return None
+    if decay.gate == "channel":
+        return [Matrix(1, channels, sympy.symbols(f"gamma{t}_0:{channels}")) for t in range(T)]
+    if decay.gate == "head":
+        return [sympy.Symbol("gamma_h", positive=True)] * T
+    return list(sympy.symbols(f"gamma0:{T}"))
 
 
 def _literal(p: _Problem) -> list:
@@ -349,7 +368,7 @@ def _chunk_state_form(p: _Problem) -> list:
         delta = {}
         for i in p.steps[j]:
             start = _start(p, i)
-            at = {n: p.gamma[i] * S for n, S in states[start].items()} if p.decay_first else states[start]
+            at = {n: p.decay_of(p.steps[j]) * S for n, S in states[start].items()} if p.decay_first else states[start]
             for n, inc in p.derived_increments(start, i, at).items():
                 delta[n] = delta[n] + inc if n in delta else inc
         deltas.append({n: p.clip(n, d) for n, d in delta.items()} if v.clip is not None else delta)
@@ -363,7 +382,7 @@ def _chunk_state_form(p: _Problem) -> list:
             M = sum((_coeff(p, m, j) * deltas[m][n] for m in range(j + 1)), sympy.zeros(*S.shape))
             if v.orthogonalize is not None:
                 M = p.orthogonalize(n, M)
-            S = (p.gamma[j] * S if p.gamma else S) + M  # decay: per-token steps, step j = token j
+            S = (p.decay_of(p.steps[j]) * S if p.gamma else S) + M  # the decay of step j's tokens
             new[n] = p.renorm(n, S) if v.weight_norm is not None else S
         states.append(new)
     return [p.model(states[_read_step(p, t) + 1], _read_step(p, t) + 1, p.q[t]) for t in range(T)]
@@ -394,8 +413,7 @@ def _delta_chunk_form(p: _Problem) -> list:
         Q = Matrix.vstack(*(p.phi(0, 0, p.q[t]) for t in toks))
         B = Matrix.vstack(*(p.values(0, t, zero)[W] for t in toks))
         beta = [-p.sign * p.eta[t] * c for t in toks]
-        gamma = [sympy.Mul(*(p.gamma[u] for u in toks[:i + 1])) if p.gamma else sympy.Integer(1)
-                 for i in range(len(toks))]
+        gamma = [p.decay_of(toks[:i + 1]) if p.gamma else sympy.Integer(1) for i in range(len(toks))]
         reads, S = _ut_block(K, Q, B, beta, gamma, S)
         out += reads
     return out

@@ -83,7 +83,8 @@ def _parallel(variant, kernel, indep, plain) -> Reason:
     kept = tuple(k for k, on in (("per_token_lr", variant.lr.kind == "per_token"),
                                  ("lr_position", variant.lr.position),
                                  ("momentum", variant.momentum is not None),
-                                 ("decay", variant.decay is not None),
+                                 ("decay", variant.decay is not None and variant.decay.gate != "channel"),
+                                 ("channel_decay", variant.decay is not None and variant.decay.gate == "channel"),
                                  ("newton_schulz", variant.orthogonalize is not None)) if on)
     return Reason("parallel.prefix_scan", _unique(("Section 5",) + (("Section 4",) if kept else ()) + clip_basis),
                   {"plain": True, "kept": kept, "clip": clip})
@@ -127,11 +128,12 @@ def _parallel_form(variant: Variant, kernel: str, indep: bool, dloss, y) -> Reas
         ("newton_schulz", variant.orthogonalize is not None),
         ("momentum", variant.momentum is not None),
         ("not_token_steps", not (sched.order == "update_then_apply" and sched.fixed and sched.chunk_size == 1)),
+        ("channel_gate", variant.decay is not None and variant.decay.gate == "channel"),
     ) if on]
     if not blockers:
         beta = (-c if variant.ascent else c) * sympy.Symbol("η_t")
         return Reason("parallel_form.delta_chunk", ("Section 3",),
-                      {"dloss": dloss, "c": c, "beta": beta, "gated": getattr(variant, "decay", None) is not None})
+                      {"dloss": dloss, "c": c, "beta": beta, "gated": variant.decay is not None})
     within = kernel == "static" and not indep and sched.order == "update_then_apply" and (sched.chunk_size or 1) > 1
     return Reason("parallel_form.sequential", ("Section 3",) if within else (),
                   {"blockers": tuple(blockers), "dloss": dloss, "within_chunk": within})

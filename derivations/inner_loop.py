@@ -19,8 +19,9 @@ The order inside a step is fixed: clip → momentum → 𝓜 → decay → add �
   a_p there are no steps: token p of a chunk reads W_0 + a_p Σ_(j≤p) ΔW_j.
 
 Momentum mixes the buffer with α (the mean α of a chunk's tokens, or α_t per token); a decay
-γ_t scales the updated weights before the gradient (``decay_then_gradient``) or before the
-increment is added (``gradient_then_decay``).
+scales the updated weights before the gradient (``decay_then_gradient``) or before the
+increment is added (``gradient_then_decay``), by γ_t per token step or, for a step on a chunk,
+by the product of its tokens' factors.
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ class Backend(Protocol):
     def momentum(self, tokens: range):
         """α of a step over ``tokens`` (their mean: α_t for one token)."""
 
-    def decay(self, token: int):
-        """γ_t of token ``token``'s step."""
+    def decay(self, tokens: range):
+        """The decay of a step over ``tokens``: Π_(t ∈ tokens) γ_t (a number, or a diagonal of key
+        channels that multiplies a weight's rows)."""
 
     def position(self, p: int):
         """a_p, the factor of position ``p`` in its mini-batch."""
@@ -101,9 +103,13 @@ class _InnerLoop:
                 reads.append(self._read(chunk))
                 if n == len(chunks) - 1:
                     break  # the last chunk is only read
+            gamma = self.backend.decay(chunk) if self.variant.decay is not None else None
+            if gamma is not None and self.variant.decay.order == "decay_then_gradient":
+                self._decay(gamma)
+                gamma = None
             self.weights = self.backend.trainable(self.weights)
             alpha = self.backend.momentum(chunk) if self.variant.momentum is not None else None
-            self._step(self.backend.increments(self.weights, self.version, chunk), alpha)
+            self._step(self.backend.increments(self.weights, self.version, chunk), alpha, gamma)
             if order != "apply_then_update":  # block_inclusive, bidirectional
                 reads.append(self._read(chunk))
         return reads, self.weights
@@ -116,8 +122,7 @@ class _InnerLoop:
         decay = self.variant.decay
         if decay is not None and decay.order == "decay_then_gradient":
             # gated DeltaNet (one token per chunk): S ← γ_t S, then the gradient at the decayed state
-            gamma = self.backend.decay(chunk[0])
-            self.weights = {n: gamma * w if n in self.variant.update else w for n, w in self.weights.items()}
+            self._decay(self.backend.decay(chunk))
         self.weights = self.backend.trainable(self.weights)
         increments = [self.backend.increments(self.weights, self.version, range(t, t + 1)) for t in chunk]
         if self.variant.lr.position:
@@ -125,7 +130,8 @@ class _InnerLoop:
         reads = []
         for t, inc in zip(chunk, increments):
             alpha = self.backend.momentum(range(t, t + 1)) if self.variant.momentum is not None else None
-            gamma = self.backend.decay(t) if decay is not None and decay.order == "gradient_then_decay" else None
+            gamma = self.backend.decay(range(t, t + 1)) if decay is not None and decay.order == "gradient_then_decay" \
+                else None
             self._step(inc, alpha, gamma)
             reads.append(self._read(range(t, t + 1)))
         return reads
@@ -141,6 +147,10 @@ class _InnerLoop:
             reads.append(self._read(range(t, t + 1)))
         self.weights = {n: self.backend.settle(w) for n, w in self.weights.items()}
         return reads
+
+    def _decay(self, gamma) -> None:
+        """W ← γ W for every updated weight (before the step's gradient)."""
+        self.weights = {n: gamma * w if n in self.variant.update else w for n, w in self.weights.items()}
 
     def _step(self, increments: dict, alpha=None, gamma=None) -> None:
         """One update: clip → momentum → 𝓜 → decay → add → weight norm, per updated weight."""

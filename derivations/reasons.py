@@ -109,7 +109,8 @@ _KEPT = {
     "per_token_lr": "per-token η",
     "lr_position": "per-position a_i (a rank-1 mask inside the chunk)",
     "momentum": "momentum (a cumulative-product scan)",
-    "decay": "decay (a cumulative-product scan, as simple_gla)",
+    "decay": "a decay (a scan of decayed sums, as simple_gla)",
+    "channel_decay": "a per-channel decay (diag(γ_t) on the state's rows, as GLA)",
     "newton_schulz": "Newton–Schulz per chunk",
 }
 
@@ -118,7 +119,8 @@ def _prefix_scan(plain: bool, kept: tuple[str, ...] = (), clip=None) -> str:
     if not plain:
         return ("static kernel and state-independent values, so chunk increments are precomputable and the state "
                 "is an associative prefix sum (Section 5)")
-    extra = f"; {', '.join(_KEPT[k] for k in kept)} keep it so (Section 4)" if kept else ""
+    verb = "keeps" if len(kept) == 1 else "keep"
+    extra = f"; {', '.join(_KEPT[k] for k in kept)} {verb} it so (Section 4)" if kept else ""
     return ("static kernel, state-independent values and no weight norm, so chunk increments φ(K_n)ᵀṼ_n are "
             f"precomputable and the state is an associative prefix sum (Section 5){extra}{_clip_clause(clip)}")
 
@@ -160,6 +162,8 @@ def _sequential(blockers: tuple[str, ...], dloss, within_chunk: bool) -> str:
         "newton_schulz": "Newton–Schulz is not affine in the state",
         "momentum": "momentum carries a second state (the momentum buffer)",
         "not_token_steps": "the steps are not one per token",
+        "channel_gate": "the WY/UT form derived here takes one decay factor per token; a per-channel diag(γ_t) "
+                        "inside it is not derived yet",
     }
     within = ("; within a chunk every gradient is taken at the chunk-start state, so each chunk is exact linear "
               "attention (Section 3), and the chunks run as a scan" if within_chunk else "")

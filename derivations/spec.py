@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import sympy
+
 from derivations.errors import DeclarationError
 
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "ColumnClip",
     "column_clip",
     "DECAY_ORDERS",
+    "DECAY_GATES",
+    "HEAD",
     "Schedule",
     "chunked",
     "token_level",
@@ -194,28 +198,97 @@ DECAY_ORDERS = {
 }
 
 
-@dataclass(frozen=True)
-class Decay:
-    """A per-token decay γ_t = exp(g_t) of the updated fast weights, one per step.
+#: what one decay factor γ scales: the whole state, or each row (key channel) of it
+DECAY_GATES = {
+    "token": "one γ_t per token and head, scaling the whole state (simple_gla, Mamba-2): "
+             "the caller passes log_decay g = log γ of shape [B, T, H]",
+    "channel": "one γ_t per token, head and key channel, scaling each row of the state, "
+               "S ← diag(γ_t) S (GLA): the caller passes log_decay g of shape [B, T, H, Dk]",
+    "head": "a constant γ_h per head, declared in the variant (RetNet's retention): no caller input",
+}
 
-    The caller supplies ``log_decay`` g_t = log γ_t ``[B, T, H]`` (as fla's ``g``; g_t ≤ 0 gives
-    γ_t ∈ (0, 1]). ``order`` places the decay relative to the gradient (see ``DECAY_ORDERS``);
-    it multiplies every updated weight (after momentum and orthogonalisation, before weight norm).
+#: the head index in a per-head decay's expression
+HEAD = sympy.Symbol("h", integer=True, nonnegative=True)
+
+
+@dataclass(frozen=True, repr=False)
+class Decay:
+    """A decay γ = exp(g) of the updated fast weights, one factor per step.
+
+    ``gate`` says what one factor scales and where it comes from (see ``DECAY_GATES``): the caller's
+    ``log_decay`` per token (``"token"``, fla's ``g``; g ≤ 0 gives γ ∈ (0, 1]) or per token and key
+    channel (``"channel"``, fla's ``gk``), or a constant per head written in the declaration
+    (``"head"``: ``per_head`` is a SymPy expression of the head index :data:`HEAD`). ``order``
+    places the decay relative to the gradient (see ``DECAY_ORDERS``); it multiplies every updated
+    weight after momentum and orthogonalisation, before weight norm.
+
+    Per-token steps decay once per token. A schedule that steps once per chunk decays once per
+    chunk, by the product of its tokens' factors: Γ_n = Π_{t ∈ chunk n} γ_t = exp(Σ_{t ∈ n} g_t).
     """
 
     order: str = "decay_then_gradient"
+    gate: str = "token"
+    per_head: sympy.Expr | None = None
+
+    def __repr__(self) -> str:  # the defaults are left out, so the spec hashes of older rules are unchanged
+        extra = "" if self.gate == "token" else f", gate={self.gate!r}, per_head={sympy.srepr(self.per_head)}"
+        return f"Decay(order={self.order!r}{extra})"
+
+    @property
+    def takes_input(self) -> bool:
+        """Whether a call passes ``log_decay`` (a per-head decay is declared, not passed)."""
+        return self.gate != "head"
+
+    def gamma_of_head(self, heads: int) -> list[float]:
+        """γ_h for h = 0 … heads − 1 (a per-head decay)."""
+        return [float(self.per_head.subs(HEAD, h)) for h in range(heads)]
 
     def describe(self) -> str:
         when = "before the gradient" if self.order == "decay_then_gradient" else "after the gradient"
-        return f"per-token decay γ_t = exp(g_t) {when} (caller-supplied log_decay g)"
+        what = {"token": "per-token decay γ_t = exp(g_t)",
+                "channel": "per-channel decay diag(γ_t) = diag(exp(g_t)) of the state's rows",
+                "head": f"constant per-head decay γ_h = {self.per_head}"}[self.gate]
+        source = " (caller-supplied log_decay g)" if self.takes_input else ""
+        return f"{what} {when}{source}"
 
 
-def decay(order: str = "decay_then_gradient") -> Decay:
-    """A per-token state decay γ_t = exp(g_t); ``order`` is ``"decay_then_gradient"`` (gated
-    DeltaNet, fla) or ``"gradient_then_decay"`` (Titans' weight decay)."""
+def decay(order: str = "decay_then_gradient", *, gate: str = "token", per_head=None) -> Decay:
+    """A state decay γ = exp(g) per step.
+
+    ``order``: ``"decay_then_gradient"`` (gated DeltaNet, fla) or ``"gradient_then_decay"``
+    (Titans' weight decay). ``gate``: ``"token"`` (caller's g ``[B, T, H]``), ``"channel"``
+    (caller's g ``[B, T, H, Dk]``, one factor per key channel) or, implied by ``per_head``,
+    ``"head"``: ``per_head`` maps the head index h (0, 1, …) to γ_h ∈ (0, 1], written with
+    arithmetic SymPy can follow, e.g. RetNet's ``lambda h: 1 - 2 ** (-5 - h)``.
+    """
     if order not in DECAY_ORDERS:
         raise DeclarationError(f"decay(order={order!r}): expected one of {', '.join(DECAY_ORDERS)}")
-    return Decay(order)
+    if per_head is not None:
+        if gate not in ("token", "head"):
+            raise DeclarationError(f"decay(gate={gate!r}, per_head=…): a per-head decay is its own gate; "
+                                   "leave gate out")
+        return Decay(order, "head", _per_head_expression(per_head))
+    if gate not in ("token", "channel"):
+        raise DeclarationError(f"decay(gate={gate!r}): expected 'token' or 'channel' (or per_head=… for a "
+                               "constant per-head decay)")
+    return Decay(order, gate)
+
+
+def _per_head_expression(per_head) -> sympy.Expr:
+    """``per_head(h)`` at the symbolic head index, checked to be a number in (0, 1] for h = 0 … 63."""
+    try:
+        expr = sympy.sympify(per_head(HEAD) if callable(per_head) else per_head)
+    except Exception as e:  # noqa: BLE001 — any failure of the user's function is reported with it
+        raise DeclarationError(f"decay(per_head=…): cannot evaluate it at a symbolic head index h ({e}); "
+                               "write it with + − × / ** on h, e.g. lambda h: 1 - 2 ** (-5 - h)") from e
+    if not isinstance(expr, sympy.Expr) or expr.free_symbols - {HEAD}:
+        raise DeclarationError(f"decay(per_head=…) must be an expression of the head index h only, got {expr}")
+    for h in range(64):
+        value = expr.subs(HEAD, h)
+        if not value.is_number or not 0 < float(value) <= 1:
+            raise DeclarationError(f"decay(per_head=…) gives γ_{h} = {value} at head {h}; expected a number "
+                                   "in (0, 1]")
+    return expr
 
 
 # --- gradient clipping ------------------------------------------------------------------

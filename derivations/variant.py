@@ -84,7 +84,7 @@ class Variant:
     description: str
     source: str
     spec_hash: str = field(repr=False)
-    #: per-token decay of the updated weights (γ_t = exp(g_t), caller-supplied g), or None
+    #: decay of the updated weights (per token, per key channel or per head; see spec.Decay), or None
     decay: Decay | None = None
     #: column-wise clip of every increment (ViTTT), or None
     clip: ColumnClip | None = None
@@ -294,25 +294,39 @@ def _check_rule(name, update, lr, mom, ortho, wnorm, schedule):
             )
 
 
-def _check_decay(name, value, schedule) -> Decay | None:
-    """``decay``: None, a :func:`~derivations.spec.decay` record or ``per_token()`` (its default)."""
+def _check_decay(name, value, schedule, fast, update, key_dim) -> Decay | None:
+    """``decay``: None, a :func:`~derivations.spec.decay` record or ``per_token()`` (its default).
+
+    Per-token steps decay per token; a schedule that steps once per chunk decays once per chunk
+    (by the product of its tokens' factors); one bidirectional step has nothing to decay towards.
+    A per-channel gate scales the rows of every updated weight, so their rows are the key channels."""
     if value is None:
         return None
     if isinstance(value, LearningRate) and value.kind == "per_token":
         value = Decay()
     if not isinstance(value, Decay):
         raise DeclarationError(f"variant {name!r}: decay must be None, decay(order) or per_token(), got {value!r}")
-    if schedule.order != "update_then_apply":
+    if schedule.order == "bidirectional":
         raise DeclarationError(
-            f"variant {name!r}: decay needs per-token steps (update_then_apply); the {schedule.order} order "
-            "steps once per chunk"
+            f"variant {name!r}: a decay needs a sequence of steps; the bidirectional order takes one step on "
+            "all tokens, so a decay would only scale the initial weights (fold it into them)"
         )
-    if value.order == "decay_then_gradient" and not (schedule.fixed and schedule.chunk_size == 1):
+    token_steps = schedule.order == "update_then_apply"
+    if value.order == "decay_then_gradient" and token_steps and not (schedule.fixed and schedule.chunk_size == 1):
         raise DeclarationError(
             f"variant {name!r}: decay(order='decay_then_gradient') takes each gradient at the decayed previous "
             "state, so it needs token_level() (chunk size 1); for gradients at a chunk start use "
             "decay(order='gradient_then_decay')"
         )
+    if value.gate == "channel":
+        rows = {u: fast[u][0] for u in update}
+        wrong = {u: r for u, r in rows.items() if r != key_dim}
+        if wrong:
+            u, r = next(iter(wrong.items()))
+            raise DeclarationError(
+                f"variant {name!r}: decay(gate='channel') scales each row of the updated weights by its key "
+                f"channel's γ, so their rows must be the key dimension {key_dim!r}; {u} has rows {r!r}"
+            )
     return value
 
 
@@ -392,7 +406,10 @@ def variant(
             raise DeclarationError(f"variant {vname!r}: update lists a fast weight twice: {list(upd)}")
         lr_ = constant(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else (lr or constant(1.0))
         _check_rule(vname, upd, lr_, momentum, orthogonalize, weight_norm, sched)
-        decay_ = _check_decay(vname, decay, sched)
+        decay_ = _check_decay(vname, decay, sched, fast_, upd, key_dim)
+        if decay_ is not None and spatial is not None:
+            raise DeclarationError(f"variant {vname!r}: a decay of a spatial (depthwise) layer is not supported; "
+                                   "declare the per-channel form instead")
         if queries not in ("query", "key"):
             raise DeclarationError(f"variant {vname!r}: queries must be 'query' or 'key', got {queries!r}")
         if not callable(loss):

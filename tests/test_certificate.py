@@ -23,8 +23,11 @@ def test_catalog_is_certified(name):
     v = form.variant
     assert (v.orthogonalize is not None) == any("Newton–Schulz" in a for a in cert.abstract)
     assert (v.weight_norm is not None) == any("weight norm" in a for a in cert.abstract)
-    if form.classification.parallel and v.orthogonalize is None and form.is_linear and v.clip is None:
+    plain_scan = v.orthogonalize is None and v.clip is None and v.decay is None
+    if form.classification.parallel and form.is_linear and plain_scan:
         assert cert.checked.startswith("attention form")
+    if v.decay is not None:  # the decayed chunk states against the literal loop
+        assert cert.checked.startswith("chunk-state form") and "γ_r" in cert.checked
     print(f"derive({name}) with its certificate: {form.seconds:.2f} s")  # reported, never asserted
 
 

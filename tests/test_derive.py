@@ -39,6 +39,9 @@ EXPECTED = {
     "vittt_glu_noclip": ("static", "state_dependent", True),
     "vittt_dwconv": ("static", "state_independent", True),
     "vittt_dwconv_noclip": ("static", "state_independent", True),
+    "simple_gla": ("static", "state_independent", True),
+    "retention": ("static", "state_independent", True),
+    "gla": ("static", "state_independent", True),
 }
 
 #: the chunked parallel form of every catalog variant (prefix_scan exactly when parallel)
@@ -63,6 +66,9 @@ PARALLEL_FORM = {
     "vittt_glu_noclip": "prefix_scan",
     "vittt_dwconv": "prefix_scan",
     "vittt_dwconv_noclip": "prefix_scan",
+    "simple_gla": "prefix_scan",
+    "retention": "prefix_scan",
+    "gla": "prefix_scan",
 }
 
 
@@ -83,7 +89,8 @@ CODES = {
     "lact_mse": {*_DYNAMIC_LACT, "values.state_dependent", "not_parallel.state_dependent_values"},
     "lact_v1": {"reducible.plain", "kernel.static", "values.state_independent", "not_parallel.weight_norm",
                 *_LACT_SEQUENTIAL},
-    **{name: {*_PREFIX_SCAN} for name in ("lact_v2", "lact_v3", "lact_v4", "lact_v5", "lact_v6", "linear_attention")},
+    **{name: {*_PREFIX_SCAN} for name in ("lact_v2", "lact_v3", "lact_v4", "lact_v5", "lact_v6", "linear_attention",
+                                          "simple_gla", "retention", "gla")},
     "delta_rule": {*_DELTA},
     "gated_delta_rule": {*_DELTA},
     "titans": {"reducible.plain", "kernel.static", "values.state_dependent", "not_parallel.state_dependent_values",

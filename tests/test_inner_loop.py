@@ -49,8 +49,8 @@ class Recorder:
     def momentum(self, tokens):
         return sum(alpha[t] for t in tokens) / len(tokens)
 
-    def decay(self, token):
-        return gamma[token]
+    def decay(self, tokens):
+        return sympy.Mul(*(gamma[t] for t in tokens))
 
     def position(self, p):
         return a[p]
@@ -129,6 +129,15 @@ def test_decay_orders(order):
     else:  # gated DeltaNet: S ← γ_t S first, the gradient at the decayed state
         W1 = gamma[0] * W0 + g(0, gamma[0] * W0)
         assert final == gamma[1] * W1 + g(1, gamma[1] * W1)
+
+
+@pytest.mark.parametrize("order", ["gradient_then_decay", "decay_then_gradient"])
+def test_a_chunk_step_decays_by_the_product_of_its_tokens_factors(order):
+    """A schedule that steps once per chunk decays once per chunk, by Γ = Π_(t ∈ chunk) γ_t."""
+    reads, final = _run(chunked("apply_then_update", 2), n_tokens=4, chunk_size=2, decay=decay(order))
+    G = gamma[0] * gamma[1]
+    W1 = G * W0 + g(0, W0) + g(1, W0) if order == "gradient_then_decay" else G * W0 + g(0, G * W0) + g(1, G * W0)
+    assert reads[2:] == [(2, 1, W1), (3, 1, W1)] and final == W1  # the last chunk is only read
 
 
 def test_position_factors_read_the_chunk_start_plus_a_scaled_prefix_sum():

@@ -7,8 +7,9 @@ import torch
 
 __all__ = [
     "check_qkv", "check_per_token", "check_state", "check_chunk_size",
-    "state_dtype", "work_dtype", "heads_first", "per_head", "token_coefficient",
+    "state_dtype", "work_dtype", "heads_first", "per_head", "token_coefficient", "channel_coefficient",
     "newton_schulz", "renormalize_columns", "chunk_means", "linear_scan", "causal_product", "split_chunks",
+    "chunk_log_decay", "chunk_decay", "decayed_scores",
     "resolve_sizes", "shape_in", "check_grid", "grid_patches", "lower_depthwise", "raise_depthwise", "check_position",
 ]
 
@@ -107,6 +108,21 @@ def token_coefficient(name: str, t, q: torch.Tensor, dtype) -> torch.Tensor:
     return t.transpose(1, 2).unsqueeze(-1).to(dtype)
 
 
+def channel_coefficient(name: str, t, q: torch.Tensor, dtype) -> torch.Tensor:
+    """A per-token, per-key-channel coefficient ``[B, T, H, Dk]`` (a per-channel gate) as
+    ``[B, H, T, Dk]`` in ``dtype``."""
+    B, T, H, Dk = q.shape
+    if not isinstance(t, torch.Tensor):
+        _fail(f"{name} must be a torch.Tensor of shape [B, T, H, Dk] = {[B, T, H, Dk]}, got {type(t).__name__}")
+    if tuple(t.shape) != (B, T, H, Dk):
+        _fail(f"{name} must have shape [B, T, H, Dk] = {[B, T, H, Dk]} (one per key channel), got {list(t.shape)}")
+    if not t.is_floating_point():
+        _fail(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if t.device != q.device:
+        _fail(f"{name} must be on the device of q ({q.device}), got {t.device}")
+    return t.transpose(1, 2).to(dtype)
+
+
 def newton_schulz(X: torch.Tensor, coefficients, eps: float = 1e-7, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Muon's 𝓜 on a batch of matrices ``[..., m, n]``: normalise by the Frobenius norm,
     then X ← a X + (b A + c A²) X with A = X Xᵀ per step, on the wide orientation. The steps
@@ -188,6 +204,39 @@ def causal_product(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     out = torch.where(causal, weights, 0.0) @ torch.where(finite, values, 0.0)
     reached = (~finite).to(values.dtype).cumsum(dim=-2) > 0  # a non-finite value at some s ≤ t
     return torch.where(reached, float("nan"), out)
+
+
+def chunk_log_decay(log_gamma: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """G_t = Σ_(s ≤ t, s in t's chunk) g_s: the cumulative log decay inside each chunk, ``[B, H, T, c]``
+    → ``[B, H, N, L, c]`` (c = 1 for one factor per token, Dk per key channel). The padded tail
+    has g = 0, so it keeps G of the last real token."""
+    return split_chunks(log_gamma, chunk_size).cumsum(dim=3)
+
+
+def chunk_decay(log_gamma: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Γ_n = exp(Σ_(t ∈ chunk n) g_t) as a factor of the states' rows: ``[B, H, T, c]`` →
+    ``[B, H, N, c, 1]`` (c = 1: one factor per chunk; c = Dk: one per key channel)."""
+    return split_chunks(log_gamma, chunk_size).sum(dim=3).unsqueeze(-1).exp()
+
+
+def decayed_scores(q: torch.Tensor, k: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """The intra-chunk scores of a decayed scan, Σ_c q_tc k_ic exp(G_tc − G_ic) for i ≤ t, else 0:
+    q, k ``[B, H, N, L, Dk]``, G ``[B, H, N, L, c]`` from :func:`chunk_log_decay` → ``[B, H, N, L, L]``.
+
+    The ratio Γ_t/Γ_i is taken in log space under the mask, exp(G_t − G_i) with −inf above the
+    diagonal, so a strong decay underflows to 0 instead of overflowing (exp(−G_i) alone would),
+    and the mask selects rather than multiplies, so a non-finite key reaches no earlier row.
+    """
+    L = q.shape[-2]
+    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+    if G.shape[-1] == 1:  # one factor per token: a [L, L] ratio per chunk
+        G = G[..., 0]
+        ratio = torch.where(causal, G[..., :, None] - G[..., None, :], float("-inf")).exp()
+        scores = (q @ k.mT) * ratio.to(q.dtype)
+    else:  # one factor per key channel: the ratio differs per channel, so the sum over c is explicit
+        ratio = torch.where(causal[..., None], G[..., :, None, :] - G[..., None, :, :], float("-inf")).exp()
+        scores = (q[..., :, None, :] * k[..., None, :, :] * ratio.to(q.dtype)).sum(dim=-1)
+    return torch.where(causal, scores, 0.0)
 
 
 def split_chunks(x: torch.Tensor, chunk_size: int) -> torch.Tensor:

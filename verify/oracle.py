@@ -154,8 +154,10 @@ def run_direct(
         momentum: per-token coefficients α ``[B, T, H]``; only for variants with momentum.
         chunk_size: the mini-batch length L (default: the variant's); token-level and
             bidirectional schedules fix it. T need not be a multiple of L.
-        log_decay: g = log γ ``[B, T, H]`` (fla's ``g``); only for variants with a decay:
-            step t multiplies the updated weights by γ_t = exp(g_t).
+        log_decay: g = log γ ``[B, T, H]`` (fla's ``g``), or ``[B, T, H, Dk]`` for a per-channel
+            gate (fla's ``gk``); only for variants whose decay is passed at call time: a step
+            multiplies the updated weights (per channel: their rows) by γ = exp(Σ g) over its
+            tokens. A per-head decay is declared in the variant and takes no input.
         grid: ``(h, w)`` with h·w = T, only for spatial (depthwise) variants: the tokens are the
             grid's cells, row-major, and ``depthwise_conv`` runs ``conv2d`` on it.
         lr_position: a ``[L]`` (L = chunk_size), only for ``per_token(position=True)``: token i of
@@ -191,7 +193,7 @@ def run_direct(
         variant, Q=K if variant.queries == "key" else Q, K=K, V=V,
         eta=_eta_for(variant, lr, B, T, H, q.dtype, q.device),
         alpha=momentum.transpose(1, 2)[..., None, None] if momentum is not None else None,  # [B, H, T, 1, 1]
-        gamma=log_decay.transpose(1, 2).exp()[..., None, None] if log_decay is not None else None,  # [B, H, T, 1, 1]
+        log_gamma=_log_gamma(variant, log_decay, T, H, q.dtype, q.device),
         position=position, grid=grid, create_graph=create_graph,
         target_norms={u: _column_norms(W[u]) for u in variant.update} if variant.weight_norm else {},
     )
@@ -206,13 +208,26 @@ def run_direct(
     return o, final
 
 
+def _log_gamma(variant, log_decay, tokens: int, heads: int, dtype, device) -> torch.Tensor | None:
+    """log γ of every token ``[B, H, T, 1, 1]`` (a factor of the whole state), ``[B, H, T, Dk, 1]``
+    (one per row: a per-channel gate) or ``[1, H, T, 1, 1]`` (a constant per head), or None."""
+    decay = variant.decay
+    if decay is None:
+        return None
+    if decay.gate == "head":
+        gamma = torch.tensor(decay.gamma_of_head(heads), dtype=dtype, device=device)
+        return gamma.log().view(1, heads, 1, 1, 1).expand(1, heads, tokens, 1, 1)
+    g = log_decay.transpose(1, 2)  # [B, H, T] or [B, H, T, Dk]
+    return g[..., None] if decay.gate == "channel" else g[..., None, None]
+
+
 class _TorchBackend:
     """The inner loop's torch interpretation (see :class:`derivations.inner_loop.Backend`):
     tensors ``[B, H, ...]`` batched over batch and heads, gradients from ``torch.autograd``."""
 
-    def __init__(self, variant, *, Q, K, V, eta, alpha, gamma, position, grid, create_graph, target_norms):
+    def __init__(self, variant, *, Q, K, V, eta, alpha, log_gamma, position, grid, create_graph, target_norms):
         self.variant, self.Q, self.K, self.V, self.eta = variant, Q, K, V, eta
-        self.alpha, self.gamma, self.a, self.grid = alpha, gamma, position, grid
+        self.alpha, self.log_gamma, self.a, self.grid = alpha, log_gamma, position, grid
         self.create_graph, self.target_norms = create_graph, target_norms
 
     def read(self, W, version, tokens):
@@ -242,8 +257,8 @@ class _TorchBackend:
     def momentum(self, tokens):
         return self.alpha[:, :, tokens.start:tokens.stop].mean(dim=2)
 
-    def decay(self, t):
-        return self.gamma[:, :, t]
+    def decay(self, tokens):
+        return self.log_gamma[:, :, tokens.start:tokens.stop].sum(dim=2).exp()
 
     def position(self, p):
         return self.a[p]

@@ -85,6 +85,13 @@ class OptionalInput:
     note: str = ""
     #: the check of a value that is not a floating tensor of ``shape``: ``check(name, value, dims)``
     check: Callable[[str, object, Mapping[str, int]], None] | None = None
+    #: a trailing named size that some variants add to ``shape`` (a per-channel decay's Dk)
+    channel: Callable[[Variant], str | None] = lambda v: None
+
+    def shape_for(self, variant: Variant) -> tuple[str, ...]:
+        """The named sizes of this input in a call of ``variant``."""
+        extra = self.channel(variant)
+        return self.shape + ((extra,) if extra else ())
 
     def validate(self, variant: Variant, value, dims: Mapping[str, int], device: torch.device) -> None:
         """Check a given value (not None) of this input for a call of sizes ``dims``."""
@@ -93,15 +100,15 @@ class OptionalInput:
             if missing:
                 raise ValueError(f"{self.name}: missing {missing} (a dict needs one per updated weight)")
             for u in variant.update:
-                self._validate_one(f"{self.name}[{u!r}]", value[u], dims, device)
+                self._validate_one(f"{self.name}[{u!r}]", value[u], self.shape, dims, device)
         else:
-            self._validate_one(self.name, value, dims, device)
+            self._validate_one(self.name, value, self.shape_for(variant), dims, device)
 
-    def _validate_one(self, name: str, value, dims: Mapping[str, int], device: torch.device) -> None:
+    def _validate_one(self, name: str, value, shape, dims: Mapping[str, int], device: torch.device) -> None:
         if self.check is not None:
             self.check(name, value, dims)
         else:
-            check_tensor(name, value, {d: dims[d] for d in self.shape}, device, note=self.note)
+            check_tensor(name, value, {d: dims[d] for d in shape}, device, note=self.note)
 
 
 OPTIONAL_INPUTS: tuple[OptionalInput, ...] = (
@@ -115,9 +122,11 @@ OPTIONAL_INPUTS: tuple[OptionalInput, ...] = (
         needs="uses momentum: pass momentum coefficients α of shape [B, T, H]",
         refuses="has no momentum; do not pass momentum", range=MOMENTUM),
     OptionalInput(
-        "log_decay", ("B", "T", "H"), takes=lambda v: v.decay is not None,
-        needs="decays its state: pass log_decay g = log γ of shape [B, T, H]",
-        refuses="has no decay; do not pass log_decay", range=DECAY, draw=lambda d: d.uniform().log()),
+        "log_decay", ("B", "T", "H"), takes=lambda v: v.decay is not None and v.decay.takes_input,
+        needs="decays its state: pass log_decay g = log γ of shape {shape}",
+        refuses="takes no log_decay (decay: {decay}); do not pass log_decay", range=DECAY,
+        draw=lambda d: d.uniform().log(),
+        channel=lambda v: "Dk" if v.decay is not None and v.decay.gate == "channel" else None),
     OptionalInput(
         "grid", ("h", "w"), takes=lambda v: v.spatial is not None,
         needs="convolves the token grid: pass grid=(h, w) with h·w = T = {T}",
@@ -149,7 +158,9 @@ def check_given(variant: Variant, given: Mapping[str, object], dims: Mapping[str
     for entry in OPTIONAL_INPUTS:
         if entry.name not in given:
             continue
-        value, fields = given[entry.name], dict(dims, variant=variant)
+        value = given[entry.name]
+        fields = dict(dims, variant=variant, shape=f"[{', '.join(entry.shape_for(variant))}]",
+                      decay=variant.decay.describe() if variant.decay else "none")
         if not entry.takes(variant):
             if value is not None:
                 raise ValueError(f"variant {variant.name!r} " + entry.refuses.format(**fields))
@@ -182,7 +193,8 @@ def draw_inputs(variant: Variant, dims: Mapping[str, int], uniform: Callable[...
             out[entry.name] = given[entry.name]
             continue
         bounds = ranges[entry.range.keyword] if entry.range is not None else None
-        sample = Draw(dims, lambda e=entry, b=bounds: uniform(*b, *(dims[d] for d in e.shape)))
+        shape = entry.shape_for(variant)
+        sample = Draw(dims, lambda s=shape, b=bounds: uniform(*b, *(dims[d] for d in s)))
         if entry.per_weight:
             value = {u: entry.draw(sample) for u in variant.update}
             out[entry.name] = value if len(value) > 1 else value[variant.update[0]]

@@ -96,7 +96,7 @@ class Hooks(CallHooks, RecurrentHooks, ParallelHooks):
     def shared_functions(self) -> str:
         """The printed functions every form reads: φ, and v̂ or (b, β) for the parallel templates."""
         c = self.c
-        fns = [c.feature_map, c.effective_value, c.delta_terms]
+        fns = [c.feature_map, c.effective_value, c.delta_terms, c.decay_per_head]
         return "\n\n\n".join(self.printed(fn) for fn in fns if fn is not None)
 
     def recurrent_functions(self) -> str:

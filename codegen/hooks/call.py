@@ -16,7 +16,8 @@ class CallHooks(HookBase):
         rows += [(w, "torch.Tensor") for w, _, _ in c.slow_weights]
         if c.per_token_lr:
             rows.append(("lr", "torch.Tensor" + (" | dict[str, torch.Tensor]" if c.multi_state else "")))
-        for name, wanted in (("lr_position", c.lr_position), ("momentum", c.momentum), ("log_decay", c.decay)):
+        takes_decay = c.decay is not None and c.decay_gate != "head"
+        for name, wanted in (("lr_position", c.lr_position), ("momentum", c.momentum), ("log_decay", takes_decay)):
             if wanted:
                 rows.append((name, "torch.Tensor"))
         return rows
@@ -78,12 +79,9 @@ class CallHooks(HookBase):
         if c.momentum:
             mean = "; chunk n uses their mean ᾱ_n" if c.momentum == "chunk" else ""
             args.append(f"momentum: per-token coefficients α ``[B, T, H]``{mean}.")
-        if c.decay == "decay_then_gradient":
-            args.append("log_decay: g = log γ ``[B, T, H]`` (fla's g); step t first decays the state, "
-                        "S ← exp(g_t) S, then takes its gradient there.")
-        elif c.decay:
-            args.append("log_decay: g = log γ ``[B, T, H]`` (fla's g); step t sets W ← exp(g_t) W + ΔW_t, "
-                        "the gradient taken before the decay.")
+        if c.decay and c.decay_gate != "head":
+            shape, fla = ("[B, T, H]", "g") if c.decay_gate == "token" else (f"[B, T, H, {c.key_dim}]", "gk")
+            args.append(f"log_decay: g = log γ ``{shape}`` (fla's {fla}). {self.decay_sentence()}")
         args.append(self._initial_state_arg())
         args.append("output_final_state: also return the state after the last update.")
         if not c.fixed_chunk:
@@ -158,12 +156,24 @@ class CallHooks(HookBase):
              "lr_position.to(dtype)"),
             (c.momentum, "alpha", "torch.Tensor  # momentum coefficients [B, H, T, 1]",
              'runtime.token_coefficient("momentum", momentum, q, dtype)'),
-            (c.decay, "log_gamma", "torch.Tensor  # g = log γ [B, H, T, 1]",
-             'runtime.token_coefficient("log_decay", log_decay, q, dtype)'),
+            (c.decay, "log_gamma", f"torch.Tensor  # g = log γ {self._log_gamma_shape()}", self._log_gamma_value()),
             (True, "out_dtype", "torch.dtype  # q's dtype, the output's", "q.dtype"),
             (c.lowering, "heads", "int  # the layer's heads H (the forms run H·C per-channel heads)", "heads"),
         ]
         return fields + [(name, decl, value) for wanted, name, decl, value in optional if wanted]
+
+    def _log_gamma_shape(self) -> str:
+        channel = self.c.decay_gate == "channel"
+        return f"[B, H, T, {self.c.key_dim}] (one per key channel)" if channel else "[B, H, T, 1]"
+
+    def _log_gamma_value(self) -> str:
+        """log γ of every token, heads first, from the caller's log_decay or the declared γ_h."""
+        gate = self.c.decay_gate
+        if gate == "head":
+            return "log_decay_per_head(H, dtype, q.device).view(1, H, 1, 1).expand(B, H, T, 1)"
+        if gate == "channel":
+            return 'runtime.channel_coefficient("log_decay", log_decay, q, dtype)'
+        return 'runtime.token_coefficient("log_decay", log_decay, q, dtype)'
 
     def inputs_fields(self) -> str:
         """The fields of the ``Inputs`` tuple ``prepare`` returns, each with its meaning and shape."""

@@ -39,8 +39,15 @@ class ParallelHooks(HookBase):
         if c.ns_coefficients:
             rows.append("updates = runtime.newton_schulz(updates, NS_COEFFICIENTS, NS_EPS, dtype=inputs.work)  "
                         "# U_n = 𝓜(M_n), batched over chunks")
-        rows.append(f'states = torch.cat([inputs.state["{c.state}"].unsqueeze(2), updates], dim=2).cumsum(dim=2)  '
-                    "# S^{(0)}, …, S^{(N)}: one scan")
+        initial = f'inputs.state["{c.state}"]'
+        if c.decay:
+            rows += ["decays = runtime.chunk_decay(inputs.log_gamma, inputs.chunk_size)  "
+                     f"# Γ_n = exp(Σ_(t ∈ n) g_t): {self._row_factor_shape()}",
+                     f"after = runtime.linear_scan(decays, updates, {initial})  # S^(n) = Γ_n S^(n−1) + U_n",
+                     f"states = torch.cat([{initial}.unsqueeze(2), after], dim=2)  # S^(0), …, S^(N)"]
+        else:
+            rows.append(f"states = torch.cat([{initial}.unsqueeze(2), updates], dim=2).cumsum(dim=2)  "
+                        "# S^(0), …, S^(N): one scan")
         if c.order == "apply_then_update":
             rows += ["reads = states[:, :, :-1]  # S^{(n−1)}: chunk n reads the state before its own step",
                      "return reads, reads[:, :, -1]  # the last chunk is apply-only"]
@@ -58,8 +65,39 @@ class ParallelHooks(HookBase):
         steps = [s for s, on in (("the clip rescales each step", c.clip),
                                  ("momentum mixes the increments", c.momentum),
                                  ("Newton–Schulz orthogonalises them, batched over chunks", c.ns_coefficients)) if on]
-        text = "; ".join(steps) + ", then one prefix sum gives the states" if steps else "one prefix sum gives them"
+        scan = "a linear scan of the chunk decays" if c.decay else "one prefix sum"
+        text = "; ".join(steps) + f", then {scan} gives the states" if steps else f"{scan} gives them"
         return text[0].upper() + text[1:] + "."
+
+    def _row_factor_shape(self) -> str:
+        return f"[B, H, N, {self.c.key_dim}, 1]" if self.c.decay_gate == "channel" else "[B, H, N, 1, 1]"
+
+    def chunk_products(self) -> str:
+        """chunk.py's chunk increments and reads (after the chunks are split, before the flatten)."""
+        c = self.c
+        token_decay = c.decay and c.order == "update_then_apply"
+        if token_decay:
+            g = "[B, H, N, L, 1]" if c.decay_gate != "channel" else f"[B, H, N, L, {c.key_dim}]"
+            rows = [f"G = runtime.chunk_log_decay(inputs.log_gamma, chunk_size)  # G_t = Σ_(s≤t in its chunk) g_s: {g}",
+                    "decayed_keys = k_chunks * (G[..., -1:, :] - G).exp().to(work)  # (Γ_L/Γ_i) k̂_i",
+                    "updates = (decayed_keys.mT @ v_chunks).to(inputs.dtype)  "
+                    f"# ΔS_n = Σ_i (Γ_L/Γ_i) k̂_iᵀ v̂_i: [B, H, N, {c.state_rows}, {c.value_dim}]"]
+        else:
+            rows = ["updates = (k_chunks.mT @ v_chunks).to(inputs.dtype)  "
+                    f"# ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, {c.state_rows}, {c.value_dim}]"]
+        rows.append("reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state after the "
+                    "last step")
+        if token_decay:
+            rows += ["o = (q_chunks * G.exp().to(work)) @ reads.to(work)  "
+                     f"# Γ_t q̂_t S^(n−1): [B, H, N, L, {c.value_dim}]",
+                     "scores = runtime.decayed_scores(q_chunks, k_chunks, G)  # (Γ_t/Γ_i) q̂_t·k̂_i for i ≤ t",
+                     "o = o + runtime.causal_product(scores, v_chunks)  # the chunk's own tokens i ≤ t"]
+        else:
+            rows.append(f"o = q_chunks @ reads.to(work)  # [B, H, N, L, {c.value_dim}]")
+            if c.order == "update_then_apply":
+                rows.append("o = o + runtime.causal_product(q_chunks @ k_chunks.mT, v_chunks)  "
+                            "# the chunk's own tokens i ≤ t")
+        return lines(rows)
 
     def wy_blocks_body(self) -> str:
         """Every block's matrices at once (the delta rule's WY/UT forms)."""

@@ -27,10 +27,8 @@ class RecurrentHooks(HookBase):
             extra.append("Momentum accumulates increments before they are applied (Theorem 5.3).")
         if c.ns_coefficients:
             extra.append("Newton–Schulz orthogonalises each step.")
-        if c.decay == "decay_then_gradient":
-            extra.append("Each step first decays the state, S ← γ_t S (γ_t = exp(g_t)), and takes its gradient there.")
-        elif c.decay:
-            extra.append("Each step decays the weights after the gradient: W ← γ_t W + ΔW_t (γ_t = exp(g_t)).")
+        if c.decay:
+            extra.append(self.decay_sentence())
         if c.weight_norm_eps is not None:
             extra.append("Weight norm rescales every output channel after each step.")
         return "\n".join(rows + extra)
@@ -77,6 +75,22 @@ class RecurrentHooks(HookBase):
         rows.append("**weights(state)")
         return lines([f"{row}," for row in rows], " " * 12)
 
+    def decay_sentence(self) -> str:
+        """What the decay does at each step (the docstrings of the recurrence and the chunk forms)."""
+        c = self.c
+        gamma = {"token": "γ = exp(g)", "channel": "γ = exp(g), one factor per key channel scaling a row",
+                 "head": f"γ = γ_h = {c.decay_per_head_text}"}[c.decay_gate]
+        per = "token" if c.order == "update_then_apply" else "chunk (γ the product over its tokens)"
+        if c.decay == "decay_then_gradient":
+            return f"Each step (one per {per}) first decays the state, S ← γ S ({gamma}), and takes its gradient there."
+        return f"Each step (one per {per}) decays the weights after the gradient: W ← γ W + ΔW ({gamma})."
+
+    def decay_factor(self, start: str, end: str, single: bool = False) -> str:
+        """γ of the tokens [start, end) as a factor of a state ``[B, H, rows, cols]``: exp(Σ g), shaped
+        ``[B, H, 1, 1]`` (one per head) or ``[B, H, rows, 1]`` (per key channel)."""
+        g = f"inputs.log_gamma[:, :, {start}:{end}]"
+        return f"{g}.mT.exp()" if single else f"{g}.sum(dim=2, keepdim=True).mT.exp()"
+
     def step_params(self) -> str:
         return "state, increments, alpha_now" + (", gamma_now" if self.c.decay == "gradient_then_decay" else "")
 
@@ -101,7 +115,7 @@ class RecurrentHooks(HookBase):
             rows.append("increment = runtime.newton_schulz(increment, NS_COEFFICIENTS, NS_EPS)")
         if c.decay == "gradient_then_decay":
             rows.append("new[name] = gamma_now * state[name] + increment  "
-                        "# W ← γ_t W + ΔW_t (gradient taken before the decay)")
+                        "# W ← γ W + ΔW (gradient taken before the decay)")
         else:
             rows.append("new[name] = state[name] + increment")
         if c.weight_norm_eps is not None:
@@ -112,19 +126,26 @@ class RecurrentHooks(HookBase):
         """The body of the loop over chunks ``[start, end)``: steps and reads in the schedule's order."""
         c = self.c
         chunk_alpha = "inputs.alpha[:, :, start:end].mean(dim=2, keepdim=True)" if c.momentum else "None"
+        chunk_step = [f"state = step(state, increments(start, end, state), {chunk_alpha})"]
+        if c.decay == "gradient_then_decay":
+            chunk_step = [f"state = step(state, increments(start, end, state), {chunk_alpha}, "
+                          f"{self.decay_factor('start', 'end')})"]
+        elif c.decay:  # S ← Γ S, Γ the product of the chunk's factors, before the step's gradient
+            chunk_step = [f"state = {{name: {self.decay_factor('start', 'end')} * W for name, W in state.items()}}  "
+                          "# S ← Γ S before the gradient", *chunk_step]
         if c.order == "apply_then_update":
             rows = ["outputs.append(read(inputs.Q[..., start:end, :], state))",
                     "if end == inputs.T:",
                     "    break  # the last chunk is apply-only",
-                    f"state = step(state, increments(start, end, state), {chunk_alpha})"]
+                    *chunk_step]
         elif c.order != "update_then_apply":
-            rows = [f"state = step(state, increments(start, end, state), {chunk_alpha})",
-                    "outputs.append(read(inputs.Q[..., start:end, :], state))"]
+            rows = [*chunk_step, "outputs.append(read(inputs.Q[..., start:end, :], state))"]
         else:
             rows = ["# every token's increment at the chunk-start weights, then one step per token"]
             if c.decay == "decay_then_gradient":
                 rows += ["# S ← γ_t S before the step's gradient (one token per step)",
-                         "state = {name: inputs.log_gamma[:, :, start:end].exp() * W for name, W in state.items()}"]
+                         f"state = {{name: {self.decay_factor('start', 'end', single=True)} * W "
+                         "for name, W in state.items()}"]
             rows.append("per_token = [increments(t, t + 1, state) for t in range(start, end)]")
             if c.lr_position:
                 rows += ["# η_ij = a_i η_j: token t reads W_0 + a_(t−start) Σ_(j≤t) ΔW_j (not a sequence of steps)",
@@ -136,7 +157,7 @@ class RecurrentHooks(HookBase):
                          "    outputs.append(read(inputs.Q[..., t:t + 1, :], state))"]
             else:
                 alpha = "inputs.alpha[:, :, t:t + 1]" if c.momentum else "None"
-                gamma = ", inputs.log_gamma[:, :, t:t + 1].exp()" if c.decay == "gradient_then_decay" else ""
+                gamma = f", {self.decay_factor('t', 't + 1', single=True)}" if c.decay == "gradient_then_decay" else ""
                 rows += ["for t, increment in zip(range(start, end), per_token):",
                          f"    state = step(state, increment, {alpha}{gamma})",
                          "    outputs.append(read(inputs.Q[..., t:t + 1, :], state))"]

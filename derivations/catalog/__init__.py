@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 
 from derivations.catalog.delta import delta_rule, gated_delta_rule
+from derivations.catalog.gated import gla, retention, simple_gla
 from derivations.catalog.lact import (
     lact,
     lact_ga,
@@ -45,6 +46,9 @@ CATALOG: dict[str, Variant] = {
         gated_delta_rule,
         titans,
         linear_attention,
+        simple_gla,
+        retention,
+        gla,
         ttt_linear,
         ttt_mlp,
         vittt_glu,

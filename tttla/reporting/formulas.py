@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import sympy
+
 from derivations.form import LinearAttentionForm
 from derivations.printing import to_latex, to_text
 
@@ -101,18 +103,8 @@ def _unrolled_state(variant, state: str, dynamic: bool) -> tuple[Formula, ...]:
         s = "S_j" if token else "S^{(j)}"
         out.append(Formula(rf"{s} = \operatorname{{Norm}}\left({s_prev} + {u_l}\right),\quad S_0 = {state}_0",
                            f"S_j = Norm(S_(j−1) + {u_t}), S_0 = {state}₀ (column norms reset to ‖{state}₀[:, c]‖)"))
-    elif variant.decay is not None:  # update_then_apply only (checked at declaration)
-        out.append(Formula(
-            rf"S_t = \Gamma_t S_0 + \sum_{{j \le t}} \frac{{\Gamma_t}}{{\Gamma_j}} {u_l},\quad "
-            rf"\Gamma_t = \prod_{{s \le t}} \gamma_s,\ \gamma_s = e^{{g_s}},\quad S_0 = {state}_0",
-            f"S_t = Γ_t S_0 + Σ_(j≤t) (Γ_t/Γ_j) {u_t}, Γ_t = Π_(s≤t) γ_s, γ_s = exp(g_s), S_0 = {state}₀"))
-        if variant.decay.order == "decay_then_gradient":
-            out.append(Formula(r"\hat{v}_t = g_t(k_t) \text{ at the decayed state } \gamma_t S_{t-1}",
-                               "v̂_t = g_t(k_t) at the decayed state γ_t S_(t−1) (S ← γ_t S, then the step)"))
-        else:
-            out.append(Formula(r"\hat{v}_t = g_t(k_t) \text{ at the chunk-start state; } S_t = \gamma_t S_{t-1} + U_t",
-                               "v̂_t = g_t(k_t) at the chunk-start state; S_t = γ_t S_(t−1) + U_t (decay after "
-                               "the gradient)"))
+    elif variant.decay is not None:
+        out += _decay_formulas(variant.decay, token, u_l, u_t, state)
     else:
         s = "S_n" if token else "S^{(n)}"
         lt = s.replace("n", "t") if token else s
@@ -205,4 +197,33 @@ def _head_read(head, layers) -> tuple[Formula, ...]:
             r"\hat{k} = [\phi(k),\ 1],\quad S = [W;\ b]",
             "a bias b is a key constantly 1: k̂ = [φ(k), 1] and S = [W; b], so b ← b + Σ_i v̂_i",
         ),)
+    return out
+
+
+def _decay_formulas(decay, token: bool, u_l: str, u_t: str, state: str) -> list[Formula]:
+    """The decayed state, per token step (Γ_t) or per chunk step (Γ^(n), the product over the chunk),
+    with the gate of the declaration: a factor per token, per key channel (diagonal) or per head."""
+    gamma_l, gamma_t = {
+        "token": (r"\gamma_s = e^{g_s}", "γ_s = exp(g_s)"),
+        "channel": (r"\gamma_s = \operatorname{diag}(e^{g_s})", "γ_s = diag(exp(g_s)), one factor per key channel"),
+        "head": (rf"\gamma_s = \gamma_h = {sympy.latex(decay.per_head)}", f"γ_s = γ_h = {decay.per_head}"),
+    }[decay.gate]
+    if token:
+        out = [Formula(
+            rf"S_t = \Gamma_t S_0 + \sum_{{j \le t}} \frac{{\Gamma_t}}{{\Gamma_j}} {u_l},\quad "
+            rf"\Gamma_t = \prod_{{s \le t}} \gamma_s,\ {gamma_l},\quad S_0 = {state}_0",
+            f"S_t = Γ_t S_0 + Σ_(j≤t) (Γ_t/Γ_j) {u_t}, Γ_t = Π_(s≤t) γ_s, {gamma_t}, S_0 = {state}₀")]
+    else:
+        out = [Formula(
+            rf"S^{{(n)}} = \Gamma^{{(n)}} S^{{(n-1)}} + {u_l},\quad \Gamma^{{(n)}} = \prod_{{s \in n}} \gamma_s,"
+            rf"\ {gamma_l},\quad S^{{(0)}} = {state}_0",
+            f"S^(n) = Γ^(n) S^(n−1) + {u_t}, Γ^(n) = Π_(s ∈ chunk n) γ_s, {gamma_t}, S^(0) = {state}₀")]
+    step = "S_{t-1}" if token else "S^{(n-1)}"
+    if decay.order == "decay_then_gradient":
+        out.append(Formula(rf"\hat{{v}} \text{{ at the decayed state }} \Gamma {step}",
+                           "v̂ at the decayed state (S ← γ S, then the step's gradient)"))
+    else:
+        out.append(Formula(r"\hat{v} \text{ at the step's start state, then the decay}",
+                           "v̂ at the step's start state; the decay multiplies the state before the increment "
+                           "is added"))
     return out

@@ -9,7 +9,7 @@ its own step.
 Each step adds the increments ΔU = −Σ_i η_i ∇_U ℓ_i of the updated weights;
 for the state W that is Σ_i k̂_iᵀ v̂_i with k̂ = φ(k) and v̂ = -η ∂L/∂f
 (Theorems 5.1–5.2).
-Each step first decays the state, S ← γ_t S (γ_t = exp(g_t)), and takes its gradient there.
+Each step (one per token) first decays the state, S ← γ S (γ = exp(g)), and takes its gradient there.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def recurrent_gated_delta_rule(
         k: keys ``[B, T, H, d]``.
         v: values ``[B, T, H, d]``.
         lr: per-token learning rates η ``[B, T, H]``; token t's gradient is scaled by η_t.
-        log_decay: g = log γ ``[B, T, H]`` (fla's g); step t first decays the state, S ← exp(g_t) S, then takes its gradient there.
+        log_decay: g = log γ ``[B, T, H]`` (fla's g). Each step (one per token) first decays the state, S ← γ S (γ = exp(g)), and takes its gradient there.
         initial_state: the state W at t = 0, ``[B, H, d, d]`` or ``[H, d, d]``; zeros when None.
         output_final_state: also return the state after the last update.
         chunk_size: checked (an integer >= 1, default 64) but unused: the recurrence steps once per token;
@@ -93,7 +93,7 @@ def recurrent_gated_delta_rule(
         end = min(start + inputs.chunk_size, inputs.T)
         # every token's increment at the chunk-start weights, then one step per token
         # S ← γ_t S before the step's gradient (one token per step)
-        state = {name: inputs.log_gamma[:, :, start:end].exp() * W for name, W in state.items()}
+        state = {name: inputs.log_gamma[:, :, start:end].mT.exp() * W for name, W in state.items()}
         per_token = [increments(t, t + 1, state) for t in range(start, end)]
         for t, increment in zip(range(start, end), per_token):
             state = step(state, increment, None)

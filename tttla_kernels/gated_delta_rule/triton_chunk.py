@@ -53,7 +53,7 @@ def triton_gated_delta_rule(
         k: keys ``[B, T, H, d]``.
         v: values ``[B, T, H, d]``.
         lr: per-token learning rates η ``[B, T, H]``; token t's gradient is scaled by η_t.
-        log_decay: g = log γ ``[B, T, H]`` (fla's g); step t first decays the state, S ← exp(g_t) S, then takes its gradient there.
+        log_decay: g = log γ ``[B, T, H]`` (fla's g). Each step (one per token) first decays the state, S ← γ S (γ = exp(g)), and takes its gradient there.
         initial_state: the state W at t = 0, ``[B, H, d, d]`` or ``[H, d, d]``; zeros when None.
         output_final_state: also return the state after the last update.
         chunk_size: tokens per block of the parallel computation (default 64); the

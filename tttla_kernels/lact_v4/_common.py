@@ -59,7 +59,7 @@ def chunk_states(updates, inputs):
     abar = runtime.chunk_means(inputs.alpha, inputs.chunk_size)[..., None, None]  # [B, H, N, 1, 1]
     updates = runtime.linear_scan(abar, updates)  # M_n = ᾱ_n M_{n−1} + ΔS_n (linear in N)
     updates = runtime.newton_schulz(updates, NS_COEFFICIENTS, NS_EPS, dtype=inputs.work)  # U_n = 𝓜(M_n), batched over chunks
-    states = torch.cat([inputs.state["W"].unsqueeze(2), updates], dim=2).cumsum(dim=2)  # S^{(0)}, …, S^{(N)}: one scan
+    states = torch.cat([inputs.state["W"].unsqueeze(2), updates], dim=2).cumsum(dim=2)  # S^(0), …, S^(N): one scan
     reads = states[:, :, :-1]  # S^{(n−1)}: chunk n reads the state before its own step
     return reads, reads[:, :, -1]  # the last chunk is apply-only
 

@@ -7,7 +7,7 @@ Parallel, because (derivation report):
 - reducible: the model is φ(x)·W with W an updated fast weight and no bias, so a gradient step on W adds the rank-1 term φ_t(k)ᵀ g_t(k) (Theorem 5.1)
 - kernel static: only W is updated (φ is the identity), so q̂ = φ(q) and k̂ = φ(k) (Theorem 5.2)
 - values state-independent: ∂L/∂f = −v does not involve the prediction, so v̂_i = g_i(k_i) depends only on (k_i, v_i, η_i) (Section 3)
-- parallel: static kernel, state-independent values and no weight norm, so chunk increments φ(K_n)ᵀṼ_n are precomputable and the state is an associative prefix sum (Section 5); Newton–Schulz per chunk keep it so (Section 4)
+- parallel: static kernel, state-independent values and no weight norm, so chunk increments φ(K_n)ᵀṼ_n are precomputable and the state is an associative prefix sum (Section 5); Newton–Schulz per chunk keeps it so (Section 4)
 
 The forms (codegen.plan):
 

@@ -57,7 +57,7 @@ def chunk_states(updates, inputs):
     Newton–Schulz orthogonalises them, batched over chunks, then one prefix sum gives the states.
     """
     updates = runtime.newton_schulz(updates, NS_COEFFICIENTS, NS_EPS, dtype=inputs.work)  # U_n = 𝓜(M_n), batched over chunks
-    states = torch.cat([inputs.state["W"].unsqueeze(2), updates], dim=2).cumsum(dim=2)  # S^{(0)}, …, S^{(N)}: one scan
+    states = torch.cat([inputs.state["W"].unsqueeze(2), updates], dim=2).cumsum(dim=2)  # S^(0), …, S^(N): one scan
     reads = states[:, :, :-1]  # S^{(n−1)}: chunk n reads the state before its own step
     return reads, reads[:, :, -1]  # the last chunk is apply-only
 

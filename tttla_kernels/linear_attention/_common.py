@@ -47,7 +47,7 @@ def chunk_states(updates, inputs):
 
     One prefix sum gives them.
     """
-    states = torch.cat([inputs.state["W"].unsqueeze(2), updates], dim=2).cumsum(dim=2)  # S^{(0)}, …, S^{(N)}: one scan
+    states = torch.cat([inputs.state["W"].unsqueeze(2), updates], dim=2).cumsum(dim=2)  # S^(0), …, S^(N): one scan
     reads = states[:, :, :-1]  # S^{(n−1)}: chunk n reads the state before it (plus its own tokens)
     return reads, states[:, :, -1]
 

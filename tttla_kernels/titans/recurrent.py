@@ -10,7 +10,7 @@ Each step adds the increments ΔU = −Σ_i η_i ∇_U ℓ_i of the updated weig
 for the state M that is Σ_i k̂_iᵀ v̂_i with k̂ = φ(k) and v̂ = -η ∂L/∂f
 (Theorems 5.1–5.2).
 Momentum accumulates increments before they are applied (Theorem 5.3).
-Each step decays the weights after the gradient: W ← γ_t W + ΔW_t (γ_t = exp(g_t)).
+Each step (one per token) decays the weights after the gradient: W ← γ W + ΔW (γ = exp(g)).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def recurrent_titans(
         v: values ``[B, T, H, d]``.
         lr: per-token learning rates η ``[B, T, H]``; token t's gradient is scaled by η_t.
         momentum: per-token coefficients α ``[B, T, H]``.
-        log_decay: g = log γ ``[B, T, H]`` (fla's g); step t sets W ← exp(g_t) W + ΔW_t, the gradient taken before the decay.
+        log_decay: g = log γ ``[B, T, H]`` (fla's g). Each step (one per token) decays the weights after the gradient: W ← γ W + ΔW (γ = exp(g)).
         initial_state: the state M at t = 0, ``[B, H, d, d]`` or ``[H, d, d]``; zeros when None.
         output_final_state: also return the state after the last update.
         chunk_size: tokens per inner step (default 16); T need not be a multiple of it.
@@ -91,7 +91,7 @@ def recurrent_titans(
         for name, increment in increments.items():
             buffers[name] = increment + alpha_now * buffers[name]
             increment = buffers[name]
-            new[name] = gamma_now * state[name] + increment  # W ← γ_t W + ΔW_t (gradient taken before the decay)
+            new[name] = gamma_now * state[name] + increment  # W ← γ W + ΔW (gradient taken before the decay)
         return new
 
     outputs = []
@@ -100,7 +100,7 @@ def recurrent_titans(
         # every token's increment at the chunk-start weights, then one step per token
         per_token = [increments(t, t + 1, state) for t in range(start, end)]
         for t, increment in zip(range(start, end), per_token):
-            state = step(state, increment, inputs.alpha[:, :, t:t + 1], inputs.log_gamma[:, :, t:t + 1].exp())
+            state = step(state, increment, inputs.alpha[:, :, t:t + 1], inputs.log_gamma[:, :, t:t + 1].mT.exp())
             outputs.append(read(inputs.Q[..., t:t + 1, :], state))
     o = torch.cat(outputs, dim=2)  # [B, H, T, d]
     return finish(o, state, output_final_state, inputs)

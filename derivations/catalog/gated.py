@@ -1,0 +1,64 @@
+"""Decayed and gated linear attention: linear attention whose state forgets, S_t = γ_t S_{t−1} + k_tᵀ v_t.
+
+All three are one linear layer trained by a dot-product loss, one step per token, with a decay
+on the state (see ``derivations.spec.Decay``): the loss's gradient does not read the state, so
+the decay keeps the layer an associative scan (a scan of decayed sums), and its chunked form
+weighs token i's increment in token t's read by exp(G_t − G_i), G the cumulative log decay.
+"""
+
+from derivations.mat import dot
+from derivations.spec import constant, decay, token_level
+from derivations.variant import variant
+
+
+@variant(
+    fast={"W": ("d", "d")},
+    update=["W"],
+    loss=lambda y, v: -dot(y, v),
+    lr=constant(1.0),
+    schedule=token_level(order="update_then_apply"),
+    decay=decay(gate="token"),
+)
+def simple_gla(x, W):
+    """Simple gated linear attention: S_t = γ_t S_{t−1} + k_tᵀ v_t, o_t = q_t S_t, one gate per token and head.
+
+    The scalar-gated form of Yang et al., "Gated Linear Attention Transformers with
+    Hardware-Efficient Training" (ICML 2024), as flash-linear-attention's ``chunk_simple_gla``;
+    Mamba-2's SSD (Dao & Gu, 2024) has the same recurrence with its own parameterisation of g.
+    """
+    return x @ W
+
+
+@variant(
+    fast={"W": ("d", "d")},
+    update=["W"],
+    loss=lambda y, v: -dot(y, v),
+    lr=constant(1.0),
+    schedule=token_level(order="update_then_apply"),
+    decay=decay(per_head=lambda h: 1 - 2 ** (-5 - h)),
+)
+def retention(x, W):
+    """Retention: S_t = γ_h S_{t−1} + k_tᵀ v_t, o_t = q_t S_t, a constant decay γ_h = 1 − 2^(−5−h) per head.
+
+    The recurrent form of Sun et al., "Retentive Network: A Successor to Transformer for Large
+    Language Models" (2023), without its rotation of q and k (apply it to the inputs) and its
+    group norm (apply it to the outputs); γ_h as in RetNet's multi-scale retention.
+    """
+    return x @ W
+
+
+@variant(
+    fast={"W": ("d", "d")},
+    update=["W"],
+    loss=lambda y, v: -dot(y, v),
+    lr=constant(1.0),
+    schedule=token_level(order="update_then_apply"),
+    decay=decay(gate="channel"),
+)
+def gla(x, W):
+    """Gated linear attention: S_t = diag(γ_t) S_{t−1} + k_tᵀ v_t, o_t = q_t S_t, a gate per key channel.
+
+    Yang et al., "Gated Linear Attention Transformers with Hardware-Efficient Training" (ICML
+    2024), as flash-linear-attention's ``chunk_gla`` with its gate gk = log γ and scale 1.
+    """
+    return x @ W
