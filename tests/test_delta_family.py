@@ -13,6 +13,7 @@ import torch
 from codegen.generate import generate, import_generated
 from derivations import (
     DeclarationError,
+    bidirectional,
     chunked,
     constant,
     decay,
@@ -28,6 +29,8 @@ from derivations.spec import momentum
 from tttla.cli import main
 from verify import make_case, run_direct
 from verify.forms import form_kwargs
+
+from oracle_checks import check_against_oracle
 
 
 def _rows(case):
@@ -88,8 +91,8 @@ def _declare(**kw):
 
 
 def test_decay_declaration_errors():
-    with pytest.raises(DeclarationError, match="decay needs per-token steps"):
-        _declare(decay=decay(), schedule=chunked("apply_then_update", 4))
+    with pytest.raises(DeclarationError, match="the bidirectional order takes one step"):
+        _declare(decay=decay(), schedule=bidirectional())
     with pytest.raises(DeclarationError, match="needs token_level"):
         _declare(decay=decay(), schedule=chunked("update_then_apply", 4))
     with pytest.raises(DeclarationError, match=r"decay\(order='sideways'\)"):
@@ -108,7 +111,7 @@ def test_decay_argument_errors():
     with pytest.raises(ValueError, match=r"log_decay must have shape \[B, T, H\] = \[1, 5, 1\], got \[1, 4, 1\]"):
         run_direct(gated, **{**kwargs, "log_decay": case.log_decay[:, :4]})
     plain = CATALOG["delta_rule"]
-    with pytest.raises(ValueError, match="has no decay; do not pass log_decay"):
+    with pytest.raises(ValueError, match=r"takes no log_decay \(decay: none\); do not pass log_decay"):
         run_direct(plain, **{**make_case(plain, seq_len=5, sizes={"d": 3}).kwargs(), "log_decay": case.log_decay})
     fn = import_generated("gated_delta_rule").FORMS["chunk"]
     with pytest.raises(ValueError, match=r"log_decay must have shape \[B, T, H\]"):
@@ -149,30 +152,6 @@ def test_derive_json_has_parallel_form(capsys):
     assert "parallel: no (a scan over the inner steps)" in capsys.readouterr().out
 
 
-def _check_against_oracle(variant_, fn, case, chunk_size=None, tol=1e-9):
-    """Output, final state and the gradients of every input equal the oracle's (fp64)."""
-    o_ref, final_ref = run_direct(variant_, **case.kwargs())
-    u = variant_.update[0]
-    g = torch.Generator().manual_seed(7)
-    probe_o = torch.randn(o_ref.shape, generator=g, dtype=torch.float64)
-    probe_s = torch.randn(final_ref[u].shape, generator=g, dtype=torch.float64)
-    leaves = case.leaves()
-    want = torch.autograd.grad((o_ref * probe_o).sum() + (final_ref[u] * probe_s).sum(), list(leaves.values()),
-                               allow_unused=True)
-    kwargs = form_kwargs(variant_, case)
-    if chunk_size is not None:
-        kwargs["chunk_size"] = chunk_size
-    o, final = fn(case.q, case.k, case.v, **kwargs)
-    got = torch.autograd.grad((o * probe_o).sum() + (final * probe_s).sum(), list(leaves.values()), allow_unused=True)
-    torch.testing.assert_close(o, o_ref, rtol=tol, atol=tol * 1e-2)
-    torch.testing.assert_close(final, final_ref[u], rtol=tol, atol=tol * 1e-2)
-    for name, a, b in zip(leaves, got, want):
-        if a is None or b is None:  # an input that is never read (q when the keys are read)
-            assert (a is None or not a.any()) and (b is None or not b.any()), name
-            continue
-        torch.testing.assert_close(a, b, rtol=tol, atol=tol * 1e-2, msg=f"gradient of {name}")
-
-
 @pytest.mark.parametrize("name", ["delta_rule", "gated_delta_rule"])
 @pytest.mark.parametrize(("T", "chunk"), [(1, 64), (5, 8), (12, 4), (13, 4), (20, 3), (7, 1)],
                          ids=["T=1", "T<chunk", "multiple", "ragged", "ragged3", "chunk1"])
@@ -182,7 +161,7 @@ def test_wy_chunk_form_equals_the_oracle(name, T, chunk):
     assert module.chunk.__doc__.startswith(f"Chunked parallel form of {name!r}: DeltaNet's WY/UT")
     case = make_case(variant_, batch=2, seq_len=T, heads=2, sizes={"d": 5}, requires_grad=True,
                      generator=torch.Generator().manual_seed(T * 10 + chunk), lr_range=(0.0, 1.5))
-    _check_against_oracle(variant_, module.FORMS["chunk"], case, chunk_size=chunk)
+    check_against_oracle(variant_, module.FORMS["chunk"], case, chunk_size=chunk)
 
 
 def test_wy_chunk_form_is_generic_over_the_derived_terms(tmp_path):
@@ -200,7 +179,7 @@ def test_wy_chunk_form_is_generic_over_the_derived_terms(tmp_path):
     assert "beta = torch.full_like(v[..., :1], -0.30000000000000004)" in source  # β = −(2·0.75)·0.2
     case = make_case(scaled_delta, batch=1, seq_len=11, heads=2, sizes={"d": 4, "e": 3}, requires_grad=True)
     for chunk in (1, 4, 64):
-        _check_against_oracle(scaled_delta, module.FORMS["chunk"], case, chunk_size=chunk)
+        check_against_oracle(scaled_delta, module.FORMS["chunk"], case, chunk_size=chunk)
 
 
 def test_titans_forms_equal_the_oracle():
@@ -209,7 +188,7 @@ def test_titans_forms_equal_the_oracle():
     case = make_case(variant_, batch=2, seq_len=10, heads=2, sizes={"d": 4}, chunk_size=3, requires_grad=True,
                      generator=torch.Generator().manual_seed(5))
     for form in ("recurrent", "chunk"):
-        _check_against_oracle(variant_, module.FORMS[form], case)
+        check_against_oracle(variant_, module.FORMS[form], case)
 
 
 def test_gradient_then_decay_with_momentum_is_not_decay_first():
