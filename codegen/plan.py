@@ -142,19 +142,23 @@ def _no_prefix_scan_template(form: LinearAttentionForm) -> str | None:
     if form.classification.values == "state_dependent":  # parallel as one step, values read S_0
         return ("its values read the state (one step, so all at S_0), and the chunk template takes "
                 "state-independent values")
-    if variant.lr.position:
-        return "the per-position factors a_i of its rank-1 learning rate are not in the chunk templates yet"
     if variant.clip is not None and token_steps:  # a clip per token step does not batch over a chunk
         return ("the clip rescales every token's step by its own norm, so a chunk's steps are not one "
                 "batched increment")
-    if token_steps and (variant.momentum or variant.orthogonalize):
-        return "per-token steps with momentum or Newton–Schulz are not expressed as a chunked prefix sum yet"
+    if token_steps and variant.orthogonalize:
+        return ("Newton–Schulz of every token's step would orthogonalise one rank-1 increment per token: a "
+                "d×d matrix per token, which a chunked form cannot batch into chunk increments")
+    if token_steps and variant.momentum and variant.decay is not None:
+        return "per-token momentum together with a decay is not among the chunk templates yet"
     return None
 
 
 def _no_triton_template(form: LinearAttentionForm, chunk_template: str) -> str | None:
     """Why a variant with a parallel chunk form gets no Triton form, or None."""
     variant = form.variant
+    if chunk_template == "prefix_scan" and variant.momentum is not None and variant.momentum.per == "token":
+        return ("per-token momentum weighs token j in token t's read by C_tj = Σ_(i=j..t) Π α, and the Triton read "
+                "kernel's intra-chunk mask is 0/1")
     if chunk_template == "prefix_scan" and variant.decay is not None and variant.schedule.order == "update_then_apply":
         return "the Triton read kernel does not apply a per-token decay inside a chunk yet"
     return None

@@ -9,6 +9,7 @@ import json
 import pytest
 import sympy
 import torch
+from oracle_checks import check_against_oracle
 
 from codegen.generate import generate, import_generated
 from derivations import (
@@ -29,8 +30,6 @@ from derivations.spec import momentum
 from tttla.cli import main
 from verify import make_case, run_direct
 from verify.forms import form_kwargs
-
-from oracle_checks import check_against_oracle
 
 
 def _rows(case):

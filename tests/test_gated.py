@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+from oracle_checks import check_against_oracle
 
 from codegen.generate import import_generated
 from derivations import (
@@ -25,8 +26,6 @@ from derivations import (
 from derivations.catalog import CATALOG
 from verify import make_case, run_direct
 from verify.forms import cast_case, generated_forms, usable_forms
-
-from oracle_checks import check_against_oracle
 
 GATED = ("simple_gla", "retention", "gla")
 
@@ -49,7 +48,7 @@ def test_gated_forms_equal_the_oracle_fp64(name, T, chunk):
     v = CATALOG[name]
     forms = import_generated(name).FORMS
     case = _case(v, T, seed=T + chunk)
-    for form, fn in usable_forms(forms)[0].items():
+    for _form, fn in usable_forms(forms)[0].items():
         check_against_oracle(v, fn, case, chunk_size=chunk)
 
 
@@ -112,7 +111,7 @@ def test_per_chunk_decay_forms_equal_the_oracle(order, gate, mix):
     with generated_forms(v) as (_, forms):
         forms, _ = usable_forms(forms)
         assert set(forms) == {"recurrent", "chunk", "triton"}
-        for form, fn in forms.items():
+        for _form, fn in forms.items():
             check_against_oracle(v, fn, case, chunk_size=4)
 
 
@@ -129,7 +128,7 @@ def test_retention_decays_by_its_declared_constant():
     vals = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64).view(1, 2, 1, 2)
     o, _ = import_generated("retention").FORMS["chunk"](q, k, vals, chunk_size=2)
     assert torch.allclose(o[0, :, 0], torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64))
-    o2, final = import_generated("retention").FORMS["recurrent"](q, k, vals, output_final_state=True)
+    _, final = import_generated("retention").FORMS["recurrent"](q, k, vals, output_final_state=True)
     torch.testing.assert_close(final[0, 0], torch.tensor([[31 / 32, 62 / 32], [3.0, 4.0]], dtype=torch.float64))
 
 

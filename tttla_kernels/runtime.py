@@ -9,7 +9,7 @@ __all__ = [
     "check_qkv", "check_per_token", "check_state", "check_chunk_size",
     "state_dtype", "work_dtype", "heads_first", "per_head", "token_coefficient", "channel_coefficient",
     "newton_schulz", "renormalize_columns", "chunk_means", "linear_scan", "causal_product", "split_chunks",
-    "chunk_log_decay", "chunk_decay", "decayed_scores",
+    "chunk_log_decay", "chunk_decay", "decayed_scores", "last_position_factors", "token_momentum_weights",
     "resolve_sizes", "shape_in", "check_grid", "grid_patches", "lower_depthwise", "raise_depthwise", "check_position",
 ]
 
@@ -237,6 +237,39 @@ def decayed_scores(q: torch.Tensor, k: torch.Tensor, G: torch.Tensor) -> torch.T
         ratio = torch.where(causal[..., None], G[..., :, None, :] - G[..., None, :, :], float("-inf")).exp()
         scores = (q[..., :, None, :] * k[..., None, :, :] * ratio.to(q.dtype)).sum(dim=-1)
     return torch.where(causal, scores, 0.0)
+
+
+def token_momentum_weights(alpha: torch.Tensor, chunk_size: int):
+    """Per-token momentum inside each chunk, M_t = α_t M_(t−1) + Δ_t and S_t = S_(t−1) + M_t, unrolled
+    from the chunk-start buffer M_0 and state S_0:
+
+        M_t = A_t M_0 + Σ_(j≤t) P_tj Δ_j,   S_t = S_0 + c_t M_0 + Σ_(j≤t) C_tj Δ_j,
+
+    with P_tj = Π_(s=j+1)^t α_s, A_t = Π_(s≤t) α_s, C_tj = Σ_(i=j)^t P_ij and c_t = Σ_(i≤t) A_i (s, i
+    in the chunk). ``alpha`` ``[B, H, T, 1]`` → ``(C [B, H, N, L, L], c [B, H, N, L, 1], P_last
+    [B, H, N, L], A_last [B, H, N])``, the last two at the chunk's last position. Products are
+    cumulative products down masked columns (no division: α = 0 is exact); the padded tail has
+    α = 0 and Δ = 0, so it adds nothing to the last chunk's state.
+    """
+    a = split_chunks(alpha, chunk_size)[..., 0]  # [B, H, N, L]
+    L = a.shape[-1]
+    rows = torch.arange(L, device=a.device)
+    below = rows[:, None] > rows[None, :]  # t > j
+    factors = torch.where(below, a[..., :, None], torch.ones_like(a[..., :, None]))  # α_t below the diagonal
+    P = torch.where(below | (rows[:, None] == rows[None, :]), torch.cumprod(factors, dim=-2), 0.0)
+    C = P.cumsum(dim=-2)  # Σ_(i ≤ t) P_ij, and P_ij = 0 for i < j
+    A = torch.cumprod(a, dim=-1)
+    return C, A.cumsum(dim=-1).unsqueeze(-1), P[..., -1, :], A[..., -1]
+
+
+def last_position_factors(position: torch.Tensor, T: int) -> torch.Tensor:
+    """a at each chunk's last token: a rank-1 learning rate's chunk n leaves W_0 + a_last Σ_j ΔW_j.
+    ``position`` a ``[L]`` → ``[N, 1, 1]``; a partial last chunk ends at its own last position."""
+    L = position.shape[0]
+    N = -(-T // L)
+    last = torch.full((N,), L - 1, device=position.device)
+    last[-1] = T - (N - 1) * L - 1
+    return position[last][:, None, None]
 
 
 def split_chunks(x: torch.Tensor, chunk_size: int) -> torch.Tensor:

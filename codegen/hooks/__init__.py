@@ -65,7 +65,7 @@ class Hooks(CallHooks, RecurrentHooks, ParallelHooks):
             if c.weight_norm_eps is not None:
                 names.add("WEIGHT_NORM_EPS")
         elif c.plan.chunk_template == "prefix_scan":
-            names |= {"features", "chunk_states"}
+            names |= {"features"} if form == "chunk" and c.momentum == "token" else {"features", "chunk_states"}
         else:
             names.add("wy_blocks")
         return f"from ._common import {', '.join(sorted(names, key=isort_key))}"

@@ -31,6 +31,9 @@ class ParallelHooks(HookBase):
         """From the chunk increments to the states the chunks read (the prefix-scan forms)."""
         c = self.c
         rows = []
+        if c.lr_position:
+            rows.append("updates = runtime.last_position_factors(inputs.position, inputs.T) * updates  "
+                        "# a_last ΔS_n: chunk n leaves S + a_last Σ_j ΔW_j")
         if c.clip:
             rows.append(column_clip("updates"))
         if c.momentum:
@@ -60,6 +63,50 @@ class ParallelHooks(HookBase):
                      "return reads, reads[:, :, -1]"]
         return lines(rows)
 
+    def _token_momentum_products(self) -> str:
+        """Per-token momentum: the chunk's weights C_tj, then two scans over chunks (the buffer, then the state)."""
+        c = self.c
+        shape = f"[B, H, N, {c.state_rows}, {c.value_dim}]"
+        return lines([
+            "C, c, P_last, A_last = runtime.token_momentum_weights(inputs.alpha, chunk_size)  # see runtime",
+            f"buffer_updates = ((k_chunks * P_last.unsqueeze(-1).to(work)).mT @ v_chunks).to(inputs.dtype)  # {shape}",
+            f"state_updates = ((k_chunks * C[..., -1, :].unsqueeze(-1).to(work)).mT @ v_chunks).to(inputs.dtype)",
+            "# M^(n) = A_L M^(n−1) + ΔM_n from a zero buffer, then S^(n) = S^(n−1) + c_L M^(n−1) + ΔS_n",
+            "buffers = runtime.linear_scan(A_last[..., None, None], buffer_updates)",
+            "buffers = torch.cat([torch.zeros_like(buffers[:, :, :1]), buffers[:, :, :-1]], dim=2)  # M^(n−1)",
+            "steps = c[..., -1, :, None] * buffers + state_updates",
+            f'states = torch.cat([inputs.state["{c.state}"].unsqueeze(2), steps], dim=2).cumsum(dim=2)  '
+            "# S^(0), …, S^(N)",
+            "reads, last = states[:, :, :-1], states[:, :, -1]",
+            "o = q_chunks @ reads.to(work) + c.to(work) * (q_chunks @ buffers.to(work))  # q_t S_0 + c_t q_t M_0",
+            "weights = C.to(work) * (q_chunks @ k_chunks.mT)  # C_tj q̂_t·k̂_j",
+            "o = o + runtime.causal_product(weights, v_chunks)  # the chunk's own tokens j ≤ t",
+        ])
+
+    def triton_read(self) -> str:
+        """triton_chunk.py's read of every token: the state term and, per order, the intra-chunk term."""
+        c = self.c
+        state_only = "o = chunk_read(q_hat, None, None, reads, inputs.chunk_size, MASK_NONE, v_hat.shape[-1])"
+        if c.lr_position:
+            return lines([f"{state_only}  # φ(Q_n) S^(n−1)",
+                          "a = inputs.position.repeat(-(-inputs.T // inputs.chunk_size))[:inputs.T, None].to(q_hat.dtype)",
+                          "# token p of a chunk reads a_p Σ_(j≤p) ΔW_j: its query scaled by a_p",
+                          "o = o + chunk_read((a * q_hat).contiguous(), k_hat, v_hat, None, inputs.chunk_size, "
+                          "MASK_CAUSAL, v_hat.shape[-1])"])
+        if c.order == "update_then_apply":
+            return lines(["# the chunk's own tokens i ≤ t too: tril(φ(Q_n) φ(K_n)ᵀ) V̂_n",
+                          "o = chunk_read(q_hat, k_hat, v_hat, reads, inputs.chunk_size, MASK_CAUSAL, "
+                          f"v_hat.shape[-1])  # [B, H, T, {c.value_dim}]"])
+        return lines([f"{state_only}  # [B, H, T, {c.value_dim}]"])
+
+    def triton_masks(self) -> str:
+        """The mask flags triton_chunk.py imports."""
+        c = self.c
+        masks = {"MASK_CAUSAL"} if c.order == "update_then_apply" else set()
+        if c.lr_position or c.order != "update_then_apply":
+            masks.add("MASK_NONE")
+        return ", ".join(sorted(masks))
+
     def chunk_states_doc(self) -> str:
         c = self.c
         steps = [s for s, on in (("the clip rescales each step", c.clip),
@@ -75,6 +122,8 @@ class ParallelHooks(HookBase):
     def chunk_products(self) -> str:
         """chunk.py's chunk increments and reads (after the chunks are split, before the flatten)."""
         c = self.c
+        if c.momentum == "token":
+            return self._token_momentum_products()
         token_decay = c.decay and c.order == "update_then_apply"
         if token_decay:
             g = "[B, H, N, L, 1]" if c.decay_gate != "channel" else f"[B, H, N, L, {c.key_dim}]"
@@ -94,7 +143,10 @@ class ParallelHooks(HookBase):
                      "o = o + runtime.causal_product(scores, v_chunks)  # the chunk's own tokens i ≤ t"]
         else:
             rows.append(f"o = q_chunks @ reads.to(work)  # [B, H, N, L, {c.value_dim}]")
-            if c.order == "update_then_apply":
+            if c.lr_position:
+                rows += ["own = runtime.causal_product(q_chunks @ k_chunks.mT, v_chunks)  # the chunk's own tokens i ≤ t",
+                         "o = o + inputs.position.to(work)[:, None] * own  # token p reads a_p Σ_(j≤p) ΔW_j"]
+            elif c.order == "update_then_apply":
                 rows.append("o = o + runtime.causal_product(q_chunks @ k_chunks.mT, v_chunks)  "
                             "# the chunk's own tokens i ≤ t")
         return lines(rows)
