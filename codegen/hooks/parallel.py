@@ -70,7 +70,7 @@ class ParallelHooks(HookBase):
         return lines([
             "C, c, P_last, A_last = runtime.token_momentum_weights(inputs.alpha, chunk_size)  # see runtime",
             f"buffer_updates = ((k_chunks * P_last.unsqueeze(-1).to(work)).mT @ v_chunks).to(inputs.dtype)  # {shape}",
-            f"state_updates = ((k_chunks * C[..., -1, :].unsqueeze(-1).to(work)).mT @ v_chunks).to(inputs.dtype)",
+            "state_updates = ((k_chunks * C[..., -1, :].unsqueeze(-1).to(work)).mT @ v_chunks).to(inputs.dtype)",
             "# M^(n) = A_L M^(n−1) + ΔM_n from a zero buffer, then S^(n) = S^(n−1) + c_L M^(n−1) + ΔS_n",
             "buffers = runtime.linear_scan(A_last[..., None, None], buffer_updates)",
             "buffers = torch.cat([torch.zeros_like(buffers[:, :, :1]), buffers[:, :, :-1]], dim=2)  # M^(n−1)",
@@ -89,7 +89,8 @@ class ParallelHooks(HookBase):
         state_only = "o = chunk_read(q_hat, None, None, reads, inputs.chunk_size, MASK_NONE, v_hat.shape[-1])"
         if c.lr_position:
             return lines([f"{state_only}  # φ(Q_n) S^(n−1)",
-                          "a = inputs.position.repeat(-(-inputs.T // inputs.chunk_size))[:inputs.T, None].to(q_hat.dtype)",
+                          "n_chunks = -(-inputs.T // inputs.chunk_size)",
+                          "a = inputs.position.repeat(n_chunks)[:inputs.T, None].to(q_hat.dtype)  # a_p of every token",
                           "# token p of a chunk reads a_p Σ_(j≤p) ΔW_j: its query scaled by a_p",
                           "o = o + chunk_read((a * q_hat).contiguous(), k_hat, v_hat, None, inputs.chunk_size, "
                           "MASK_CAUSAL, v_hat.shape[-1])"])
@@ -144,7 +145,7 @@ class ParallelHooks(HookBase):
         else:
             rows.append(f"o = q_chunks @ reads.to(work)  # [B, H, N, L, {c.value_dim}]")
             if c.lr_position:
-                rows += ["own = runtime.causal_product(q_chunks @ k_chunks.mT, v_chunks)  # the chunk's own tokens i ≤ t",
+                rows += ["own = runtime.causal_product(q_chunks @ k_chunks.mT, v_chunks)  # its own tokens i ≤ t",
                          "o = o + inputs.position.to(work)[:, None] * own  # token p reads a_p Σ_(j≤p) ΔW_j"]
             elif c.order == "update_then_apply":
                 rows.append("o = o + runtime.causal_product(q_chunks @ k_chunks.mT, v_chunks)  "
