@@ -91,3 +91,40 @@ def test_relative_links_resolve(doc):
         elif anchor and file.suffix == ".md" and anchor not in anchors(file):
             broken.append(f"{target} (no heading #{anchor} in {file.relative_to(ROOT)})")
     assert not broken, f"{doc}: broken links: {broken}"
+
+
+def _readme_tables():
+    """benchmarks/readme_tables.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "benchmarks" / "readme_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_tables_are_rendered_from_the_committed_results():
+    """Every marked table of README.md is exactly what benchmarks/readme_tables.py renders from the
+    committed results files (no number is typed by hand)."""
+    readme_tables = _readme_tables()
+    found = readme_tables.tables_in((ROOT / "README.md").read_text())
+    assert set(found) == set(readme_tables.TABLES)
+    for name in readme_tables.TABLES:
+        assert found[name] == readme_tables.render(name), f"README table {name!r}: run benchmarks/readme_tables.py"
+
+
+def test_catalog_results_match_the_engine():
+    """benchmarks/results/catalog.json holds every catalog variant with the verdict the engine
+    derives now (re-measure with ``benchmarks/readme_tables.py --measure`` after a change)."""
+    import json
+
+    from derivations.catalog import CATALOG
+
+    readme_tables = _readme_tables()
+
+    committed = json.loads((ROOT / "benchmarks" / "results" / "catalog.json").read_text())["variants"]
+    assert [e["name"] for e in committed] == list(CATALOG)
+    for entry in committed:
+        now = readme_tables.catalog_entry(entry["name"])
+        for field in readme_tables.VERDICT_FIELDS:
+            assert entry[field] == now[field], f"{entry['name']}: {field} is {now[field]!r}, committed {entry[field]!r}"

@@ -1,0 +1,148 @@
+"""The README's tables, rendered from committed results files (never typed by hand).
+
+    .venv/bin/python benchmarks/readme_tables.py --measure   # re-derive the catalog: results/catalog.json
+    .venv/bin/python benchmarks/readme_tables.py             # rewrite the README's tables from the results
+
+Each table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` in README.md:
+
+* ``catalog``: every catalog variant's classification, its generated forms and their kind, whether
+  it is certified, and one ``derive`` time (``results/catalog.json``, written by ``--measure``);
+* ``cpu``: the CPU benchmark (``results/cpu.json``, written by ``benchmarks/run_cpu.py``).
+
+``tests/test_docs.py`` renders the tables from the committed files and checks that README.md holds
+exactly them, and that ``catalog.json`` still matches what the engine derives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+sys.path.insert(0, str(ROOT))
+
+#: the fields of a catalog entry that follow from the declaration (checked against the engine)
+VERDICT_FIELDS = ("description", "kernel", "values", "parallel_form", "generated", "not_generated", "certified")
+
+
+def catalog_entry(name: str) -> dict:
+    """One catalog variant's verdict and generated forms (and how long ``derive`` took)."""
+    from codegen.plan import plan
+    from derivations import derive
+
+    start = time.perf_counter()
+    form = derive(name)
+    seconds = time.perf_counter() - start
+    c, p = form.classification, plan(form)
+    return {"name": name, "description": form.variant.description, "kernel": c.kernel,
+            "values": c.values.replace("_", "-"), "parallel_form": c.parallel_form,
+            "generated": {f: planned.kind for f, planned in p.forms.items()},
+            "not_generated": sorted(p.not_generated()), "certified": bool(form.certificate.certified),
+            "derive_seconds": round(seconds, 3)}
+
+
+def measure_catalog() -> dict:
+    from derivations.catalog import CATALOG
+    from verify.bench import machine
+
+    return {"machine": machine(), "variants": [catalog_entry(name) for name in CATALOG]}
+
+
+def _forms_cell(entry: dict) -> str:
+    """``chunk ∥ · Triton ∥``: the generated forms beyond the recurrence, ∥ when parallel, else how they run."""
+    cells = []
+    for form in ("chunk", "triton"):
+        kind = entry["generated"].get(form)
+        if kind is not None:
+            label = "Triton" if form == "triton" else form
+            cells.append(f"{label} ∥" if kind == "parallel" else f"{label} ({kind.replace('chunk_', '')})")
+    return " · ".join(cells)
+
+
+def catalog_table(results: dict) -> str:
+    rows = ["| variant | what it is | kernel | values | parallel form | generated | certified | derive (s) |",
+            "|---|---|---|---|---|---|---|---:|"]
+    for e in results["variants"]:
+        rows.append(f"| `{e['name']}` | {e['description']} | {e['kernel']} | {e['values']} | {e['parallel_form']} "
+                    f"| {_forms_cell(e)} | {'yes' if e['certified'] else 'no'} | {e['derive_seconds']:.2f} |")
+    return "\n".join(rows)
+
+
+_FORM_LABELS = {"chunk": "chunk", "recurrent": "recurrent", "oracle": "oracle"}
+
+
+def _shape(result: dict) -> str:
+    c = result["config"]
+    dims = "d = h" if result["variant"].startswith("lact") else "d"
+    chunk = f", chunk {c['chunk']}" if c.get("chunk") else ""
+    return f"`{result['variant']}`, T = {c['seq_len']}, {dims} = {c['dim']}{chunk}"
+
+
+def _number(x, fmt: str) -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def cpu_table(results: dict) -> str:
+    rows = ["| variant, shape | form | pass | ms | tokens/s | % matmul | × oracle |",
+            "|---|---|---|---:|---:|---:|---:|"]
+    for result in results["results"].values():
+        first = True
+        for r in result["rows"]:
+            if r["name"] == "matmul" or r["seconds"] is None:
+                continue
+            label = _shape(result) if first else ""
+            first = False
+            pct = None if r["fraction_of_matmul"] is None else 100 * r["fraction_of_matmul"]
+            rows.append(f"| {label} | {r['name']} | {r['pass']} | {1e3 * r['seconds']:.1f} "
+                        f"| {_number(r['tokens_per_s'], ',.0f')} | {_number(pct, '.0f')} "
+                        f"| {_number(r['speedup_vs_oracle'], '.2f')} |")
+    return "\n".join(rows)
+
+
+TABLES = {"catalog": (lambda: json.loads((RESULTS / "catalog.json").read_text()), catalog_table),
+          "cpu": (lambda: json.loads((RESULTS / "cpu.json").read_text()), cpu_table)}
+
+
+def render(name: str) -> str:
+    load, table = TABLES[name]
+    return table(load())
+
+
+def _markers(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- table:{name} -->\n)(.*?)(<!-- /table:{name} -->)", re.S)
+
+
+def tables_in(text: str) -> dict[str, str]:
+    """The body of every marked table in ``text``."""
+    return {name: m.group(2).rstrip("\n") for name in TABLES if (m := _markers(name).search(text))}
+
+
+def rewrite(text: str) -> str:
+    for name in TABLES:
+        pattern = _markers(name)
+        if not pattern.search(text):
+            raise SystemExit(f"README.md has no <!-- table:{name} --> … <!-- /table:{name} --> markers")
+        text = pattern.sub(lambda m, n=name: m.group(1) + render(n) + "\n" + m.group(3), text)
+    return text
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--measure", action="store_true", help="re-derive the catalog into results/catalog.json")
+    args = parser.parse_args(argv)
+    if args.measure:
+        path = RESULTS / "catalog.json"
+        path.write_text(json.dumps(measure_catalog(), indent=2, ensure_ascii=False) + "\n")
+        print(f"wrote {path}")
+    README.write_text(rewrite(README.read_text()))
+    print(f"rewrote the tables of {README}")
+
+
+if __name__ == "__main__":
+    main()
