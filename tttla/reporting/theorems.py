@@ -17,7 +17,9 @@ THEOREMS = {
     "Section 3": "the effective value g = −η ∂L/∂f: a dot-product loss gives values that do not read the state; a "
     "squared loss gives ∂L/∂f = f − v, which reads the current state (the delta rule).",
     "Section 4": "components: a dynamic kernel, a weight norm (Norm(A + B) ≠ Norm(A) + Norm(B)) or state-dependent "
-    "values need the previous state; per-token η, momentum and per-chunk Newton–Schulz keep a prefix sum.",
+    "values need the previous state; per-token η, momentum, per-chunk Newton–Schulz and a decay keep a prefix "
+    "scan (a decay weighs increment j in the state at t by Γ_t/Γ_j, Theorem 5.2 with decayed increments, and "
+    "decayed steps S ↦ ΓS + U compose associatively).",
     "Section 5": "the parallel chunked form: with a static kernel, state-independent values and no weight norm, the "
     "chunk increments φ(K_n)ᵀṼ_n are computed at once and the state is a prefix sum of them.",
     "Section 5.1": "the rewrite needs a last layer that is linear and bias-free in an updated fast weight.",
