@@ -7,7 +7,10 @@ value, momentum, Newton–Schulz, the read order — live in the generated modul
 * ``chunk_outer``: per chunk n, Σ_{t ∈ n} a_tᵀ b_t (increments ΔS_n = K̂_nᵀ V̂_n, and
   ∂L/∂S_n = Q̂_nᵀ dO_n);
 * ``chunk_read``: o_t = q_t S_{c(t)} + Σ_{s ∈ c(t), mask(s, t)} (q_t · k_s) v_s (the outputs, and
-  every gradient of a read: dq, dk, dv are reads with the roles of q, k, v, S permuted).
+  every gradient of a read: dq, dk, dv are reads with the roles of q, k, v, S permuted),
+  optionally decayed by a gate (simple_gla, GLA, RetNet retention): the cumulative log gate G
+  within each chunk, one per token or per channel, weighs the state term by e^{G_t} and the pair
+  (t, s) by e^{G_t − G_s}, exponents taken under the mask so that any gate ≤ 0 is stable.
 
 Each is a torch.library custom op (``tttla::chunk_outer``, ``tttla::chunk_read``) whose backward
 is built from the two ops again, so the autograd graph (and ``torch.compile``) never sees a raw
