@@ -7,7 +7,10 @@ value, momentum, Newton–Schulz, the read order — live in the generated modul
 * ``chunk_outer``: per chunk n, Σ_{t ∈ n} a_tᵀ b_t (increments ΔS_n = K̂_nᵀ V̂_n, and
   ∂L/∂S_n = Q̂_nᵀ dO_n);
 * ``chunk_read``: o_t = q_t S_{c(t)} + Σ_{s ∈ c(t), mask(s, t)} (q_t · k_s) v_s (the outputs, and
-  every gradient of a read: dq, dk, dv are reads with the roles of q, k, v, S permuted).
+  every gradient of a read: dq, dk, dv are reads with the roles of q, k, v, S permuted),
+  optionally decayed by a gate (simple_gla, GLA, RetNet retention): the cumulative log gate G
+  within each chunk, one per token or per channel, weighs the state term by e^{G_t} and the pair
+  (t, s) by e^{G_t − G_s}, exponents taken under the mask so that any gate ≤ 0 is stable.
 
 Each is a torch.library custom op (``tttla::chunk_outer``, ``tttla::chunk_read``) whose backward
 is built from the two ops again, so the autograd graph (and ``torch.compile``) never sees a raw
@@ -81,6 +84,14 @@ _CANDIDATES = {
              ((128, 64, 64), 4, 3), ((64, 32, 128), 4, 3)],
         32: [((32, 32, 64), 4, 2), ((64, 32, 64), 4, 2), ((32, 64, 64), 8, 2), ((64, 32, 32), 4, 3)],
         64: [((16, 32, 32), 4, 2), ((32, 16, 32), 4, 2), ((16, 16, 64), 4, 2)],
+    },
+    # a per-channel gate's diagonal block holds a [BT, BT, BK] (key gate) or [BT, BT, BV] (value
+    # gate) product in registers: small tiles (not yet timed on a GPU)
+    "read_channel_gate": {
+        "interpreter": [((64, 64, 64), 4, 1)],
+        16: [((32, 16, 16), 4, 2), ((16, 16, 32), 4, 2)],
+        32: [((32, 16, 16), 4, 2), ((16, 16, 32), 4, 2)],
+        64: [((16, 16, 16), 4, 2)],
     },
 }
 
@@ -184,13 +195,32 @@ def drop_nonfinite(v, causal: tl.constexpr):
 
 
 @triton.jit
+def _gate_tile(g_base, offs_t, rows, offs_c, n_c, PER_CHANNEL: tl.constexpr):
+    """The cumulative log gate G of tokens ``offs_t``: ``[BT, BC]`` per channel (channels ``offs_c``
+    of ``n_c``), ``[BT]`` for a scalar gate; 0 outside the rows and channels."""
+    if PER_CHANNEL:
+        g = tl.load(g_base + offs_t[:, None] * n_c + offs_c[None, :],
+                    mask=rows[:, None] & (offs_c[None, :] < n_c), other=0.0)
+    else:
+        g = tl.load(g_base + offs_t, mask=rows, other=0.0)
+    return g
+
+
+@triton.jit
+def _decay(log_decay, keep):
+    """exp(log_decay) where ``keep``, else 0: the exponent is masked *before* exp, so a pair the
+    mask drops (whose exponent may be large and positive) gives 0, never inf or NaN."""
+    return tl.exp(tl.where(keep, log_decay, float("-inf")))
+
+
+@triton.jit
 def chunk_read_kernel(
-    q_ptr, k_ptr, v_ptr, s_ptr, o_ptr, T, L, N, DK, DV,
+    q_ptr, k_ptr, v_ptr, s_ptr, g_ptr, o_ptr, T, L, N, DK, DV,
     s_stride_bh, s_stride_n, s_stride_r, s_stride_c,
-    HAS_STATE: tl.constexpr, MASK: tl.constexpr, ACC64: tl.constexpr,
+    HAS_STATE: tl.constexpr, MASK: tl.constexpr, GATE: tl.constexpr, ACC64: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
-    """o[bh, t] = q_t S_{c(t)} + Σ_{s ∈ chunk c(t), mask(s, t)} (q_t · k_s) v_s.
+    """o[bh, t] = q_t S_{c(t)} + Σ_{s ∈ chunk c(t), mask(s, t)} (q_t · k_s) v_s, optionally gated.
 
     q, k ``[BH, T, DK]``, v and o ``[BH, T, DV]`` contiguous, one dtype; S ``[BH, N, DK, DV]``
     (the accumulator dtype) read through its strides (a transposed view needs no copy) and
@@ -198,6 +228,24 @@ def chunk_read_kernel(
     term, 1 s ≤ t, 2 s ≥ t. Grid ``(⌈DV/BV⌉, N·⌈L/BT⌉, BH)``: a program writes BT tokens of one
     chunk (masked ragged tail), accumulating in fp32 (fp64 when ACC64). A NaN or inf in q_t, k_s
     or v_s reaches only the rows t that read it (``drop_nonfinite``).
+
+    GATE: 0 none; G the cumulative log gate (within each chunk) ``g`` holds, in the accumulator
+    dtype — 1 scalar ``[BH, T]``, 2 per key channel ``[BH, T, DK]``, 3 per value channel
+    ``[BH, T, DV]``. The gated read is
+
+        o_tj = Σ_c q_tc e^{G_tc} S_cj + Σ_{s, mask(s, t)} Σ_c q_tc k_sc v_sj e^{G_tc − G_sc}  (1, 2)
+        o_tj = e^{G_tj} (q_t S)_j + Σ_{s, mask(s, t)} (q_t · k_s) v_sj e^{G_tj − G_sj}          (3)
+
+    (a scalar gate is the same on every channel). The exponent G_t − G_s of a pair is taken only
+    where the mask keeps the pair (``_decay``): with gates ≤ 0 it is ≤ 0 under the causal mask
+    (and under the anticausal mask when the caller passes −G, as the backward does), so the
+    terms underflow to 0 rather than overflow, however negative the gates. A per-channel gate
+    cannot be a factor of the score matrix: the diagonal source block (where the mask cuts
+    through it) sums the per-pair, per-channel product in registers (``[BT, BT, BK]`` or
+    ``[BT, BT, BV]``); an off-diagonal block, whose every source lies on one side of every row,
+    factors through the reference token r between them (the first row for s ≤ t, the last for
+    s ≥ t): e^{G_t − G_s} = e^{G_t − G_r} · e^{G_r − G_s}, both ≤ 1 when the pair's exponent is.
+    A NaN or inf in G reaches only the rows whose kept pairs read it.
     """
     i_v, i_tb, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     n_blocks = tl.cdiv(L, BT)
@@ -213,6 +261,9 @@ def chunk_read_kernel(
     q_base = q_ptr + i_bh * T * DK
     k_base = k_ptr + i_bh * T * DK
     v_base = v_ptr + i_bh * T * DV
+    # the gate's channels per token: 1 (scalar), DK (per key channel), DV (per value channel)
+    n_g = DK if GATE == 2 else (DV if GATE == 3 else 1)
+    g_base = g_ptr + i_bh * T * n_g
     acc = tl.zeros([BT, BV], dtype=acc_t)
     poisoned = tl.zeros([BT, BV], dtype=tl.int1)  # a non-finite value v_s with mask(s, t) in column c
     if HAS_STATE:  # q_t S_{c(t)}
@@ -221,17 +272,35 @@ def chunk_read_kernel(
             offs_k = k0 + tl.arange(0, BK)
             q = tl.load(q_base + offs_t[:, None] * DK + offs_k[None, :],
                         mask=rows[:, None] & (offs_k[None, :] < DK), other=0.0)  # [BT, BK]
+            if GATE == 2:  # q_t ⊙ e^{G_t}
+                q = (q.to(acc_t) * tl.exp(_gate_tile(g_base, offs_t, rows, offs_k, DK, True))).to(in_t)
             s = tl.load(s_base + offs_k[:, None] * s_stride_r + offs_v[None, :] * s_stride_c,
                         mask=(offs_k[:, None] < DK) & cols[None, :], other=0.0).to(in_t)  # [BK, BV]
             acc += tl.dot(q, s, input_precision="ieee").to(acc_t)
+        if GATE == 1:
+            acc *= tl.exp(_gate_tile(g_base, offs_t, rows, offs_v, 1, False))[:, None]
+        if GATE == 3:
+            acc *= tl.exp(_gate_tile(g_base, offs_t, rows, offs_v, DV, True))
     if MASK != 0:  # the chunk's own tokens, one block of BT sources at a time
         if MASK == 1:
             lo, hi = 0, i_j + 1
+            ref = tl.minimum(start + i_j * BT, end - 1)  # a token at or before every row, after every source
         else:
             lo, hi = i_j, n_blocks
+            ref = tl.minimum(start + i_j * BT + BT, end) - 1  # at or after every row, before every source
+        if GATE == 1:
+            g_rows = _gate_tile(g_base, offs_t, rows, offs_v, 1, False)  # [BT]
+        if GATE == 3:
+            g_rows = _gate_tile(g_base, offs_t, rows, offs_v, DV, True)  # [BT, BV]
+            g_ref = tl.load(g_base + ref * DV + offs_v, mask=cols, other=0.0)  # [BV]
         for i_s in range(lo, hi):
             offs_s = start + i_s * BT + tl.arange(0, BT)
             sources = offs_s < end
+            if MASK == 1:
+                keep = offs_s[None, :] <= offs_t[:, None]
+            else:
+                keep = offs_s[None, :] >= offs_t[:, None]
+            pair = keep & sources[None, :] & rows[:, None]  # where a gate's exponent is taken
             scores = tl.zeros([BT, BT], dtype=acc_t)  # q_t · k_s
             for k0 in range(0, DK, BK):
                 offs_k = k0 + tl.arange(0, BK)
@@ -239,18 +308,39 @@ def chunk_read_kernel(
                             mask=rows[:, None] & (offs_k[None, :] < DK), other=0.0)  # [BT, BK]
                 k = tl.load(k_base + offs_s[:, None] * DK + offs_k[None, :],
                             mask=sources[:, None] & (offs_k[None, :] < DK), other=0.0)  # [BT, BK]
-                scores += tl.dot(q, tl.trans(k), input_precision="ieee").to(acc_t)
-            if MASK == 1:
-                keep = offs_s[None, :] <= offs_t[:, None]
-            else:
-                keep = offs_s[None, :] >= offs_t[:, None]
+                if GATE == 2:  # Σ_c q_tc k_sc e^{G_tc − G_sc}
+                    g_q = _gate_tile(g_base, offs_t, rows, offs_k, DK, True)  # [BT, BK]
+                    g_k = _gate_tile(g_base, offs_s, sources, offs_k, DK, True)  # [BT, BK]
+                    if i_s == i_j:  # the per-pair, per-channel product
+                        scores += tl.sum(q.to(acc_t)[:, None, :] * k.to(acc_t)[None, :, :]
+                                         * _decay(g_q[:, None, :] - g_k[None, :, :], pair[:, :, None]), axis=2)
+                    else:  # through the reference token: q_t e^{G_t − G_r} · k_s e^{G_r − G_s}
+                        g_r = tl.load(g_base + ref * DK + offs_k, mask=offs_k < DK, other=0.0)[None, :]
+                        q = (q.to(acc_t) * _decay(g_q - g_r, rows[:, None])).to(in_t)
+                        k = (k.to(acc_t) * _decay(g_r - g_k, sources[:, None])).to(in_t)
+                        scores += tl.dot(q, tl.trans(k), input_precision="ieee").to(acc_t)
+                else:
+                    scores += tl.dot(q, tl.trans(k), input_precision="ieee").to(acc_t)
+            if GATE == 1:  # e^{G_t − G_s}
+                g_src = _gate_tile(g_base, offs_s, sources, offs_v, 1, False)
+                scores *= _decay(g_rows[:, None] - g_src[None, :], pair)
             scores = tl.where(keep & sources[None, :], scores, 0.0)
             v = tl.load(v_base + offs_s[:, None] * DV + offs_v[None, :],
                         mask=sources[:, None] & cols[None, :], other=0.0)  # [BT, BV]
             if i_s == i_j:  # the diagonal block, where the mask drops sources: see drop_nonfinite
                 v, reached = drop_nonfinite(v, MASK == 1)
                 poisoned = poisoned | reached
-            acc += tl.dot(scores.to(in_t), v, input_precision="ieee").to(acc_t)
+            if GATE == 3:  # Σ_s scores_ts v_sj e^{G_tj − G_sj}
+                g_v = _gate_tile(g_base, offs_s, sources, offs_v, DV, True)  # [BT, BV]
+                if i_s == i_j:  # the per-pair, per-channel product
+                    acc += tl.sum(scores[:, :, None] * v.to(acc_t)[None, :, :]
+                                  * _decay(g_rows[:, None, :] - g_v[None, :, :], pair[:, :, None]), axis=1)
+                else:  # through the reference token: e^{G_t − G_r} Σ_s scores_ts (v_s e^{G_r − G_s})
+                    v = (v.to(acc_t) * _decay(g_ref[None, :] - g_v, sources[:, None])).to(in_t)
+                    acc += (_decay(g_rows - g_ref[None, :], rows[:, None])
+                            * tl.dot(scores.to(in_t), v, input_precision="ieee").to(acc_t))
+            else:
+                acc += tl.dot(scores.to(in_t), v, input_precision="ieee").to(acc_t)
         acc = tl.where(poisoned, float("nan"), acc)
     tl.store(o_ptr + i_bh * T * DV + offs_t[:, None] * DV + offs_v[None, :], acc.to(o_ptr.dtype.element_ty),
              mask=rows[:, None] & cols[None, :])
@@ -292,16 +382,47 @@ def _read_grid(DV: int, N: int, L: int, BH: int, BT: int, BV: int):
     return (triton.cdiv(DV, BV), N * triton.cdiv(L, BT), BH)
 
 
-def _launch_read(q, k, v, S, chunk_size: int, mask: int, value_dim: int) -> torch.Tensor:
+#: the kernel's GATE flag: no gate, one scalar per token, one per key channel, one per value channel
+_GATE_NONE, _GATE_SCALAR, _GATE_KEYS, _GATE_VALUES = 0, 1, 2, 3
+
+
+def _gate_mode(g: torch.Tensor | None, q: torch.Tensor, value_dim: int, gate_values: bool) -> int:
+    """The kernel's GATE flag for the cumulative log gate ``g`` of a read of q ``[B, H, T, Dk]``;
+    a ValueError names what is wrong with ``g``."""
+    if g is None:
+        return _GATE_NONE
+    B, H, T, DK = q.shape
+    per_channel, channels = (_GATE_VALUES, value_dim) if gate_values else (_GATE_KEYS, DK)
+    side = "value" if gate_values else "key"
+    if tuple(g.shape) == (B, H, T):
+        mode = _GATE_SCALAR
+    elif tuple(g.shape) == (B, H, T, channels):
+        mode = per_channel
+    else:
+        raise ValueError(f"chunk_read: g must have shape [B, H, T] = {[B, H, T]} (a scalar gate) or "
+                         f"[B, H, T, D{side[0]}] = {[B, H, T, channels]} (one per {side} channel), "
+                         f"got {list(g.shape)}")
+    if g.dtype != state_dtype(q):
+        raise ValueError(f"chunk_read: g must be in the accumulator dtype {state_dtype(q)} (q is {q.dtype}), "
+                         f"got {g.dtype}")
+    if g.device != q.device:
+        raise ValueError(f"chunk_read: g must be on the device of q ({q.device}), got {g.device}")
+    return mode
+
+
+def _launch_read(q, k, v, S, chunk_size: int, mask: int, value_dim: int, g=None, gate_values: bool = False
+                 ) -> torch.Tensor:
     """o_t = q_t S_{c(t)} + Σ_{s ∈ c(t), mask} (q_t · k_s) v_s: q ``[B, H, T, Dk]``, k ``[B, H, T, Dk]``
     or None, v ``[B, H, T, Dv]`` or None (q's dtype), S ``[B, H, N, Dk, Dv]`` (any strides) or None
-    → ``[B, H, T, Dv]`` in q's dtype."""
+    → ``[B, H, T, Dv]`` in q's dtype; gated by the cumulative log gate g (see ``chunk_read``)."""
     check_device(q)
+    gate = _gate_mode(g, q, value_dim, gate_values)
     q = q.contiguous()
     B, H, T, DK = q.shape
     N = triton.cdiv(T, chunk_size)
     k = q if k is None else k.contiguous()
     v = q if v is None else v.contiguous()
+    g = q if g is None else g.contiguous()  # q: not read
     o = new_output((B, H, T, value_dim), q)
     has_state = S is not None
     strides = (0, 0, 0, 0)
@@ -315,10 +436,11 @@ def _launch_read(q, k, v, S, chunk_size: int, mask: int, value_dim: int) -> torc
     def grid(cfg):
         return _read_grid(value_dim, N, chunk_size, B * H, cfg["BT"], cfg["BV"])
 
-    flags = {"HAS_STATE": has_state, "MASK": mask, "ACC64": state_dtype(q) == torch.float64}
-    _launch(chunk_read_kernel, grid, (q, k, v, S, o, T, chunk_size, N, DK, value_dim, *strides), flags,
-            ("read", DK, value_dim, chunk_size, T, B * H, q.dtype, has_state, mask),
-            _candidates("read", {"BT": chunk_size, "BK": DK, "BV": value_dim}, q.dtype))
+    flags = {"HAS_STATE": has_state, "MASK": mask, "GATE": gate, "ACC64": state_dtype(q) == torch.float64}
+    table = "read_channel_gate" if gate in (_GATE_KEYS, _GATE_VALUES) else "read"
+    _launch(chunk_read_kernel, grid, (q, k, v, S, g, o, T, chunk_size, N, DK, value_dim, *strides), flags,
+            ("read", DK, value_dim, chunk_size, T, B * H, q.dtype, has_state, mask, gate),
+            _candidates(table, {"BT": chunk_size, "BK": DK, "BV": value_dim}, q.dtype))
     return o
 
 
@@ -359,43 +481,102 @@ def chunk_read(
     chunk_size: int,
     mask: int,
     value_dim: int,
+    g: torch.Tensor | None = None,
+    gate_values: bool = False,
 ) -> torch.Tensor:
     """o_t = q_t S_{c(t)} + Σ_{s ∈ c(t), mask(s, t)} (q_t · k_s) v_s → ``[B, H, T, value_dim]``.
 
     q, k ``[B, H, T, Dk]``, v ``[B, H, T, value_dim]``, S ``[B, H, N, Dk, value_dim]``; k and v
     are only read with an intra-chunk mask, S only when given.
+
+    g, the optional gate: the cumulative log gate G_t = Σ_{s ∈ c(t), s ≤ t} log γ_s *within each
+    chunk* (restarting at every chunk start; the caller's cumsum, so autograd reaches the per-token
+    gates through it), in the accumulator dtype (fp32, fp64 for fp64 operands; fp32 also for fp16
+    and bf16 operands). ``[B, H, T]``: a scalar gate, o_t = e^{G_t} q_t S_{c(t)} + Σ_s e^{G_t − G_s}
+    (q_t · k_s) v_s. ``[B, H, T, Dk]``: one per key channel (it scales the rows of S),
+    o_t = (q_t ⊙ e^{G_t}) S_{c(t)} + Σ_s Σ_c q_tc k_sc e^{G_tc − G_sc} v_s. With ``gate_values``,
+    ``[B, H, T, value_dim]``: one per value channel, o_tj = e^{G_tj} (q_t S_{c(t)})_j +
+    Σ_s (q_t · k_s) v_sj e^{G_tj − G_sj} (the backward of a key gate needs it). Stable for gates
+    ≤ 0 under the causal mask (every exponent taken is ≤ 0), and under the anticausal one for −G.
     """
-    return _launch_read(q, k, v, S, chunk_size, mask, value_dim)
+    return _launch_read(q, k, v, S, chunk_size, mask, value_dim, g, gate_values)
 
 
 @chunk_read.register_fake
-def _(q, k, v, S, chunk_size, mask, value_dim):
+def _(q, k, v, S, chunk_size, mask, value_dim, g=None, gate_values=False):
     return q.new_empty(*q.shape[:3], value_dim)
 
 
 def _read_setup(ctx, inputs, output):
-    q, k, v, S, ctx.chunk_size, ctx.mask, _ = inputs
-    ctx.save_for_backward(q, k, v, S)
+    q, k, v, S, ctx.chunk_size, ctx.mask, _, g, ctx.gate_values = inputs
+    ctx.save_for_backward(q, k, v, S, g, output if g is not None and ctx.gate_values else None)
+
+
+def _gate_factor(g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """e^G broadcast against ``like [B, H, T, D]`` (a scalar gate on every channel), in like's dtype."""
+    return (g if g.dim() == 4 else g[..., None]).exp().to(like.dtype)
+
+
+def _gate_grad(a: torch.Tensor, da: torch.Tensor, b: torch.Tensor, db: torch.Tensor | None,
+               g: torch.Tensor) -> torch.Tensor:
+    """a ⊙ da − b ⊙ db (no second term when db is None) in g's dtype, summed over the channels for
+    a scalar gate g."""
+    grad = a.to(g.dtype) * da.to(g.dtype)
+    if db is not None:
+        grad = grad - b.to(g.dtype) * db.to(g.dtype)
+    return grad if g.dim() == 4 else grad.sum(-1)
 
 
 def _read_backward(ctx, dO):
     """dq = dO Sᵀ + mask(dO Vᵀ) K; dk = mask(dO Vᵀ)ᵀ Q; dv = mask(Q Kᵀ)ᵀ dO; dS_n = Q_nᵀ dO_n.
 
     All are reads again (the transposed mask reads s ≥ t) and one chunk_outer.
+
+    Gated (key gate G: scalar or per key channel), with A_ts = Σ_c q_tc k_sc e^{G_tc − G_sc}:
+
+        dq_tc = e^{G_tc} (dO_t Sᵀ)_c + Σ_{s, mask} (dO_t · v_s) k_sc e^{G_tc − G_sc}
+              = read(dO, v, k, Sᵀ, mask, G on the *value* channels of that read),
+        dk_sc = Σ_{t, mask} (v_s · dO_t) q_tc e^{G_tc − G_sc}
+              = read(v, dO, q, −, flipped, −G on the value channels): the row is s, the column
+                t, so the exponent (−G_sc) − (−G_tc) = G_tc − G_sc is ≤ 0 under the flipped mask,
+        dv_s  = Σ_{t, mask} A_ts dO_t = read(k, q, dO, −, flipped, −G on the key channels),
+        dS_n  = Σ_{t ∈ n} (q_t ⊙ e^{G_t})ᵀ dO_t = chunk_outer(q ⊙ e^G, dO).
+
+    The gate's gradient: G_tc enters o through e^{G_tc} in the state term and e^{G_tc − G_sc} as the
+    row t of a pair, each term's derivative being the term itself, which summed against dO_t is
+    q_tc dq_tc (dq in full, state term included); and through e^{G_t'c − G_tc} as the source t of
+    the pairs (t', t), with the opposite sign, which summed is k_tc dk_tc. So dG = q ⊙ dq − k ⊙ dk
+    per channel (summed over the channels for a scalar gate; the pair s = t appears in both and
+    cancels, as its factor e^0 does not depend on G). A value gate is the mirror image: dq and dk
+    are key-gated reads, dv value-gated, dS_n = Σ_t q_tᵀ (dO_t ⊙ e^{G_t}), and the same argument
+    on the output side gives dG = dO ⊙ o − v ⊙ dv.
     """
-    q, k, v, S = ctx.saved_tensors
-    L, mask = ctx.chunk_size, ctx.mask
+    q, k, v, S, g, o = ctx.saved_tensors
+    L, mask, gate_values = ctx.chunk_size, ctx.mask, ctx.gate_values
     flipped = {MASK_NONE: MASK_NONE, MASK_CAUSAL: MASK_ANTICAUSAL, MASK_ANTICAUSAL: MASK_CAUSAL}[mask]
-    grad_S = None if S is None else chunk_outer(q, dO, L)
+    # the gates of the permuted reads: G for dq, −G for dk and dv (the flipped mask); dq and dk
+    # gate the other side than the forward, dv the same side
+    g_q, g_kv = (None, None) if g is None else (g, -g)
+    grad_S = None
+    if S is not None:
+        if g is None:
+            grad_S = chunk_outer(q, dO, L)
+        elif gate_values:
+            grad_S = chunk_outer(q, dO * _gate_factor(g, dO), L)
+        else:
+            grad_S = chunk_outer(q * _gate_factor(g, q), dO, L)
     if S is None and mask == MASK_NONE:
         grad_q = torch.zeros_like(q)
     else:
-        grad_q = chunk_read(dO, v, k, None if S is None else S.mT, L, mask, q.shape[-1])
+        grad_q = chunk_read(dO, v, k, None if S is None else S.mT, L, mask, q.shape[-1], g_q, not gate_values)
     grad_k = grad_v = None
     if mask != MASK_NONE:
-        grad_k = chunk_read(v, dO, q, None, L, flipped, k.shape[-1])
-        grad_v = chunk_read(k, q, dO, None, L, flipped, v.shape[-1])
-    return grad_q, grad_k, grad_v, grad_S, None, None, None
+        grad_k = chunk_read(v, dO, q, None, L, flipped, k.shape[-1], g_kv, not gate_values)
+        grad_v = chunk_read(k, q, dO, None, L, flipped, v.shape[-1], g_kv, gate_values)
+    grad_g = None
+    if g is not None:
+        grad_g = _gate_grad(dO, o, v, grad_v, g) if gate_values else _gate_grad(q, grad_q, k, grad_k, g)
+    return grad_q, grad_k, grad_v, grad_S, None, None, None, grad_g, None
 
 
 chunk_read.register_autograd(_read_backward, setup_context=_read_setup)
