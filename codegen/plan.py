@@ -159,6 +159,4 @@ def _no_triton_template(form: LinearAttentionForm, chunk_template: str) -> str |
     if chunk_template == "prefix_scan" and variant.momentum is not None and variant.momentum.per == "token":
         return ("per-token momentum weighs token j in token t's read by C_tj = Σ_(i=j..t) Π α, and the Triton read "
                 "kernel's intra-chunk mask is 0/1")
-    if chunk_template == "prefix_scan" and variant.decay is not None and variant.schedule.order == "update_then_apply":
-        return "the Triton read kernel does not apply a per-token decay inside a chunk yet"
     return None

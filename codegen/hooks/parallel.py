@@ -83,10 +83,29 @@ class ParallelHooks(HookBase):
             "o = o + runtime.causal_product(weights, v_chunks)  # the chunk's own tokens j ≤ t",
         ])
 
+    def triton_updates(self) -> str:
+        """triton_chunk.py's chunk increments (``chunk_outer``), with a per-token decay's (Γ_L/Γ_i) on the keys."""
+        c = self.c
+        shape = f"[B, H, N, {c.state_rows}, {c.value_dim}]"
+        if not (c.decay and c.order == "update_then_apply"):
+            return lines([f"updates = chunk_outer(k_hat, v_hat, inputs.chunk_size)  # ΔS_n = φ(K_n)ᵀ V̂_n: {shape}"])
+        g = "[B, H, T]" if c.decay_gate != "channel" else f"[B, H, T, {c.key_dim}]"
+        return lines([
+            "G = runtime.chunk_log_decay(inputs.log_gamma, inputs.chunk_size)  # G_t = Σ_(s≤t in its chunk) g_s",
+            "tail = (G[..., -1:, :] - G).flatten(2, 3)[:, :, :inputs.T]  # log Γ_L/Γ_i of every token",
+            "decayed_keys = (k_hat * tail.exp().to(k_hat.dtype)).contiguous()",
+            f"updates = chunk_outer(decayed_keys, v_hat, inputs.chunk_size)  # Σ_i (Γ_L/Γ_i) k̂_iᵀ v̂_i: {shape}",
+            f"G = G.flatten(2, 3)[:, :, :inputs.T]{'[..., 0]' if c.decay_gate != 'channel' else ''}  "
+            f"# the read kernel's gate: {g}"])
+
     def triton_read(self) -> str:
         """triton_chunk.py's read of every token: the state term and, per order, the intra-chunk term."""
         c = self.c
         state_only = "o = chunk_read(q_hat, None, None, reads, inputs.chunk_size, MASK_NONE, v_hat.shape[-1])"
+        if c.decay and c.order == "update_then_apply":
+            return lines(["# Γ_t q̂_t S^(n−1) + Σ_(i≤t) (Γ_t/Γ_i) (q̂_t·k̂_i) v̂_i, the ratios formed on chip",
+                          "o = chunk_read(q_hat, k_hat, v_hat, reads, inputs.chunk_size, MASK_CAUSAL, "
+                          "v_hat.shape[-1], g=G.contiguous())"])
         if c.lr_position:
             return lines([f"{state_only}  # φ(Q_n) S^(n−1)",
                           "n_chunks = -(-inputs.T // inputs.chunk_size)",
@@ -99,6 +118,9 @@ class ParallelHooks(HookBase):
                           "o = chunk_read(q_hat, k_hat, v_hat, reads, inputs.chunk_size, MASK_CAUSAL, "
                           f"v_hat.shape[-1])  # [B, H, T, {c.value_dim}]"])
         return lines([f"{state_only}  # [B, H, T, {c.value_dim}]"])
+
+    def triton_uses_runtime(self) -> bool:
+        return bool(self.c.decay) and self.c.order == "update_then_apply"
 
     def triton_masks(self) -> str:
         """The mask flags triton_chunk.py imports."""

@@ -13,15 +13,16 @@ The forms (codegen.plan):
 
 - recurrent (recurrent.py): recurrence — the reference form: one inner step per token, each token read right after it
 - chunk (chunk.py): parallel
-- no Triton form for 'gla': the Triton read kernel does not apply a per-token decay inside a chunk yet
+- triton (triton_chunk.py): parallel
 """
 
 from .chunk import chunk_gla
 from .recurrent import recurrent_gla
+from .triton_chunk import triton_gla
 
 VARIANT = 'gla'
 SPEC_HASH = '235f89e77ac56b85'
 #: every generated form, by name
-FORMS = {"recurrent": recurrent_gla, "chunk": chunk_gla}
+FORMS = {"recurrent": recurrent_gla, "chunk": chunk_gla, "triton": triton_gla}
 
-__all__ = ["chunk_gla", "recurrent_gla", "FORMS", "VARIANT", "SPEC_HASH"]
+__all__ = ["chunk_gla", "recurrent_gla", "triton_gla", "FORMS", "VARIANT", "SPEC_HASH"]

@@ -13,15 +13,16 @@ The forms (codegen.plan):
 
 - recurrent (recurrent.py): recurrence — the reference form: one inner step per token, each token read right after it
 - chunk (chunk.py): parallel
-- no Triton form for 'retention': the Triton read kernel does not apply a per-token decay inside a chunk yet
+- triton (triton_chunk.py): parallel
 """
 
 from .chunk import chunk_retention
 from .recurrent import recurrent_retention
+from .triton_chunk import triton_retention
 
 VARIANT = 'retention'
 SPEC_HASH = '70a58fc80a790bef'
 #: every generated form, by name
-FORMS = {"recurrent": recurrent_retention, "chunk": chunk_retention}
+FORMS = {"recurrent": recurrent_retention, "chunk": chunk_retention, "triton": triton_retention}
 
-__all__ = ["chunk_retention", "recurrent_retention", "FORMS", "VARIANT", "SPEC_HASH"]
+__all__ = ["chunk_retention", "recurrent_retention", "triton_retention", "FORMS", "VARIANT", "SPEC_HASH"]

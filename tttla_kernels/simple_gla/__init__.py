@@ -13,15 +13,16 @@ The forms (codegen.plan):
 
 - recurrent (recurrent.py): recurrence — the reference form: one inner step per token, each token read right after it
 - chunk (chunk.py): parallel
-- no Triton form for 'simple_gla': the Triton read kernel does not apply a per-token decay inside a chunk yet
+- triton (triton_chunk.py): parallel
 """
 
 from .chunk import chunk_simple_gla
 from .recurrent import recurrent_simple_gla
+from .triton_chunk import triton_simple_gla
 
 VARIANT = 'simple_gla'
 SPEC_HASH = 'f9d3f87da936cea0'
 #: every generated form, by name
-FORMS = {"recurrent": recurrent_simple_gla, "chunk": chunk_simple_gla}
+FORMS = {"recurrent": recurrent_simple_gla, "chunk": chunk_simple_gla, "triton": triton_simple_gla}
 
-__all__ = ["chunk_simple_gla", "recurrent_simple_gla", "FORMS", "VARIANT", "SPEC_HASH"]
+__all__ = ["chunk_simple_gla", "recurrent_simple_gla", "triton_simple_gla", "FORMS", "VARIANT", "SPEC_HASH"]
