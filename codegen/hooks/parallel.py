@@ -119,16 +119,16 @@ class ParallelHooks(HookBase):
                           f"v_hat.shape[-1])  # [B, H, T, {c.value_dim}]"])
         return lines([f"{state_only}  # [B, H, T, {c.value_dim}]"])
 
-    def triton_uses_runtime(self) -> bool:
-        return bool(self.c.decay) and self.c.order == "update_then_apply"
-
-    def triton_masks(self) -> str:
-        """The mask flags triton_chunk.py imports."""
+    def triton_imports(self) -> str:
+        """triton_chunk.py's imports: the runtime (for a per-token decay) and the kernels with their mask flags."""
         c = self.c
         masks = {"MASK_CAUSAL"} if c.order == "update_then_apply" else set()
         if c.lr_position or c.order != "update_then_apply":
             masks.add("MASK_NONE")
-        return ", ".join(sorted(masks))
+        kernels = f"from tttla_kernels.triton_runtime import {', '.join(sorted(masks))}, chunk_outer, chunk_read"
+        runtime = bool(c.decay) and c.order == "update_then_apply"
+        # the kernels join the first-party block that follows torch's (or open it)
+        return self.imports(runtime=runtime) + ("\n" if runtime else "\n\n") + kernels
 
     def chunk_states_doc(self) -> str:
         c = self.c

@@ -25,7 +25,6 @@ from __future__ import annotations
 import torch
 
 from tttla_kernels import runtime
-
 from tttla_kernels.triton_runtime import MASK_CAUSAL, chunk_outer, chunk_read
 
 from ._common import chunk_states, features, finish, prepare
