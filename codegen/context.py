@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import sympy
 
-from codegen.plan import FormPlan, plan
+from codegen.plan import FormPlan, biased_layer, plan
 from codegen.printer import COL, ROW, WEIGHT, TorchEmitter
 from codegen.scalar_printer import TorchScalarPrinter
 from derivations.autodiff import canonicalize, vjp
@@ -100,6 +100,9 @@ class ModuleContext:
     #: a spatial (depthwise) layer: the forms take ``grid`` and run one head per channel (see
     #: derivations.structured); everything else here describes that per-channel variant
     lowering: Lowering | None = None
+    #: the bias b of a layer φ(x)·W + b read directly: the parallel forms scan the stacked state
+    #: [W; b] with keys and queries [φ(x), 1]; None otherwise
+    bias: str | None = None
     #: a rank-1 learning rate η_ij = a_i η_j: the forms take ``lr_position`` a ``[L]`` (TTT-Linear)
     lr_position: bool = False
     #: the VARIANT argument of ``tttla generate`` that regenerates it (derivations.loading.reference_of)
@@ -339,5 +342,6 @@ def build_context(form: LinearAttentionForm) -> ModuleContext:
         clip=getattr(variant, "clip", None) is not None,
         lowering=variant.lowering,
         lr_position=variant.lr.position,
+        bias=biased_layer(form) if forms.chunk_template == "prefix_scan" else None,
         reference=reference,
     )

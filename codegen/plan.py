@@ -17,7 +17,7 @@ from derivations.form import LinearAttentionForm
 from derivations.printing import to_text
 from derivations.reasons import sentence
 
-__all__ = ["plan", "FormPlan", "PlannedForm", "PARALLEL", "CHUNK_SCAN", "RECURRENCE", "COMPUTE_CHUNK"]
+__all__ = ["plan", "biased_layer", "FormPlan", "PlannedForm", "PARALLEL", "CHUNK_SCAN", "RECURRENCE", "COMPUTE_CHUNK"]
 
 PARALLEL, CHUNK_SCAN, RECURRENCE = "parallel", "chunk_scan", "recurrence"
 
@@ -115,6 +115,17 @@ def plan(form: LinearAttentionForm) -> FormPlan:
     )
 
 
+def biased_layer(form: LinearAttentionForm) -> str | None:
+    """The bias b of a model that is one linear layer φ(x)·W + b read directly (the identity head), or None.
+
+    Such a layer is linear attention on the stacked state [W; b] with keys and queries [φ(x), 1]
+    (the bias is a key constantly 1), so the prefix-scan templates serve it."""
+    layers = form.layers
+    if form.classification.structure != "linear" or len(layers) != 1 or layers[0].bias is None:
+        return None
+    return layers[0].bias
+
+
 def _sequential_kind(order: str) -> str:
     """The kind of the recurrence: a token loop when every token reads right after its own step."""
     return RECURRENCE if order == "update_then_apply" else CHUNK_SCAN
@@ -136,9 +147,13 @@ def _no_prefix_scan_template(form: LinearAttentionForm) -> str | None:
     if not form.parallel:
         blocked = form.classification.reason("not_parallel")
         return sentence(blocked).rstrip(".") if blocked else "it is not an associative prefix scan"
-    if not form.is_linear:
+    if biased_layer(form) is not None:
+        if variant.orthogonalize is not None or variant.clip is not None:
+            return ("Newton–Schulz and the clip act on W and its bias b apart, not on the stacked state [W; b] "
+                    "that the chunk template scans")
+    elif not form.is_linear:
         return (f"its {form.classification.structure} form (f = {to_text(form.head)}) has no parallel "
-                "template yet (the chunk template covers f = φ(x)·W)")
+                "template yet (the chunk template covers f = φ(x)·W and φ(x)·W + b)")
     if form.classification.values == "state_dependent":  # parallel as one step, values read S_0
         return ("its values read the state (one step, so all at S_0), and the chunk template takes "
                 "state-independent values")

@@ -72,3 +72,39 @@ def test_newton_schulz_per_token_is_refused_with_its_reason():
     assert derive(v, certify=False).classification.parallel_form == "prefix_scan"
     assert p.forms["chunk"].kind == "recurrence"
     assert "a d×d matrix per token" in p.forms["chunk"].reason and p.no_triton == p.forms["chunk"].reason
+
+
+def _biased(schedule, **rule):
+    @variant(fast={"W": ("d", "e"), "b": (1, "e")}, update=["W", "b"], loss=lambda y, v: -dot(y, v), schedule=schedule,
+             **rule)
+    def biased(x, W, b):
+        """A linear layer with an updated bias."""
+        return x @ W + b
+
+    return biased
+
+
+@pytest.mark.parametrize(("T", "chunk"), CASES[:4], ids=IDS[:4])
+@pytest.mark.parametrize("rule", ["constant", "per_token+momentum"])
+def test_biased_layer_chunk_and_triton_forms(T, chunk, rule):
+    """φ(x)·W + b scans the stacked state [W; b] with keys [η_W φ(k), η_b] (distinct rates per weight)."""
+    if rule == "constant":
+        v = _biased(token_level(), lr=0.5)
+    else:
+        v = _biased(chunked("apply_then_update", chunk), lr=per_token(), momentum=momentum("chunk"))
+    p = plan(derive(v, certify=False))
+    assert p.forms["chunk"].kind == "parallel" and "triton" in p.forms
+    case = make_case(v, batch=2, seq_len=T, heads=2, sizes={"d": 3, "e": 4}, requires_grad=True,
+                     chunk_size=None if rule == "constant" else chunk, generator=torch.Generator().manual_seed(T))
+    if rule != "constant":
+        assert isinstance(case.optional["lr"], dict) and not torch.equal(*case.optional["lr"].values())
+    with generated_forms(v) as (_, forms):
+        forms, _ = usable_forms(forms)
+        for fn in forms.values():
+            check_against_oracle(v, fn, case, chunk_size=chunk)
+
+
+def test_biased_layer_with_newton_schulz_is_refused_with_its_reason():
+    v = _biased(chunked("apply_then_update", 4), lr=1.0, orthogonalize=newton_schulz(2))
+    reason = plan(derive(v, certify=False)).forms["chunk"].reason
+    assert "act on W and its bias b apart" in reason

@@ -23,9 +23,43 @@ class ParallelHooks(HookBase):
         else:
             rows = [f"q_hat = {self.phi('inputs.Q')}  # [B, H, T, {c.state_rows}]",
                     f"k_hat = {self.phi('inputs.K')}  # [B, H, T, {c.state_rows}]"]
-        rows += [f"v_hat = effective_value(inputs.V{eta}).to(inputs.work)  # [B, H, T, {c.value_dim}]",
-                 "return q_hat, k_hat, v_hat"]
+        if c.bias:
+            rows += self._bias_features()
+        else:
+            rows.append(f"v_hat = effective_value(inputs.V{eta}).to(inputs.work)  # [B, H, T, {c.value_dim}]")
+        rows.append("return q_hat, k_hat, v_hat")
         return lines(rows)
+
+    def _bias_features(self) -> list[str]:
+        """A layer φ(x)·W + b: the bias is a key constantly 1, so q̂ and k̂ get a column of ones and the
+        state is [W; b]; per-token rates η_W, η_b scale the key's two parts (v̂ = ∓∂L/∂f without η)."""
+        c = self.c
+        rows = ["ones = torch.ones_like(k_hat[..., :1])",
+                "q_hat = torch.cat([q_hat, ones], dim=-1)  # [φ(q), 1]"]
+        if c.per_token_lr:
+            rows += [f'eta_W, eta_b = inputs.eta["{c.state}"].to(inputs.work), inputs.eta["{c.bias}"].to(inputs.work)',
+                     "k_hat = torch.cat([eta_W * k_hat, eta_b], dim=-1)  # [η_W φ(k), η_b]: each rate on its rows",
+                     f"v_hat = effective_value(inputs.V, torch.ones_like(eta_W)).to(inputs.work)  # ∓∂L/∂f: "
+                     f"[B, H, T, {c.value_dim}]"]
+        else:
+            rows += ["k_hat = torch.cat([k_hat, ones], dim=-1)  # [φ(k), 1]",
+                     f"v_hat = effective_value(inputs.V).to(inputs.work)  # [B, H, T, {c.value_dim}]"]
+        return rows
+
+    def initial_state(self) -> str:
+        """The state the parallel forms scan: W, or the stacked [W; b] of a biased layer."""
+        c = self.c
+        if c.bias:
+            return f'torch.cat([inputs.state["{c.state}"], inputs.state["{c.bias}"]], dim=-2)'
+        return f'inputs.state["{c.state}"]'
+
+    def final_state(self) -> str:
+        """The final state as the caller's dict entries (``last`` split back into W and b)."""
+        c = self.c
+        if c.bias:
+            return f'{{**inputs.state, "{c.state}": last[..., :-1, :], "{c.bias}": last[..., -1:, :]}}'
+        return f'{{**inputs.state, "{c.state}": last}}'
+
 
     def chunk_states_body(self) -> str:
         """From the chunk increments to the states the chunks read (the prefix-scan forms)."""
@@ -42,7 +76,7 @@ class ParallelHooks(HookBase):
         if c.ns_coefficients:
             rows.append("updates = runtime.newton_schulz(updates, NS_COEFFICIENTS, NS_EPS, dtype=inputs.work)  "
                         "# U_n = 𝓜(M_n), batched over chunks")
-        initial = f'inputs.state["{c.state}"]'
+        initial = self.initial_state()
         if c.decay:
             rows += ["decays = runtime.chunk_decay(inputs.log_gamma, inputs.chunk_size)  "
                      f"# Γ_n = exp(Σ_(t ∈ n) g_t): {self._row_factor_shape()}",
@@ -75,7 +109,7 @@ class ParallelHooks(HookBase):
             "buffers = runtime.linear_scan(A_last[..., None, None], buffer_updates)",
             "buffers = torch.cat([torch.zeros_like(buffers[:, :, :1]), buffers[:, :, :-1]], dim=2)  # M^(n−1)",
             "steps = c[..., -1, :, None] * buffers + state_updates",
-            f'states = torch.cat([inputs.state["{c.state}"].unsqueeze(2), steps], dim=2).cumsum(dim=2)  '
+            f'states = torch.cat([{self.initial_state()}.unsqueeze(2), steps], dim=2).cumsum(dim=2)  '
             "# S^(0), …, S^(N)",
             "reads, last = states[:, :, :-1], states[:, :, -1]",
             "o = q_chunks @ reads.to(work) + c.to(work) * (q_chunks @ buffers.to(work))  # q_t S_0 + c_t q_t M_0",
@@ -220,6 +254,9 @@ class ParallelHooks(HookBase):
         c = self.c
         rows = ["The layer is an associative prefix scan: the feature map is static and the values do not",
                 "depend on the state, so every chunk's increment ΔS_n = φ(K_n)ᵀ V̂_n is computed at once;"]
+        if c.bias:
+            rows.append(f"the bias {c.bias} is a key constantly 1, so the scan runs on the stacked state "
+                        f"[{c.state}; {c.bias}] with keys and queries [φ(x), 1];")
         if c.momentum:
             rows.append("momentum mixes them, M_n = ᾱ_n M_{n−1} + ΔS_n, by a linear scan over chunks (Theorem 5.3);")
         if c.ns_coefficients:

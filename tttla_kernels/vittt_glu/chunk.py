@@ -4,7 +4,7 @@
 
 ViTTT GLU branch: (x W1) ⊙ silu(x W2), one bidirectional step, column-clipped gradients.
 
-This variant has no parallel chunked form: its gated form (f = z_W1 ⊙ silu(z_W2)) has no parallel template yet (the chunk template covers f = φ(x)·W).
+This variant has no parallel chunked form: its gated form (f = z_W1 ⊙ silu(z_W2)) has no parallel template yet (the chunk template covers f = φ(x)·W and φ(x)·W + b).
 Its chunk form is therefore the recurrence of ``recurrent.py``, re-exported under the chunk form's name.
 """
 

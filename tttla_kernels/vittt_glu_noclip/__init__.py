@@ -14,8 +14,8 @@ Parallel, because (derivation report):
 The forms (codegen.plan):
 
 - recurrent (recurrent.py): chunk_scan — the reference form: one inner step on all tokens
-- chunk (chunk.py): chunk_scan — its gated form (f = z_W1 ⊙ silu(z_W2)) has no parallel template yet (the chunk template covers f = φ(x)·W)
-- no Triton form for 'vittt_glu_noclip': its gated form (f = z_W1 ⊙ silu(z_W2)) has no parallel template yet (the chunk template covers f = φ(x)·W)
+- chunk (chunk.py): chunk_scan — its gated form (f = z_W1 ⊙ silu(z_W2)) has no parallel template yet (the chunk template covers f = φ(x)·W and φ(x)·W + b)
+- no Triton form for 'vittt_glu_noclip': its gated form (f = z_W1 ⊙ silu(z_W2)) has no parallel template yet (the chunk template covers f = φ(x)·W and φ(x)·W + b)
 """
 
 from .chunk import chunk_vittt_glu_noclip
