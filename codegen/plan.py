@@ -4,9 +4,10 @@ The one place that decides it: the context, the renderer, ``generate``, ``tttla 
 ``tttla derive`` (its ``"generated"`` field) all read :func:`plan`.
 
 A form's *kind* says how it runs over the sequence: ``"parallel"`` (every chunk's work at once,
-only a cheap pass over the chunk states in sequence), ``"chunk_scan"`` (one inner step per chunk
-of tokens, the chunks in sequence) or ``"recurrence"`` (one step per token, in sequence). Every
-kind that is not parallel comes with a one-line reason.
+only a cheap pass over the chunk states in sequence, or one batched step on all tokens),
+``"chunk_scan"`` (one inner step per chunk of tokens, the chunks in sequence) or
+``"recurrence"`` (one step per token, in sequence). Every kind that is not parallel comes with a
+one-line reason (a parallel form may carry one too, saying how it is parallel).
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def plan(form: LinearAttentionForm) -> FormPlan:
         no_triton = _no_triton_template(form, chunk_template)
         if no_triton is None:
             forms["triton"] = PlannedForm("triton_chunk.py", _TRITON_TEMPLATES[chunk_template], PARALLEL)
+    elif sched.order == "bidirectional":  # one step: the recurrence is already one batched pass
+        forms["chunk"] = PlannedForm("chunk.py", _CHUNK_TEMPLATES[None], PARALLEL, _ONE_STEP)
     else:
         forms["chunk"] = PlannedForm("chunk.py", _CHUNK_TEMPLATES[None], steps, refusal)
     token_steps = sched.order == "update_then_apply"
@@ -126,14 +129,19 @@ def biased_layer(form: LinearAttentionForm) -> str | None:
     return layers[0].bias
 
 
+#: the recurrence of a bidirectional schedule: its one step is a batched pass over every token
+_ONE_STEP = "one inner step on all tokens: every token's increment and read in one batched pass, with no sequence"
+
+
 def _sequential_kind(order: str) -> str:
-    """The kind of the recurrence: a token loop when every token reads right after its own step."""
-    return RECURRENCE if order == "update_then_apply" else CHUNK_SCAN
+    """The kind of the recurrence: a token loop when every token reads right after its own step, one
+    batched pass (parallel) for a single bidirectional step, else a scan over chunks."""
+    return {"update_then_apply": RECURRENCE, "bidirectional": PARALLEL}.get(order, CHUNK_SCAN)
 
 
 def _recurrence_reason(schedule) -> str:
     if schedule.order == "bidirectional":
-        return "the reference form: one inner step on all tokens"
+        return "the reference form: " + _ONE_STEP
     if schedule.order != "update_then_apply":
         return "the reference form: one inner step per chunk, the chunks in sequence"
     at = "" if schedule.fixed else " (gradients at the chunk-start weights)"

@@ -297,12 +297,14 @@ def test_plan_of_a_sequential_variant(name, kind):
     assert p.triton_refusal == f"no Triton form for {name!r}: {chunk.reason}"
 
 
-def test_plan_of_a_headed_parallel_variant_says_why_it_has_no_parallel_template():
-    p = _plan("vittt_glu")  # a prefix scan under a gated head: parallel, but no template for its f
+def test_plan_of_a_headed_one_step_variant_says_why_it_has_no_triton_form():
+    """One bidirectional step under a gated head: the recurrence is one batched pass (parallel), and
+    there is no template for its f, so no Triton form, with the head named."""
+    p = _plan("vittt_glu")
     assert p.chunk_template is None and "triton" not in p.forms
     chunk = p.forms["chunk"]
-    assert chunk.kind == "chunk_scan" and "no parallel template" in chunk.reason
-    assert "f = z_W1 ⊙ silu(z_W2)" in chunk.reason  # the head the template lacks
+    assert chunk.kind == p.forms["recurrent"].kind == "parallel" and "one batched pass" in chunk.reason
+    assert "no parallel template" in p.no_triton and "f = z_W1 ⊙ silu(z_W2)" in p.no_triton  # the head it lacks
 
 
 def test_derive_reports_the_generated_forms(capsys):

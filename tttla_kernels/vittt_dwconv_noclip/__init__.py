@@ -12,7 +12,7 @@ Parallel, because (derivation report):
 
 The forms (codegen.plan):
 
-- recurrent (recurrent.py): chunk_scan — the reference form: one inner step on all tokens
+- recurrent (recurrent.py): parallel — the reference form: one inner step on all tokens: every token's increment and read in one batched pass, with no sequence
 - chunk (chunk.py): parallel
 - triton (triton_chunk.py): parallel
 

@@ -13,8 +13,8 @@ Parallel, because (derivation report):
 
 The forms (codegen.plan):
 
-- recurrent (recurrent.py): chunk_scan — the reference form: one inner step on all tokens
-- chunk (chunk.py): chunk_scan — its gated form (f = z_W1 ⊙ silu(z_W2)) has no parallel template yet (the chunk template covers f = φ(x)·W and φ(x)·W + b)
+- recurrent (recurrent.py): parallel — the reference form: one inner step on all tokens: every token's increment and read in one batched pass, with no sequence
+- chunk (chunk.py): parallel — one inner step on all tokens: every token's increment and read in one batched pass, with no sequence
 - no Triton form for 'vittt_glu_noclip': its gated form (f = z_W1 ⊙ silu(z_W2)) has no parallel template yet (the chunk template covers f = φ(x)·W and φ(x)·W + b)
 """
 
