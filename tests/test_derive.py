@@ -42,6 +42,7 @@ EXPECTED = {
     "simple_gla": ("static", "state_independent", True),
     "retention": ("static", "state_independent", True),
     "gla": ("static", "state_independent", True),
+    "mamba2": ("static", "state_independent", True),
 }
 
 #: the chunked parallel form of every catalog variant (prefix_scan exactly when parallel)
@@ -69,6 +70,7 @@ PARALLEL_FORM = {
     "simple_gla": "prefix_scan",
     "retention": "prefix_scan",
     "gla": "prefix_scan",
+    "mamba2": "prefix_scan",
 }
 
 
@@ -90,7 +92,7 @@ CODES = {
     "lact_v1": {"reducible.plain", "kernel.static", "values.state_independent", "not_parallel.weight_norm",
                 *_LACT_SEQUENTIAL},
     **{name: {*_PREFIX_SCAN} for name in ("lact_v2", "lact_v3", "lact_v4", "lact_v5", "lact_v6", "linear_attention",
-                                          "simple_gla", "retention", "gla")},
+                                          "simple_gla", "retention", "gla", "mamba2")},
     "delta_rule": {*_DELTA},
     "gated_delta_rule": {*_DELTA},
     "titans": {"reducible.plain", "kernel.static", "values.state_dependent", "not_parallel.state_dependent_values",

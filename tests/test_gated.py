@@ -27,11 +27,11 @@ from derivations.catalog import CATALOG
 from verify import make_case, run_direct
 from verify.forms import cast_case, generated_forms, usable_forms
 
-GATED = ("simple_gla", "retention", "gla")
+GATED = ("simple_gla", "retention", "gla", "mamba2")
 
 
 def _case(v, T, seed=0, **ranges):
-    return make_case(v, batch=2, seq_len=T, heads=3, sizes={"d": 5}, requires_grad=True,
+    return make_case(v, batch=2, seq_len=T, heads=3, sizes={"d": 5, "e": 4}, requires_grad=True,
                      generator=torch.Generator().manual_seed(seed), **ranges)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 
 from derivations.catalog.delta import delta_rule, gated_delta_rule
-from derivations.catalog.gated import gla, retention, simple_gla
+from derivations.catalog.gated import gla, mamba2, retention, simple_gla
 from derivations.catalog.lact import (
     lact,
     lact_ga,
@@ -49,6 +49,7 @@ CATALOG: dict[str, Variant] = {
         simple_gla,
         retention,
         gla,
+        mamba2,
         ttt_linear,
         ttt_mlp,
         vittt_glu,

@@ -7,7 +7,7 @@ weighs token i's increment in token t's read by exp(G_t − G_i), G the cumulati
 """
 
 from derivations.mat import dot
-from derivations.spec import constant, decay, token_level
+from derivations.spec import constant, decay, per_token, token_level
 from derivations.variant import variant
 
 
@@ -60,5 +60,24 @@ def gla(x, W):
 
     Yang et al., "Gated Linear Attention Transformers with Hardware-Efficient Training" (ICML
     2024), as flash-linear-attention's ``chunk_gla`` with its gate gk = log γ and scale 1.
+    """
+    return x @ W
+
+
+@variant(
+    fast={"W": ("d", "e")},
+    update=["W"],
+    loss=lambda y, v: -dot(y, v),
+    lr=per_token(),
+    schedule=token_level(order="update_then_apply"),
+    decay=decay(gate="token"),
+)
+def mamba2(x, W):
+    """Mamba-2's state-space duality: S_t = γ_t S_{t−1} + Δ_t k_tᵀ v_t, o_t = q_t S_t, with γ_t = exp(Δ_t A_h).
+
+    The SSD layer of Dao & Gu, "Transformers are SSMs: Generalized Models and Efficient Algorithms
+    Through Structured State Space Duality" (ICML 2024), in its linear-attention reading: q = C,
+    k = B, v = x (head width e, state width d), the step Δ_t as the per-token learning rate and
+    g_t = Δ_t A_h as log_decay; the skip term D x_t is left to the caller. simple_gla with a rate.
     """
     return x @ W
