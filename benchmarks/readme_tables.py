@@ -7,7 +7,9 @@ Each table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` in 
 
 * ``catalog``: every catalog variant's classification, its generated forms and their kind, whether
   it is certified, and one ``derive`` time (``results/catalog.json``, written by ``--measure``);
-* ``cpu``: the CPU benchmark (``results/cpu.json``, written by ``benchmarks/run_cpu.py``).
+* ``cpu``: the CPU benchmark (``results/cpu.json``, written by ``benchmarks/run_cpu.py``);
+* ``gpu-…``: a GPU run and its targets (``results/<device>.json``, written by ``benchmarks/run_gpu.py``
+  through ``benchmarks/gpu_check.sh``).
 
 ``tests/test_docs.py`` renders the tables from the committed files and checks that README.md holds
 exactly them, and that ``catalog.json`` still matches what the engine derives.
@@ -105,8 +107,60 @@ def cpu_table(results: dict) -> str:
     return "\n".join(rows)
 
 
-TABLES = {"catalog": (lambda: json.loads((RESULTS / "catalog.json").read_text()), catalog_table),
-          "cpu": (lambda: json.loads((RESULTS / "cpu.json").read_text()), cpu_table)}
+def _gpu_form(name: str, result: dict) -> str:
+    """A GPU row's form as a reader names it (``triton_chunk256`` → "Triton, chunk 256")."""
+    if name.startswith("triton_chunk"):
+        return f"Triton, chunk {name.removeprefix('triton_chunk')}"
+    default = f", chunk {result['config']['chunk']} (default)" if any(
+        r["name"].startswith("triton_chunk") for r in result["rows"]) else ""
+    return {"triton": f"Triton{default}", "chunk": "torch chunk", "recurrent": "recurrent",
+            "fla_chunk": "fla `chunk_linear_attn`", "fla_fused_recurrent": "fla `fused_recurrent_linear_attn`"}.get(
+        name, name)
+
+
+def _gpu_shape(result: dict) -> str:
+    c = result["config"]
+    if result["variant"].startswith("lact"):
+        return f"`{result['variant']}`, B·H = {c['batch_heads']}, T = {c['seq_len']}, d = h = {c['dim']}, chunk {c['chunk']}"
+    return f"`{result['variant']}`, B·H = {c['batch_heads']}, T = {c['seq_len']}, d = {c['dim']}"
+
+
+def gpu_table(results: dict) -> str:
+    """One row per (variant, form): forward ms, M tokens/s and % of the same-run matmul peak, then
+    forward+backward ms and M tokens/s."""
+    rows = ["| variant, shape | form | fwd ms | fwd Mtok/s | fwd % peak | fwd+bwd ms | fwd+bwd Mtok/s |",
+            "|---|---|---:|---:|---:|---:|---:|"]
+    for result in results["results"].values():
+        by = {(r["name"], r["pass"]): r for r in result["rows"] if r["name"] != "matmul"}
+        for i, name in enumerate(dict.fromkeys(n for n, _ in by)):
+            f, fb = by.get((name, "forward")), by.get((name, "forward+backward"))
+
+            def cell(r, key, scale, fmt):
+                return "–" if r is None or r[key] is None else format(scale * r[key], fmt)
+
+            rows.append(f"| {_gpu_shape(result) if i == 0 else ''} | {_gpu_form(name, result)} "
+                        f"| {cell(f, 'seconds', 1e3, '.2f')} | {cell(f, 'tokens_per_s', 1e-6, '.1f')} "
+                        f"| {cell(f, 'fraction_of_matmul', 100, '.1f')} | {cell(fb, 'seconds', 1e3, '.2f')} "
+                        f"| {cell(fb, 'tokens_per_s', 1e-6, '.1f')} |")
+    return "\n".join(rows)
+
+
+def targets_table(results: dict) -> str:
+    rows = ["| target | at least | measured | met |", "|---|---:|---:|---|"]
+    rows += [f"| {t['target']} | {t['at_least']:g} | {t['value']:.3f} | {'yes' if t['met'] else 'no'} |"
+             for t in results["targets"]]
+    return "\n".join(rows)
+
+
+def _load(name: str):
+    return lambda: json.loads((RESULTS / name).read_text())
+
+
+TABLES = {"catalog": (_load("catalog.json"), catalog_table),
+          "cpu": (_load("cpu.json"), cpu_table),
+          "gpu-h200": (_load("nvidia-h200.json"), gpu_table),
+          "gpu-h200-targets": (_load("nvidia-h200.json"), targets_table),
+          "gpu-h100": (_load("nvidia-h100-80gb-hbm3.json"), gpu_table)}
 
 
 def render(name: str) -> str:
