@@ -120,9 +120,10 @@ def _gpu_form(name: str, result: dict) -> str:
 
 def _gpu_shape(result: dict) -> str:
     c = result["config"]
+    head = f"`{result['variant']}`, B·H = {c['batch_heads']}, T = {c['seq_len']}"
     if result["variant"].startswith("lact"):
-        return f"`{result['variant']}`, B·H = {c['batch_heads']}, T = {c['seq_len']}, d = h = {c['dim']}, chunk {c['chunk']}"
-    return f"`{result['variant']}`, B·H = {c['batch_heads']}, T = {c['seq_len']}, d = {c['dim']}"
+        return f"{head}, d = h = {c['dim']}, chunk {c['chunk']}"
+    return f"{head}, d = {c['dim']}"
 
 
 def gpu_table(results: dict) -> str:
