@@ -58,6 +58,9 @@ class FormPlan:
     no_triton: str | None
     #: the default compute block of the parallel forms when the schedule fixes the step, else None
     compute_chunk: int | None = None
+    #: the Triton form runs the fused scan (``tttla_kernels/triton_scan.py``: one kernel walks the
+    #: blocks with the state in registers) rather than the two-kernel pipeline
+    fused_scan: bool = False
     #: the files every package has besides its forms
     support: dict[str, str] = field(default_factory=lambda: {"__init__.py": "__init__.py.jinja",
                                                             "_common.py": "_common.py.jinja"})
@@ -115,6 +118,7 @@ def plan(form: LinearAttentionForm) -> FormPlan:
         forms=forms,
         no_triton=no_triton,
         compute_chunk=COMPUTE_CHUNK if chunk_template and sched.fixed and token_steps else None,
+        fused_scan="triton" in forms and _fused_scan_fits(form),
     )
 
 
@@ -183,3 +187,12 @@ def _no_triton_template(form: LinearAttentionForm, chunk_template: str) -> str |
         return ("per-token momentum weighs token j in token t's read by C_tj = Σ_(i=j..t) Π α, and the Triton read "
                 "kernel's intra-chunk mask is 0/1")
     return None
+
+
+def _fused_scan_fits(form: LinearAttentionForm) -> bool:
+    """Whether the fused scan computes the Triton form: one step per token read right after it, a plain
+    sum of increments (no momentum, per-position factors or clip), at most one decay factor per token."""
+    v = form.variant
+    return (form.classification.parallel_form == "prefix_scan" and v.schedule.order == "update_then_apply"
+            and v.momentum is None and not v.lr.position and v.clip is None and v.orthogonalize is None
+            and (v.decay is None or v.decay.gate in ("token", "head")))

@@ -86,7 +86,7 @@ def test_committed_modules_regenerate_identically(name):
 def test_generated_forms_equal_the_oracle_in_fp64(name, T):
     variant = CATALOG[name]
     module = import_generated(name)
-    case = make_case(variant, batch=2, seq_len=T, heads=2, sizes={"d": 5, "h": 3},
+    case = make_case(variant, batch=2, seq_len=T, heads=2, sizes={"d": 5, "h": 3, "e": 4},
                      chunk_size=None if variant.schedule.fixed else 4, requires_grad=True,
                      generator=torch.Generator().manual_seed(T), lr_range=(-1.0, 2.0))
     o_ref, final_ref = run_direct(variant, **case.kwargs())

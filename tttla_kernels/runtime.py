@@ -10,6 +10,7 @@ __all__ = [
     "state_dtype", "work_dtype", "heads_first", "per_head", "token_coefficient", "channel_coefficient",
     "newton_schulz", "renormalize_columns", "chunk_means", "linear_scan", "causal_product", "split_chunks",
     "chunk_log_decay", "chunk_decay", "decayed_scores", "last_position_factors", "token_momentum_weights",
+    "scan_block",
     "resolve_sizes", "shape_in", "check_grid", "grid_patches", "lower_depthwise", "raise_depthwise", "check_position",
 ]
 
@@ -260,6 +261,12 @@ def token_momentum_weights(alpha: torch.Tensor, chunk_size: int):
     C = P.cumsum(dim=-2)  # Σ_(i ≤ t) P_ij, and P_ij = 0 for i < j
     A = torch.cumprod(a, dim=-1)
     return C, A.cumsum(dim=-1).unsqueeze(-1), P[..., -1, :], A[..., -1]
+
+
+def scan_block(chunk_size: int) -> int:
+    """The fused scan's block: the power of two ≥ 16 covering ``chunk_size``, at most 64 (a token-level
+    schedule's result does not depend on it)."""
+    return min(64, max(16, 1 << (max(chunk_size, 1) - 1).bit_length()))
 
 
 def last_position_factors(position: torch.Tensor, T: int) -> torch.Tensor:

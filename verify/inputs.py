@@ -87,6 +87,10 @@ def make_case(
     sizes = sizes or default_sizes(variant, 8)
     g = generator or torch.Generator().manual_seed(0)
     B, T, H = batch, seq_len, heads
+    missing = [d for d in dict.fromkeys((*variant.dims, variant.value_dim)) if d.isidentifier() and d not in sizes]
+    if missing:
+        raise ValueError(f"sizes: give a size for every named dimension of {variant.name!r}; missing {missing} "
+                         f"(got {sorted(sizes)})")
     Dk, Dv = sizes[variant.key_dim], sizes.get(variant.value_dim, None) or int(variant.value_dim)
 
     def randn(*shape):

@@ -117,6 +117,30 @@ class ParallelHooks(HookBase):
             "o = o + runtime.causal_product(weights, v_chunks)  # the chunk's own tokens j ≤ t",
         ])
 
+    def triton_body(self) -> str:
+        """triton_chunk.py's work after ``prepare``: the fused scan, or the two-kernel pipeline."""
+        c = self.c
+        pipeline = lines(["q_hat, k_hat, v_hat = (x.contiguous() for x in features(inputs))  "
+                          "# φ(Q), φ(K), V̂ of every token (work dtype)"]) + "\n" + self.triton_updates() + "\n" + \
+            lines(["reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state after the "
+                   "last step"]) + "\n" + self.triton_read()
+        if not c.plan.fused_scan:
+            return pipeline
+        gate = ("None" if not c.decay else
+                "runtime.chunk_log_decay(inputs.log_gamma, block)[..., 0].flatten(2, 3)[:, :, :inputs.T]")
+        fused = lines([
+            "q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ (views of the caller's tensors where φ is the "
+            "identity)",
+            "if max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # the state fits in one program's registers",
+            "    block = runtime.scan_block(inputs.chunk_size)  # a power of two: it does not change the result",
+            *(["    # G_t = Σ_(s≤t in its block) g_s, [B, H, T]"] if c.decay else []),
+            f"    G = {gate}",
+            f"    o, states = scan_fused(q_hat, k_hat, v_hat, G, {self.initial_state()}, block)",
+            "    last = states[:, :, -1]",
+            f"    return finish(o, {self.final_state()}, output_final_state, inputs)",
+            "# a wider state: the two-kernel pipeline"])
+        return fused + "\n" + pipeline
+
     def triton_updates(self) -> str:
         """triton_chunk.py's chunk increments (``chunk_outer``), with a per-token decay's (Γ_L/Γ_i) on the keys."""
         c = self.c
@@ -160,7 +184,9 @@ class ParallelHooks(HookBase):
         if c.lr_position or c.order != "update_then_apply":
             masks.add("MASK_NONE")
         kernels = f"from tttla_kernels.triton_runtime import {', '.join(sorted(masks))}, chunk_outer, chunk_read"
-        runtime = bool(c.decay) and c.order == "update_then_apply"
+        if c.plan.fused_scan:
+            kernels += "\nfrom tttla_kernels.triton_scan import MAX_WIDTH, scan_fused"
+        runtime = (bool(c.decay) and c.order == "update_then_apply") or c.plan.fused_scan
         # the kernels join the first-party block that follows torch's (or open it)
         return self.imports(runtime=runtime) + ("\n" if runtime else "\n\n") + kernels
 
@@ -270,6 +296,8 @@ class ParallelHooks(HookBase):
 
     def triton_pipeline(self) -> str:
         c = self.c
+        if c.plan.fused_scan:
+            return self._fused_scan_doc()
         if c.feature_weights:
             phi = (f" φ is a chain of matrix\n   products with the slow weights {', '.join(c.feature_weights)} and "
                    "element-wise epilogues; its\n   gradients w.r.t. those weights are sums over every token of the "
@@ -287,6 +315,8 @@ class ParallelHooks(HookBase):
         grads = "q, k, v" + (", lr" if c.per_token_lr else "") + (", momentum" if c.momentum else "") + \
             "".join(f", {w}" for w in c.feature_weights)
         return "\n".join([
+            "Pipeline (flash-linear-attention's split into a state pass and an output pass):",
+            "",
             f"1. φ(Q), φ(K) and V̂ = {c.sign}η ∂L/∂f in torch, with autograd.{phi}",
             f"2. ``chunk_outer`` (Triton): the chunk increments ΔS_n = φ(K_n)ᵀ V̂_n ``[B, H, N, {c.state_rows}, "
             f"{c.value_dim}]``.",
@@ -299,6 +329,24 @@ class ParallelHooks(HookBase):
             "initial state, and ``torch.compile`` traces the whole layer. Token-level work runs in q's dtype",
             "for fp16/bf16 (tensor cores), else in the state dtype; states and accumulators are fp32 (fp64",
             "for fp64 inputs)."])
+
+    def _fused_scan_doc(self) -> str:
+        c = self.c
+        gate = (" and the block-cumulative log decay G_t,\n   decayed on chip by e^{G_t − G_s} under the mask"
+                if c.decay else "")
+        return "\n".join([
+            "The fused scan:",
+            "",
+            f"1. φ(Q), φ(K) and V̂ = {c.sign}η ∂L/∂f in torch (views of the caller's tensors where φ is the identity).",
+            "2. ``scan_fused`` (Triton, ``tttla_kernels/triton_scan.py``): one program per (batch, head) walks the",
+            f"   blocks with the state in fp32 registers; per block it reads q̂, k̂, v̂{gate},",
+            "   writes o_t = q̂_t S + Σ_(s≤t) (q̂_t·k̂_s) v̂_s in the caller's [B, T, H, D] layout, then S ← S + K̂ᵀV̂.",
+            "   Its backward runs the blocks in reverse with ∂L/∂S in registers, from the block states the",
+            "   forward saved (``tttla::scan_fused``, ``tttla::scan_fused_backward``).",
+            "",
+            "A state wider than MAX_WIDTH (Dk or Dv > 256) falls back to the two-kernel pipeline of",
+            "``triton_runtime.py`` (``chunk_outer`` for the chunk increments, a torch scan, ``chunk_read``).",
+            "Token-level work runs in q's dtype for fp16/bf16 (tensor cores), else in the state dtype."])
 
     def delta_math(self) -> str:
         """The WY/UT form's maths (both delta forms' docstrings)."""

@@ -5,19 +5,19 @@ exactly what chunk.py computes, forward and backward.
 
 Simple gated linear attention: S_t = γ_t S_{t−1} + k_tᵀ v_t, o_t = q_t S_t, one gate per token and head.
 
-Pipeline (flash-linear-attention's split into a state pass and an output pass):
+The fused scan:
 
-1. φ(Q), φ(K) and V̂ = -η ∂L/∂f in torch, with autograd. φ is the identity here.
-2. ``chunk_outer`` (Triton): the chunk increments ΔS_n = φ(K_n)ᵀ V̂_n ``[B, H, N, d, d]``.
-3. torch, with autograd: the prefix sum over chunks: the state each chunk reads.
-4. ``chunk_read`` (Triton): O_n = φ(Q_n) S^{(n−1)} + tril(φ(Q_n) φ(K_n)ᵀ) V̂_n (token-inclusive).
+1. φ(Q), φ(K) and V̂ = -η ∂L/∂f in torch (views of the caller's tensors where φ is the identity).
+2. ``scan_fused`` (Triton, ``tttla_kernels/triton_scan.py``): one program per (batch, head) walks the
+   blocks with the state in fp32 registers; per block it reads q̂, k̂, v̂ and the block-cumulative log decay G_t,
+   decayed on chip by e^{G_t − G_s} under the mask,
+   writes o_t = q̂_t S + Σ_(s≤t) (q̂_t·k̂_s) v̂_s in the caller's [B, T, H, D] layout, then S ← S + K̂ᵀV̂.
+   Its backward runs the blocks in reverse with ∂L/∂S in registers, from the block states the
+   forward saved (``tttla::scan_fused``, ``tttla::scan_fused_backward``).
 
-Both kernels live in ``tttla_kernels/triton_runtime.py``, shared by every variant: torch.library
-custom ops (``tttla::chunk_outer``, ``tttla::chunk_read``) whose backward passes are the same two
-ops with the roles of their operands permuted, so gradients reach q, k, v and the
-initial state, and ``torch.compile`` traces the whole layer. Token-level work runs in q's dtype
-for fp16/bf16 (tensor cores), else in the state dtype; states and accumulators are fp32 (fp64
-for fp64 inputs).
+A state wider than MAX_WIDTH (Dk or Dv > 256) falls back to the two-kernel pipeline of
+``triton_runtime.py`` (``chunk_outer`` for the chunk increments, a torch scan, ``chunk_read``).
+Token-level work runs in q's dtype for fp16/bf16 (tensor cores), else in the state dtype.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 
 from tttla_kernels import runtime
 from tttla_kernels.triton_runtime import MASK_CAUSAL, chunk_outer, chunk_read
+from tttla_kernels.triton_scan import MAX_WIDTH, scan_fused
 
 from ._common import chunk_states, features, finish, prepare
 
@@ -61,6 +62,15 @@ def triton_simple_gla(
     inputs = prepare(
         q, k, v, log_decay=log_decay, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True,
     )
+    q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ (views of the caller's tensors where φ is the identity)
+    if max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # the state fits in one program's registers
+        block = runtime.scan_block(inputs.chunk_size)  # a power of two: it does not change the result
+        # G_t = Σ_(s≤t in its block) g_s, [B, H, T]
+        G = runtime.chunk_log_decay(inputs.log_gamma, block)[..., 0].flatten(2, 3)[:, :, :inputs.T]
+        o, states = scan_fused(q_hat, k_hat, v_hat, G, inputs.state["W"], block)
+        last = states[:, :, -1]
+        return finish(o, {**inputs.state, "W": last}, output_final_state, inputs)
+    # a wider state: the two-kernel pipeline
     q_hat, k_hat, v_hat = (x.contiguous() for x in features(inputs))  # φ(Q), φ(K), V̂ of every token (work dtype)
     G = runtime.chunk_log_decay(inputs.log_gamma, inputs.chunk_size)  # G_t = Σ_(s≤t in its chunk) g_s
     tail = (G[..., -1:, :] - G).flatten(2, 3)[:, :, :inputs.T]  # log Γ_L/Γ_i of every token

@@ -1,0 +1,298 @@
+"""The fused scan of a token-level prefix scan, in Triton (hand-written, not generated).
+
+For a layer whose state takes one step per token and is read right after it — linear
+attention, and its decayed forms (simple_gla, retention, Mamba-2) —
+
+    S_t = γ_t S_{t−1} + k_tᵀ v_t,   o_t = q_t S_t   (γ_t = exp(g_t), γ ≡ 1 without a gate),
+
+one program per (batch, head) walks the blocks of ``BT`` tokens in order with the state in
+fp32 registers. Per block, with G_t = Σ_{s ≤ t in the block} g_s and S the state before it:
+
+    o_t = e^{G_t} q_t S + Σ_{s ≤ t} e^{G_t − G_s} (q_t · k_s) v_s,
+    S  ← e^{G_L} S + Σ_s (e^{G_L − G_s} k_s)ᵀ v_s,
+
+so a call reads q, k, v once, writes o once and, for the backward pass, the state before every
+block (fp32, ``[B, H, N + 1, Dk, Dv]``, the last entry the final state). The block size does not
+change the result (the schedule steps once per token). Tokens are read and o is written in the
+caller's layout through strides (``[B, H, T, D]`` views of ``[B, T, H, D]`` tensors need no copy).
+Every ratio e^{G_t − G_s} is taken under the mask (exponent ≤ 0 for gates ≤ 0), and a NaN or inf
+at token s reaches only rows t ≥ s (``drop_nonfinite``).
+
+The backward pass runs the blocks in reverse with dS = ∂L/∂S (after the block) in registers:
+
+    dq_t = e^{G_t} dO_t Sᵀ + Σ_{s ≤ t} e^{G_t − G_s} (dO_t · v_s) k_s,
+    dk_s = Σ_{t ≥ s} e^{G_t − G_s} (dO_t · v_s) q_t + e^{G_L − G_s} v_s dSᵀ,
+    dv_s = Σ_{t ≥ s} e^{G_t − G_s} (q_t · k_s) dO_t + e^{G_L − G_s} k_s dS,
+    dG_t = q_t · dq_t − k_t · dk_t (+ ⟨dS, S_after⟩ at the block's last token),
+    dS  ← e^{G_L} dS + Σ_t (e^{G_t} q_t)ᵀ dO_t,
+
+dG being the gradient of the block-cumulative gate (torch's cumsum carries it to g). One program
+holds the whole state (Dk, Dv ≤ 256); the forward and backward are ``torch.library`` custom ops
+(``tttla::scan_fused``, ``tttla::scan_fused_backward``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from tttla_kernels.runtime import state_dtype
+from tttla_kernels.triton_runtime import check_device, drop_nonfinite, new_output
+
+__all__ = ["scan_fused", "MAX_WIDTH"]
+
+#: the widest key or value a program holds in registers
+MAX_WIDTH = 256
+
+
+def _block(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+@triton.jit
+def _tile(ptr, t0, T, st, sd, D, BT: tl.constexpr, BD: tl.constexpr):
+    """Rows t0 … t0 + BT of a strided ``[T, D]`` matrix (zeros past T and D)."""
+    t = t0 + tl.arange(0, BT)
+    d = tl.arange(0, BD)
+    return tl.load(ptr + t[:, None] * st + d[None, :] * sd, mask=(t[:, None] < T) & (d[None, :] < D), other=0.0)
+
+
+@triton.jit
+def _put(ptr, x, t0, T, st, sd, D, BT: tl.constexpr, BD: tl.constexpr):
+    t = t0 + tl.arange(0, BT)
+    d = tl.arange(0, BD)
+    tl.store(ptr + t[:, None] * st + d[None, :] * sd, x.to(ptr.dtype.element_ty),
+             mask=(t[:, None] < T) & (d[None, :] < D))
+
+
+@triton.jit
+def _gates(g_ptr, t0, T, HAS_GATE: tl.constexpr, BT: tl.constexpr):
+    """G_t of the block's rows and G at its last real token (zeros without a gate). Rows past T take
+    the last real G, so every ratio a padded row enters is e^0 or smaller, never an overflow."""
+    t = t0 + tl.arange(0, BT)
+    real = t < T
+    if HAS_GATE:
+        G = tl.load(g_ptr + t, mask=real, other=0.0)
+    else:
+        G = tl.zeros([BT], dtype=tl.float32)
+    last = tl.sum(tl.where(t == tl.minimum(t0 + BT, T) - 1, G, 0.0), axis=0)
+    return tl.where(real, G, last), last
+
+
+@triton.jit
+def scan_fused_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, o_ptr, states_ptr,
+    H, T, DK, DV,
+    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
+    HAS_GATE: tl.constexpr, HAS_S0: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    """One (batch, head): o and the state before every block (states ``[N + 1, DK, DV]``)."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    acc_t = states_ptr.dtype.element_ty
+    in_t = q_ptr.dtype.element_ty
+    q_base = q_ptr + i_b * sqb + i_h * sqh
+    k_base = k_ptr + i_b * skb + i_h * skh
+    v_base = v_ptr + i_b * svb + i_h * svh
+    o_base = o_ptr + i_b * sob + i_h * soh
+    g_base = g_ptr + i_bh * T
+    st_base = states_ptr + i_bh * (tl.cdiv(T, BT) + 1) * DK * DV
+    rk = tl.arange(0, BK)
+    rv = tl.arange(0, BV)
+    state_mask = (rk[:, None] < DK) & (rv[None, :] < DV)
+    if HAS_S0:
+        S = tl.load(s0_ptr + i_bh * DK * DV + rk[:, None] * DV + rv[None, :], mask=state_mask, other=0.0).to(acc_t)
+    else:
+        S = tl.zeros([BK, BV], dtype=acc_t)
+    rt = tl.arange(0, BT)
+    causal = rt[None, :] <= rt[:, None]
+    for i_n in range(0, tl.cdiv(T, BT)):
+        t0 = i_n * BT
+        tl.store(st_base + i_n * DK * DV + rk[:, None] * DV + rv[None, :], S, mask=state_mask)
+        q = _tile(q_base, t0, T, sqt, sqd, DK, BT, BK)
+        k = _tile(k_base, t0, T, skt, skd, DK, BT, BK)
+        v = _tile(v_base, t0, T, svt, svd, DV, BT, BV)
+        G, last = _gates(g_base, t0, T, HAS_GATE, BT)
+        scores = tl.dot(q, tl.trans(k), input_precision="ieee").to(acc_t)  # q_t · k_s
+        ratio = tl.exp(tl.where(causal, G[:, None] - G[None, :], -float("inf")))
+        scores = tl.where(causal, scores * ratio, 0.0)
+        v_kept, reached = drop_nonfinite(v, True)
+        o = tl.dot(q, S.to(in_t), input_precision="ieee").to(acc_t) * tl.exp(G)[:, None]
+        o += tl.dot(scores.to(in_t), v_kept, input_precision="ieee").to(acc_t)
+        o = tl.where(reached, float("nan"), o)
+        _put(o_base, o, t0, T, sot, sod, DV, BT, BV)
+        k_tail = (k.to(acc_t) * tl.exp(last - G)[:, None]).to(in_t)  # e^{G_L − G_s} k_s
+        S = S * tl.exp(last) + tl.dot(tl.trans(k_tail), v, input_precision="ieee").to(acc_t)
+    tl.store(st_base + tl.cdiv(T, BT) * DK * DV + rk[:, None] * DV + rv[None, :], S, mask=state_mask)
+
+
+@triton.jit
+def scan_fused_bwd_kernel(
+    q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, do_ptr, dsf_ptr, dq_ptr, dk_ptr, dv_ptr, dg_ptr, ds0_ptr,
+    H, T, DK, DV,
+    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
+    HAS_GATE: tl.constexpr, HAS_DSF: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    """One (batch, head), blocks in reverse: dq, dk ``[T, DK]``, dv ``[T, DV]``, dG ``[T]`` (all
+    contiguous per (batch, head)) and dS_0 ``[DK, DV]``."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    acc_t = states_ptr.dtype.element_ty
+    in_t = q_ptr.dtype.element_ty
+    q_base = q_ptr + i_b * sqb + i_h * sqh
+    k_base = k_ptr + i_b * skb + i_h * skh
+    v_base = v_ptr + i_b * svb + i_h * svh
+    do_base = do_ptr + i_b * sob + i_h * soh
+    g_base = g_ptr + i_bh * T
+    n_blocks = tl.cdiv(T, BT)
+    st_base = states_ptr + i_bh * (n_blocks + 1) * DK * DV
+    rk = tl.arange(0, BK)
+    rv = tl.arange(0, BV)
+    state_mask = (rk[:, None] < DK) & (rv[None, :] < DV)
+    if HAS_DSF:
+        dS = tl.load(dsf_ptr + i_bh * DK * DV + rk[:, None] * DV + rv[None, :], mask=state_mask, other=0.0).to(acc_t)
+    else:
+        dS = tl.zeros([BK, BV], dtype=acc_t)
+    rt = tl.arange(0, BT)
+    causal = rt[None, :] <= rt[:, None]
+    for j in range(0, n_blocks):
+        i_n = n_blocks - 1 - j
+        t0 = i_n * BT
+        S = tl.load(st_base + i_n * DK * DV + rk[:, None] * DV + rv[None, :], mask=state_mask, other=0.0)
+        S_after = tl.load(st_base + (i_n + 1) * DK * DV + rk[:, None] * DV + rv[None, :], mask=state_mask,
+                          other=0.0)
+        q = _tile(q_base, t0, T, sqt, sqd, DK, BT, BK)
+        k = _tile(k_base, t0, T, skt, skd, DK, BT, BK)
+        v = _tile(v_base, t0, T, svt, svd, DV, BT, BV)
+        do = _tile(do_base, t0, T, sot, sod, DV, BT, BV)
+        G, last = _gates(g_base, t0, T, HAS_GATE, BT)
+        ratio = tl.exp(tl.where(causal, G[:, None] - G[None, :], -float("inf")))  # [t, s]
+        tail = tl.exp(last - G)  # e^{G_L − G_s}
+        # intra-chunk products; a non-finite dO_t or v_s must reach only the rows that read it
+        do_kept, do_reached = drop_nonfinite(do, False)  # dv_s, dk_s sum over t ≥ s
+        v_kept, v_reached = drop_nonfinite(v, True)  # dq_t sums over s ≤ t
+        scores = tl.where(causal, tl.dot(q, tl.trans(k), input_precision="ieee").to(acc_t) * ratio, 0.0)
+        dp = tl.where(causal, tl.dot(do, tl.trans(v_kept), input_precision="ieee").to(acc_t) * ratio, 0.0)
+        dp_t = tl.where(causal, tl.dot(do_kept, tl.trans(v), input_precision="ieee").to(acc_t) * ratio, 0.0)
+        dq = tl.dot(do, tl.trans(S.to(in_t)), input_precision="ieee").to(acc_t) * tl.exp(G)[:, None]
+        dq += tl.dot(dp.to(in_t), k, input_precision="ieee").to(acc_t)
+        dq = tl.where(tl.sum(v_reached.to(tl.int32), axis=1)[:, None] > 0, float("nan"), dq)
+        dk = tl.dot(tl.trans(dp_t).to(in_t), q, input_precision="ieee").to(acc_t)
+        dk += tl.dot(v, tl.trans(dS.to(in_t)), input_precision="ieee").to(acc_t) * tail[:, None]
+        dv = tl.dot(tl.trans(scores).to(in_t), do_kept, input_precision="ieee").to(acc_t)
+        dv += tl.dot(k, dS.to(in_t), input_precision="ieee").to(acc_t) * tail[:, None]
+        dv = tl.where(do_reached, float("nan"), dv)
+        dk = tl.where(tl.sum(do_reached.to(tl.int32), axis=1)[:, None] > 0, float("nan"), dk)
+        t = t0 + rt
+        if HAS_GATE:
+            dG = tl.sum(q.to(acc_t) * dq, axis=1) - tl.sum(k.to(acc_t) * dk, axis=1)
+            at_end = t == tl.minimum(t0 + BT, T) - 1
+            dG += tl.where(at_end, tl.sum(tl.sum(dS * S_after, axis=1), axis=0), 0.0)
+            tl.store(dg_ptr + i_bh * T + t, dG, mask=t < T)
+        _put(dq_ptr + i_bh * T * DK, dq, t0, T, DK, 1, DK, BT, BK)
+        _put(dk_ptr + i_bh * T * DK, dk, t0, T, DK, 1, DK, BT, BK)
+        _put(dv_ptr + i_bh * T * DV, dv, t0, T, DV, 1, DV, BT, BV)
+        q_read = (q.to(acc_t) * tl.exp(G)[:, None]).to(in_t)
+        dS = dS * tl.exp(last) + tl.dot(tl.trans(q_read), do, input_precision="ieee").to(acc_t)
+    tl.store(ds0_ptr + i_bh * DK * DV + rk[:, None] * DV + rv[None, :], dS, mask=state_mask)
+
+
+def _strides(x: torch.Tensor) -> tuple[int, int, int, int]:
+    return tuple(x.stride())
+
+
+def _check(q, k, v, g, initial, block_size: int) -> None:
+    check_device(q)
+    for name, x in (("k", k), ("v", v)):
+        if x.dtype != q.dtype:
+            raise ValueError(f"scan_fused: {name} must have q's dtype {q.dtype}, got {x.dtype}")
+    DK, DV = q.shape[-1], v.shape[-1]
+    if max(DK, DV) > MAX_WIDTH:
+        raise ValueError(f"scan_fused holds the state in registers: Dk and Dv must be <= {MAX_WIDTH}, got {DK}, {DV}")
+    if block_size < 1 or block_size & (block_size - 1):
+        raise ValueError(f"scan_fused: block_size must be a power of two, got {block_size}")
+    if g is not None and (g.shape != q.shape[:3] or g.dtype != state_dtype(q)):
+        raise ValueError(f"scan_fused: g must be [B, H, T] = {list(q.shape[:3])} in {state_dtype(q)}, "
+                         f"got {list(g.shape)} in {g.dtype}")
+
+
+@torch.library.custom_op("tttla::scan_fused", mutates_args=())
+def scan_fused(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None, initial: torch.Tensor | None,
+    block_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """o and the states: q, k ``[B, H, T, Dk]``, v ``[B, H, T, Dv]`` (any strides, one dtype), g the
+    block-cumulative log gate ``[B, H, T]`` (state dtype) or None, initial ``[B, H, Dk, Dv]`` or None
+    → o ``[B, H, T, Dv]`` (a view of a ``[B, T, H, Dv]`` tensor, q's dtype) and the state before
+    every block, the last entry the final state (``[B, H, N + 1, Dk, Dv]``, state dtype)."""
+    _check(q, k, v, g, initial, block_size)
+    B, H, T, DK = q.shape
+    DV = v.shape[-1]
+    g = g.contiguous() if g is not None else None
+    o = new_output((B, T, H, DV), q).transpose(1, 2)
+    states = new_output((B, H, triton.cdiv(T, block_size) + 1, DK, DV), q, state_dtype(q))
+    s0 = initial.contiguous() if initial is not None else states
+    scan_fused_fwd_kernel[(B * H,)](
+        q, k, v, g if g is not None else states, s0, o, states, H, T, DK, DV,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+        HAS_GATE=g is not None, HAS_S0=initial is not None, BT=block_size, BK=_block(DK), BV=_block(DV))
+    return o, states
+
+
+@scan_fused.register_fake
+def _(q, k, v, g, initial, block_size):
+    B, H, T, DK = q.shape
+    DV = v.shape[-1]
+    o = q.new_empty(B, T, H, DV).transpose(1, 2)
+    return o, q.new_empty(B, H, -(-T // block_size) + 1, DK, DV, dtype=state_dtype(q))
+
+
+@torch.library.custom_op("tttla::scan_fused_backward", mutates_args=())
+def scan_fused_backward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None, states: torch.Tensor,
+    do: torch.Tensor, d_final: torch.Tensor | None, block_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk ``[B, H, T, Dk]``, dv ``[B, H, T, Dv]`` (q's dtype), dG ``[B, H, T]`` and dS_0
+    ``[B, H, Dk, Dv]`` (state dtype) of :func:`scan_fused`, from dO and ∂L/∂(final state)."""
+    B, H, T, DK = q.shape
+    DV = v.shape[-1]
+    acc = states.dtype
+    g = g.contiguous() if g is not None else None
+    dq, dk = (new_output((B, H, T, DK), q, acc) for _ in range(2))
+    dv = new_output((B, H, T, DV), q, acc)
+    dg = new_output((B, H, T), q, acc) if g is not None else states
+    ds0 = new_output((B, H, DK, DV), q, acc)
+    dsf = d_final.contiguous() if d_final is not None else states
+    scan_fused_bwd_kernel[(B * H,)](
+        q, k, v, g if g is not None else states, states, do, dsf, dq, dk, dv, dg, ds0, H, T, DK, DV,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(do),
+        HAS_GATE=g is not None, HAS_DSF=d_final is not None, BT=block_size, BK=_block(DK), BV=_block(DV))
+    return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype), dg if g is not None else ds0.new_zeros(0), ds0
+
+
+@scan_fused_backward.register_fake
+def _(q, k, v, g, states, do, d_final, block_size):
+    acc = states.dtype
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
+            q.new_empty(q.shape[:3], dtype=acc) if g is not None else q.new_empty(0, dtype=acc),
+            q.new_empty(*q.shape[:2], q.shape[-1], v.shape[-1], dtype=acc))
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, g, initial, ctx.block_size = inputs
+    ctx.has_initial = initial is not None
+    ctx.save_for_backward(q, k, v, g, output[1])
+
+
+def _backward(ctx, d_o, d_states):
+    q, k, v, g, states = ctx.saved_tensors
+    # only the last entry of the states (the final state) is an output a caller differentiates
+    d_final = d_states[:, :, -1] if d_states is not None else None
+    if d_o is None:
+        d_o = q.new_zeros(*q.shape[:3], v.shape[-1])
+    dq, dk, dv, dg, ds0 = scan_fused_backward(q, k, v, g, states, d_o, d_final, ctx.block_size)
+    return dq, dk, dv, (dg if g is not None else None), (ds0 if ctx.has_initial else None), None
+
+
+scan_fused.register_autograd(_backward, setup_context=_setup)
