@@ -12,7 +12,7 @@ import torch
 from derivations.catalog import CATALOG
 from tttla.cli import main
 from tttla_kernels import linear_attention
-from tttla_kernels.triton_runtime import MASK_CAUSAL, chunk_outer, chunk_read
+from tttla_kernels.triton_runtime import MASK_CAUSAL, MASK_NONE, chunk_outer, chunk_read
 from verify.cost import H100_SXM, OpCost, Tally, causal_pairs, count, count_form, fake_tensors, tensor_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,12 +85,14 @@ def test_triton_kernels_are_counted_through_their_fake_implementations():
         outer = count(lambda: chunk_outer(k, v, L))
         states = chunk_outer(k, v, L)
         read = count(lambda: chunk_read(k, k, v, states, L, MASK_CAUSAL, D))
+        state_only = count(lambda: chunk_read(k, k, v, states, L, MASK_NONE, D))  # k, v given, not read
         copied = count(lambda: chunk_outer(k.transpose(2, 3).transpose(2, 3).mT.mT, v.mT.contiguous().mT, L))
     assert states.dtype == torch.float32
     tokens = B * H * T * D * 2
     assert (outer.launches, outer.bytes, outer.flops) == (1, 2 * tokens + B * H * N * D * D * 4, 2 * B * H * T * D * D)
     assert read.launches == 1
     assert read.bytes == 3 * tokens + B * H * N * D * D * 4 + tokens
+    assert state_only.bytes == tokens + B * H * N * D * D * 4 + tokens
     assert causal_pairs(T, L) == 2 * 16 * 17 // 2 + 8 * 9 // 2
     assert read.flops == 2 * B * H * T * D * D + 2 * B * H * causal_pairs(T, L) * (D + D)
     assert [op.name for op in copied.ops] == ["clone", "tttla::chunk_outer (launcher copy)", "tttla::chunk_outer"]

@@ -36,6 +36,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from tttla_kernels.triton_runtime import MASK_NONE
+
 __all__ = ["Hardware", "H100_SXM", "OpCost", "Tally", "CostCounter", "tensor_bytes", "count", "fake_tensors",
            "KERNEL_FLOPS", "causal_pairs", "PASSES", "count_form", "form_rows", "cost_row"]
 
@@ -186,9 +188,15 @@ KERNEL_FLOPS: dict[str, Callable[..., int]] = {
     "tttla::delta_scan_backward": _delta_scan_backward_flops,
 }
 
-#: the operands a launcher makes contiguous before its kernel reads them (S of chunk_read is read
-#: through its strides when batch and head merge; counted as contiguous here)
+#: the operands a launcher makes contiguous before its kernel reads them, by argument position
+#: (S of chunk_read is read through its strides when batch and head merge, counted as such here)
 _LAUNCHER_CONTIGUOUS = {"tttla::chunk_outer": (0, 1), "tttla::chunk_read": (0, 1, 2, 7)}
+
+
+def _unread(name: str, full: list) -> set[int]:
+    """Positions of operands a kernel is given but does not read: chunk_read's k and v without an
+    intra-chunk mask."""
+    return {1, 2} if name == "tttla::chunk_read" and full[5] == MASK_NONE else set()
 
 
 def _kernel_costs(name: str, func, args, kwargs, out) -> list[OpCost]:
@@ -200,11 +208,12 @@ def _kernel_costs(name: str, func, args, kwargs, out) -> list[OpCost]:
     dtype = _tensors(args)[0].dtype
     costs = []
     for i in _LAUNCHER_CONTIGUOUS.get(name, ()):
-        t = full[i] if i < len(full) else None
+        t = full[i]
         if isinstance(t, torch.Tensor) and not t.is_contiguous():
             costs.append(OpCost(f"{name} (launcher copy)", tensor_bytes(t), t.numel() * t.element_size(), 0, 1,
                                 t.dtype))
-    read = sum(tensor_bytes(t) for t in _tensors(args))
+    unread = _unread(name, full)
+    read = sum(tensor_bytes(t) for i, t in enumerate(full) if isinstance(t, torch.Tensor) and i not in unread)
     written = sum(tensor_bytes(t) for t in _tensors(out))
     costs.append(OpCost(name, read, written, KERNEL_FLOPS[name](*full), 1, dtype))
     return costs
