@@ -196,3 +196,28 @@ def test_committed_results_match_the_model():
         assert old == {**new, "predicted_seconds": pytest.approx(new["predicted_seconds"])}, \
             f"{new['variant']} {new['form']} {new['pass']}: rerun benchmarks/cost_model.py"
     assert committed["targets"] == model.check_targets(now)
+
+
+def test_triton_form_is_counted_without_the_interpreter_or_a_gpu():
+    """The fake tensors sit on the meta device, which check_device lets through, and the custom
+    ops answer with their fake implementations: no Triton kernel, interpreted or compiled, runs
+    (delta_rule: its wrapper calls check_device itself)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from derivations.catalog import CATALOG\n"
+        "from tttla_kernels import delta_rule\n"
+        "from verify.cost import count_form\n"
+        "shape = {'batch': 1, 'heads': 2, 'seq_len': 64, 'dim': 16, 'chunk': 16}\n"
+        "t = count_form(CATALOG['delta_rule'], delta_rule.FORMS['triton'], shape, torch.bfloat16, 'forward+backward')\n"
+        "print(sorted({op.name for op in t.ops if op.name.startswith('tttla')}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "['tttla::delta_scan', 'tttla::delta_scan_backward']"
