@@ -267,8 +267,9 @@ def fake_tensors():
     """A FakeTensorMode in which tensors made on the ``meta`` device stand for GPU tensors.
 
     Why meta and not cuda: a CPU-only torch cannot move a fake tensor to "cuda" ("PyTorch is not
-    linked with support for cuda devices"), and the autograd engine would want a CUDA device for the
-    backward. On "meta" every op, the backward and the tttla custom ops' fake implementations run;
+    linked with support for cuda devices"), and a backward over fake "cuda" tensors made in place
+    aborts the process (the autograd engine asks for a CUDA device guard). On "meta" every op, the
+    backward and the tttla custom ops' fake implementations run;
     ``triton_runtime.check_device`` refuses only CPU tensors (outside Triton's interpreter), so the
     Triton forms run without TRITON_INTERPRET and without a GPU, and no Triton kernel is launched.
     """
