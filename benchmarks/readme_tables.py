@@ -9,7 +9,9 @@ Each table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` in 
   it is certified, and one ``derive`` time (``results/catalog.json``, written by ``--measure``);
 * ``cpu``: the CPU benchmark (``results/cpu.json``, written by ``benchmarks/run_cpu.py``);
 * ``gpu-…``: a GPU run and its targets (``results/<device>.json``, written by ``benchmarks/run_gpu.py``
-  through ``benchmarks/gpu_check.sh``).
+  through ``benchmarks/gpu_check.sh``);
+* ``cost-model``: bytes, launches and FLOPs counted on the CPU, with an H100 roofline's time
+  (``results/cost-model.json``, written by ``benchmarks/cost_model.py``).
 
 ``tests/test_docs.py`` renders the tables from the committed files and checks that README.md holds
 exactly them, and that ``catalog.json`` still matches what the engine derives.
@@ -153,6 +155,34 @@ def targets_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def _cost_shape(row: dict) -> str:
+    s = row["shape"]
+    dims = "d = h" if row["variant"].startswith("lact") else "d"
+    return (f"`{row['variant']}`, B·H = {s['batch'] * s['heads']}, T = {s['seq_len']}, {dims} = {s['dim']}, "
+            f"chunk {s['chunk']}, {row['dtype']}")
+
+
+#: a cost-model row's form as a reader names it
+_COST_FORMS = {"chunk": "torch chunk", "triton": "Triton", "fla_chunk": "fla `chunk_linear_attn` (by hand)"}
+
+
+def cost_model_table(results: dict) -> str:
+    """One row per (variant, form, pass) of ``results/cost-model.json``, then its targets."""
+    rows = ["| variant, shape | form | pass | bytes / head-token | launches | GFLOP | predicted ms |",
+            "|---|---|---|---:|---:|---:|---:|"]
+    shown = None
+    for r in results["rows"]:
+        shape = _cost_shape(r)
+        rows.append(f"| {shape if shape != shown else ''} | {_COST_FORMS.get(r['form'], r['form'])} "
+                    f"| {r['pass']} | {r['bytes_per_head_token']:,.0f} | {r['launches']} | {r['flops'] / 1e9:,.1f} "
+                    f"| {1e3 * r['predicted_seconds']:.2f} |")
+        shown = shape
+    rows += ["", "| target (cost model) | at most | counted | met |", "|---|---:|---:|---|"]
+    rows += [f"| `{t['variant']}` {t['form']} {t['pass']}: {t['field'].replace('_', ' ')} | {t['at_most']:g} "
+             f"| {t['value']:g} | {'yes' if t['met'] else 'no'} |" for t in results["targets"]]
+    return "\n".join(rows)
+
+
 def _load(name: str):
     return lambda: json.loads((RESULTS / name).read_text())
 
@@ -161,7 +191,8 @@ TABLES = {"catalog": (_load("catalog.json"), catalog_table),
           "cpu": (_load("cpu.json"), cpu_table),
           "gpu-h200": (_load("nvidia-h200.json"), gpu_table),
           "gpu-h200-targets": (_load("nvidia-h200.json"), targets_table),
-          "gpu-h100": (_load("nvidia-h100-80gb-hbm3.json"), gpu_table)}
+          "gpu-h100": (_load("nvidia-h100-80gb-hbm3.json"), gpu_table),
+          "cost-model": (_load("cost-model.json"), cost_model_table)}
 
 
 def render(name: str) -> str:

@@ -453,7 +453,7 @@ def chunk_outer(a: torch.Tensor, b: torch.Tensor, chunk_size: int) -> torch.Tens
 @chunk_outer.register_fake
 def _(a, b, chunk_size):
     B, H, T, DA = a.shape
-    return a.new_empty(B, H, -(-T // chunk_size), DA, b.shape[-1])
+    return a.new_empty(B, H, -(-T // chunk_size), DA, b.shape[-1], dtype=state_dtype(a))  # as _launch_outer
 
 
 def _outer_setup(ctx, inputs, output):

@@ -1,4 +1,5 @@
-"""``tttla bench``: time the oracle and the generated forms of a variant on the CPU."""
+"""``tttla bench``: time the oracle and the generated forms of a variant on the CPU; with ``--model``,
+count what they would move and launch on a GPU instead (:mod:`verify.cost`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ examples:
   tttla bench lact_v2 --seq-len 8192 --dim 128 --chunk 512 --batch-heads 4
   tttla bench delta_rule --seq-len 4096 --dim 64
   tttla bench my_rule.py --json
+  tttla bench linear_attention --model -T 8192 -D 128 --bh 64
+
+With --model nothing is timed: every parallel form runs once on fake tensors (no memory, no
+kernel, no GPU) and the table gives its bytes read and written per head-token (B*H*T), launches,
+matmul FLOPs and the time an H100 roofline predicts (verify/cost.py), forward and forward+backward.
 
 Figures are medians of --repeats calls after one warm-up, all measured in one run; tokens/s
 counts every (batch·head, token). FLOPs count matmuls only (see verify/flops.py), and
@@ -42,33 +48,46 @@ def add_parser(sub):
     p.add_argument("--dim", "-D", type=int, default=64, metavar="D",
                    help="size of every named dimension (d, h, ...) (default 64)")
     p.add_argument("--chunk", "-C", type=int, default=None, metavar="C",
-                   help="chunk size (default 64, or the variant's fixed one)")
-    p.add_argument("--dtype", default="float32", metavar="DTYPE", help="float32 or float64 (default float32)")
+                   help="chunk size (default 64, or the variant's fixed one); with --model, for a variant whose "
+                   "schedule is fixed, the block size of the parallel forms (default 64)")
+    p.add_argument("--dtype", default=None, metavar="DTYPE",
+                   help="float32 or float64 (default float32); with --model also bfloat16, float16 "
+                   "(default bfloat16)")
     p.add_argument("--batch-heads", "--bh", type=int, default=4, metavar="BH",
                    help="independent sequences, B*H (default 4)")
     p.add_argument("--repeats", "-r", type=int, default=3, metavar="R", help="timed calls per figure (default 3)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--model", action="store_true",
+                   help="print the cost model (bytes, launches, FLOPs, H100 roofline time) instead of timing")
     p.set_defaults(handler=run)
 
 
 def config_from_args(variant, args):
     """A :class:`verify.bench.BenchConfig`, or a one-line TTTLAError for a bad value."""
-    from derivations.errors import TTTLAError
     from tttla.commands.verify import parse_dtype
     from verify.bench import BenchConfig
 
-    parse_dtype(args.dtype)
+    dtype = args.dtype or "float32"
+    parse_dtype(dtype)
+    check_sizes(variant, args)
+    chunk = None if variant.schedule.fixed else (args.chunk or 64)
+    return BenchConfig(seq_len=args.seq_len, dim=args.dim, chunk=chunk, dtype=dtype,
+                       batch_heads=args.batch_heads, repeats=args.repeats)
+
+
+def check_sizes(variant, args, block_chunk: bool = False) -> None:
+    """A one-line TTTLAError for a size below 1, or a --chunk the variant's schedule fixes (unless
+    ``block_chunk``: then --chunk is a block size of the computation, free for any schedule)."""
+    from derivations.errors import TTTLAError
+
     for flag, value in (("--seq-len", args.seq_len), ("--dim", args.dim), ("--batch-heads", args.batch_heads),
                         ("--repeats", args.repeats)):
         if value < 1:
             raise TTTLAError(f"{flag} must be >= 1, got {value}")
     if args.chunk is not None and args.chunk < 1:
         raise TTTLAError(f"--chunk must be >= 1, got {args.chunk}")
-    if variant.schedule.fixed and args.chunk not in (None, variant.schedule.chunk_size):
+    if variant.schedule.fixed and not block_chunk and args.chunk not in (None, variant.schedule.chunk_size):
         raise TTTLAError(f"{variant.name} fixes its schedule ({variant.schedule.describe()}); drop --chunk")
-    chunk = None if variant.schedule.fixed else (args.chunk or 64)
-    return BenchConfig(seq_len=args.seq_len, dim=args.dim, chunk=chunk, dtype=args.dtype,
-                       batch_heads=args.batch_heads, repeats=args.repeats)
 
 
 def _num(x, fmt):
@@ -107,12 +126,37 @@ def print_result(result) -> None:
     print(f"  slowest generated form vs oracle: {_num(speedup, '.1f')}x  [{TARGETS['delta_rule']}]")
 
 
+def run_model(variant, forms: dict, args) -> None:
+    """``--model``: the cost-model rows of every parallel form (the recurrent one steps token by
+    token: its launches grow with T and it is not what the model is for)."""
+    from tttla.commands.verify import parse_dtype
+    from verify.cost import H100_SXM, form_rows
+
+    dtype = parse_dtype(args.dtype or "bfloat16", allowed=("bfloat16", "float16", "float32", "float64"))
+    check_sizes(variant, args, block_chunk=True)
+    shape = {"batch": 1, "heads": args.batch_heads, "seq_len": args.seq_len, "dim": args.dim, "chunk": args.chunk or 64}
+    rows = form_rows(variant, {n: f for n, f in forms.items() if n != "recurrent"}, shape, dtype)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{variant.name}: B*H = {args.batch_heads}, T = {args.seq_len}, dims = {args.dim}, chunk = {shape['chunk']}, "
+          f"{str(dtype).removeprefix('torch.')}; counted on fake tensors, times from the {H100_SXM.name}\n")
+    table = [[r["form"], r["pass"], f"{r['bytes_per_head_token']:,.0f}", r["launches"], f"{r['flops'] / 1e9:.3f}",
+              f"{r['predicted_seconds'] * 1e3:.3f}",
+              ", ".join(f"{name} {b:,.0f}" for name, (b, _) in list(r["largest_ops"].items())[:3])] for r in rows]
+    headers = ["form", "pass", "B/head-token", "launches", "GFLOP", "predicted ms", "most bytes (B/head-token)"]
+    print(format_table(headers, table, align="llrrrrl"))
+
+
 def run(args) -> int:
     from tttla.commands.verify import select_forms
     from verify.bench import run_bench
     from verify.forms import generated_forms
 
     with generated_forms(args.variant) as (variant, forms):
+        if args.model:
+            run_model(variant, forms, args)
+            return 0
         config = config_from_args(variant, args)
         forms, _ = select_forms(forms)
         result = run_bench(variant, forms, config, progress=not args.json)
