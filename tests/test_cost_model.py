@@ -135,9 +135,9 @@ def test_linear_attention_forms_on_fake_tensors(form):
     both = count_form(variant, fn, _shape(64), BF16, "forward+backward")
     assert both.bytes > forward[64].bytes and both.launches > forward[64].launches
     assert both.flops >= forward[64].flops > 0
-    if form == "triton":
+    if form == "triton":  # the fused scan: one kernel forward, one backward
         names = {op.name for op in both.ops}
-        assert {"tttla::chunk_outer", "tttla::chunk_read"} <= names
+        assert {"tttla::scan_fused", "tttla::scan_fused_backward"} <= names
 
 
 def test_fla_row_by_hand():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tttla_kernels.triton_scan import MAX_WIDTH, scan_fused
+from tttla_kernels.triton_scan import MAX_WIDTH, fused_scan, scan_fused
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 
@@ -51,14 +51,14 @@ def _inputs(T, gate, dtype=torch.float64, seed=0, strength=1.0):
 def test_fused_scan_is_the_recurrence_fp64(T, block, gate):
     q, k, v, g, S0, gates = _inputs(T, gate, seed=T)
     o_ref, S_ref = recurrence(q, k, v, g, S0)
-    o, states = scan_fused(q, k, v, block_cumulative(g, block) if gate else None, S0, block)
+    o, final = fused_scan(q, k, v, block_cumulative(g, block) if gate else None, S0, block)
     assert o.stride()[1:3] == (v.shape[-1], v.shape[1] * v.shape[-1])  # o written [B, T, H, Dv]
     torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(states[:, :, -1], S_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final, S_ref, rtol=1e-12, atol=1e-12)
     w_o, w_s = torch.randn_like(o_ref), torch.randn_like(S_ref)
     leaves = [q, k, v, S0, *gates]
     want = torch.autograd.grad((o_ref * w_o).sum() + (S_ref * w_s).sum(), leaves)
-    got = torch.autograd.grad((o * w_o).sum() + (states[:, :, -1] * w_s).sum(), leaves)
+    got = torch.autograd.grad((o * w_o).sum() + (final * w_s).sum(), leaves)
     for name, a, b in zip(["q", "k", "v", "S0", "g"], got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11, msg=f"gradient of {name}")
 
@@ -67,21 +67,21 @@ def test_fused_scan_is_the_recurrence_fp64(T, block, gate):
 def test_fused_scan_in_low_precision(dtype):
     q, k, v, g, S0, _ = _inputs(40, True, dtype=dtype, seed=1)
     o_ref, S_ref = recurrence(*(x.double() for x in (q, k, v, g, S0)))
-    o, states = scan_fused(q, k, v, block_cumulative(g, 16), S0, 16)
+    o, final = fused_scan(q, k, v, block_cumulative(g, 16), S0, 16)
     tol = 2e-5 if dtype == torch.float32 else 2e-2
-    assert o.dtype == dtype and states.dtype == torch.float32
+    assert o.dtype == dtype and final.dtype == torch.float32
     assert ((o.double() - o_ref).abs().max() / o_ref.abs().max()) < tol
-    assert ((states[:, :, -1].double() - S_ref).abs().max() / S_ref.abs().max()) < tol
+    assert ((final.double() - S_ref).abs().max() / S_ref.abs().max()) < tol
 
 
 def test_strong_gates_underflow_without_inf_or_nan():
     """g = −20 per token: Γ over a block of 64 is e^{−1280}; no ratio is formed as e^{+…}."""
     q, k, v, _, S0, _ = _inputs(100, False, seed=2)
     g = torch.full(q.shape[:3], -20.0, dtype=torch.float64, requires_grad=True)
-    o, states = scan_fused(q, k, v, block_cumulative(g, 64), S0, 64)
+    o, final = fused_scan(q, k, v, block_cumulative(g, 64), S0, 64)
     o_ref, S_ref = recurrence(q, k, v, g, S0)
     torch.testing.assert_close(o, o_ref)
-    grads = torch.autograd.grad(o.sum() + states[:, :, -1].sum(), [q, k, v, S0, g])
+    grads = torch.autograd.grad(o.sum() + final.sum(), [q, k, v, S0, g])
     assert all(torch.isfinite(x).all() for x in grads)
 
 
@@ -89,10 +89,10 @@ def test_strong_gates_underflow_without_inf_or_nan():
 def test_nonfinite_input_reaches_only_later_tokens(name):
     q, k, v, g, S0, _ = _inputs(40, True, seed=3)
     G = block_cumulative(g, 16)
-    clean, _ = scan_fused(q, k, v, G, S0, 16)
+    clean, _ = fused_scan(q, k, v, G, S0, 16)
     x = {"q": q.detach().clone(), "k": k.detach().clone(), "v": v.detach().clone()}
     x[name][:, :, 21, 0] = float("nan")
-    o, _ = scan_fused(x["q"], x["k"], x["v"], G, S0.detach(), 16)
+    o, _ = fused_scan(x["q"], x["k"], x["v"], G, S0.detach(), 16)
     bad = ~torch.isfinite(o).all(-1)  # [B, H, T]
     assert not bad[:, :, :21].any() and bad[:, :, 21].all()
     torch.testing.assert_close(o[:, :, :21], clean[:, :, :21])
@@ -103,7 +103,7 @@ def test_nonfinite_input_reaches_only_later_tokens(name):
 def test_nonfinite_output_gradient_reaches_only_earlier_tokens():
     """dO non-finite at t: the gradients of inputs at s > t cannot depend on it and stay finite."""
     q, k, v, g, S0, gates = _inputs(40, True, seed=4)
-    o, _ = scan_fused(q, k, v, block_cumulative(g, 16), S0, 16)
+    o, _ = fused_scan(q, k, v, block_cumulative(g, 16), S0, 16)
     d_o = torch.randn_like(o)
     d_o[:, :, 18, 2] = float("nan")
     dq, dk, dv, dg = torch.autograd.grad(o, [q, k, v, *gates], d_o)
@@ -115,9 +115,22 @@ def test_nonfinite_output_gradient_reaches_only_earlier_tokens():
 def test_fused_scan_errors_name_what_is_wrong():
     q, k, v, g, S0, _ = _inputs(8, True)
     with pytest.raises(ValueError, match="block_size must be a power of two, got 12"):
-        scan_fused(q, k, v, None, S0, 12)
+        fused_scan(q, k, v, None, S0, 12)
     with pytest.raises(ValueError, match=r"g must be \[B, H, T\] = \[1, 2, 8\]"):
-        scan_fused(q, k, v, g[..., :4], S0, 16)
+        fused_scan(q, k, v, g[..., :4], S0, 16)
     wide = torch.zeros(1, 1, 2, MAX_WIDTH + 1, dtype=torch.float64)
     with pytest.raises(ValueError, match=f"Dk and Dv must be <= {MAX_WIDTH}"):
-        scan_fused(wide, wide, wide, None, None, 16)
+        fused_scan(wide, wide, wide, None, None, 16)
+
+
+def test_inference_writes_no_block_states():
+    """Without a gradient to carry, the forward writes o and the final state only."""
+    q, k, v, g, S0, _ = _inputs(40, True, seed=5)
+    G = block_cumulative(g, 16)
+    with torch.no_grad():
+        o, final = fused_scan(q, k, v, G, S0, 16)
+        _, _, states = scan_fused(q, k, v, G, S0, 16, False)
+    o_ref, S_ref = recurrence(q.detach(), k.detach(), v.detach(), g, S0.detach())
+    assert states.shape[2] == 0
+    torch.testing.assert_close(o, o_ref)
+    torch.testing.assert_close(final, S_ref)

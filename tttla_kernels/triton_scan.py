@@ -11,8 +11,8 @@ fp32 registers. Per block, with G_t = Σ_{s ≤ t in the block} g_s and S the st
     o_t = e^{G_t} q_t S + Σ_{s ≤ t} e^{G_t − G_s} (q_t · k_s) v_s,
     S  ← e^{G_L} S + Σ_s (e^{G_L − G_s} k_s)ᵀ v_s,
 
-so a call reads q, k, v once, writes o once and, for the backward pass, the state before every
-block (fp32, ``[B, H, N + 1, Dk, Dv]``, the last entry the final state). The block size does not
+so a call reads q, k, v once, writes o and the final state once and, when a gradient can flow, the
+state before every block for the backward pass (fp32, ``[B, H, N, Dk, Dv]``). The block size does not
 change the result (the schedule steps once per token). Tokens are read and o is written in the
 caller's layout through strides (``[B, H, T, D]`` views of ``[B, T, H, D]`` tensors need no copy).
 Every ratio e^{G_t − G_s} is taken under the mask (exponent ≤ 0 for gates ≤ 0), and a NaN or inf
@@ -40,7 +40,7 @@ import triton.language as tl
 from tttla_kernels.runtime import state_dtype
 from tttla_kernels.triton_runtime import check_device, drop_nonfinite, new_output
 
-__all__ = ["scan_fused", "MAX_WIDTH"]
+__all__ = ["fused_scan", "scan_fused", "MAX_WIDTH"]
 
 #: the widest key or value a program holds in registers
 MAX_WIDTH = 256
@@ -82,22 +82,24 @@ def _gates(g_ptr, t0, T, HAS_GATE: tl.constexpr, BT: tl.constexpr):
 
 @triton.jit
 def scan_fused_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, o_ptr, states_ptr,
+    q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, o_ptr, final_ptr, states_ptr,
     H, T, DK, DV,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
-    HAS_GATE: tl.constexpr, HAS_S0: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_GATE: tl.constexpr, HAS_S0: tl.constexpr, SAVE: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
-    """One (batch, head): o and the state before every block (states ``[N + 1, DK, DV]``)."""
+    """One (batch, head): o, the final state ``[DK, DV]`` and, with SAVE, the state before every block
+    (states ``[N, DK, DV]``)."""
     i_bh = tl.program_id(0).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
-    acc_t = states_ptr.dtype.element_ty
+    acc_t = final_ptr.dtype.element_ty
     in_t = q_ptr.dtype.element_ty
     q_base = q_ptr + i_b * sqb + i_h * sqh
     k_base = k_ptr + i_b * skb + i_h * skh
     v_base = v_ptr + i_b * svb + i_h * svh
     o_base = o_ptr + i_b * sob + i_h * soh
     g_base = g_ptr + i_bh * T
-    st_base = states_ptr + i_bh * (tl.cdiv(T, BT) + 1) * DK * DV
+    st_base = states_ptr + i_bh * tl.cdiv(T, BT) * DK * DV
     rk = tl.arange(0, BK)
     rv = tl.arange(0, BV)
     state_mask = (rk[:, None] < DK) & (rv[None, :] < DV)
@@ -109,7 +111,8 @@ def scan_fused_fwd_kernel(
     causal = rt[None, :] <= rt[:, None]
     for i_n in range(0, tl.cdiv(T, BT)):
         t0 = i_n * BT
-        tl.store(st_base + i_n * DK * DV + rk[:, None] * DV + rv[None, :], S, mask=state_mask)
+        if SAVE:
+            tl.store(st_base + i_n * DK * DV + rk[:, None] * DV + rv[None, :], S, mask=state_mask)
         q = _tile(q_base, t0, T, sqt, sqd, DK, BT, BK)
         k = _tile(k_base, t0, T, skt, skd, DK, BT, BK)
         v = _tile(v_base, t0, T, svt, svd, DV, BT, BV)
@@ -124,12 +127,12 @@ def scan_fused_fwd_kernel(
         _put(o_base, o, t0, T, sot, sod, DV, BT, BV)
         k_tail = (k.to(acc_t) * tl.exp(last - G)[:, None]).to(in_t)  # e^{G_L − G_s} k_s
         S = S * tl.exp(last) + tl.dot(tl.trans(k_tail), v, input_precision="ieee").to(acc_t)
-    tl.store(st_base + tl.cdiv(T, BT) * DK * DV + rk[:, None] * DV + rv[None, :], S, mask=state_mask)
+    tl.store(final_ptr + i_bh * DK * DV + rk[:, None] * DV + rv[None, :], S, mask=state_mask)
 
 
 @triton.jit
 def scan_fused_bwd_kernel(
-    q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, do_ptr, dsf_ptr, dq_ptr, dk_ptr, dv_ptr, dg_ptr, ds0_ptr,
+    q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, final_ptr, do_ptr, dsf_ptr, dq_ptr, dk_ptr, dv_ptr, dg_ptr, ds0_ptr,
     H, T, DK, DV,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
     HAS_GATE: tl.constexpr, HAS_DSF: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -146,7 +149,7 @@ def scan_fused_bwd_kernel(
     do_base = do_ptr + i_b * sob + i_h * soh
     g_base = g_ptr + i_bh * T
     n_blocks = tl.cdiv(T, BT)
-    st_base = states_ptr + i_bh * (n_blocks + 1) * DK * DV
+    st_base = states_ptr + i_bh * n_blocks * DK * DV
     rk = tl.arange(0, BK)
     rv = tl.arange(0, BV)
     state_mask = (rk[:, None] < DK) & (rv[None, :] < DV)
@@ -160,8 +163,10 @@ def scan_fused_bwd_kernel(
         i_n = n_blocks - 1 - j
         t0 = i_n * BT
         S = tl.load(st_base + i_n * DK * DV + rk[:, None] * DV + rv[None, :], mask=state_mask, other=0.0)
-        S_after = tl.load(st_base + (i_n + 1) * DK * DV + rk[:, None] * DV + rv[None, :], mask=state_mask,
-                          other=0.0)
+        later = tl.load(st_base + tl.minimum(i_n + 1, n_blocks - 1) * DK * DV + rk[:, None] * DV + rv[None, :],
+                        mask=state_mask, other=0.0)
+        final = tl.load(final_ptr + i_bh * DK * DV + rk[:, None] * DV + rv[None, :], mask=state_mask, other=0.0)
+        S_after = tl.where(i_n + 1 < n_blocks, later, final)  # the state after this block
         q = _tile(q_base, t0, T, sqt, sqd, DK, BT, BK)
         k = _tile(k_base, t0, T, skt, skd, DK, BT, BK)
         v = _tile(v_base, t0, T, svt, svd, DV, BT, BV)
@@ -217,41 +222,54 @@ def _check(q, k, v, g, initial, block_size: int) -> None:
                          f"got {list(g.shape)} in {g.dtype}")
 
 
+def fused_scan(q, k, v, g, initial, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(o, final state)`` of the scan; the states before every block are written for the backward
+    pass only when a gradient can flow (an inference call writes o and the final state alone)."""
+    save = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, g, initial))
+    o, final, _ = scan_fused(q, k, v, g, initial, block_size, save)
+    return o, final
+
+
 @torch.library.custom_op("tttla::scan_fused", mutates_args=())
 def scan_fused(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None, initial: torch.Tensor | None,
-    block_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """o and the states: q, k ``[B, H, T, Dk]``, v ``[B, H, T, Dv]`` (any strides, one dtype), g the
-    block-cumulative log gate ``[B, H, T]`` (state dtype) or None, initial ``[B, H, Dk, Dv]`` or None
-    → o ``[B, H, T, Dv]`` (a view of a ``[B, T, H, Dv]`` tensor, q's dtype) and the state before
-    every block, the last entry the final state (``[B, H, N + 1, Dk, Dv]``, state dtype)."""
+    block_size: int, save_states: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k ``[B, H, T, Dk]``, v ``[B, H, T, Dv]`` (any strides, one dtype), g the block-cumulative
+    log gate ``[B, H, T]`` (state dtype) or None, initial ``[B, H, Dk, Dv]`` or None → o ``[B, H, T, Dv]``
+    (a view of a ``[B, T, H, Dv]`` tensor, q's dtype), the final state ``[B, H, Dk, Dv]`` and the state
+    before every block ``[B, H, N, Dk, Dv]`` (state dtype; empty without ``save_states``, and then
+    there is no backward)."""
     _check(q, k, v, g, initial, block_size)
     B, H, T, DK = q.shape
     DV = v.shape[-1]
     g = g.contiguous() if g is not None else None
     o = new_output((B, T, H, DV), q).transpose(1, 2)
-    states = new_output((B, H, triton.cdiv(T, block_size) + 1, DK, DV), q, state_dtype(q))
-    s0 = initial.contiguous() if initial is not None else states
+    final = new_output((B, H, DK, DV), q, state_dtype(q))
+    states = new_output((B, H, triton.cdiv(T, block_size) if save_states else 0, DK, DV), q, state_dtype(q))
+    s0 = initial.contiguous() if initial is not None else final
     scan_fused_fwd_kernel[(B * H,)](
-        q, k, v, g if g is not None else states, s0, o, states, H, T, DK, DV,
+        q, k, v, g if g is not None else final, s0, o, final, states, H, T, DK, DV,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        HAS_GATE=g is not None, HAS_S0=initial is not None, BT=block_size, BK=_block(DK), BV=_block(DV))
-    return o, states
+        HAS_GATE=g is not None, HAS_S0=initial is not None, SAVE=save_states,
+        BT=block_size, BK=_block(DK), BV=_block(DV))
+    return o, final, states
 
 
 @scan_fused.register_fake
-def _(q, k, v, g, initial, block_size):
+def _(q, k, v, g, initial, block_size, save_states=True):
     B, H, T, DK = q.shape
     DV = v.shape[-1]
+    acc = state_dtype(q)
     o = q.new_empty(B, T, H, DV).transpose(1, 2)
-    return o, q.new_empty(B, H, -(-T // block_size) + 1, DK, DV, dtype=state_dtype(q))
+    n = -(-T // block_size) if save_states else 0
+    return o, q.new_empty(B, H, DK, DV, dtype=acc), q.new_empty(B, H, n, DK, DV, dtype=acc)
 
 
 @torch.library.custom_op("tttla::scan_fused_backward", mutates_args=())
 def scan_fused_backward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None, states: torch.Tensor,
-    do: torch.Tensor, d_final: torch.Tensor | None, block_size: int,
+    final: torch.Tensor, do: torch.Tensor, d_final: torch.Tensor | None, block_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk ``[B, H, T, Dk]``, dv ``[B, H, T, Dv]`` (q's dtype), dG ``[B, H, T]`` and dS_0
     ``[B, H, Dk, Dv]`` (state dtype) of :func:`scan_fused`, from dO and ∂L/∂(final state)."""
@@ -265,14 +283,14 @@ def scan_fused_backward(
     ds0 = new_output((B, H, DK, DV), q, acc)
     dsf = d_final.contiguous() if d_final is not None else states
     scan_fused_bwd_kernel[(B * H,)](
-        q, k, v, g if g is not None else states, states, do, dsf, dq, dk, dv, dg, ds0, H, T, DK, DV,
+        q, k, v, g if g is not None else states, states, final, do, dsf, dq, dk, dv, dg, ds0, H, T, DK, DV,
         *_strides(q), *_strides(k), *_strides(v), *_strides(do),
         HAS_GATE=g is not None, HAS_DSF=d_final is not None, BT=block_size, BK=_block(DK), BV=_block(DV))
     return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype), dg if g is not None else ds0.new_zeros(0), ds0
 
 
 @scan_fused_backward.register_fake
-def _(q, k, v, g, states, do, d_final, block_size):
+def _(q, k, v, g, states, final, do, d_final, block_size):
     acc = states.dtype
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
             q.new_empty(q.shape[:3], dtype=acc) if g is not None else q.new_empty(0, dtype=acc),
@@ -280,19 +298,20 @@ def _(q, k, v, g, states, do, d_final, block_size):
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, g, initial, ctx.block_size = inputs
+    q, k, v, g, initial, ctx.block_size, ctx.saved_states = inputs
     ctx.has_initial = initial is not None
-    ctx.save_for_backward(q, k, v, g, output[1])
+    ctx.mark_non_differentiable(output[2])
+    ctx.save_for_backward(q, k, v, g, output[2], output[1])
 
 
-def _backward(ctx, d_o, d_states):
-    q, k, v, g, states = ctx.saved_tensors
-    # only the last entry of the states (the final state) is an output a caller differentiates
-    d_final = d_states[:, :, -1] if d_states is not None else None
+def _backward(ctx, d_o, d_final, _):
+    q, k, v, g, states, final = ctx.saved_tensors
+    if not ctx.saved_states:
+        raise RuntimeError("scan_fused: called with save_states=False, so it has no backward (use fused_scan)")
     if d_o is None:
         d_o = q.new_zeros(*q.shape[:3], v.shape[-1])
-    dq, dk, dv, dg, ds0 = scan_fused_backward(q, k, v, g, states, d_o, d_final, ctx.block_size)
-    return dq, dk, dv, (dg if g is not None else None), (ds0 if ctx.has_initial else None), None
+    dq, dk, dv, dg, ds0 = scan_fused_backward(q, k, v, g, states, final, d_o, d_final, ctx.block_size)
+    return dq, dk, dv, (dg if g is not None else None), (ds0 if ctx.has_initial else None), None, None
 
 
 scan_fused.register_autograd(_backward, setup_context=_setup)

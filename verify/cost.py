@@ -180,12 +180,29 @@ def _delta_scan_backward_flops(U, W, Q, P, K, g, states, dO, dfinal, has_decay):
     return blocks * (14 * L * DK * DV + 4 * L * L * DV)
 
 
+def _scan_fused_flops(q, k, v, g, initial, block_size, save_states=True):
+    """Per token q̂ S and k̂ᵀ v̂ (2·Dk·Dv each); per (s ≤ t) pair of a block, score and weighted value."""
+    B, H, T, DK = q.shape
+    DV = v.shape[-1]
+    return B * H * (4 * T * DK * DV + 2 * causal_pairs(T, block_size) * (DK + DV))
+
+
+def _scan_fused_backward_flops(q, k, v, g, states, final, do, d_final, block_size):
+    """Per token dO Sᵀ, v̂ dSᵀ, k̂ dS and q̂ᵀ dO (2·Dk·Dv each); per pair six products of Dk or Dv
+    (the scores, dO·v̂ twice, and the three intra-block gradients)."""
+    B, H, T, DK = q.shape
+    DV = v.shape[-1]
+    return B * H * (8 * T * DK * DV + 6 * causal_pairs(T, block_size) * (DK + DV))
+
+
 #: the matmul FLOPs of an ideal kernel for each tttla custom op, from its arguments
 KERNEL_FLOPS: dict[str, Callable[..., int]] = {
     "tttla::chunk_outer": _chunk_outer_flops,
     "tttla::chunk_read": _chunk_read_flops,
     "tttla::delta_scan": _delta_scan_flops,
     "tttla::delta_scan_backward": _delta_scan_backward_flops,
+    "tttla::scan_fused": _scan_fused_flops,
+    "tttla::scan_fused_backward": _scan_fused_backward_flops,
 }
 
 #: the operands a launcher makes contiguous before its kernel reads them, by argument position

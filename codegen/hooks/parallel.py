@@ -135,8 +135,7 @@ class ParallelHooks(HookBase):
             "    block = runtime.scan_block(inputs.chunk_size)  # a power of two: it does not change the result",
             *(["    # G_t = Σ_(s≤t in its block) g_s, [B, H, T]"] if c.decay else []),
             f"    G = {gate}",
-            f"    o, states = scan_fused(q_hat, k_hat, v_hat, G, {self.initial_state()}, block)",
-            "    last = states[:, :, -1]",
+            f"    o, last = fused_scan(q_hat, k_hat, v_hat, G, {self.initial_state()}, block)",
             f"    return finish(o, {self.final_state()}, output_final_state, inputs)",
             "# a wider state: the two-kernel pipeline"])
         return fused + "\n" + pipeline
@@ -185,7 +184,7 @@ class ParallelHooks(HookBase):
             masks.add("MASK_NONE")
         kernels = f"from tttla_kernels.triton_runtime import {', '.join(sorted(masks))}, chunk_outer, chunk_read"
         if c.plan.fused_scan:
-            kernels += "\nfrom tttla_kernels.triton_scan import MAX_WIDTH, scan_fused"
+            kernels += "\nfrom tttla_kernels.triton_scan import MAX_WIDTH, fused_scan"
         runtime = (bool(c.decay) and c.order == "update_then_apply") or c.plan.fused_scan
         # the kernels join the first-party block that follows torch's (or open it)
         return self.imports(runtime=runtime) + ("\n" if runtime else "\n\n") + kernels
@@ -338,11 +337,11 @@ class ParallelHooks(HookBase):
             "The fused scan:",
             "",
             f"1. φ(Q), φ(K) and V̂ = {c.sign}η ∂L/∂f in torch (views of the caller's tensors where φ is the identity).",
-            "2. ``scan_fused`` (Triton, ``tttla_kernels/triton_scan.py``): one program per (batch, head) walks the",
+            "2. ``fused_scan`` (Triton, ``tttla_kernels/triton_scan.py``): one program per (batch, head) walks the",
             f"   blocks with the state in fp32 registers; per block it reads q̂, k̂, v̂{gate},",
             "   writes o_t = q̂_t S + Σ_(s≤t) (q̂_t·k̂_s) v̂_s in the caller's [B, T, H, D] layout, then S ← S + K̂ᵀV̂.",
             "   Its backward runs the blocks in reverse with ∂L/∂S in registers, from the block states the",
-            "   forward saved (``tttla::scan_fused``, ``tttla::scan_fused_backward``).",
+            "   forward saved when a gradient can flow (``tttla::scan_fused``, ``tttla::scan_fused_backward``).",
             "",
             "A state wider than MAX_WIDTH (Dk or Dv > 256) falls back to the two-kernel pipeline of",
             "``triton_runtime.py`` (``chunk_outer`` for the chunk increments, a torch scan, ``chunk_read``).",

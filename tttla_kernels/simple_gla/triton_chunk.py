@@ -8,12 +8,12 @@ Simple gated linear attention: S_t = γ_t S_{t−1} + k_tᵀ v_t, o_t = q_t S_t,
 The fused scan:
 
 1. φ(Q), φ(K) and V̂ = -η ∂L/∂f in torch (views of the caller's tensors where φ is the identity).
-2. ``scan_fused`` (Triton, ``tttla_kernels/triton_scan.py``): one program per (batch, head) walks the
+2. ``fused_scan`` (Triton, ``tttla_kernels/triton_scan.py``): one program per (batch, head) walks the
    blocks with the state in fp32 registers; per block it reads q̂, k̂, v̂ and the block-cumulative log decay G_t,
    decayed on chip by e^{G_t − G_s} under the mask,
    writes o_t = q̂_t S + Σ_(s≤t) (q̂_t·k̂_s) v̂_s in the caller's [B, T, H, D] layout, then S ← S + K̂ᵀV̂.
    Its backward runs the blocks in reverse with ∂L/∂S in registers, from the block states the
-   forward saved (``tttla::scan_fused``, ``tttla::scan_fused_backward``).
+   forward saved when a gradient can flow (``tttla::scan_fused``, ``tttla::scan_fused_backward``).
 
 A state wider than MAX_WIDTH (Dk or Dv > 256) falls back to the two-kernel pipeline of
 ``triton_runtime.py`` (``chunk_outer`` for the chunk increments, a torch scan, ``chunk_read``).
@@ -26,7 +26,7 @@ import torch
 
 from tttla_kernels import runtime
 from tttla_kernels.triton_runtime import MASK_CAUSAL, chunk_outer, chunk_read
-from tttla_kernels.triton_scan import MAX_WIDTH, scan_fused
+from tttla_kernels.triton_scan import MAX_WIDTH, fused_scan
 
 from ._common import chunk_states, features, finish, prepare
 
@@ -67,8 +67,7 @@ def triton_simple_gla(
         block = runtime.scan_block(inputs.chunk_size)  # a power of two: it does not change the result
         # G_t = Σ_(s≤t in its block) g_s, [B, H, T]
         G = runtime.chunk_log_decay(inputs.log_gamma, block)[..., 0].flatten(2, 3)[:, :, :inputs.T]
-        o, states = scan_fused(q_hat, k_hat, v_hat, G, inputs.state["W"], block)
-        last = states[:, :, -1]
+        o, last = fused_scan(q_hat, k_hat, v_hat, G, inputs.state["W"], block)
         return finish(o, {**inputs.state, "W": last}, output_final_state, inputs)
     # a wider state: the two-kernel pipeline
     q_hat, k_hat, v_hat = (x.contiguous() for x in features(inputs))  # φ(Q), φ(K), V̂ of every token (work dtype)
