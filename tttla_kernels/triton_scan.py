@@ -301,6 +301,7 @@ def _setup(ctx, inputs, output):
     q, k, v, g, initial, ctx.block_size, ctx.saved_states = inputs
     ctx.has_initial = initial is not None
     ctx.mark_non_differentiable(output[2])
+    ctx.set_materialize_grads(False)  # an unused output gets None, not a zero-filled gradient
     ctx.save_for_backward(q, k, v, g, output[2], output[1])
 
 
