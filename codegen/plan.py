@@ -58,9 +58,10 @@ class FormPlan:
     no_triton: str | None
     #: the default compute block of the parallel forms when the schedule fixes the step, else None
     compute_chunk: int | None = None
-    #: the Triton form runs the fused scan (``tttla_kernels/triton_scan.py``: one kernel walks the
-    #: blocks with the state in registers) rather than the two-kernel pipeline
-    fused_scan: bool = False
+    #: the Triton form's fused scan (``tttla_kernels/triton_scan.py``: one kernel walks the sequence
+    #: with the state in registers): ``"tokens"`` (one step per token), ``"chunks"`` (one step per
+    #: chunk, or one bidirectional step), or None for the two-kernel pipeline
+    fused_scan: str | None = None
     #: the files every package has besides its forms
     support: dict[str, str] = field(default_factory=lambda: {"__init__.py": "__init__.py.jinja",
                                                             "_common.py": "_common.py.jinja"})
@@ -118,7 +119,7 @@ def plan(form: LinearAttentionForm) -> FormPlan:
         forms=forms,
         no_triton=no_triton,
         compute_chunk=COMPUTE_CHUNK if chunk_template and sched.fixed and token_steps else None,
-        fused_scan="triton" in forms and _fused_scan_fits(form),
+        fused_scan=_fused_scan(form) if "triton" in forms else None,
     )
 
 
@@ -189,10 +190,12 @@ def _no_triton_template(form: LinearAttentionForm, chunk_template: str) -> str |
     return None
 
 
-def _fused_scan_fits(form: LinearAttentionForm) -> bool:
-    """Whether the fused scan computes the Triton form: one step per token read right after it, a plain
-    sum of increments (no momentum, per-position factors or clip), at most one decay factor per token."""
+def _fused_scan(form: LinearAttentionForm) -> str | None:
+    """Which fused scan computes the Triton form, if one does: a plain sum of increments (no momentum,
+    Newton–Schulz, clip or per-position factors) with at most one decay factor per step."""
     v = form.variant
-    return (form.classification.parallel_form == "prefix_scan" and v.schedule.order == "update_then_apply"
-            and v.momentum is None and not v.lr.position and v.clip is None and v.orthogonalize is None
-            and (v.decay is None or v.decay.gate in ("token", "head")))
+    plain = (v.momentum is None and not v.lr.position and v.clip is None and v.orthogonalize is None
+             and (v.decay is None or v.decay.gate in ("token", "head")))
+    if form.classification.parallel_form != "prefix_scan" or not plain:
+        return None
+    return "tokens" if v.schedule.order == "update_then_apply" else "chunks"

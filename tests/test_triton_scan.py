@@ -1,4 +1,4 @@
-"""The fused scan (tttla_kernels/triton_scan.py) against the recurrence written out, forward and
+"""The fused scans (tttla_kernels/triton_scan.py) against the recurrences written out, forward and
 backward (q, k, v, the initial state and the gate), in Triton's interpreter: block sizes, ragged
 tails, strided inputs, strong gates, non-finite causality and its errors."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tttla_kernels.triton_scan import MAX_WIDTH, fused_scan, scan_fused
+from tttla_kernels.triton_scan import MAX_WIDTH, fused_chunk_scan, fused_scan, scan_fused
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 
@@ -134,3 +134,52 @@ def test_inference_writes_no_block_states():
     assert states.shape[2] == 0
     torch.testing.assert_close(o, o_ref)
     torch.testing.assert_close(final, S_ref)
+
+
+def chunk_recurrence(q, k, v, gc, S0, L, inclusive):
+    """One step per chunk, S_n = e^{gc_n} S_{n−1} + K_nᵀ V_n; chunk n reads S_n (inclusive) or
+    S_{n−1}, and then apply_then_update's last chunk takes no step."""
+    T = q.shape[2]
+    N = -(-T // L)
+    S, outs = S0.clone(), []
+    for n in range(N):
+        s, e = n * L, min((n + 1) * L, T)
+        if not inclusive:
+            outs.append(q[:, :, s:e] @ S)
+            if n == N - 1:
+                break
+        decay = gc[:, :, n].exp()[..., None, None] if gc is not None else 1.0
+        S = decay * S + k[:, :, s:e].mT @ v[:, :, s:e]
+        if inclusive:
+            outs.append(q[:, :, s:e] @ S)
+    return torch.cat(outs, 2), S
+
+
+@pytest.mark.parametrize(("T", "L"), [(1, 4), (13, 4), (150, 70)], ids=["T=1", "ragged", "chunk>tile"])
+@pytest.mark.parametrize("inclusive", [False, True], ids=["apply_then_update", "block_inclusive"])
+@pytest.mark.parametrize("gate", [False, True])
+def test_fused_chunk_scan_is_the_chunk_recurrence_fp64(T, L, inclusive, gate):
+    q, k, v, _, S0, _ = _inputs(T, False, seed=T + L)
+    N = -(-T // L)
+    gc = (-torch.rand(1, 2, N, dtype=torch.float64)).requires_grad_() if gate else None
+    o_ref, S_ref = chunk_recurrence(q, k, v, gc, S0, L, inclusive)
+    o, final = fused_chunk_scan(q, k, v, gc, S0, L, inclusive)
+    torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final, S_ref, rtol=1e-12, atol=1e-12)
+    w_o, w_s = torch.randn_like(o_ref), torch.randn_like(S_ref)
+    leaves = [q, k, v, S0, *([gc] if gate else [])]
+    want = torch.autograd.grad((o_ref * w_o).sum() + (S_ref * w_s).sum(), leaves, allow_unused=True)
+    got = torch.autograd.grad((o * w_o).sum() + (final * w_s).sum(), leaves)
+    for name, a, b in zip(["q", "k", "v", "S0", "gc"], got, want):
+        torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b, rtol=1e-10, atol=1e-11,
+                                   msg=f"gradient of {name}")
+
+
+def test_fused_chunk_scan_is_causal_for_nonfinite_keys():
+    """A NaN key in chunk n reaches only the chunks that read a later state (apply_then_update: n + 1 on)."""
+    q, k, v, _, S0, _ = _inputs(40, False, seed=6)
+    bad = k.detach().clone()
+    bad[:, :, 13, 1] = float("nan")  # chunk 1 of chunks of 8
+    o, _ = fused_chunk_scan(q.detach(), bad, v.detach(), None, S0.detach(), 8, False)
+    nonfinite = ~torch.isfinite(o).all(-1)
+    assert not nonfinite[:, :, :16].any() and nonfinite[:, :, 16:].all()

@@ -1,4 +1,5 @@
-"""The fused scan of a token-level prefix scan, in Triton (hand-written, not generated).
+"""The fused scans of a prefix scan, in Triton (hand-written, not generated): one step per token
+(``fused_scan``) or one per chunk (``fused_chunk_scan``, further down).
 
 For a layer whose state takes one step per token and is read right after it — linear
 attention, and its decayed forms (simple_gla, retention, Mamba-2) —
@@ -40,7 +41,7 @@ import triton.language as tl
 from tttla_kernels.runtime import state_dtype
 from tttla_kernels.triton_runtime import check_device, drop_nonfinite, new_output
 
-__all__ = ["fused_scan", "scan_fused", "MAX_WIDTH"]
+__all__ = ["fused_scan", "scan_fused", "fused_chunk_scan", "scan_chunks", "MAX_WIDTH"]
 
 #: the widest key or value a program holds in registers
 MAX_WIDTH = 256
@@ -316,3 +317,245 @@ def _backward(ctx, d_o, d_final, _):
 
 
 scan_fused.register_autograd(_backward, setup_context=_setup)
+
+
+# --- a scan that steps once per chunk (apply_then_update, block_inclusive) ---------------------
+#
+# For a schedule of one step per chunk of L tokens, S_n = Γ_n S_{n−1} + Σ_{s ∈ n} k_sᵀ v_s
+# (Γ_n = e^{gc_n}, gc_n the chunk's log decay, 0 without one), and chunk n reads S_{n−1}
+# (``INCLUSIVE`` false: apply_then_update, whose last chunk is only read) or S_n (block_inclusive).
+# There is no intra-chunk term, so a chunk is walked in sub-blocks of BT tokens whatever L is.
+#
+# Backward, chunks in reverse, dS = ∂L/∂S_n in registers (the read's term added first when the
+# chunk reads S_n):
+#
+#     dq_t = dO_t S_readᵀ,  dk_s = v_s dSᵀ,  dv_s = k_s dS,  dgc_n = ⟨dS, Γ_n S_{n−1}⟩,
+#     dS ← Γ_n dS (+ Σ_t q_tᵀ dO_t when the chunk reads S_{n−1}).
+
+
+@triton.jit
+def scan_chunks_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, gc_ptr, s0_ptr, o_ptr, final_ptr, states_ptr,
+    H, T, L, DK, DV,
+    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
+    INCLUSIVE: tl.constexpr, HAS_GATE: tl.constexpr, HAS_S0: tl.constexpr, SAVE: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    """One (batch, head): o, the final state and, with SAVE, S_{n−1} of every chunk ``[N, DK, DV]``."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    acc_t = final_ptr.dtype.element_ty
+    in_t = q_ptr.dtype.element_ty
+    q_base = q_ptr + i_b * sqb + i_h * sqh
+    k_base = k_ptr + i_b * skb + i_h * skh
+    v_base = v_ptr + i_b * svb + i_h * svh
+    o_base = o_ptr + i_b * sob + i_h * soh
+    n_chunks = tl.cdiv(T, L)
+    st_base = states_ptr + i_bh * n_chunks * DK * DV
+    rk = tl.arange(0, BK)
+    rv = tl.arange(0, BV)
+    cell = rk[:, None] * DV + rv[None, :]
+    state_mask = (rk[:, None] < DK) & (rv[None, :] < DV)
+    if HAS_S0:
+        S = tl.load(s0_ptr + i_bh * DK * DV + cell, mask=state_mask, other=0.0).to(acc_t)
+    else:
+        S = tl.zeros([BK, BV], dtype=acc_t)
+    for i_n in range(0, n_chunks):
+        start = i_n * L
+        end = tl.minimum(start + L, T)
+        if SAVE:
+            tl.store(st_base + i_n * DK * DV + cell, S, mask=state_mask)
+        if not INCLUSIVE:  # read S_{n−1}
+            for t0 in range(start, end, BT):
+                q = _tile(q_base, t0, end, sqt, sqd, DK, BT, BK)
+                _put(o_base, tl.dot(q, S.to(in_t), input_precision="ieee").to(acc_t), t0, end, sot, sod, DV, BT, BV)
+        if INCLUSIVE or i_n < n_chunks - 1:  # apply_then_update's last chunk is only read
+            update = tl.zeros([BK, BV], dtype=acc_t)
+            for t0 in range(start, end, BT):
+                k = _tile(k_base, t0, end, skt, skd, DK, BT, BK)
+                v = _tile(v_base, t0, end, svt, svd, DV, BT, BV)
+                update += tl.dot(tl.trans(k), v, input_precision="ieee").to(acc_t)
+            if HAS_GATE:
+                S = S * tl.exp(tl.load(gc_ptr + i_bh * n_chunks + i_n))
+            S = S + update
+        if INCLUSIVE:  # read S_n
+            for t0 in range(start, end, BT):
+                q = _tile(q_base, t0, end, sqt, sqd, DK, BT, BK)
+                _put(o_base, tl.dot(q, S.to(in_t), input_precision="ieee").to(acc_t), t0, end, sot, sod, DV, BT, BV)
+    tl.store(final_ptr + i_bh * DK * DV + cell, S, mask=state_mask)
+
+
+@triton.jit
+def scan_chunks_bwd_kernel(
+    q_ptr, k_ptr, v_ptr, gc_ptr, states_ptr, final_ptr, do_ptr, dsf_ptr, dq_ptr, dk_ptr, dv_ptr, dgc_ptr, ds0_ptr,
+    H, T, L, DK, DV,
+    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
+    INCLUSIVE: tl.constexpr, HAS_GATE: tl.constexpr, HAS_DSF: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    """One (batch, head), chunks in reverse: dq, dk ``[T, DK]``, dv ``[T, DV]`` (contiguous per
+    (batch, head)), dgc ``[N]`` and dS_0."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    acc_t = final_ptr.dtype.element_ty
+    in_t = q_ptr.dtype.element_ty
+    q_base = q_ptr + i_b * sqb + i_h * sqh
+    k_base = k_ptr + i_b * skb + i_h * skh
+    v_base = v_ptr + i_b * svb + i_h * svh
+    do_base = do_ptr + i_b * sob + i_h * soh
+    n_chunks = tl.cdiv(T, L)
+    st_base = states_ptr + i_bh * n_chunks * DK * DV
+    rk = tl.arange(0, BK)
+    rv = tl.arange(0, BV)
+    cell = rk[:, None] * DV + rv[None, :]
+    state_mask = (rk[:, None] < DK) & (rv[None, :] < DV)
+    if HAS_DSF:
+        dS = tl.load(dsf_ptr + i_bh * DK * DV + cell, mask=state_mask, other=0.0).to(acc_t)
+    else:
+        dS = tl.zeros([BK, BV], dtype=acc_t)
+    for j in range(0, n_chunks):
+        i_n = n_chunks - 1 - j
+        start = i_n * L
+        end = tl.minimum(start + L, T)
+        before = tl.load(st_base + i_n * DK * DV + cell, mask=state_mask, other=0.0)  # S_{n−1}
+        stepped = INCLUSIVE or i_n < n_chunks - 1
+        if INCLUSIVE:  # the chunk read S_n: its read's gradient joins dS before the step's
+            after = tl.load(st_base + tl.minimum(i_n + 1, n_chunks - 1) * DK * DV + cell, mask=state_mask,
+                            other=0.0)
+            after = tl.where(i_n + 1 < n_chunks, after, tl.load(final_ptr + i_bh * DK * DV + cell, mask=state_mask,
+                                                                  other=0.0))
+            for t0 in range(start, end, BT):
+                do = _tile(do_base, t0, end, sot, sod, DV, BT, BV)
+                q = _tile(q_base, t0, end, sqt, sqd, DK, BT, BK)
+                _put(dq_ptr + i_bh * T * DK, tl.dot(do, tl.trans(after.to(in_t)), input_precision="ieee"),
+                     t0, end, DK, 1, DK, BT, BK)
+                dS += tl.dot(tl.trans(q), do, input_precision="ieee").to(acc_t)
+        if stepped:
+            for t0 in range(start, end, BT):
+                k = _tile(k_base, t0, end, skt, skd, DK, BT, BK)
+                v = _tile(v_base, t0, end, svt, svd, DV, BT, BV)
+                _put(dk_ptr + i_bh * T * DK, tl.dot(v, tl.trans(dS.to(in_t)), input_precision="ieee"),
+                     t0, end, DK, 1, DK, BT, BK)
+                _put(dv_ptr + i_bh * T * DV, tl.dot(k, dS.to(in_t), input_precision="ieee"), t0, end, DV, 1, DV, BT, BV)
+            if HAS_GATE:
+                decay = tl.exp(tl.load(gc_ptr + i_bh * n_chunks + i_n))
+                tl.store(dgc_ptr + i_bh * n_chunks + i_n, tl.sum(tl.sum(dS * before, axis=1), axis=0) * decay)
+                dS = dS * decay
+        else:  # the last chunk of apply_then_update takes no step: k and v get no gradient
+            for t0 in range(start, end, BT):
+                zero = tl.zeros([BT, BK], dtype=acc_t)
+                _put(dk_ptr + i_bh * T * DK, zero, t0, end, DK, 1, DK, BT, BK)
+                _put(dv_ptr + i_bh * T * DV, tl.zeros([BT, BV], dtype=acc_t), t0, end, DV, 1, DV, BT, BV)
+            if HAS_GATE:
+                tl.store(dgc_ptr + i_bh * n_chunks + i_n, 0.0)
+        if not INCLUSIVE:  # the chunk read S_{n−1}
+            for t0 in range(start, end, BT):
+                do = _tile(do_base, t0, end, sot, sod, DV, BT, BV)
+                q = _tile(q_base, t0, end, sqt, sqd, DK, BT, BK)
+                _put(dq_ptr + i_bh * T * DK, tl.dot(do, tl.trans(before.to(in_t)), input_precision="ieee"),
+                     t0, end, DK, 1, DK, BT, BK)
+                dS += tl.dot(tl.trans(q), do, input_precision="ieee").to(acc_t)
+    tl.store(ds0_ptr + i_bh * DK * DV + cell, dS, mask=state_mask)
+
+
+def fused_chunk_scan(q, k, v, gc, initial, chunk_size: int, inclusive: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(o, final state)`` of a scan that steps once per chunk (see :func:`fused_scan`); ``gc`` is
+    each chunk's log decay ``[B, H, N]`` or None."""
+    save = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, gc, initial))
+    o, final, _ = scan_chunks(q, k, v, gc, initial, chunk_size, inclusive, save)
+    return o, final
+
+
+@torch.library.custom_op("tttla::scan_chunks", mutates_args=())
+def scan_chunks(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gc: torch.Tensor | None, initial: torch.Tensor | None,
+    chunk_size: int, inclusive: bool, save_states: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """As :func:`scan_fused` for one step per chunk of ``chunk_size`` tokens: o, the final state and
+    S_{n−1} of every chunk ``[B, H, N, Dk, Dv]`` (empty without ``save_states``)."""
+    _check(q, k, v, None, initial, 16)
+    if chunk_size < 1:
+        raise ValueError(f"scan_chunks: chunk_size must be >= 1, got {chunk_size}")
+    B, H, T, DK = q.shape
+    DV = v.shape[-1]
+    N = triton.cdiv(T, chunk_size)
+    if gc is not None and (tuple(gc.shape) != (B, H, N) or gc.dtype != state_dtype(q)):
+        raise ValueError(f"scan_chunks: gc must be [B, H, N] = {[B, H, N]} in {state_dtype(q)}, "
+                         f"got {list(gc.shape)} in {gc.dtype}")
+    gc = gc.contiguous() if gc is not None else None
+    o = new_output((B, T, H, DV), q).transpose(1, 2)
+    final = new_output((B, H, DK, DV), q, state_dtype(q))
+    states = new_output((B, H, N if save_states else 0, DK, DV), q, state_dtype(q))
+    scan_chunks_fwd_kernel[(B * H,)](
+        q, k, v, gc if gc is not None else final, initial.contiguous() if initial is not None else final,
+        o, final, states, H, T, chunk_size, DK, DV,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+        INCLUSIVE=inclusive, HAS_GATE=gc is not None, HAS_S0=initial is not None, SAVE=save_states,
+        BT=_CHUNK_TILE, BK=_block(DK), BV=_block(DV))
+    return o, final, states
+
+
+#: the token tile the chunk scan walks its chunks in
+_CHUNK_TILE = 64
+
+
+@scan_chunks.register_fake
+def _(q, k, v, gc, initial, chunk_size, inclusive, save_states=True):
+    B, H, T, DK = q.shape
+    DV = v.shape[-1]
+    acc = state_dtype(q)
+    n = -(-T // chunk_size) if save_states else 0
+    return (q.new_empty(B, T, H, DV).transpose(1, 2), q.new_empty(B, H, DK, DV, dtype=acc),
+            q.new_empty(B, H, n, DK, DV, dtype=acc))
+
+
+@torch.library.custom_op("tttla::scan_chunks_backward", mutates_args=())
+def scan_chunks_backward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gc: torch.Tensor | None, states: torch.Tensor,
+    final: torch.Tensor, do: torch.Tensor, d_final: torch.Tensor | None, chunk_size: int, inclusive: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv (q's dtype), dgc ``[B, H, N]`` and dS_0 (state dtype) of :func:`scan_chunks`."""
+    B, H, T, DK = q.shape
+    DV = v.shape[-1]
+    acc = states.dtype
+    dq, dk = (new_output((B, H, T, DK), q, acc) for _ in range(2))
+    dv = new_output((B, H, T, DV), q, acc)
+    dgc = new_output(tuple(gc.shape), q, acc) if gc is not None else states
+    ds0 = new_output((B, H, DK, DV), q, acc)
+    scan_chunks_bwd_kernel[(B * H,)](
+        q, k, v, gc.contiguous() if gc is not None else states, states, final, do,
+        d_final.contiguous() if d_final is not None else states, dq, dk, dv, dgc, ds0, H, T, chunk_size, DK, DV,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(do),
+        INCLUSIVE=inclusive, HAS_GATE=gc is not None, HAS_DSF=d_final is not None,
+        BT=_CHUNK_TILE, BK=_block(DK), BV=_block(DV))
+    return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype), dgc if gc is not None else ds0.new_zeros(0), ds0
+
+
+@scan_chunks_backward.register_fake
+def _(q, k, v, gc, states, final, do, d_final, chunk_size, inclusive):
+    acc = states.dtype
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
+            gc.new_empty(gc.shape) if gc is not None else q.new_empty(0, dtype=acc),
+            q.new_empty(*q.shape[:2], q.shape[-1], v.shape[-1], dtype=acc))
+
+
+def _chunks_setup(ctx, inputs, output):
+    q, k, v, gc, initial, ctx.chunk_size, ctx.inclusive, ctx.saved_states = inputs
+    ctx.has_initial = initial is not None
+    ctx.mark_non_differentiable(output[2])
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(q, k, v, gc, output[2], output[1])
+
+
+def _chunks_backward(ctx, d_o, d_final, _):
+    q, k, v, gc, states, final = ctx.saved_tensors
+    if not ctx.saved_states:
+        raise RuntimeError("scan_chunks: called with save_states=False, so it has no backward (use fused_chunk_scan)")
+    if d_o is None:
+        d_o = q.new_zeros(*q.shape[:3], v.shape[-1])
+    dq, dk, dv, dgc, ds0 = scan_chunks_backward(q, k, v, gc, states, final, d_o, d_final, ctx.chunk_size,
+                                                ctx.inclusive)
+    return dq, dk, dv, (dgc if gc is not None else None), (ds0 if ctx.has_initial else None), None, None, None
+
+
+scan_chunks.register_autograd(_chunks_backward, setup_context=_chunks_setup)

@@ -126,16 +126,25 @@ class ParallelHooks(HookBase):
                    "last step"]) + "\n" + self.triton_read()
         if not c.plan.fused_scan:
             return pipeline
-        gate = ("None" if not c.decay else
-                "runtime.chunk_log_decay(inputs.log_gamma, block)[..., 0].flatten(2, 3)[:, :, :inputs.T]")
+        if c.plan.fused_scan == "tokens":
+            gate = ("None" if not c.decay else
+                    "runtime.chunk_log_decay(inputs.log_gamma, block)[..., 0].flatten(2, 3)[:, :, :inputs.T]")
+            scan = ["    block = runtime.scan_block(inputs.chunk_size)  # a power of two, which does not change o",
+                    *(["    # G_t = Σ_(s≤t in its block) g_s, [B, H, T]"] if c.decay else []),
+                    f"    G = {gate}",
+                    f"    o, last = fused_scan(q_hat, k_hat, v_hat, G, {self.initial_state()}, block)"]
+        else:
+            gate = ("None" if not c.decay else
+                    "runtime.split_chunks(inputs.log_gamma, inputs.chunk_size).sum(dim=3)[..., 0]  # [B, H, N]")
+            inclusive = c.order != "apply_then_update"
+            scan = [f"    gc = {gate}" + ("  # no decay" if not c.decay else ""),
+                    f"    o, last = fused_chunk_scan(q_hat, k_hat, v_hat, gc, {self.initial_state()}, "
+                    f"inputs.chunk_size, inclusive={inclusive})"]
         fused = lines([
             "q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ (views of the caller's tensors where φ is the "
             "identity)",
             "if max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # the state fits in one program's registers",
-            "    block = runtime.scan_block(inputs.chunk_size)  # a power of two: it does not change the result",
-            *(["    # G_t = Σ_(s≤t in its block) g_s, [B, H, T]"] if c.decay else []),
-            f"    G = {gate}",
-            f"    o, last = fused_scan(q_hat, k_hat, v_hat, G, {self.initial_state()}, block)",
+            *scan,
             f"    return finish(o, {self.final_state()}, output_final_state, inputs)",
             "# a wider state: the two-kernel pipeline"])
         return fused + "\n" + pipeline
@@ -184,8 +193,10 @@ class ParallelHooks(HookBase):
             masks.add("MASK_NONE")
         kernels = f"from tttla_kernels.triton_runtime import {', '.join(sorted(masks))}, chunk_outer, chunk_read"
         if c.plan.fused_scan:
-            kernels += "\nfrom tttla_kernels.triton_scan import MAX_WIDTH, fused_scan"
-        runtime = (bool(c.decay) and c.order == "update_then_apply") or c.plan.fused_scan
+            scan = "fused_scan" if c.plan.fused_scan == "tokens" else "fused_chunk_scan"
+            kernels += f"\nfrom tttla_kernels.triton_scan import MAX_WIDTH, {scan}"
+        runtime = (bool(c.decay) and c.order == "update_then_apply") or c.plan.fused_scan == "tokens" or \
+            (c.plan.fused_scan == "chunks" and bool(c.decay))
         # the kernels join the first-party block that follows torch's (or open it)
         return self.imports(runtime=runtime) + ("\n" if runtime else "\n\n") + kernels
 
@@ -331,17 +342,28 @@ class ParallelHooks(HookBase):
 
     def _fused_scan_doc(self) -> str:
         c = self.c
-        gate = (" and the block-cumulative log decay G_t,\n   decayed on chip by e^{G_t − G_s} under the mask"
-                if c.decay else "")
+        if c.plan.fused_scan == "tokens":
+            gate = (" and the block-cumulative log decay G_t,\n   decayed on chip by e^{G_t − G_s} under the mask"
+                    if c.decay else "")
+            step = ["2. ``fused_scan`` (Triton, ``tttla_kernels/triton_scan.py``): one program per (batch, head) walks "
+                    "the",
+                    f"   blocks with the state in fp32 registers; per block it reads q̂, k̂, v̂{gate},",
+                    "   writes o_t = q̂_t S + Σ_(s≤t) (q̂_t·k̂_s) v̂_s in the caller's [B, T, H, D] layout, then "
+                    "S ← S + K̂ᵀV̂.",
+                    "   Its backward runs the blocks in reverse with ∂L/∂S in registers, from the block states the",
+                    "   forward saved when a gradient can flow (``tttla::scan_fused`` and its backward op)."]
+        else:
+            read = "S_(n−1)" if c.order == "apply_then_update" else "S_n"
+            step = ["2. ``fused_chunk_scan`` (Triton, ``tttla_kernels/triton_scan.py``): one program per "
+                    "(batch, head)",
+                    "   walks the chunks with the state in fp32 registers, reading each chunk's q̂, k̂, v̂ once in tiles:",
+                    f"   o_t = q̂_t {read} in the caller's [B, T, H, D] layout, S_n = Γ_n S_(n−1) + K̂_nᵀ V̂_n. Its backward",
+                    "   runs the chunks in reverse with ∂L/∂S in registers (``tttla::scan_chunks``)."]
         return "\n".join([
             "The fused scan:",
             "",
             f"1. φ(Q), φ(K) and V̂ = {c.sign}η ∂L/∂f in torch (views of the caller's tensors where φ is the identity).",
-            "2. ``fused_scan`` (Triton, ``tttla_kernels/triton_scan.py``): one program per (batch, head) walks the",
-            f"   blocks with the state in fp32 registers; per block it reads q̂, k̂, v̂{gate},",
-            "   writes o_t = q̂_t S + Σ_(s≤t) (q̂_t·k̂_s) v̂_s in the caller's [B, T, H, D] layout, then S ← S + K̂ᵀV̂.",
-            "   Its backward runs the blocks in reverse with ∂L/∂S in registers, from the block states the",
-            "   forward saved when a gradient can flow (``tttla::scan_fused``, ``tttla::scan_fused_backward``).",
+            *step,
             "",
             "A state wider than MAX_WIDTH (Dk or Dv > 256) falls back to the two-kernel pipeline of",
             "``triton_runtime.py`` (``chunk_outer`` for the chunk increments, a torch scan, ``chunk_read``).",

@@ -5,19 +5,17 @@ exactly what chunk.py computes, forward and backward.
 
 V6: V5 without Muon: plain (block-exclusive) linear attention.
 
-Pipeline (flash-linear-attention's split into a state pass and an output pass):
+The fused scan:
 
-1. φ(Q), φ(K) and V̂ = -η ∂L/∂f in torch, with autograd. φ is the identity here.
-2. ``chunk_outer`` (Triton): the chunk increments ΔS_n = φ(K_n)ᵀ V̂_n ``[B, H, N, d, d]``.
-3. torch, with autograd: the prefix sum over chunks: the state each chunk reads.
-4. ``chunk_read`` (Triton): O_n = φ(Q_n) S^{(n−1)} (block-exclusive: no intra-chunk term).
+1. φ(Q), φ(K) and V̂ = -η ∂L/∂f in torch (views of the caller's tensors where φ is the identity).
+2. ``fused_chunk_scan`` (Triton, ``tttla_kernels/triton_scan.py``): one program per (batch, head)
+   walks the chunks with the state in fp32 registers, reading each chunk's q̂, k̂, v̂ once in tiles:
+   o_t = q̂_t S_(n−1) in the caller's [B, T, H, D] layout, S_n = Γ_n S_(n−1) + K̂_nᵀ V̂_n. Its backward
+   runs the chunks in reverse with ∂L/∂S in registers (``tttla::scan_chunks``).
 
-Both kernels live in ``tttla_kernels/triton_runtime.py``, shared by every variant: torch.library
-custom ops (``tttla::chunk_outer``, ``tttla::chunk_read``) whose backward passes are the same two
-ops with the roles of their operands permuted, so gradients reach q, k, v and the
-initial state, and ``torch.compile`` traces the whole layer. Token-level work runs in q's dtype
-for fp16/bf16 (tensor cores), else in the state dtype; states and accumulators are fp32 (fp64
-for fp64 inputs).
+A state wider than MAX_WIDTH (Dk or Dv > 256) falls back to the two-kernel pipeline of
+``triton_runtime.py`` (``chunk_outer`` for the chunk increments, a torch scan, ``chunk_read``).
+Token-level work runs in q's dtype for fp16/bf16 (tensor cores), else in the state dtype.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from tttla_kernels.triton_runtime import MASK_NONE, chunk_outer, chunk_read
+from tttla_kernels.triton_scan import MAX_WIDTH, fused_chunk_scan
 
 from ._common import chunk_states, features, finish, prepare
 
@@ -55,6 +54,12 @@ def triton_lact_v6(
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
     inputs = prepare(q, k, v, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True)
+    q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ (views of the caller's tensors where φ is the identity)
+    if max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # the state fits in one program's registers
+        gc = None  # no decay
+        o, last = fused_chunk_scan(q_hat, k_hat, v_hat, gc, inputs.state["W"], inputs.chunk_size, inclusive=False)
+        return finish(o, {**inputs.state, "W": last}, output_final_state, inputs)
+    # a wider state: the two-kernel pipeline
     q_hat, k_hat, v_hat = (x.contiguous() for x in features(inputs))  # φ(Q), φ(K), V̂ of every token (work dtype)
     updates = chunk_outer(k_hat, v_hat, inputs.chunk_size)  # ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, d, d]
     reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state after the last step

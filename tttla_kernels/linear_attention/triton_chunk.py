@@ -12,7 +12,7 @@ The fused scan:
    blocks with the state in fp32 registers; per block it reads q̂, k̂, v̂,
    writes o_t = q̂_t S + Σ_(s≤t) (q̂_t·k̂_s) v̂_s in the caller's [B, T, H, D] layout, then S ← S + K̂ᵀV̂.
    Its backward runs the blocks in reverse with ∂L/∂S in registers, from the block states the
-   forward saved when a gradient can flow (``tttla::scan_fused``, ``tttla::scan_fused_backward``).
+   forward saved when a gradient can flow (``tttla::scan_fused`` and its backward op).
 
 A state wider than MAX_WIDTH (Dk or Dv > 256) falls back to the two-kernel pipeline of
 ``triton_runtime.py`` (``chunk_outer`` for the chunk increments, a torch scan, ``chunk_read``).
@@ -59,7 +59,7 @@ def triton_linear_attention(
     inputs = prepare(q, k, v, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True)
     q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ (views of the caller's tensors where φ is the identity)
     if max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # the state fits in one program's registers
-        block = runtime.scan_block(inputs.chunk_size)  # a power of two: it does not change the result
+        block = runtime.scan_block(inputs.chunk_size)  # a power of two, which does not change o
         G = None
         o, last = fused_scan(q_hat, k_hat, v_hat, G, inputs.state["W"], block)
         return finish(o, {**inputs.state, "W": last}, output_final_state, inputs)

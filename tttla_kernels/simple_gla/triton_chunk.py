@@ -13,7 +13,7 @@ The fused scan:
    decayed on chip by e^{G_t − G_s} under the mask,
    writes o_t = q̂_t S + Σ_(s≤t) (q̂_t·k̂_s) v̂_s in the caller's [B, T, H, D] layout, then S ← S + K̂ᵀV̂.
    Its backward runs the blocks in reverse with ∂L/∂S in registers, from the block states the
-   forward saved when a gradient can flow (``tttla::scan_fused``, ``tttla::scan_fused_backward``).
+   forward saved when a gradient can flow (``tttla::scan_fused`` and its backward op).
 
 A state wider than MAX_WIDTH (Dk or Dv > 256) falls back to the two-kernel pipeline of
 ``triton_runtime.py`` (``chunk_outer`` for the chunk increments, a torch scan, ``chunk_read``).
@@ -64,7 +64,7 @@ def triton_simple_gla(
     )
     q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ (views of the caller's tensors where φ is the identity)
     if max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # the state fits in one program's registers
-        block = runtime.scan_block(inputs.chunk_size)  # a power of two: it does not change the result
+        block = runtime.scan_block(inputs.chunk_size)  # a power of two, which does not change o
         # G_t = Σ_(s≤t in its block) g_s, [B, H, T]
         G = runtime.chunk_log_decay(inputs.log_gamma, block)[..., 0].flatten(2, 3)[:, :, :inputs.T]
         o, last = fused_scan(q_hat, k_hat, v_hat, G, inputs.state["W"], block)
