@@ -357,8 +357,8 @@ class ParallelHooks(HookBase):
             step = ["2. ``fused_chunk_scan`` (Triton, ``tttla_kernels/triton_scan.py``): one program per "
                     "(batch, head)",
                     "   walks the chunks with the state in fp32 registers, reading each chunk's q̂, k̂, v̂ once in tiles:",
-                    f"   o_t = q̂_t {read} in the caller's [B, T, H, D] layout, S_n = Γ_n S_(n−1) + K̂_nᵀ V̂_n. Its backward",
-                    "   runs the chunks in reverse with ∂L/∂S in registers (``tttla::scan_chunks``)."]
+                    f"   o_t = q̂_t {read} in the caller's [B, T, H, D] layout, S_n = Γ_n S_(n−1) + K̂_nᵀ V̂_n.",
+                    "   Its backward runs the chunks in reverse with ∂L/∂S in registers (``tttla::scan_chunks``)."]
         return "\n".join([
             "The fused scan:",
             "",

@@ -10,8 +10,8 @@ The fused scan:
 1. φ(Q), φ(K) and V̂ = -η ∂L/∂f in torch (views of the caller's tensors where φ is the identity).
 2. ``fused_chunk_scan`` (Triton, ``tttla_kernels/triton_scan.py``): one program per (batch, head)
    walks the chunks with the state in fp32 registers, reading each chunk's q̂, k̂, v̂ once in tiles:
-   o_t = q̂_t S_(n−1) in the caller's [B, T, H, D] layout, S_n = Γ_n S_(n−1) + K̂_nᵀ V̂_n. Its backward
-   runs the chunks in reverse with ∂L/∂S in registers (``tttla::scan_chunks``).
+   o_t = q̂_t S_(n−1) in the caller's [B, T, H, D] layout, S_n = Γ_n S_(n−1) + K̂_nᵀ V̂_n.
+   Its backward runs the chunks in reverse with ∂L/∂S in registers (``tttla::scan_chunks``).
 
 A state wider than MAX_WIDTH (Dk or Dv > 256) falls back to the two-kernel pipeline of
 ``triton_runtime.py`` (``chunk_outer`` for the chunk increments, a torch scan, ``chunk_read``).
