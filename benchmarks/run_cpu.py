@@ -27,7 +27,7 @@ CONFIGS = {
                 "best_fraction_of_matmul", 0.60),
     "delta_rule": (BenchConfig(seq_len=4096, dim=64, chunk=None, dtype="float32", batch_heads=4, repeats=3),
                    "min_speedup_vs_oracle", 20.0),
-    **{name: (BenchConfig(seq_len=8192, dim=64, chunk=None, dtype="float32", batch_heads=4, repeats=3),
+    **{name: (BenchConfig(seq_len=8192, dim=64, chunk=None, dtype="float32", batch_heads=4, repeats=1),
               "chunk_over_recurrent", 1.0) for name in ("simple_gla", "gla")},
 }
 

@@ -3,6 +3,8 @@ offending argument, the expected and the given shape, dtype or device."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 __all__ = [
@@ -10,7 +12,7 @@ __all__ = [
     "state_dtype", "work_dtype", "heads_first", "per_head", "token_coefficient", "channel_coefficient",
     "newton_schulz", "renormalize_columns", "chunk_means", "linear_scan", "causal_product", "split_chunks",
     "chunk_log_decay", "chunk_decay", "decayed_scores", "last_position_factors", "token_momentum_weights",
-    "scan_block",
+    "scan_block", "TokenRows", "token_rows",
     "resolve_sizes", "shape_in", "check_grid", "grid_patches", "lower_depthwise", "raise_depthwise", "check_position",
 ]
 
@@ -277,6 +279,34 @@ def last_position_factors(position: torch.Tensor, T: int) -> torch.Tensor:
     last = torch.full((N,), L - 1, device=position.device)
     last[-1] = T - (N - 1) * L - 1
     return position[last][:, None, None]
+
+
+class TokenRows:
+    """A ``[B, H, T, ·]`` tensor split once along T into pieces of ``size`` tokens; ``rows[s:e]`` is
+    ``x[:, :, s:e]`` for a span inside one piece.
+
+    A recurrence that sliced ``x[:, :, s:e]`` once per step would make autograd write a gradient of
+    x's full length per slice (O(T²) memory traffic over a sequence); the pieces of one ``split``
+    share a single backward that assembles their gradients once.
+    """
+
+    def __init__(self, x: torch.Tensor, size: int):
+        self.size, self.pieces = size, x.split(size, dim=2)
+
+    def __getitem__(self, span: slice) -> torch.Tensor:
+        piece = self.pieces[span.start // self.size]
+        offset = span.start % self.size
+        if offset == 0 and span.stop - span.start == piece.shape[2]:
+            return piece
+        return piece[:, :, offset:offset + span.stop - span.start]
+
+
+def token_rows(size: int, **tensors):
+    """Each ``[B, H, T, ·]`` tensor (or dict of them) as :class:`TokenRows` of ``size`` tokens, by name."""
+    def rows(x):
+        return {n: TokenRows(t, size) for n, t in x.items()} if isinstance(x, dict) else TokenRows(x, size)
+
+    return SimpleNamespace(**{name: rows(x) for name, x in tensors.items()})
 
 
 def split_chunks(x: torch.Tensor, chunk_size: int) -> torch.Tensor:

@@ -33,13 +33,17 @@ class RecurrentHooks(HookBase):
             extra.append("Weight norm rescales every output channel after each step.")
         return "\n".join(rows + extra)
 
-    def step_uses_runtime(self) -> bool:
-        """Whether the recurrence's step calls the runtime (Newton–Schulz, weight norm)."""
-        return bool(self.c.ns_coefficients) or self.c.weight_norm_eps is not None
-
     def recurrent_state(self) -> str:
-        """The state the steps carry: the weights, and the target column norms and momentum buffers."""
-        rows = ["state = inputs.state"]
+        """The token rows the steps read, and the state they carry: the weights, and the target column
+        norms and momentum buffers."""
+        c = self.c
+        size = "1" if c.order == "update_then_apply" else "inputs.chunk_size"
+        tensors = ["Q=inputs.Q", "K=inputs.K", "V=inputs.V"] + [f"{n}=inputs.{n}" for n, on in (
+            ("eta", c.per_token_lr), ("alpha", c.momentum), ("log_gamma", c.decay)) if on]
+        rows = ["# the tokens split once (one slice per step would make autograd write a full-length gradient "
+                "per step)",
+                f"tokens = runtime.token_rows({size}, {', '.join(tensors)})",
+                "state = inputs.state"]
         if self.c.weight_norm_eps is not None:
             rows.append("target_norms = {name: W.norm(dim=-2, keepdim=True) for name, W in state.items()}  "
                         "# initial column norms")
@@ -67,11 +71,11 @@ class RecurrentHooks(HookBase):
     def increments_args(self) -> str:
         """The arguments of chunk_increments for tokens [start, end): keys, values, learning rates, weights."""
         c = self.c
-        rows = ["inputs.K[..., start:end, :]", "inputs.V[..., start:end, :]"]
+        rows = ["tokens.K[start:end]", "tokens.V[start:end]"]
         if c.per_token_lr and c.multi_state:
-            rows += [f'inputs.eta["{w}"][..., start:end, :]' for w, _, _ in c.updated]
+            rows += [f'tokens.eta["{w}"][start:end]' for w, _, _ in c.updated]
         elif c.per_token_lr:
-            rows.append("inputs.eta[..., start:end, :]")
+            rows.append("tokens.eta[start:end]")
         rows.append("**weights(state)")
         return lines([f"{row}," for row in rows], " " * 12)
 
@@ -88,7 +92,7 @@ class RecurrentHooks(HookBase):
     def decay_factor(self, start: str, end: str, single: bool = False) -> str:
         """γ of the tokens [start, end) as a factor of a state ``[B, H, rows, cols]``: exp(Σ g), shaped
         ``[B, H, 1, 1]`` (one per head) or ``[B, H, rows, 1]`` (per key channel)."""
-        g = f"inputs.log_gamma[:, :, {start}:{end}]"
+        g = f"tokens.log_gamma[{start}:{end}]"
         return f"{g}.mT.exp()" if single else f"{g}.sum(dim=2, keepdim=True).mT.exp()"
 
     def step_params(self) -> str:
@@ -125,7 +129,7 @@ class RecurrentHooks(HookBase):
     def schedule_loop(self) -> str:
         """The body of the loop over chunks ``[start, end)``: steps and reads in the schedule's order."""
         c = self.c
-        chunk_alpha = "inputs.alpha[:, :, start:end].mean(dim=2, keepdim=True)" if c.momentum else "None"
+        chunk_alpha = "tokens.alpha[start:end].mean(dim=2, keepdim=True)" if c.momentum else "None"
         chunk_step = [f"state = step(state, increments(start, end, state), {chunk_alpha})"]
         if c.decay == "gradient_then_decay":
             chunk_step = [f"state = step(state, increments(start, end, state), {chunk_alpha}, "
@@ -134,12 +138,12 @@ class RecurrentHooks(HookBase):
             chunk_step = [f"state = {{name: {self.decay_factor('start', 'end')} * W for name, W in state.items()}}  "
                           "# S ← Γ S before the gradient", *chunk_step]
         if c.order == "apply_then_update":
-            rows = ["outputs.append(read(inputs.Q[..., start:end, :], state))",
+            rows = ["outputs.append(read(tokens.Q[start:end], state))",
                     "if end == inputs.T:",
                     "    break  # the last chunk is apply-only",
                     *chunk_step]
         elif c.order != "update_then_apply":
-            rows = [*chunk_step, "outputs.append(read(inputs.Q[..., start:end, :], state))"]
+            rows = [*chunk_step, "outputs.append(read(tokens.Q[start:end], state))"]
         else:
             rows = ["# every token's increment at the chunk-start weights, then one step per token"]
             if c.decay == "decay_then_gradient":
@@ -154,11 +158,11 @@ class RecurrentHooks(HookBase):
                          "    total = {name: total[name] + d if name in total else d for name, d in increment.items()}",
                          "    state = {name: chunk_start[name] + inputs.position[t - start] * total[name] "
                          "for name in chunk_start}",
-                         "    outputs.append(read(inputs.Q[..., t:t + 1, :], state))"]
+                         "    outputs.append(read(tokens.Q[t:t + 1], state))"]
             else:
-                alpha = "inputs.alpha[:, :, t:t + 1]" if c.momentum else "None"
+                alpha = "tokens.alpha[t:t + 1]" if c.momentum else "None"
                 gamma = f", {self.decay_factor('t', 't + 1', single=True)}" if c.decay == "gradient_then_decay" else ""
                 rows += ["for t, increment in zip(range(start, end), per_token):",
                          f"    state = step(state, increment, {alpha}{gamma})",
-                         "    outputs.append(read(inputs.Q[..., t:t + 1, :], state))"]
+                         "    outputs.append(read(tokens.Q[t:t + 1], state))"]
         return lines(rows, INNER)

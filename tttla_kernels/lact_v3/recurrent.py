@@ -61,6 +61,8 @@ def recurrent_lact_v3(
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
     inputs = prepare(q, k, v, lr=lr, momentum=momentum, initial_state=initial_state, chunk_size=chunk_size)
+    # the tokens split once (one slice per step would make autograd write a full-length gradient per step)
+    tokens = runtime.token_rows(inputs.chunk_size, Q=inputs.Q, K=inputs.K, V=inputs.V, eta=inputs.eta, alpha=inputs.alpha)
     state = inputs.state
     buffers = {name: torch.zeros_like(W) for name, W in state.items()}  # momentum, pre-orthogonalisation
 
@@ -75,9 +77,9 @@ def recurrent_lact_v3(
     def increments(start, end, state):
         """Increments of the updated weights from tokens [start, end), at ``state``."""
         return chunk_increments(
-            inputs.K[..., start:end, :],
-            inputs.V[..., start:end, :],
-            inputs.eta[..., start:end, :],
+            tokens.K[start:end],
+            tokens.V[start:end],
+            tokens.eta[start:end],
             **weights(state),
         )
 
@@ -94,9 +96,9 @@ def recurrent_lact_v3(
     outputs = []
     for start in range(0, inputs.T, inputs.chunk_size):
         end = min(start + inputs.chunk_size, inputs.T)
-        outputs.append(read(inputs.Q[..., start:end, :], state))
+        outputs.append(read(tokens.Q[start:end], state))
         if end == inputs.T:
             break  # the last chunk is apply-only
-        state = step(state, increments(start, end, state), inputs.alpha[:, :, start:end].mean(dim=2, keepdim=True))
+        state = step(state, increments(start, end, state), tokens.alpha[start:end].mean(dim=2, keepdim=True))
     o = torch.cat(outputs, dim=2)  # [B, H, T, d]
     return finish(o, state, output_final_state, inputs)

@@ -56,6 +56,8 @@ def recurrent_lact_v5(
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
     inputs = prepare(q, k, v, initial_state=initial_state, chunk_size=chunk_size)
+    # the tokens split once (one slice per step would make autograd write a full-length gradient per step)
+    tokens = runtime.token_rows(inputs.chunk_size, Q=inputs.Q, K=inputs.K, V=inputs.V)
     state = inputs.state
 
     def weights(state):
@@ -69,8 +71,8 @@ def recurrent_lact_v5(
     def increments(start, end, state):
         """Increments of the updated weights from tokens [start, end), at ``state``."""
         return chunk_increments(
-            inputs.K[..., start:end, :],
-            inputs.V[..., start:end, :],
+            tokens.K[start:end],
+            tokens.V[start:end],
             **weights(state),
         )
 
@@ -85,7 +87,7 @@ def recurrent_lact_v5(
     outputs = []
     for start in range(0, inputs.T, inputs.chunk_size):
         end = min(start + inputs.chunk_size, inputs.T)
-        outputs.append(read(inputs.Q[..., start:end, :], state))
+        outputs.append(read(tokens.Q[start:end], state))
         if end == inputs.T:
             break  # the last chunk is apply-only
         state = step(state, increments(start, end, state), None)

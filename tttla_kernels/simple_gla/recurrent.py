@@ -19,6 +19,8 @@ import math  # noqa: F401  (used by some element-wise functions)
 import torch
 import torch.nn.functional as F  # noqa: F401
 
+from tttla_kernels import runtime
+
 from ._common import feature_map, finish, prepare
 
 
@@ -59,6 +61,8 @@ def recurrent_simple_gla(
     """
     inputs = prepare(q, k, v, log_decay=log_decay, initial_state=initial_state, chunk_size=chunk_size)
     inputs = inputs._replace(chunk_size=1)  # chunk_size was checked; the recurrence steps once per token
+    # the tokens split once (one slice per step would make autograd write a full-length gradient per step)
+    tokens = runtime.token_rows(1, Q=inputs.Q, K=inputs.K, V=inputs.V, log_gamma=inputs.log_gamma)
     state = inputs.state
 
     def weights(state):
@@ -72,8 +76,8 @@ def recurrent_simple_gla(
     def increments(start, end, state):
         """Increments of the updated weights from tokens [start, end), at ``state``."""
         return chunk_increments(
-            inputs.K[..., start:end, :],
-            inputs.V[..., start:end, :],
+            tokens.K[start:end],
+            tokens.V[start:end],
             **weights(state),
         )
 
@@ -89,10 +93,10 @@ def recurrent_simple_gla(
         end = min(start + inputs.chunk_size, inputs.T)
         # every token's increment at the chunk-start weights, then one step per token
         # S ← γ_t S before the step's gradient (one token per step)
-        state = {name: inputs.log_gamma[:, :, start:end].mT.exp() * W for name, W in state.items()}
+        state = {name: tokens.log_gamma[start:end].mT.exp() * W for name, W in state.items()}
         per_token = [increments(t, t + 1, state) for t in range(start, end)]
         for t, increment in zip(range(start, end), per_token):
             state = step(state, increment, None)
-            outputs.append(read(inputs.Q[..., t:t + 1, :], state))
+            outputs.append(read(tokens.Q[t:t + 1], state))
     o = torch.cat(outputs, dim=2)  # [B, H, T, d]
     return finish(o, state, output_final_state, inputs)

@@ -20,6 +20,8 @@ import math  # noqa: F401  (used by some element-wise functions)
 import torch
 import torch.nn.functional as F  # noqa: F401
 
+from tttla_kernels import runtime
+
 from ._common import feature_map, finish, prepare
 
 
@@ -65,6 +67,8 @@ def recurrent_titans(
     inputs = prepare(
         q, k, v, lr=lr, momentum=momentum, log_decay=log_decay, initial_state=initial_state, chunk_size=chunk_size,
     )
+    # the tokens split once (one slice per step would make autograd write a full-length gradient per step)
+    tokens = runtime.token_rows(1, Q=inputs.Q, K=inputs.K, V=inputs.V, eta=inputs.eta, alpha=inputs.alpha, log_gamma=inputs.log_gamma)
     state = inputs.state
     buffers = {name: torch.zeros_like(W) for name, W in state.items()}  # momentum, pre-orthogonalisation
 
@@ -79,9 +83,9 @@ def recurrent_titans(
     def increments(start, end, state):
         """Increments of the updated weights from tokens [start, end), at ``state``."""
         return chunk_increments(
-            inputs.K[..., start:end, :],
-            inputs.V[..., start:end, :],
-            inputs.eta[..., start:end, :],
+            tokens.K[start:end],
+            tokens.V[start:end],
+            tokens.eta[start:end],
             **weights(state),
         )
 
@@ -100,7 +104,7 @@ def recurrent_titans(
         # every token's increment at the chunk-start weights, then one step per token
         per_token = [increments(t, t + 1, state) for t in range(start, end)]
         for t, increment in zip(range(start, end), per_token):
-            state = step(state, increment, inputs.alpha[:, :, t:t + 1], inputs.log_gamma[:, :, t:t + 1].mT.exp())
-            outputs.append(read(inputs.Q[..., t:t + 1, :], state))
+            state = step(state, increment, tokens.alpha[t:t + 1], tokens.log_gamma[t:t + 1].mT.exp())
+            outputs.append(read(tokens.Q[t:t + 1], state))
     o = torch.cat(outputs, dim=2)  # [B, H, T, d]
     return finish(o, state, output_final_state, inputs)

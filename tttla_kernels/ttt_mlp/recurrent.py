@@ -18,6 +18,8 @@ import math  # noqa: F401  (used by some element-wise functions)
 import torch
 import torch.nn.functional as F  # noqa: F401
 
+from tttla_kernels import runtime
+
 from ._common import finish, prepare
 
 
@@ -117,6 +119,8 @@ def recurrent_ttt_mlp(
         q, k, v, gamma=gamma, beta=beta, lr=lr, lr_position=lr_position, initial_state=initial_state,
         chunk_size=chunk_size,
     )
+    # the tokens split once (one slice per step would make autograd write a full-length gradient per step)
+    tokens = runtime.token_rows(1, Q=inputs.Q, K=inputs.K, V=inputs.V, eta=inputs.eta)
     state = inputs.state
 
     def weights(state):
@@ -129,12 +133,12 @@ def recurrent_ttt_mlp(
     def increments(start, end, state):
         """Increments of the updated weights from tokens [start, end), at ``state``."""
         return chunk_increments(
-            inputs.K[..., start:end, :],
-            inputs.V[..., start:end, :],
-            inputs.eta["W1"][..., start:end, :],
-            inputs.eta["b1"][..., start:end, :],
-            inputs.eta["W2"][..., start:end, :],
-            inputs.eta["b2"][..., start:end, :],
+            tokens.K[start:end],
+            tokens.V[start:end],
+            tokens.eta["W1"][start:end],
+            tokens.eta["b1"][start:end],
+            tokens.eta["W2"][start:end],
+            tokens.eta["b2"][start:end],
             **weights(state),
         )
 
@@ -148,6 +152,6 @@ def recurrent_ttt_mlp(
         for t, increment in zip(range(start, end), per_token):
             total = {name: total[name] + d if name in total else d for name, d in increment.items()}
             state = {name: chunk_start[name] + inputs.position[t - start] * total[name] for name in chunk_start}
-            outputs.append(read(inputs.Q[..., t:t + 1, :], state))
+            outputs.append(read(tokens.Q[t:t + 1], state))
     o = torch.cat(outputs, dim=2)  # [B, H, T, d]
     return finish(o, state, output_final_state, inputs)

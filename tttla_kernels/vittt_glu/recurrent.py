@@ -17,6 +17,8 @@ import math  # noqa: F401  (used by some element-wise functions)
 import torch
 import torch.nn.functional as F  # noqa: F401
 
+from tttla_kernels import runtime
+
 from ._common import finish, prepare
 
 
@@ -70,6 +72,8 @@ def recurrent_vittt_glu(
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
     inputs = prepare(q, k, v, lr=lr, initial_state=initial_state)
+    # the tokens split once (one slice per step would make autograd write a full-length gradient per step)
+    tokens = runtime.token_rows(inputs.chunk_size, Q=inputs.Q, K=inputs.K, V=inputs.V, eta=inputs.eta)
     state = inputs.state
 
     def weights(state):
@@ -82,10 +86,10 @@ def recurrent_vittt_glu(
     def increments(start, end, state):
         """Increments of the updated weights from tokens [start, end), at ``state``."""
         return chunk_increments(
-            inputs.K[..., start:end, :],
-            inputs.V[..., start:end, :],
-            inputs.eta["W1"][..., start:end, :],
-            inputs.eta["W2"][..., start:end, :],
+            tokens.K[start:end],
+            tokens.V[start:end],
+            tokens.eta["W1"][start:end],
+            tokens.eta["W2"][start:end],
             **weights(state),
         )
 
@@ -101,6 +105,6 @@ def recurrent_vittt_glu(
     for start in range(0, inputs.T, inputs.chunk_size):
         end = min(start + inputs.chunk_size, inputs.T)
         state = step(state, increments(start, end, state), None)
-        outputs.append(read(inputs.Q[..., start:end, :], state))
+        outputs.append(read(tokens.Q[start:end], state))
     o = torch.cat(outputs, dim=2)  # [B, H, T, d]
     return finish(o, state, output_final_state, inputs)
