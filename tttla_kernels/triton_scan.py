@@ -82,6 +82,31 @@ def _gates(g_ptr, t0, T, HAS_GATE: tl.constexpr, BT: tl.constexpr):
 
 
 @triton.jit
+def _state_cells(DK, DV, BK: tl.constexpr, BV: tl.constexpr):
+    """Offsets of a contiguous ``[DK, DV]`` state in a ``[BK, BV]`` tile, and the mask of its cells."""
+    rk = tl.arange(0, BK)
+    rv = tl.arange(0, BV)
+    return rk[:, None] * DV + rv[None, :], (rk[:, None] < DK) & (rv[None, :] < DV)
+
+
+@triton.jit
+def _state(ptr, cells, inside, GIVEN: tl.constexpr, acc_t: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """A state tile read at ``ptr`` (GIVEN) or zeros, in the accumulator dtype."""
+    if GIVEN:
+        return tl.load(ptr + cells, mask=inside, other=0.0).to(acc_t)
+    return tl.zeros([BK, BV], dtype=acc_t)
+
+
+@triton.jit
+def _read_span(q_base, o_base, S, start, end, sqt, sqd, sot, sod, DK, DV,
+               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """o_t = q_t S for the tokens [start, end), BT at a time."""
+    for t0 in range(start, end, BT):
+        q = _tile(q_base, t0, end, sqt, sqd, DK, BT, BK)
+        _put(o_base, tl.dot(q, S.to(q.dtype), input_precision="ieee"), t0, end, sot, sod, DV, BT, BV)
+
+
+@triton.jit
 def scan_fused_fwd_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, o_ptr, final_ptr, states_ptr,
     H, T, DK, DV,
@@ -101,19 +126,14 @@ def scan_fused_fwd_kernel(
     o_base = o_ptr + i_b * sob + i_h * soh
     g_base = g_ptr + i_bh * T
     st_base = states_ptr + i_bh * tl.cdiv(T, BT) * DK * DV
-    rk = tl.arange(0, BK)
-    rv = tl.arange(0, BV)
-    state_mask = (rk[:, None] < DK) & (rv[None, :] < DV)
-    if HAS_S0:
-        S = tl.load(s0_ptr + i_bh * DK * DV + rk[:, None] * DV + rv[None, :], mask=state_mask, other=0.0).to(acc_t)
-    else:
-        S = tl.zeros([BK, BV], dtype=acc_t)
+    cells, inside = _state_cells(DK, DV, BK, BV)
+    S = _state(s0_ptr + i_bh * DK * DV, cells, inside, HAS_S0, acc_t, BK, BV)
     rt = tl.arange(0, BT)
     causal = rt[None, :] <= rt[:, None]
     for i_n in range(0, tl.cdiv(T, BT)):
         t0 = i_n * BT
         if SAVE:
-            tl.store(st_base + i_n * DK * DV + rk[:, None] * DV + rv[None, :], S, mask=state_mask)
+            tl.store(st_base + i_n * DK * DV + cells, S, mask=inside)
         q = _tile(q_base, t0, T, sqt, sqd, DK, BT, BK)
         k = _tile(k_base, t0, T, skt, skd, DK, BT, BK)
         v = _tile(v_base, t0, T, svt, svd, DV, BT, BV)
@@ -128,7 +148,7 @@ def scan_fused_fwd_kernel(
         _put(o_base, o, t0, T, sot, sod, DV, BT, BV)
         k_tail = (k.to(acc_t) * tl.exp(last - G)[:, None]).to(in_t)  # e^{G_L − G_s} k_s
         S = S * tl.exp(last) + tl.dot(tl.trans(k_tail), v, input_precision="ieee").to(acc_t)
-    tl.store(final_ptr + i_bh * DK * DV + rk[:, None] * DV + rv[None, :], S, mask=state_mask)
+    tl.store(final_ptr + i_bh * DK * DV + cells, S, mask=inside)
 
 
 @triton.jit
@@ -151,22 +171,16 @@ def scan_fused_bwd_kernel(
     g_base = g_ptr + i_bh * T
     n_blocks = tl.cdiv(T, BT)
     st_base = states_ptr + i_bh * n_blocks * DK * DV
-    rk = tl.arange(0, BK)
-    rv = tl.arange(0, BV)
-    state_mask = (rk[:, None] < DK) & (rv[None, :] < DV)
-    if HAS_DSF:
-        dS = tl.load(dsf_ptr + i_bh * DK * DV + rk[:, None] * DV + rv[None, :], mask=state_mask, other=0.0).to(acc_t)
-    else:
-        dS = tl.zeros([BK, BV], dtype=acc_t)
+    cells, inside = _state_cells(DK, DV, BK, BV)
+    dS = _state(dsf_ptr + i_bh * DK * DV, cells, inside, HAS_DSF, acc_t, BK, BV)
     rt = tl.arange(0, BT)
     causal = rt[None, :] <= rt[:, None]
     for j in range(0, n_blocks):
         i_n = n_blocks - 1 - j
         t0 = i_n * BT
-        S = tl.load(st_base + i_n * DK * DV + rk[:, None] * DV + rv[None, :], mask=state_mask, other=0.0)
-        later = tl.load(st_base + tl.minimum(i_n + 1, n_blocks - 1) * DK * DV + rk[:, None] * DV + rv[None, :],
-                        mask=state_mask, other=0.0)
-        final = tl.load(final_ptr + i_bh * DK * DV + rk[:, None] * DV + rv[None, :], mask=state_mask, other=0.0)
+        S = tl.load(st_base + i_n * DK * DV + cells, mask=inside, other=0.0)
+        later = tl.load(st_base + tl.minimum(i_n + 1, n_blocks - 1) * DK * DV + cells, mask=inside, other=0.0)
+        final = tl.load(final_ptr + i_bh * DK * DV + cells, mask=inside, other=0.0)
         S_after = tl.where(i_n + 1 < n_blocks, later, final)  # the state after this block
         q = _tile(q_base, t0, T, sqt, sqd, DK, BT, BK)
         k = _tile(k_base, t0, T, skt, skd, DK, BT, BK)
@@ -201,7 +215,7 @@ def scan_fused_bwd_kernel(
         _put(dv_ptr + i_bh * T * DV, dv, t0, T, DV, 1, DV, BT, BV)
         q_read = (q.to(acc_t) * tl.exp(G)[:, None]).to(in_t)
         dS = dS * tl.exp(last) + tl.dot(tl.trans(q_read), do, input_precision="ieee").to(acc_t)
-    tl.store(ds0_ptr + i_bh * DK * DV + rk[:, None] * DV + rv[None, :], dS, mask=state_mask)
+    tl.store(ds0_ptr + i_bh * DK * DV + cells, dS, mask=inside)
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int, int]:
@@ -345,30 +359,21 @@ def scan_chunks_fwd_kernel(
     i_bh = tl.program_id(0).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     acc_t = final_ptr.dtype.element_ty
-    in_t = q_ptr.dtype.element_ty
     q_base = q_ptr + i_b * sqb + i_h * sqh
     k_base = k_ptr + i_b * skb + i_h * skh
     v_base = v_ptr + i_b * svb + i_h * svh
     o_base = o_ptr + i_b * sob + i_h * soh
     n_chunks = tl.cdiv(T, L)
     st_base = states_ptr + i_bh * n_chunks * DK * DV
-    rk = tl.arange(0, BK)
-    rv = tl.arange(0, BV)
-    cell = rk[:, None] * DV + rv[None, :]
-    state_mask = (rk[:, None] < DK) & (rv[None, :] < DV)
-    if HAS_S0:
-        S = tl.load(s0_ptr + i_bh * DK * DV + cell, mask=state_mask, other=0.0).to(acc_t)
-    else:
-        S = tl.zeros([BK, BV], dtype=acc_t)
+    cells, inside = _state_cells(DK, DV, BK, BV)
+    S = _state(s0_ptr + i_bh * DK * DV, cells, inside, HAS_S0, acc_t, BK, BV)
     for i_n in range(0, n_chunks):
         start = i_n * L
         end = tl.minimum(start + L, T)
         if SAVE:
-            tl.store(st_base + i_n * DK * DV + cell, S, mask=state_mask)
+            tl.store(st_base + i_n * DK * DV + cells, S, mask=inside)
         if not INCLUSIVE:  # read S_{n−1}
-            for t0 in range(start, end, BT):
-                q = _tile(q_base, t0, end, sqt, sqd, DK, BT, BK)
-                _put(o_base, tl.dot(q, S.to(in_t), input_precision="ieee").to(acc_t), t0, end, sot, sod, DV, BT, BV)
+            _read_span(q_base, o_base, S, start, end, sqt, sqd, sot, sod, DK, DV, BT, BK, BV)
         if INCLUSIVE or i_n < n_chunks - 1:  # apply_then_update's last chunk is only read
             update = tl.zeros([BK, BV], dtype=acc_t)
             for t0 in range(start, end, BT):
@@ -379,10 +384,8 @@ def scan_chunks_fwd_kernel(
                 S = S * tl.exp(tl.load(gc_ptr + i_bh * n_chunks + i_n))
             S = S + update
         if INCLUSIVE:  # read S_n
-            for t0 in range(start, end, BT):
-                q = _tile(q_base, t0, end, sqt, sqd, DK, BT, BK)
-                _put(o_base, tl.dot(q, S.to(in_t), input_precision="ieee").to(acc_t), t0, end, sot, sod, DV, BT, BV)
-    tl.store(final_ptr + i_bh * DK * DV + cell, S, mask=state_mask)
+            _read_span(q_base, o_base, S, start, end, sqt, sqd, sot, sod, DK, DV, BT, BK, BV)
+    tl.store(final_ptr + i_bh * DK * DV + cells, S, mask=inside)
 
 
 @triton.jit
@@ -405,25 +408,18 @@ def scan_chunks_bwd_kernel(
     do_base = do_ptr + i_b * sob + i_h * soh
     n_chunks = tl.cdiv(T, L)
     st_base = states_ptr + i_bh * n_chunks * DK * DV
-    rk = tl.arange(0, BK)
-    rv = tl.arange(0, BV)
-    cell = rk[:, None] * DV + rv[None, :]
-    state_mask = (rk[:, None] < DK) & (rv[None, :] < DV)
-    if HAS_DSF:
-        dS = tl.load(dsf_ptr + i_bh * DK * DV + cell, mask=state_mask, other=0.0).to(acc_t)
-    else:
-        dS = tl.zeros([BK, BV], dtype=acc_t)
+    cells, inside = _state_cells(DK, DV, BK, BV)
+    dS = _state(dsf_ptr + i_bh * DK * DV, cells, inside, HAS_DSF, acc_t, BK, BV)
     for j in range(0, n_chunks):
         i_n = n_chunks - 1 - j
         start = i_n * L
         end = tl.minimum(start + L, T)
-        before = tl.load(st_base + i_n * DK * DV + cell, mask=state_mask, other=0.0)  # S_{n−1}
+        before = tl.load(st_base + i_n * DK * DV + cells, mask=inside, other=0.0)  # S_{n−1}
         stepped = INCLUSIVE or i_n < n_chunks - 1
         if INCLUSIVE:  # the chunk read S_n: its read's gradient joins dS before the step's
-            after = tl.load(st_base + tl.minimum(i_n + 1, n_chunks - 1) * DK * DV + cell, mask=state_mask,
-                            other=0.0)
-            after = tl.where(i_n + 1 < n_chunks, after, tl.load(final_ptr + i_bh * DK * DV + cell, mask=state_mask,
-                                                                  other=0.0))
+            after = tl.load(st_base + tl.minimum(i_n + 1, n_chunks - 1) * DK * DV + cells, mask=inside, other=0.0)
+            final = tl.load(final_ptr + i_bh * DK * DV + cells, mask=inside, other=0.0)
+            after = tl.where(i_n + 1 < n_chunks, after, final)
             for t0 in range(start, end, BT):
                 do = _tile(do_base, t0, end, sot, sod, DV, BT, BV)
                 q = _tile(q_base, t0, end, sqt, sqd, DK, BT, BK)
@@ -455,7 +451,7 @@ def scan_chunks_bwd_kernel(
                 _put(dq_ptr + i_bh * T * DK, tl.dot(do, tl.trans(before.to(in_t)), input_precision="ieee"),
                      t0, end, DK, 1, DK, BT, BK)
                 dS += tl.dot(tl.trans(q), do, input_precision="ieee").to(acc_t)
-    tl.store(ds0_ptr + i_bh * DK * DV + cell, dS, mask=state_mask)
+    tl.store(ds0_ptr + i_bh * DK * DV + cells, dS, mask=inside)
 
 
 def fused_chunk_scan(q, k, v, gc, initial, chunk_size: int, inclusive: bool) -> tuple[torch.Tensor, torch.Tensor]:
