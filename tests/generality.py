@@ -12,8 +12,9 @@ must be refused at declaration time.
 :class:`~derivations.errors.DeclarationError` / :class:`~derivations.errors.ReductionError`
 (``"refused"``), or it derives, certifies, generates and every generated form passes fp64
 (forward and backward) and fp32 fuzzing (``"verified"``); anything else is ``"failed"``, with
-the failed checks or the traceback. ``tests/test_generality.py`` runs a derandomised slice,
-``benchmarks/generality.py`` a campaign.
+the failed checks or the traceback. With ``nonfinite``, the forms must
+also pass the forward non-finite causality check of ``tests/causality.py``.
+``tests/test_generality.py`` runs a derandomised slice, ``benchmarks/generality.py`` a campaign.
 """
 
 from __future__ import annotations
@@ -193,10 +194,13 @@ class _Stage:
 
 
 def check(decl: Declaration, root: Path, *, cases: int = 2, seed: int = 0, forms_filter=None,
-          limit_s: float | None = None) -> Outcome:
+          limit_s: float | None = None, nonfinite: bool = False) -> Outcome:
     """Take ``decl`` through declaration, derivation (certified), generation into ``root`` and fp64/fp32 fuzzing
     of every generated form (``forms_filter(names) -> names`` may leave some out, e.g. to save time); with
-    ``limit_s``, a check that runs longer fails with the stage it was in."""
+    ``nonfinite``, also :func:`causality.check_forward` (a NaN or inf input reaches only the outputs that may
+    depend on it); with ``limit_s``, a check that runs longer fails with the stage it was in."""
+    from causality import NoFiniteCase, check_forward
+
     from codegen.generate import generate, import_generated
     from derivations.derive import derive
     from derivations.errors import DeclarationError, ReductionError
@@ -225,6 +229,12 @@ def check(decl: Declaration, root: Path, *, cases: int = 2, seed: int = 0, forms
             for dtype in (torch.float64, torch.float32):
                 stage.name = f"verification in {dtype}"
                 problems += _failures(run_campaign(variant, forms, cases=cases, dtype=dtype, seed=seed))
+            if nonfinite:
+                stage.name = "non-finite causality"
+                try:
+                    check_forward(variant, forms)
+                except (AssertionError, NoFiniteCase) as e:
+                    problems.append(f"non-finite causality: {e}")
         except TimeoutError as e:
             return Outcome("failed", str(e))
         except Exception:

@@ -1,0 +1,231 @@
+"""Causality of every generated form for non-finite values (issue 13): the checks shared by
+``tests/test_nonfinite.py``, ``tests/test_nonfinite_backward.py`` and the generality campaign.
+
+What may depend on what is read off the oracle, the inner loop run literally, plus what the oracle
+itself makes non-finite (it may multiply a zero into the bad value, e.g. momentum's zero initial
+buffer):
+
+- **forward** (:func:`check_forward`): a NaN or inf in an input at token t makes non-finite only the
+  outputs and final states that change when that input is perturbed;
+- **backward** (:func:`check_backward`): a NaN or inf in the gradient of one output o_t (or of one final
+  state) makes non-finite only the gradients of the inputs that o_t (that final state) depends on, read
+  off the oracle's vector–Jacobian product with a finite cotangent in the same place.
+
+Both directions also ask the converse: where the oracle is non-finite and the quantity really depends
+on the bad value, every form is non-finite too (no silent finite answer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import zlib
+
+import torch
+
+from verify import make_case, run_direct
+from verify.forms import call_form, cast_case
+from verify.signature import optional_inputs
+
+__all__ = ["NoFiniteCase", "SEQ_LEN", "CHUNK", "PER_TOKEN", "nonfinite_case", "check_forward", "check_causal",
+           "check_backward", "backward_targets", "where"]
+
+SEQ_LEN, CHUNK = 20, 8  # a ragged last chunk of 4 tokens
+PER_TOKEN = ("lr", "momentum", "log_decay")  # the optional inputs with one value per (b, t, h)
+HEADS = 2
+#: finite cases tried before a variant is declared unfit for the check (a random rule may blow up)
+CASE_SEEDS = 8
+
+
+class NoFiniteCase(ValueError):
+    """The oracle is not finite on any of the random cases tried: the rule blows up there."""
+
+
+def positions(seq_len: int, chunk: int) -> tuple[int, ...]:
+    """The first token, one in the middle of the second chunk, the last token."""
+    return 0, min(chunk + chunk // 2 - 1, seq_len - 2), seq_len - 1
+
+
+def _sizes(variant) -> dict[str, int]:
+    """A distinct size per named dimension (4, 5, 3, …), so a form that mixes two of them up fails."""
+    names = sorted({d for d in (*variant.dims, variant.value_dim) if d.isidentifier()})
+    return {d: (4, 5, 3, 6)[i % 4] for i, d in enumerate(names)}
+
+
+def nonfinite_case(variant, seq_len: int = SEQ_LEN, chunk: int = CHUNK):
+    """Random inputs of ``variant`` (2 heads, small distinct sizes, fp64) on which the oracle is finite."""
+    for seed in range(CASE_SEEDS):
+        case = make_case(variant, seq_len=seq_len, heads=HEADS, sizes=_sizes(variant),
+                         chunk_size=None if variant.schedule.fixed else chunk,
+                         generator=torch.Generator().manual_seed(seed))
+        o, final = run_direct(variant, **case.kwargs())
+        if _all_finite(o, *final.values()):
+            return case
+    raise NoFiniteCase(f"variant {variant.name!r}: the oracle is not finite on {CASE_SEEDS} random cases "
+                     f"(T = {seq_len}, chunk {chunk}); no causality check possible")
+
+
+def _all_finite(*tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def where(mask: torch.Tensor) -> list:
+    """The indices where ``mask`` holds, as tuples."""
+    return [tuple(i) for i in mask.nonzero().tolist()]
+
+
+def _run(variant, form: str, fn, case):
+    """``(o, final)`` of the oracle (``fn`` None) or of a generated form; a form whose schedule fixes the
+    step computes in blocks of the case's chunk (the chunk of a fixed schedule's case is None)."""
+    if fn is None:
+        return run_direct(variant, **case.kwargs())
+    token_blocks = variant.schedule.fixed and variant.schedule.order != "bidirectional" and form != "recurrent"
+    return call_form(variant, fn, case, compute_chunk=(case.chunk_size or CHUNK) if token_blocks else None)
+
+
+def _assert_within(label: str, form: str, what: str, got, may, depends, oracle_bad) -> None:
+    """``got`` (a form's non-finite entries) ⊆ ``may``, and ⊇ where the oracle's depend and are non-finite."""
+    assert not (got & ~may).any(), (f"{label}: the {form} form makes {where(got & ~may)} of its {what} "
+                                    f"non-finite, which cannot depend on it (may: {where(may)})")
+    assert not (depends & oracle_bad & ~got).any(), (
+        f"{label}: the {form} form leaves {where(depends & oracle_bad & ~got)} of its {what} finite where "
+        f"the oracle's depend on it and are not")
+
+
+# --- forward: a bad input reaches only the outputs that depend on it ---------------------------------
+
+def _set(case, name: str, t: int, head: int, change):
+    """A copy of ``case`` whose input ``name`` at token t, head ``head`` (value column 0 of q, k, v; the
+    first updated weight's entry of a per-weight dict) is ``change(old)``."""
+
+    def edit(x):
+        x = x.detach().clone()
+        index = (slice(None), t, head, 0) if x.dim() == 4 else (slice(None), t, head)
+        x[index] = change(x[index])
+        return x
+
+    if name in ("q", "k", "v"):
+        return dataclasses.replace(case, **{name: edit(getattr(case, name))})
+    value = case.optional[name]
+    if isinstance(value, dict):
+        first = next(iter(value))
+        value = {**value, first: edit(value[first])}
+    else:
+        value = edit(value)
+    return dataclasses.replace(case, optional={**case.optional, name: value})
+
+
+def _nonfinite(o: torch.Tensor, final: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which outputs ``[B, T, H]`` and which final states ``[B, H]`` hold a NaN or inf."""
+    states = torch.stack([~torch.isfinite(w).flatten(2).all(-1) for w in final.values()]).any(0)
+    return ~torch.isfinite(o).all(-1), states
+
+
+def _changed(a, b) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which outputs and final states differ between two finite runs ``(o, final)``."""
+    states = torch.stack([(a[1][n] != b[1][n]).flatten(2).any(-1) for n in a[1]]).any(0)
+    return (a[0] != b[0]).any(-1), states
+
+
+def injections(variant, seq_len: int = SEQ_LEN, chunk: int = CHUNK) -> list[tuple[str, float, int, int]]:
+    """(input, value, token, head) for NaN and inf in every per-token input, at seeded positions: the
+    fixed ones of :func:`positions` in turn and one drawn per variant."""
+    rng = random.Random(zlib.crc32(variant.name.encode()))
+    names = ["q", "k", "v"] + [i.name for i in optional_inputs(variant) if i.name in PER_TOKEN]
+    pairs = [(name, value) for name in names for value in (float("nan"), float("inf"))]
+    rng.shuffle(pairs)
+    at = [*positions(seq_len, chunk), rng.randrange(seq_len)]
+    return [(name, value, at[i % len(at)], rng.randrange(HEADS)) for i, (name, value) in enumerate(pairs)]
+
+
+def check_causal(variant, forms: dict, case, name: str, value: float, t: int, head: int) -> None:
+    """Every form's non-finite outputs and final states ⊆ what may depend on the bad input, and ⊇ what
+    the oracle makes non-finite where it really depends on it."""
+    label = f"{variant.name}: {name}[t={t}, head={head}] = {value}"
+    bad_case = _set(case, name, t, head, lambda x: torch.full_like(x, value))
+    oracle_bad = _nonfinite(*_run(variant, "oracle", None, bad_case))
+    nudged = _set(case, name, t, head, lambda x: x - 0.25 if name == "log_decay" else x + 0.25)
+    depends = _changed(_run(variant, "oracle", None, case), _run(variant, "oracle", None, nudged))
+    may = tuple(c | o for c, o in zip(depends, oracle_bad))
+    for form, fn in forms.items():
+        got = _nonfinite(*_run(variant, form, fn, bad_case))
+        for what, g, m, d, o in zip(("outputs (b, t, h)", "final states (b, h)"), got, may, depends, oracle_bad):
+            _assert_within(label, form, what, g, m, d, o)
+
+
+def check_forward(variant, forms: dict, case=None) -> None:
+    """:func:`check_causal` for every injection of :func:`injections` (on :func:`nonfinite_case` by default)."""
+    case = case if case is not None else nonfinite_case(variant)
+    for name, value, t, head in injections(variant):
+        check_causal(variant, forms, case, name, value, t, head)
+
+
+# --- backward: a bad output gradient reaches only the inputs its output depends on -------------------
+
+def backward_targets(variant, seq_len: int, chunk: int) -> list[tuple[str, int, int, float]]:
+    """(quantity, token, head, value) for NaN and inf in the gradient of one output o_t (column 0) at the
+    tokens of :func:`positions`, heads drawn per variant, and in the gradient of the first updated
+    weight's final state (entry (0, 0); token -1). A final state depends on every token it has seen, so
+    a bad gradient there may reach every input of its head, but never an input the update does not read
+    (q, where the queries are not the keys) nor another head."""
+    rng = random.Random(zlib.crc32(variant.name.encode()))
+    out = [("o", t, rng.randrange(HEADS), value)
+           for t in positions(seq_len, chunk) for value in (float("nan"), float("inf"))]
+    return out + [("final", -1, rng.randrange(HEADS), value) for value in (float("nan"), float("inf"))]
+
+
+def _cotangents(variant, o: torch.Tensor, final: dict, target, value: float) -> tuple:
+    """Gradients of ``(o, *final)``: zero but ``value`` at the target (o[:, t, head, 0], or the first
+    updated weight's final state at [:, head, 0, 0])."""
+    quantity, t, head, _ = target
+    grads = [torch.zeros_like(o), *(torch.zeros_like(w) for w in final.values())]
+    if quantity == "o":
+        grads[0][:, t, head, 0] = value
+    else:
+        grads[1][:, head, 0, 0] = value
+    return tuple(grads)
+
+
+def _cells(grad: torch.Tensor | None, leaf: torch.Tensor, batch_tokens_heads: tuple, want) -> torch.Tensor:
+    """``want(grad)`` per cell of an input: per (b, t, h) for a per-token input, per leading index of a
+    weight ``[B, H, r, c]`` (b, h), one cell for anything else; an input not read is all False."""
+    keep = 3 if tuple(leaf.shape[:3]) == batch_tokens_heads else max(0, leaf.dim() - 2)
+    if grad is None:
+        return torch.zeros(leaf.shape[:keep], dtype=torch.bool)
+    return want(grad).flatten(keep).any(-1) if keep < grad.dim() else want(grad)
+
+
+class _Graph:
+    """One forward run of the oracle or a form on fresh fp64 leaves, kept for several backward passes."""
+
+    def __init__(self, variant, form: str, fn, case):
+        self.case = cast_case(case, torch.float64)
+        self.leaves = self.case.leaves()
+        self.o, self.final = _run(variant, form, fn, self.case)
+        self.cell_shape = tuple(self.case.q.shape[:3])
+
+    def cells(self, variant, target, value: float, want) -> dict[str, torch.Tensor]:
+        """Per input, the cells where ``want`` holds of its gradient for the cotangent of ``target``."""
+        grads = torch.autograd.grad((self.o, *self.final.values()),
+                                    list(self.leaves.values()), _cotangents(variant, self.o, self.final, target, value),
+                                    retain_graph=True, allow_unused=True)
+        return {n: _cells(g, leaf, self.cell_shape, want) for (n, leaf), g in zip(self.leaves.items(), grads)}
+
+
+def check_backward(variant, forms: dict, case) -> None:
+    """For every target of :func:`backward_targets`: every form's non-finite input gradients (per cell,
+    see :func:`_cells`) ⊆ the cells whose gradient the oracle's finite vector–Jacobian product makes
+    non-zero or its own backward makes non-finite, and ⊇ those where both hold."""
+    oracle = _Graph(variant, "oracle", None, case)
+    graphs = {form: _Graph(variant, form, fn, case) for form, fn in forms.items()}
+    for target in backward_targets(variant, case.q.shape[1], case.chunk_size or CHUNK):
+        quantity, t, head, value = target
+        label = f"{variant.name}: ∂{quantity}[t={t}, head={head}] = {value}" if quantity == "o" else (
+            f"{variant.name}: ∂final[{variant.update[0]}][head={head}, 0, 0] = {value}")
+        depends = oracle.cells(variant, target, 1.0, lambda g: g != 0)
+        oracle_bad = oracle.cells(variant, target, value, lambda g: ~torch.isfinite(g))
+        for form, graph in graphs.items():
+            got = graph.cells(variant, target, value, lambda g: ~torch.isfinite(g))
+            for name in oracle.leaves:
+                _assert_within(label, form, f"gradients ∂{name}", got[name], depends[name] | oracle_bad[name],
+                               depends[name], oracle_bad[name])
