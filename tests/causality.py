@@ -18,6 +18,7 @@ on the bad value, every form is non-finite too (no silent finite answer).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import random
 import zlib
 
@@ -74,13 +75,14 @@ def where(mask: torch.Tensor) -> list:
     return [tuple(i) for i in mask.nonzero().tolist()]
 
 
-def _run(variant, form: str, fn, case):
-    """``(o, final)`` of the oracle (``fn`` None) or of a generated form; a form whose schedule fixes the
-    step computes in blocks of the case's chunk (the chunk of a fixed schedule's case is None)."""
+def _run(variant, fn, case, block: int = CHUNK):
+    """``(o, final)`` of the oracle (``fn`` None) or of a generated form; a token-level form that takes a
+    ``chunk_size`` (a block size of its computation) computes in blocks of ``block`` tokens."""
     if fn is None:
         return run_direct(variant, **case.kwargs())
-    token_blocks = variant.schedule.fixed and variant.schedule.order != "bidirectional" and form != "recurrent"
-    return call_form(variant, fn, case, compute_chunk=(case.chunk_size or CHUNK) if token_blocks else None)
+    token_blocks = (variant.schedule.fixed and variant.schedule.order != "bidirectional"
+                    and "chunk_size" in inspect.signature(fn).parameters)
+    return call_form(variant, fn, case, compute_chunk=block if token_blocks else None)
 
 
 def _assert_within(label: str, form: str, what: str, got, may, depends, oracle_bad) -> None:
@@ -143,12 +145,12 @@ def check_causal(variant, forms: dict, case, name: str, value: float, t: int, he
     the oracle makes non-finite where it really depends on it."""
     label = f"{variant.name}: {name}[t={t}, head={head}] = {value}"
     bad_case = _set(case, name, t, head, lambda x: torch.full_like(x, value))
-    oracle_bad = _nonfinite(*_run(variant, "oracle", None, bad_case))
+    oracle_bad = _nonfinite(*_run(variant, None, bad_case))
     nudged = _set(case, name, t, head, lambda x: x - 0.25 if name == "log_decay" else x + 0.25)
-    depends = _changed(_run(variant, "oracle", None, case), _run(variant, "oracle", None, nudged))
+    depends = _changed(_run(variant, None, case), _run(variant, None, nudged))
     may = tuple(c | o for c, o in zip(depends, oracle_bad))
     for form, fn in forms.items():
-        got = _nonfinite(*_run(variant, form, fn, bad_case))
+        got = _nonfinite(*_run(variant, fn, bad_case))
         for what, g, m, d, o in zip(("outputs (b, t, h)", "final states (b, h)"), got, may, depends, oracle_bad):
             _assert_within(label, form, what, g, m, d, o)
 
@@ -198,10 +200,10 @@ def _cells(grad: torch.Tensor | None, leaf: torch.Tensor, batch_tokens_heads: tu
 class _Graph:
     """One forward run of the oracle or a form on fresh fp64 leaves, kept for several backward passes."""
 
-    def __init__(self, variant, form: str, fn, case):
+    def __init__(self, variant, fn, case, block: int):
         self.case = cast_case(case, torch.float64)
         self.leaves = self.case.leaves()
-        self.o, self.final = _run(variant, form, fn, self.case)
+        self.o, self.final = _run(variant, fn, self.case, block)
         self.cell_shape = tuple(self.case.q.shape[:3])
 
     def cells(self, variant, target, value: float, want) -> dict[str, torch.Tensor]:
@@ -212,13 +214,14 @@ class _Graph:
         return {n: _cells(g, leaf, self.cell_shape, want) for (n, leaf), g in zip(self.leaves.items(), grads)}
 
 
-def check_backward(variant, forms: dict, case) -> None:
+def check_backward(variant, forms: dict, case, block: int = CHUNK) -> None:
     """For every target of :func:`backward_targets`: every form's non-finite input gradients (per cell,
     see :func:`_cells`) ⊆ the cells whose gradient the oracle's finite vector–Jacobian product makes
-    non-zero or its own backward makes non-finite, and ⊇ those where both hold."""
-    oracle = _Graph(variant, "oracle", None, case)
-    graphs = {form: _Graph(variant, form, fn, case) for form, fn in forms.items()}
-    for target in backward_targets(variant, case.q.shape[1], case.chunk_size or CHUNK):
+    non-zero or its own backward makes non-finite, and ⊇ those where both hold. A token-level form that
+    takes a ``chunk_size`` computes in blocks of ``block`` tokens."""
+    oracle = _Graph(variant, None, case, block)
+    graphs = {form: _Graph(variant, fn, case, block) for form, fn in forms.items()}
+    for target in backward_targets(variant, case.q.shape[1], case.chunk_size or block):
         quantity, t, head, value = target
         label = f"{variant.name}: ∂{quantity}[t={t}, head={head}] = {value}" if quantity == "o" else (
             f"{variant.name}: ∂final[{variant.update[0]}][head={head}, 0, 0] = {value}")
