@@ -6,10 +6,15 @@ itself makes non-finite (it may multiply a zero into the bad value, e.g. momentu
 buffer):
 
 - **forward** (:func:`check_forward`): a NaN or inf in an input at token t makes non-finite only the
-  outputs and final states that change when that input is perturbed;
+  outputs and final states that change when that token's input is perturbed;
 - **backward** (:func:`check_backward`): a NaN or inf in the gradient of one output o_t (or of one final
   state) makes non-finite only the gradients of the inputs that o_t (that final state) depends on, read
   off the oracle's vector–Jacobian product with a finite cotangent in the same place.
+
+Dependences are per token (every per-token input of the token moves, or has a non-zero gradient) and
+united over the entries of a batch of random cases: on one entry a unit may be dead (a relu below zero)
+and hide a dependence the structure has, which a form that multiplies by the relu's zero derivative,
+rather than selecting as autograd does, shows as 0·NaN.
 
 Both directions also ask the converse: where the oracle is non-finite and the quantity really depends
 on the bad value, every form is non-finite too (no silent finite answer).
@@ -29,12 +34,14 @@ from verify.forms import call_form, cast_case
 from verify.signature import optional_inputs
 
 __all__ = ["NoFiniteCase", "SEQ_LEN", "CHUNK", "PER_TOKEN", "nonfinite_case", "check_forward", "check_causal",
-           "check_backward", "backward_targets", "where"]
+           "Dependences", "check_backward", "backward_targets", "where"]
 
 SEQ_LEN, CHUNK = 20, 8  # a ragged last chunk of 4 tokens
 PER_TOKEN = ("lr", "momentum", "log_decay")  # the optional inputs with one value per (b, t, h)
 HEADS = 2
-#: finite cases tried before a variant is declared unfit for the check (a random rule may blow up)
+#: the batch of a case: its entries are random cases whose dependences are united
+BATCH = 4
+#: the cases that may be non-finite before a variant is declared unfit for the check (a random rule may blow up)
 CASE_SEEDS = 8
 
 
@@ -54,16 +61,22 @@ def _sizes(variant) -> dict[str, int]:
 
 
 def nonfinite_case(variant, seq_len: int = SEQ_LEN, chunk: int = CHUNK):
-    """Random inputs of ``variant`` (2 heads, small distinct sizes, fp64) on which the oracle is finite."""
+    """Random inputs of ``variant`` (a batch of :data:`BATCH`, 2 heads, small distinct sizes, fp64) on which
+    the oracle is finite."""
     for seed in range(CASE_SEEDS):
-        case = make_case(variant, seq_len=seq_len, heads=HEADS, sizes=_sizes(variant),
+        case = make_case(variant, batch=BATCH, seq_len=seq_len, heads=HEADS, sizes=_sizes(variant),
                          chunk_size=None if variant.schedule.fixed else chunk,
                          generator=torch.Generator().manual_seed(seed))
         o, final = run_direct(variant, **case.kwargs())
         if _all_finite(o, *final.values()):
             return case
     raise NoFiniteCase(f"variant {variant.name!r}: the oracle is not finite on {CASE_SEEDS} random cases "
-                     f"(T = {seq_len}, chunk {chunk}); no causality check possible")
+                       f"(T = {seq_len}, chunk {chunk}); no causality check possible")
+
+
+def _over_batch(mask: torch.Tensor) -> torch.Tensor:
+    """A dependence seen on some batch entry, for every entry: it is the structure's, not a value's."""
+    return mask.any(0, keepdim=True).expand_as(mask)
 
 
 def _all_finite(*tensors) -> bool:
@@ -96,13 +109,13 @@ def _assert_within(label: str, form: str, what: str, got, may, depends, oracle_b
 
 # --- forward: a bad input reaches only the outputs that depend on it ---------------------------------
 
-def _set(case, name: str, t: int, head: int, change):
-    """A copy of ``case`` whose input ``name`` at token t, head ``head`` (value column 0 of q, k, v; the
-    first updated weight's entry of a per-weight dict) is ``change(old)``."""
+def _set(case, name: str, t: int, head: int, change, column: int | None = 0):
+    """A copy of ``case`` whose input ``name`` at token t, head ``head`` (value column ``column`` of q, k,
+    v, every column with None; the first updated weight's entry of a per-weight dict) is ``change(old)``."""
 
     def edit(x):
         x = x.detach().clone()
-        index = (slice(None), t, head, 0) if x.dim() == 4 else (slice(None), t, head)
+        index = (slice(None), t, head) + ((slice(None) if column is None else column,) if x.dim() == 4 else ())
         x[index] = change(x[index])
         return x
 
@@ -129,37 +142,77 @@ def _changed(a, b) -> tuple[torch.Tensor, torch.Tensor]:
     return (a[0] != b[0]).any(-1), states
 
 
+def _token_inputs(variant) -> list[str]:
+    """The inputs with one entry per (b, t, h): q, k, v and the variant's per-token optional inputs."""
+    return ["q", "k", "v"] + [i.name for i in optional_inputs(variant) if i.name in PER_TOKEN]
+
+
 def injections(variant, seq_len: int = SEQ_LEN, chunk: int = CHUNK) -> list[tuple[str, float, int, int]]:
     """(input, value, token, head) for NaN and inf in every per-token input, at seeded positions: the
     fixed ones of :func:`positions` in turn and one drawn per variant."""
     rng = random.Random(zlib.crc32(variant.name.encode()))
-    names = ["q", "k", "v"] + [i.name for i in optional_inputs(variant) if i.name in PER_TOKEN]
-    pairs = [(name, value) for name in names for value in (float("nan"), float("inf"))]
+    pairs = [(name, value) for name in _token_inputs(variant) for value in (float("nan"), float("inf"))]
     rng.shuffle(pairs)
     at = [*positions(seq_len, chunk), rng.randrange(seq_len)]
     return [(name, value, at[i % len(at)], rng.randrange(HEADS)) for i, (name, value) in enumerate(pairs)]
 
 
-def check_causal(variant, forms: dict, case, name: str, value: float, t: int, head: int) -> None:
-    """Every form's non-finite outputs and final states ⊆ what may depend on the bad input, and ⊇ what
-    the oracle makes non-finite where it really depends on it."""
+class Dependences:
+    """What depends on what in the oracle on ``case``: the outputs ``[B, T, H]`` and final states ``[B, H]``
+    that change on some batch entry when inputs of token t, head ``head`` move (all columns). The batch
+    entries are united, and :meth:`on_token` moves every input of the token, both ways, since a unit dead
+    on one entry (a relu below zero) hides a dependence the structure has."""
+
+    def __init__(self, variant, case):
+        self.variant, self.case = variant, case
+        self.clean = _run(variant, None, case)
+        self._tokens: dict = {}
+
+    def _moved(self, names: list[str], t: int, head: int, steps: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        depends = None
+        for step in steps:
+            nudged = self.case
+            for name in names:  # a decay γ = exp(g) stays within (0, 1]
+                shift = -abs(step) if name == "log_decay" else step
+                nudged = _set(nudged, name, t, head, lambda x, shift=shift: x + shift, None)
+            changed = _changed(self.clean, _run(self.variant, None, nudged))
+            depends = changed if depends is None else tuple(d | c for d, c in zip(depends, changed))
+        return tuple(_over_batch(d) for d in depends)
+
+    def on_input(self, name: str, t: int, head: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """What changes when input ``name`` at (t, head) moves."""
+        return self._moved([name], t, head, (0.25,))
+
+    def on_token(self, t: int, head: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """What changes when every per-token input at (t, head) moves (computed once per token)."""
+        if (t, head) not in self._tokens:
+            self._tokens[t, head] = self._moved(_token_inputs(self.variant), t, head, (0.25, -0.5))
+        return self._tokens[t, head]
+
+
+def check_causal(variant, forms: dict, dependences: Dependences, name: str, value: float, t: int,
+                 head: int) -> None:
+    """Every form's non-finite outputs and final states with the bad input ⊆ what may depend on its token
+    (:meth:`Dependences.on_token`, asked only where the input's own dependences do not cover them) or the
+    oracle makes non-finite, and ⊇ what the oracle makes non-finite where it depends on that input."""
     label = f"{variant.name}: {name}[t={t}, head={head}] = {value}"
-    bad_case = _set(case, name, t, head, lambda x: torch.full_like(x, value))
+    bad_case = _set(dependences.case, name, t, head, lambda x: torch.full_like(x, value))
     oracle_bad = _nonfinite(*_run(variant, None, bad_case))
-    nudged = _set(case, name, t, head, lambda x: x - 0.25 if name == "log_decay" else x + 0.25)
-    depends = _changed(_run(variant, None, case), _run(variant, None, nudged))
-    may = tuple(c | o for c, o in zip(depends, oracle_bad))
+    on_input = dependences.on_input(name, t, head)
     for form, fn in forms.items():
         got = _nonfinite(*_run(variant, fn, bad_case))
-        for what, g, m, d, o in zip(("outputs (b, t, h)", "final states (b, h)"), got, may, depends, oracle_bad):
+        may = tuple(d | o for d, o in zip(on_input, oracle_bad))
+        if any((g & ~m).any() for g, m in zip(got, may)):
+            may = tuple(d | m for d, m in zip(dependences.on_token(t, head), may))
+        for what, g, m, d, o in zip(("outputs (b, t, h)", "final states (b, h)"), got, may, on_input, oracle_bad):
             _assert_within(label, form, what, g, m, d, o)
 
 
 def check_forward(variant, forms: dict, case=None) -> None:
     """:func:`check_causal` for every injection of :func:`injections` (on :func:`nonfinite_case` by default)."""
-    case = case if case is not None else nonfinite_case(variant)
+    dependences = Dependences(variant, case if case is not None else nonfinite_case(variant))
     for name, value, t, head in injections(variant):
-        check_causal(variant, forms, case, name, value, t, head)
+        check_causal(variant, forms, dependences, name, value, t, head)
 
 
 # --- backward: a bad output gradient reaches only the inputs its output depends on -------------------
@@ -215,10 +268,11 @@ class _Graph:
 
 
 def check_backward(variant, forms: dict, case, block: int = CHUNK) -> None:
-    """For every target of :func:`backward_targets`: every form's non-finite input gradients (per cell,
-    see :func:`_cells`) ⊆ the cells whose gradient the oracle's finite vector–Jacobian product makes
-    non-zero or its own backward makes non-finite, and ⊇ those where both hold. A token-level form that
-    takes a ``chunk_size`` computes in blocks of ``block`` tokens."""
+    """For every target of :func:`backward_targets`: every form's non-finite input gradients (per cell, see
+    :func:`_cells`) ⊆ the cells whose gradient the oracle's finite vector–Jacobian product makes non-zero
+    on some batch entry (for a per-token input: the gradient of some input of that token) or its own
+    backward makes non-finite, and ⊇ those where both hold. A token-level form that takes a
+    ``chunk_size`` computes in blocks of ``block`` tokens."""
     oracle = _Graph(variant, None, case, block)
     graphs = {form: _Graph(variant, fn, case, block) for form, fn in forms.items()}
     for target in backward_targets(variant, case.q.shape[1], case.chunk_size or block):
@@ -226,9 +280,11 @@ def check_backward(variant, forms: dict, case, block: int = CHUNK) -> None:
         label = f"{variant.name}: ∂{quantity}[t={t}, head={head}] = {value}" if quantity == "o" else (
             f"{variant.name}: ∂final[{variant.update[0]}][head={head}, 0, 0] = {value}")
         depends = oracle.cells(variant, target, 1.0, lambda g: g != 0)
+        token = oracle.cell_shape  # a per-token input may be bad wherever its token's inputs reach the target
+        tokens = _over_batch(torch.stack([d for d in depends.values() if d.shape == token]).any(0))
         oracle_bad = oracle.cells(variant, target, value, lambda g: ~torch.isfinite(g))
         for form, graph in graphs.items():
             got = graph.cells(variant, target, value, lambda g: ~torch.isfinite(g))
-            for name in oracle.leaves:
-                _assert_within(label, form, f"gradients ∂{name}", got[name], depends[name] | oracle_bad[name],
-                               depends[name], oracle_bad[name])
+            for name, d in depends.items():
+                may = (tokens if d.shape == token else _over_batch(d) if d.dim() == 2 else d) | oracle_bad[name]
+                _assert_within(label, form, f"gradients ∂{name}", got[name], may, d, oracle_bad[name])

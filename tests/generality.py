@@ -196,9 +196,11 @@ class _Stage:
 def check(decl: Declaration, root: Path, *, cases: int = 2, seed: int = 0, forms_filter=None,
           limit_s: float | None = None, nonfinite: bool = False) -> Outcome:
     """Take ``decl`` through declaration, derivation (certified), generation into ``root`` and fp64/fp32 fuzzing
-    of every generated form (``forms_filter(names) -> names`` may leave some out, e.g. to save time); with
-    ``nonfinite``, also :func:`causality.check_forward` (a NaN or inf input reaches only the outputs that may
-    depend on it); with ``limit_s``, a check that runs longer fails with the stage it was in."""
+    of every generated form on ``cases`` cases per dtype (none with 0: "verified" then says the forms were
+    generated and passed the other checks asked for); ``forms_filter(names) -> names`` may leave some forms
+    out, e.g. to save time; with ``nonfinite``, also :func:`causality.check_forward` (a NaN or inf input
+    reaches only the outputs that may depend on it); with ``limit_s``, a check that runs longer fails with
+    the stage it was in."""
     from causality import NoFiniteCase, check_forward
 
     from codegen.generate import generate, import_generated
@@ -226,7 +228,7 @@ def check(decl: Declaration, root: Path, *, cases: int = 2, seed: int = 0, forms
             forms, _ = usable_forms(dict(import_generated(variant.name, Path(root) / "generated").FORMS))
             if forms_filter is not None:
                 forms = {n: forms[n] for n in forms_filter(list(forms))}
-            for dtype in (torch.float64, torch.float32):
+            for dtype in (torch.float64, torch.float32) if cases else ():
                 stage.name = f"verification in {dtype}"
                 problems += _failures(run_campaign(variant, forms, cases=cases, dtype=dtype, seed=seed))
             if nonfinite:

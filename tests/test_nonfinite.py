@@ -15,6 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 from causality import check_forward, where
+from generality import check, declarations
+from hypothesis import HealthCheck, Phase, assume, given, settings
 
 from derivations.catalog import CATALOG
 from tttla_kernels.delta_rule import FORMS as DELTA_RULE_FORMS
@@ -31,6 +33,18 @@ def test_nonfinite_input_stays_causal_in_every_form(ref):
     with generated_forms(ref) as (variant, forms):
         forms, _ = usable_forms(forms)
         check_forward(variant, forms)
+
+
+@settings(max_examples=4, derandomize=True, deadline=None, database=None, phases=[Phase.generate],
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                 HealthCheck.function_scoped_fixture])
+@given(decl=declarations())
+def test_nonfinite_input_stays_causal_for_random_declarations(decl, tmp_path_factory):
+    """The same check on declarations from the grammar (``tests/generality.py``) that are not refused,
+    every generated form, Triton's included (the campaign runs many more: ``--nonfinite``)."""
+    outcome = check(decl, tmp_path_factory.mktemp("nonfinite"), cases=0, nonfinite=True, limit_s=60)
+    assume(outcome.status != "refused")
+    assert outcome.status == "verified", f"{decl.source()}\n{outcome.message}"
 
 
 def _nan_at_last_key(variant):

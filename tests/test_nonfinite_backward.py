@@ -6,9 +6,9 @@ the gradient of one output o_t (column 0, one head) may reach only the gradients
 depends on, per (b, s, h) cell of a per-token input and per (b, h) of an initial weight; a bad
 gradient of a final state may reach every input of its head but q (unless the queries are the keys)
 and never the other head. "Depends" is read off the oracle's vector–Jacobian product with a finite
-cotangent in the same place, united with what the oracle's own backward makes non-finite (see
-``tests/causality.py``). T = 12 with chunks of 4: the targets are the first token, one in the middle of
-the second chunk and the last one.
+cotangent in the same place (on any entry of a batch of random cases), united with what the oracle's
+own backward makes non-finite (see ``tests/causality.py``). T = 12 with chunks of 4: the targets are
+the first token, one in the middle of the second chunk and the last one.
 """
 
 import pytest
