@@ -222,6 +222,8 @@ def check(decl: Declaration, root: Path, *, cases: int = 2, seed: int = 0, forms
             return Outcome("refused", str(e))
         except Exception:
             return Outcome("failed", f"{stage.name}: {traceback.format_exc(limit=-4)}", traceback=True)
+        if not form.certificate.certified:  # e.g. "could not be computed: TimeoutError: … ran past the limit"
+            return Outcome("failed", f"{stage.name}: not certified: {form.certificate.failure}")
         try:
             stage.name = "generation"
             generate(form, Path(root) / "generated")
