@@ -2,12 +2,14 @@
 only the outputs that may depend on t.
 
 What may depend on t is read off the oracle, the inner loop run literally: the outputs (and final
-states) that change when the input at t is perturbed, plus those the oracle itself makes non-finite
-(it may multiply a zero into the bad value, e.g. momentum's zero initial buffer). Per variant, NaN and
-inf go into every per-token input it takes (q, k, v and the optional ones of ``optional_inputs``) at
-seeded positions, among them the first token, one in the middle of a chunk and the last; every form
-(recurrent, chunk, Triton) must be non-finite only where the oracle allows it, and must be
-non-finite wherever the oracle is and the output really depends on t (no silent finite answer).
+states) that change when the inputs of token t are perturbed, on any entry of a batch of random cases,
+plus those the oracle itself makes non-finite (it may multiply a zero into the bad value, e.g.
+momentum's zero initial buffer). Per variant, NaN and inf go into every per-token input it takes (q, k,
+v and the optional ones of ``optional_inputs``) at seeded positions, among them the first token, one in
+the middle of a chunk and the last; every form (recurrent, chunk, Triton) must be non-finite only where
+the oracle allows it, and, for a NaN, non-finite wherever the oracle is and the output really depends on
+that input (no silent finite answer). The checks are ``tests/causality.py``'s; they also run on random
+declarations (a slice here, many in ``benchmarks/generality.py --nonfinite``).
 """
 
 from __future__ import annotations
