@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from causality import check_forward, where
+from causality import check_forward, nonfinite_case, where
 from generality import check, declarations
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, seed, settings
 
 from derivations.catalog import CATALOG
 from tttla_kernels.delta_rule import FORMS as DELTA_RULE_FORMS
@@ -34,10 +34,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:Runtim
 def test_nonfinite_input_stays_causal_in_every_form(ref):
     with generated_forms(ref) as (variant, forms):
         forms, _ = usable_forms(forms)
-        check_forward(variant, forms)
+        check_forward(variant, forms, nonfinite_case(variant, batch=2))
 
 
-@settings(max_examples=4, derandomize=True, deadline=None, database=None, phases=[Phase.generate],
+@seed(1)  # four declarations that derive and certify in seconds (some take minutes: left to the campaign)
+@settings(max_examples=4, derandomize=False, deadline=None, database=None, phases=[Phase.generate],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                  HealthCheck.function_scoped_fixture])
 @given(decl=declarations())
