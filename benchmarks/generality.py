@@ -72,7 +72,7 @@ def main() -> None:
     campaign()
     bar.close()
     result = summary(records, args, time.monotonic() - started)
-    print({k: result[k] for k in ("declarations", "refused", "verified", "failed", "tracebacks")})
+    print({k: result[k] for k in ("declarations", "refused", "verified", "failed", "tracebacks", "timed_out")})
 
 
 def summary(records, args, elapsed_s: float) -> dict:
@@ -84,12 +84,14 @@ def summary(records, args, elapsed_s: float) -> dict:
         "verified": counts["verified"],
         "failed": counts["failed"],
         "tracebacks": sum(o.traceback for _, o in records),
+        "timed_out": sum(o.timed_out for _, o in records),  # among the failed: ran past --limit
         "elapsed_s": round(elapsed_s, 1),
         "settings": {"seed": args.seed, "cases_per_dtype": args.cases, "limit_s": args.limit,
                      "forms": "all" if args.triton else "recurrent and chunk (Triton left out)",
                      "nonfinite_causality": args.nonfinite, "commit": COMMIT},
         "refusals": [{"declaration": d.source(), "message": o.message} for d, o in records if o.status == "refused"],
-        "failures": [{"declaration": d.source(), "message": o.message, "traceback": o.traceback}
+        "failures": [{"declaration": d.source(), "message": o.message, "traceback": o.traceback,
+                      "timed_out": o.timed_out}
                      for d, o in records if o.status == "failed"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

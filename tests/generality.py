@@ -161,11 +161,32 @@ def declarations(draw) -> Declaration:
 @dataclass
 class Outcome:
     """``status``: "refused", "verified" or "failed"; ``message``: the refusal, the failed checks or the
-    traceback; ``traceback``: whether an unexpected exception was raised."""
+    traceback; ``traceback``: whether an unexpected exception was raised (not the stage timer's)."""
 
     status: str
     message: str = ""
     traceback: bool = False
+
+    @property
+    def timed_out(self) -> bool:
+        """Whether the check failed by running past its limit (somewhere in the message: a certificate or a
+        fuzz case reports the timer's error among others)."""
+        return self.status == "failed" and TIMED_OUT in self.message
+
+
+#: what the stage timer's error says
+TIMED_OUT = "ran past the limit of"
+
+
+def _unexpected(stage, e: Exception) -> Outcome:
+    """A failure for an exception raised in ``stage``: the timer's (also wrapped, as Triton's interpreter
+    wraps what a kernel raises) fails with its message, anything else with its traceback."""
+    cause = e
+    while cause is not None and not isinstance(cause, TimeoutError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        return Outcome("failed", str(cause))
+    return Outcome("failed", f"{stage.name}: {traceback.format_exc(limit=-4)}", traceback=True)
 
 
 def _failures(campaign) -> list[str]:
@@ -186,7 +207,7 @@ class _Stage:
         return self
 
     def _expired(self, *_):
-        raise TimeoutError(f"{self.name} ran past the limit of {self.limit_s:g} s")
+        raise TimeoutError(f"{self.name} {TIMED_OUT} {self.limit_s:g} s")
 
     def __exit__(self, *exc):
         if self.limit_s:
@@ -220,8 +241,8 @@ def check(decl: Declaration, root: Path, *, cases: int = 2, seed: int = 0, forms
             form = derive(variant)
         except (DeclarationError, ReductionError) as e:
             return Outcome("refused", str(e))
-        except Exception:
-            return Outcome("failed", f"{stage.name}: {traceback.format_exc(limit=-4)}", traceback=True)
+        except Exception as e:
+            return _unexpected(stage, e)
         if not form.certificate.certified:  # e.g. "could not be computed: TimeoutError: … ran past the limit"
             return Outcome("failed", f"{stage.name}: not certified: {form.certificate.failure}")
         try:
@@ -239,8 +260,6 @@ def check(decl: Declaration, root: Path, *, cases: int = 2, seed: int = 0, forms
                     check_forward(variant, forms)
                 except (AssertionError, NoFiniteCase) as e:
                     problems.append(f"non-finite causality: {e}")
-        except TimeoutError as e:
-            return Outcome("failed", str(e))
-        except Exception:
-            return Outcome("failed", f"{stage.name}: {traceback.format_exc(limit=-4)}", traceback=True)
+        except Exception as e:
+            return _unexpected(stage, e)
     return Outcome("failed", "\n".join(problems)) if problems else Outcome("verified")
