@@ -11,10 +11,10 @@ buffer):
   state) makes non-finite only the gradients of the inputs that o_t (that final state) depends on, read
   off the oracle's vector–Jacobian product with a finite cotangent in the same place.
 
-Dependences are per token (every per-token input of the token moves, or has a non-zero gradient) and
-united over the entries of a batch of random cases: on one entry a unit may be dead (a relu below zero)
-and hide a dependence the structure has, which a form that multiplies by the relu's zero derivative,
-rather than selecting as autograd does, shows as 0·NaN.
+Dependences are united over the entries of a batch of random cases, and forwards taken per token
+(every per-token input of the token moves): on one entry a unit may be dead (a relu below zero) and
+hide a dependence the structure has, which a form that multiplies by the relu's zero derivative, rather
+than selecting as autograd does, shows as 0·NaN.
 
 Both directions also ask the converse of a NaN: where the oracle is non-finite and the quantity really
 depends on the bad value, every form is non-finite too (no silent finite answer).
@@ -274,9 +274,9 @@ class _Graph:
 def check_backward(variant, forms: dict, case, block: int = CHUNK) -> None:
     """For every target of :func:`backward_targets`: every form's non-finite input gradients (per cell, see
     :func:`_cells`) ⊆ the cells whose gradient the oracle's finite vector–Jacobian product makes non-zero
-    on some batch entry (for a per-token input: the gradient of some input of that token) or its own
-    backward makes non-finite, and ⊇ those where both hold. A token-level form that takes a
-    ``chunk_size`` computes in blocks of ``block`` tokens."""
+    on some batch entry or its own backward makes non-finite, and, for a NaN, ⊇ those where both hold.
+    Per input, not per token: q_s reaches o_s alone and no final state, k_s both. A token-level form that
+    takes a ``chunk_size`` computes in blocks of ``block`` tokens."""
     oracle = _Graph(variant, None, case, block)
     graphs = {form: _Graph(variant, fn, case, block) for form, fn in forms.items()}
     for target in backward_targets(variant, case.q.shape[1], case.chunk_size or block):
@@ -284,11 +284,9 @@ def check_backward(variant, forms: dict, case, block: int = CHUNK) -> None:
         label = f"{variant.name}: ∂{quantity}[t={t}, head={head}] = {value}" if quantity == "o" else (
             f"{variant.name}: ∂final[{variant.update[0]}][head={head}, 0, 0] = {value}")
         depends = oracle.cells(variant, target, 1.0, lambda g: g != 0)
-        token = oracle.cell_shape  # a per-token input may be bad wherever its token's inputs reach the target
-        tokens = _over_batch(torch.stack([d for d in depends.values() if d.shape == token]).any(0))
         oracle_bad = oracle.cells(variant, target, value, lambda g: ~torch.isfinite(g))
         for form, graph in graphs.items():
             got = graph.cells(variant, target, value, lambda g: ~torch.isfinite(g))
             for name, d in depends.items():
-                may = (tokens if d.shape == token else _over_batch(d) if d.dim() == 2 else d) | oracle_bad[name]
+                may = (_over_batch(d) if d.dim() else d) | oracle_bad[name]
                 _assert_within(label, form, f"gradients ∂{name}", value, got[name], may, d, oracle_bad[name])
