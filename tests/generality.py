@@ -12,8 +12,9 @@ must be refused at declaration time.
 :class:`~derivations.errors.DeclarationError` / :class:`~derivations.errors.ReductionError`
 (``"refused"``), or it derives, certifies, generates and every generated form passes fp64
 (forward and backward) and fp32 fuzzing (``"verified"``); anything else is ``"failed"``, with
-the failed checks or the traceback. ``tests/test_generality.py`` runs a derandomised slice,
-``benchmarks/generality.py`` a campaign.
+the failed checks or the traceback. With ``nonfinite``, the forms must
+also pass the forward non-finite causality check of ``tests/causality.py``.
+``tests/test_generality.py`` runs a derandomised slice, ``benchmarks/generality.py`` a campaign.
 """
 
 from __future__ import annotations
@@ -160,11 +161,32 @@ def declarations(draw) -> Declaration:
 @dataclass
 class Outcome:
     """``status``: "refused", "verified" or "failed"; ``message``: the refusal, the failed checks or the
-    traceback; ``traceback``: whether an unexpected exception was raised."""
+    traceback; ``traceback``: whether an unexpected exception was raised (not the stage timer's)."""
 
     status: str
     message: str = ""
     traceback: bool = False
+
+    @property
+    def timed_out(self) -> bool:
+        """Whether the check failed by running past its limit (somewhere in the message: a certificate or a
+        fuzz case reports the timer's error among others)."""
+        return self.status == "failed" and TIMED_OUT in self.message
+
+
+#: what the stage timer's error says
+TIMED_OUT = "ran past the limit of"
+
+
+def _unexpected(stage, e: Exception) -> Outcome:
+    """A failure for an exception raised in ``stage``: the timer's (also wrapped, as Triton's interpreter
+    wraps what a kernel raises) fails with its message, anything else with its traceback."""
+    cause = e
+    while cause is not None and not isinstance(cause, TimeoutError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        return Outcome("failed", str(cause))
+    return Outcome("failed", f"{stage.name}: {traceback.format_exc(limit=-4)}", traceback=True)
 
 
 def _failures(campaign) -> list[str]:
@@ -185,7 +207,7 @@ class _Stage:
         return self
 
     def _expired(self, *_):
-        raise TimeoutError(f"{self.name} ran past the limit of {self.limit_s:g} s")
+        raise TimeoutError(f"{self.name} {TIMED_OUT} {self.limit_s:g} s")
 
     def __exit__(self, *exc):
         if self.limit_s:
@@ -193,10 +215,15 @@ class _Stage:
 
 
 def check(decl: Declaration, root: Path, *, cases: int = 2, seed: int = 0, forms_filter=None,
-          limit_s: float | None = None) -> Outcome:
+          limit_s: float | None = None, nonfinite: bool = False) -> Outcome:
     """Take ``decl`` through declaration, derivation (certified), generation into ``root`` and fp64/fp32 fuzzing
-    of every generated form (``forms_filter(names) -> names`` may leave some out, e.g. to save time); with
-    ``limit_s``, a check that runs longer fails with the stage it was in."""
+    of every generated form on ``cases`` cases per dtype (none with 0: "verified" then says the forms were
+    generated and passed the other checks asked for); ``forms_filter(names) -> names`` may leave some forms
+    out, e.g. to save time; with ``nonfinite``, also :func:`causality.check_forward` (a NaN or inf input
+    reaches only the outputs that may depend on it); with ``limit_s``, a check that runs longer fails with
+    the stage it was in."""
+    from causality import NoFiniteCase, check_forward
+
     from codegen.generate import generate, import_generated
     from derivations.derive import derive
     from derivations.errors import DeclarationError, ReductionError
@@ -214,19 +241,25 @@ def check(decl: Declaration, root: Path, *, cases: int = 2, seed: int = 0, forms
             form = derive(variant)
         except (DeclarationError, ReductionError) as e:
             return Outcome("refused", str(e))
-        except Exception:
-            return Outcome("failed", f"{stage.name}: {traceback.format_exc(limit=-4)}", traceback=True)
+        except Exception as e:
+            return _unexpected(stage, e)
+        if not form.certificate.certified:  # e.g. "could not be computed: TimeoutError: … ran past the limit"
+            return Outcome("failed", f"{stage.name}: not certified: {form.certificate.failure}")
         try:
             stage.name = "generation"
             generate(form, Path(root) / "generated")
             forms, _ = usable_forms(dict(import_generated(variant.name, Path(root) / "generated").FORMS))
             if forms_filter is not None:
                 forms = {n: forms[n] for n in forms_filter(list(forms))}
-            for dtype in (torch.float64, torch.float32):
+            for dtype in (torch.float64, torch.float32) if cases else ():
                 stage.name = f"verification in {dtype}"
                 problems += _failures(run_campaign(variant, forms, cases=cases, dtype=dtype, seed=seed))
-        except TimeoutError as e:
-            return Outcome("failed", str(e))
-        except Exception:
-            return Outcome("failed", f"{stage.name}: {traceback.format_exc(limit=-4)}", traceback=True)
+            if nonfinite:
+                stage.name = "non-finite causality"
+                try:
+                    check_forward(variant, forms)
+                except (AssertionError, NoFiniteCase) as e:
+                    problems.append(f"non-finite causality: {e}")
+        except Exception as e:
+            return _unexpected(stage, e)
     return Outcome("failed", "\n".join(problems)) if problems else Outcome("verified")

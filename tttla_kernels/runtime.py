@@ -194,19 +194,50 @@ def _pair_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def causal_product(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Σ_{s ≤ t} weights[..., t, s] · values[..., s, :]: ``[..., L, L]`` times ``[..., L, D]`` →
-    ``[..., L, D]``, reading only the lower triangle of ``weights``, causal for non-finite values.
+    ``[..., L, D]``, reading only the lower triangle of ``weights``, causal for non-finite values
+    and, backwards, for non-finite gradients.
 
     ``tril(weights) @ values`` would multiply the zeros above the diagonal into every value, and
     0·NaN = NaN carries a NaN or inf at s back to the rows t < s. Here the product runs on the
     finite values, and an entry (t, c) with a non-finite value at some s ≤ t in column c is NaN,
-    as the sum over s ≤ t is then non-finite too.
+    as the sum over s ≤ t is then non-finite too. Its backward has the same hazard (the zeros above
+    the diagonal meet the gradient of every row t > s), so it is written out: the values' gradient
+    is the same product on the reversed sequence, the weights' a selection of the lower triangle.
     """
-    L = weights.shape[-1]
-    causal = torch.ones(L, L, dtype=torch.bool, device=weights.device).tril()
+    return _CausalProduct.apply(weights, values)
+
+
+def _lower_triangle(L: int, device) -> torch.Tensor:
+    return torch.ones(L, L, dtype=torch.bool, device=device).tril()
+
+
+def _causal_product(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    causal = _lower_triangle(weights.shape[-1], weights.device)
     finite = torch.isfinite(values)
     out = torch.where(causal, weights, 0.0) @ torch.where(finite, values, 0.0)
     reached = (~finite).to(values.dtype).cumsum(dim=-2) > 0  # a non-finite value at some s ≤ t
     return torch.where(reached, float("nan"), out)
+
+
+class _CausalProduct(torch.autograd.Function):
+    """:func:`causal_product` with a backward that is causal too (twice differentiable: the backward
+    is built from this product and selections)."""
+
+    @staticmethod
+    def forward(ctx, weights, values):
+        ctx.save_for_backward(weights, values)
+        return _causal_product(weights, values)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weights, values = ctx.saved_tensors
+        d_weights = d_values = None
+        if ctx.needs_input_grad[0]:  # ∂weights[t, s] = grad[t] · values[s] for s ≤ t
+            causal = _lower_triangle(weights.shape[-1], weights.device)
+            d_weights = torch.where(causal, grad @ values.mT, 0.0).sum_to_size(weights.shape)
+        if ctx.needs_input_grad[1]:  # ∂values[s] = Σ_{t ≥ s} weights[t, s] grad[t]
+            d_values = causal_product(weights.mT.flip(-2, -1), grad.flip(-2)).flip(-2).sum_to_size(values.shape)
+        return d_weights, d_values
 
 
 def chunk_log_decay(log_gamma: torch.Tensor, chunk_size: int) -> torch.Tensor:

@@ -7,8 +7,8 @@ sequential part here. For blocks n = 0 … N−1, starting from S_0, with the st
     u_n = U_n − W_n S_n,   O_n = Q_n S_n + P_n u_n,   S_{n+1} = g_n S_n + Kᵀ_n u_n
 
 (g_n ≡ 1 without a decay). P_n is lower triangular, so a NaN or inf in u_s reaches the rows t ≥ s
-of O_n only (``drop_nonfinite``). The backward pass runs the blocks in reverse with ∂L/∂S in
-registers:
+of O_n only (``drop_nonfinite``), and backwards a NaN or inf in dO_t the rows s ≤ t of du only. The
+backward pass runs the blocks in reverse with ∂L/∂S in registers:
 
     du = P_nᵀ dO_n + K_n dS_{n+1},  dU_n = du,  dW_n = −du S_nᵀ,  dP_n = dO_n u_nᵀ,
     dK_n = u_n dS_{n+1}ᵀ,  dQ_n = dO_n S_nᵀ,  dg_n = ⟨S_n, dS_{n+1}⟩,
@@ -99,7 +99,9 @@ def delta_scan_bwd_kernel(
         k = _load(k_ptr + blk * L * DK, L, DK, L, DK, BL, BK)
         do = _load(do_ptr + blk * L * DV, L, DV, L, DV, BL, BV)
         u = u - tl.dot(w, S, input_precision="ieee")
-        du = tl.dot(tl.trans(p), do, input_precision="ieee") + tl.dot(k, dS, input_precision="ieee")
+        finite_do, reached = drop_nonfinite(do, False)  # Pᵀ is upper triangular: dO_t reaches du_s, s ≤ t only
+        du = tl.where(reached, float("nan"), tl.dot(tl.trans(p), finite_do, input_precision="ieee"))
+        du = du + tl.dot(k, dS, input_precision="ieee")
         _store(du_ptr + blk * L * DV, du, L, DV, DV, BL, BV)
         _store(dw_ptr + blk * L * DK, -tl.dot(du, tl.trans(S), input_precision="ieee"), L, DK, DK, BL, BK)
         _store(dp_ptr + blk * L * L, tl.dot(do, tl.trans(u), input_precision="ieee"), L, L, L, BL, BL)
