@@ -24,6 +24,9 @@ PARALLEL, CHUNK_SCAN, RECURRENCE = "parallel", "chunk_scan", "recurrence"
 
 #: default block size of the parallel forms when the schedule fixes the step (token level)
 COMPUTE_CHUNK = 64
+#: the same with a per-channel decay, whose intra-block ratios are L × L × Dk per block (so its
+#: cost per token grows with L: on 2 CPU cores, GLA at d = 64 runs 3.5× faster in blocks of 16)
+CHANNEL_DECAY_CHUNK = 16
 
 #: the chunk form's template for each parallel chunk template (None: the recurrence re-exported)
 _CHUNK_TEMPLATES = {"prefix_scan": "chunk.py.jinja", "delta_chunk": "delta_chunk.py.jinja",
@@ -118,7 +121,7 @@ def plan(form: LinearAttentionForm) -> FormPlan:
         chunk_template=chunk_template,
         forms=forms,
         no_triton=no_triton,
-        compute_chunk=COMPUTE_CHUNK if chunk_template and sched.fixed and token_steps else None,
+        compute_chunk=_compute_chunk(variant) if chunk_template and sched.fixed and token_steps else None,
         fused_scan=_fused_scan(form) if "triton" in forms else None,
     )
 
@@ -136,6 +139,11 @@ def biased_layer(form: LinearAttentionForm) -> str | None:
 
 #: the recurrence of a bidirectional schedule: its one step is a batched pass over every token
 _ONE_STEP = "one inner step on all tokens: every token's increment and read in one batched pass, with no sequence"
+
+
+def _compute_chunk(variant) -> int:
+    channel = variant.decay is not None and variant.decay.gate == "channel"
+    return CHANNEL_DECAY_CHUNK if channel else COMPUTE_CHUNK
 
 
 def _sequential_kind(order: str) -> str:

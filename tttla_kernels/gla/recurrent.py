@@ -39,7 +39,7 @@ def recurrent_gla(
     log_decay: torch.Tensor,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
-    chunk_size: int = 64,
+    chunk_size: int = 16,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run gla as a recurrence over its inner steps.
 
@@ -52,7 +52,7 @@ def recurrent_gla(
         log_decay: g = log γ ``[B, T, H, d]`` (fla's gk). Each step (one per token) first decays the state, S ← γ S (γ = exp(g), one factor per key channel scaling a row), and takes its gradient there.
         initial_state: the state W at t = 0, ``[B, H, d, d]`` or ``[H, d, d]``; zeros when None.
         output_final_state: also return the state after the last update.
-        chunk_size: checked (an integer >= 1, default 64) but unused: the recurrence steps once per token;
+        chunk_size: checked (an integer >= 1, default 16) but unused: the recurrence steps once per token;
             the parallel forms' block size, taken here too so that every form has the same arguments.
 
     Returns:

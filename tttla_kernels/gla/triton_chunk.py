@@ -38,7 +38,7 @@ def triton_gla(
     log_decay: torch.Tensor,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
-    chunk_size: int = 64,
+    chunk_size: int = 16,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run gla in parallel over chunks with Triton kernels.
 
@@ -51,7 +51,7 @@ def triton_gla(
         log_decay: g = log γ ``[B, T, H, d]`` (fla's gk). Each step (one per token) first decays the state, S ← γ S (γ = exp(g), one factor per key channel scaling a row), and takes its gradient there.
         initial_state: the state W at t = 0, ``[B, H, d, d]`` or ``[H, d, d]``; zeros when None.
         output_final_state: also return the state after the last update.
-        chunk_size: tokens per block of the parallel computation (default 64); the
+        chunk_size: tokens per block of the parallel computation (default 16); the
             result does not depend on it (the schedule steps once per token).
 
     Returns:
