@@ -299,13 +299,13 @@ def test_every_catalog_variant_runs_forward_and_backward(name):
         batch=2,
         seq_len=13,
         heads=2,
-        sizes={"d": 5, "h": 3},
+        sizes={"d": 5, "h": 3, "e": 4},
         chunk_size=None if v.schedule.fixed else 4,
         requires_grad=True,
         generator=_gen(10),
     )
     o, final = run_direct(v, **case.kwargs())
-    assert o.shape == (2, 13, 2, 5)
+    assert o.shape == (2, 13, 2, case.v.shape[-1])  # the value width: d, or e where it is its own
     assert set(final) == set(v.update)
     (o.square().sum() + sum(w.sum() for w in final.values())).backward()
     for label, t in case.leaves().items():
