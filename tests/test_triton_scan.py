@@ -183,3 +183,16 @@ def test_fused_chunk_scan_is_causal_for_nonfinite_keys():
     o, _ = fused_chunk_scan(q.detach(), bad, v.detach(), None, S0.detach(), 8, False)
     nonfinite = ~torch.isfinite(o).all(-1)
     assert not nonfinite[:, :, :16].any() and nonfinite[:, :, 16:].all()
+
+
+def test_a_state_wider_than_the_registers_falls_back_to_the_pipeline():
+    """linear_attention's Triton form at Dk = Dv = MAX_WIDTH + 1 takes the two-kernel pipeline and
+    still equals the chunk form."""
+    from tttla_kernels.linear_attention import FORMS
+
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, 5, 1, MAX_WIDTH + 1, generator=gen, dtype=torch.float64) for _ in range(3))
+    o, final = FORMS["triton"](q, k, v, output_final_state=True, chunk_size=4)
+    o_ref, final_ref = FORMS["chunk"](q, k, v, output_final_state=True, chunk_size=4)
+    torch.testing.assert_close(o, o_ref)
+    torch.testing.assert_close(final, final_ref)

@@ -11,7 +11,8 @@ __all__ = [
     "check_qkv", "check_per_token", "check_state", "check_chunk_size",
     "state_dtype", "work_dtype", "heads_first", "per_head", "token_coefficient", "channel_coefficient",
     "newton_schulz", "renormalize_columns", "chunk_means", "linear_scan", "causal_product", "split_chunks",
-    "chunk_log_decay", "chunk_decay", "decayed_scores", "last_position_factors", "token_momentum_weights",
+    "chunk_log_decay", "chunk_log_decay_totals", "chunk_decay", "decayed_scores", "last_position_factors",
+    "token_momentum_weights",
     "scan_block", "TokenRows", "token_rows",
     "resolve_sizes", "shape_in", "check_grid", "grid_patches", "lower_depthwise", "raise_depthwise", "check_position",
 ]
@@ -247,10 +248,15 @@ def chunk_log_decay(log_gamma: torch.Tensor, chunk_size: int) -> torch.Tensor:
     return split_chunks(log_gamma, chunk_size).cumsum(dim=3)
 
 
+def chunk_log_decay_totals(log_gamma: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """log Γ_n = Σ_(t ∈ chunk n) g_t: ``[B, H, T, c]`` → ``[B, H, N, c]``."""
+    return split_chunks(log_gamma, chunk_size).sum(dim=3)
+
+
 def chunk_decay(log_gamma: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """Γ_n = exp(Σ_(t ∈ chunk n) g_t) as a factor of the states' rows: ``[B, H, T, c]`` →
     ``[B, H, N, c, 1]`` (c = 1: one factor per chunk; c = Dk: one per key channel)."""
-    return split_chunks(log_gamma, chunk_size).sum(dim=3).unsqueeze(-1).exp()
+    return chunk_log_decay_totals(log_gamma, chunk_size).unsqueeze(-1).exp()
 
 
 def decayed_scores(q: torch.Tensor, k: torch.Tensor, G: torch.Tensor) -> torch.Tensor:

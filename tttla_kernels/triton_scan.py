@@ -222,19 +222,15 @@ def _strides(x: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(x.stride())
 
 
-def _check(q, k, v, g, initial, block_size: int) -> None:
+def _check(q, k, v) -> None:
+    """The operands of either scan: one dtype, on a device a kernel can run on, a state that fits."""
     check_device(q)
     for name, x in (("k", k), ("v", v)):
         if x.dtype != q.dtype:
-            raise ValueError(f"scan_fused: {name} must have q's dtype {q.dtype}, got {x.dtype}")
+            raise ValueError(f"scan: {name} must have q's dtype {q.dtype}, got {x.dtype}")
     DK, DV = q.shape[-1], v.shape[-1]
     if max(DK, DV) > MAX_WIDTH:
-        raise ValueError(f"scan_fused holds the state in registers: Dk and Dv must be <= {MAX_WIDTH}, got {DK}, {DV}")
-    if block_size < 1 or block_size & (block_size - 1):
-        raise ValueError(f"scan_fused: block_size must be a power of two, got {block_size}")
-    if g is not None and (g.shape != q.shape[:3] or g.dtype != state_dtype(q)):
-        raise ValueError(f"scan_fused: g must be [B, H, T] = {list(q.shape[:3])} in {state_dtype(q)}, "
-                         f"got {list(g.shape)} in {g.dtype}")
+        raise ValueError(f"scan holds the state in registers: Dk and Dv must be <= {MAX_WIDTH}, got {DK}, {DV}")
 
 
 def fused_scan(q, k, v, g, initial, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,7 +251,12 @@ def scan_fused(
     (a view of a ``[B, T, H, Dv]`` tensor, q's dtype), the final state ``[B, H, Dk, Dv]`` and the state
     before every block ``[B, H, N, Dk, Dv]`` (state dtype; empty without ``save_states``, and then
     there is no backward)."""
-    _check(q, k, v, g, initial, block_size)
+    _check(q, k, v)
+    if block_size < 1 or block_size & (block_size - 1):
+        raise ValueError(f"scan_fused: block_size must be a power of two, got {block_size}")
+    if g is not None and (g.shape != q.shape[:3] or g.dtype != state_dtype(q)):
+        raise ValueError(f"scan_fused: g must be [B, H, T] = {list(q.shape[:3])} in {state_dtype(q)}, "
+                         f"got {list(g.shape)} in {g.dtype}")
     B, H, T, DK = q.shape
     DV = v.shape[-1]
     g = g.contiguous() if g is not None else None
@@ -469,7 +470,7 @@ def scan_chunks(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """As :func:`scan_fused` for one step per chunk of ``chunk_size`` tokens: o, the final state and
     S_{n−1} of every chunk ``[B, H, N, Dk, Dv]`` (empty without ``save_states``)."""
-    _check(q, k, v, None, initial, 16)
+    _check(q, k, v)
     if chunk_size < 1:
         raise ValueError(f"scan_chunks: chunk_size must be >= 1, got {chunk_size}")
     B, H, T, DK = q.shape

@@ -120,7 +120,8 @@ class ParallelHooks(HookBase):
     def triton_body(self) -> str:
         """triton_chunk.py's work after ``prepare``: the fused scan, or the two-kernel pipeline."""
         c = self.c
-        pipeline = lines(["q_hat, k_hat, v_hat = (x.contiguous() for x in features(inputs))  "
+        features = "features(inputs)" if not c.plan.fused_scan else "(q_hat, k_hat, v_hat)"  # fused: already made
+        pipeline = lines([f"q_hat, k_hat, v_hat = (x.contiguous() for x in {features})  "
                           "# φ(Q), φ(K), V̂ of every token (work dtype)"]) + "\n" + self.triton_updates() + "\n" + \
             lines(["reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state after the "
                    "last step"]) + "\n" + self.triton_read()
@@ -135,7 +136,7 @@ class ParallelHooks(HookBase):
                     f"    o, last = fused_scan(q_hat, k_hat, v_hat, G, {self.initial_state()}, block)"]
         else:
             gate = ("None" if not c.decay else
-                    "runtime.split_chunks(inputs.log_gamma, inputs.chunk_size).sum(dim=3)[..., 0]  # [B, H, N]")
+                    "runtime.chunk_log_decay_totals(inputs.log_gamma, inputs.chunk_size)[..., 0]  # [B, H, N]")
             inclusive = c.order != "apply_then_update"
             scan = [f"    gc = {gate}" + ("  # no decay" if not c.decay else ""),
                     f"    o, last = fused_chunk_scan(q_hat, k_hat, v_hat, gc, {self.initial_state()}, "
@@ -195,8 +196,7 @@ class ParallelHooks(HookBase):
         if c.plan.fused_scan:
             scan = "fused_scan" if c.plan.fused_scan == "tokens" else "fused_chunk_scan"
             kernels += f"\nfrom tttla_kernels.triton_scan import MAX_WIDTH, {scan}"
-        runtime = (bool(c.decay) and c.order == "update_then_apply") or c.plan.fused_scan == "tokens" or \
-            (c.plan.fused_scan == "chunks" and bool(c.decay))
+        runtime = "runtime." in self.triton_body()
         # the kernels join the first-party block that follows torch's (or open it)
         return self.imports(runtime=runtime) + ("\n" if runtime else "\n\n") + kernels
 

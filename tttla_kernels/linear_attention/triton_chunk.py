@@ -64,7 +64,7 @@ def triton_linear_attention(
         o, last = fused_scan(q_hat, k_hat, v_hat, G, inputs.state["W"], block)
         return finish(o, {**inputs.state, "W": last}, output_final_state, inputs)
     # a wider state: the two-kernel pipeline
-    q_hat, k_hat, v_hat = (x.contiguous() for x in features(inputs))  # φ(Q), φ(K), V̂ of every token (work dtype)
+    q_hat, k_hat, v_hat = (x.contiguous() for x in (q_hat, k_hat, v_hat))  # φ(Q), φ(K), V̂ of every token (work dtype)
     updates = chunk_outer(k_hat, v_hat, inputs.chunk_size)  # ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, d, d]
     reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state after the last step
     # the chunk's own tokens i ≤ t too: tril(φ(Q_n) φ(K_n)ᵀ) V̂_n

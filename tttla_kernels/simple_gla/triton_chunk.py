@@ -70,7 +70,7 @@ def triton_simple_gla(
         o, last = fused_scan(q_hat, k_hat, v_hat, G, inputs.state["W"], block)
         return finish(o, {**inputs.state, "W": last}, output_final_state, inputs)
     # a wider state: the two-kernel pipeline
-    q_hat, k_hat, v_hat = (x.contiguous() for x in features(inputs))  # φ(Q), φ(K), V̂ of every token (work dtype)
+    q_hat, k_hat, v_hat = (x.contiguous() for x in (q_hat, k_hat, v_hat))  # φ(Q), φ(K), V̂ of every token (work dtype)
     G = runtime.chunk_log_decay(inputs.log_gamma, inputs.chunk_size)  # G_t = Σ_(s≤t in its chunk) g_s
     tail = (G[..., -1:, :] - G).flatten(2, 3)[:, :, :inputs.T]  # log Γ_L/Γ_i of every token
     decayed_keys = (k_hat * tail.exp().to(k_hat.dtype)).contiguous()

@@ -62,7 +62,7 @@ def triton_vittt_dwconv_noclip(
         o, last = fused_chunk_scan(q_hat, k_hat, v_hat, gc, inputs.state["w"], inputs.chunk_size, inclusive=True)
         return finish(o, {**inputs.state, "w": last}, output_final_state, inputs)
     # a wider state: the two-kernel pipeline
-    q_hat, k_hat, v_hat = (x.contiguous() for x in features(inputs))  # φ(Q), φ(K), V̂ of every token (work dtype)
+    q_hat, k_hat, v_hat = (x.contiguous() for x in (q_hat, k_hat, v_hat))  # φ(Q), φ(K), V̂ of every token (work dtype)
     updates = chunk_outer(k_hat, v_hat, inputs.chunk_size)  # ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, taps, 1]
     reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state after the last step
     o = chunk_read(q_hat, None, None, reads, inputs.chunk_size, MASK_NONE, v_hat.shape[-1])  # [B, H, T, 1]
