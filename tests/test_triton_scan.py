@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tttla_kernels.triton_scan import MAX_WIDTH, fused_chunk_scan, fused_scan, scan_fused
+from tttla_kernels.triton_scan import MAX_WIDTH, fused_chunk_scan, fused_scan, scan_fused, value_block
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 
@@ -31,9 +31,9 @@ def block_cumulative(g, block):
     return torch.nn.functional.pad(g, (0, N * block - T)).unflatten(-1, (N, block)).cumsum(-1).flatten(-2)[..., :T]
 
 
-def _inputs(T, gate, dtype=torch.float64, seed=0, strength=1.0):
+def _inputs(T, gate, dtype=torch.float64, seed=0, strength=1.0, DV=6):
     gen = torch.Generator().manual_seed(seed)
-    B, H, DK, DV = 1, 2, 5, 6
+    B, H, DK = 1, 2, 5
 
     def randn(*shape):
         return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
@@ -196,3 +196,35 @@ def test_a_state_wider_than_the_registers_falls_back_to_the_pipeline():
     o_ref, final_ref = FORMS["chunk"](q, k, v, output_final_state=True, chunk_size=4)
     torch.testing.assert_close(o, o_ref)
     torch.testing.assert_close(final, final_ref)
+
+
+def test_value_blocks_fill_the_gpu_and_stop_at_32_columns():
+    assert value_block(64, 128) == 64  # linear attention at B·H = 64: two column blocks, 128 programs
+    assert value_block(128, 128) == 128  # enough programs already
+    assert value_block(1, 256) == 32 and value_block(1, 40) == 32 and value_block(1, 20) == 32
+
+
+@pytest.mark.parametrize("scan", ["tokens", "chunks"])
+@pytest.mark.parametrize("gate", [False, True])
+def test_a_grid_split_over_value_blocks_is_the_recurrence(scan, gate):
+    """Dv = 40 in column blocks of 32 (the second one ragged), one program each: the forward of both
+    scans still equals the recurrence, and the backward (one program per head) its gradients."""
+    assert value_block(2, 40) == 32  # B·H = 2 is far below the target: the columns split
+    T, L = 37, 16
+    q, k, v, g, S0, gates = _inputs(T, gate, seed=9, DV=40)
+    if scan == "tokens":
+        o_ref, S_ref = recurrence(q, k, v, g, S0)
+        o, final = fused_scan(q, k, v, block_cumulative(g, L) if gate else None, S0, L)
+    else:
+        gc = (-torch.rand(1, 2, -(-T // L), dtype=torch.float64)).requires_grad_() if gate else None
+        gates = [gc] if gate else []
+        o_ref, S_ref = chunk_recurrence(q, k, v, gc, S0, L, False)
+        o, final = fused_chunk_scan(q, k, v, gc, S0, L, False)
+    torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final, S_ref, rtol=1e-12, atol=1e-12)
+    w_o, w_s = torch.randn_like(o_ref), torch.randn_like(S_ref)
+    leaves = [q, k, v, S0, *gates]
+    want = torch.autograd.grad((o_ref * w_o).sum() + (S_ref * w_s).sum(), leaves)
+    got = torch.autograd.grad((o * w_o).sum() + (final * w_s).sum(), leaves)
+    for name, a, b in zip(["q", "k", "v", "S0", "g"], got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11, msg=f"gradient of {name}")

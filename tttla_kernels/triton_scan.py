@@ -6,8 +6,9 @@ attention, and its decayed forms (simple_gla, retention, Mamba-2) —
 
     S_t = γ_t S_{t−1} + k_tᵀ v_t,   o_t = q_t S_t   (γ_t = exp(g_t), γ ≡ 1 without a gate),
 
-one program per (batch, head) walks the blocks of ``BT`` tokens in order with the state in
-fp32 registers. Per block, with G_t = Σ_{s ≤ t in the block} g_s and S the state before it:
+one program per (batch, head) and block of value columns (:func:`value_block`: split until the grid
+fills the GPU) walks the blocks of ``BT`` tokens in order with its columns of the state in fp32
+registers. Per block, with G_t = Σ_{s ≤ t in the block} g_s and S the state before it:
 
     o_t = e^{G_t} q_t S + Σ_{s ≤ t} e^{G_t − G_s} (q_t · k_s) v_s,
     S  ← e^{G_L} S + Σ_s (e^{G_L − G_s} k_s)ᵀ v_s,
@@ -27,8 +28,9 @@ The backward pass runs the blocks in reverse with dS = ∂L/∂S (after the bloc
     dG_t = q_t · dq_t − k_t · dk_t (+ ⟨dS, S_after⟩ at the block's last token),
     dS  ← e^{G_L} dS + Σ_t (e^{G_t} q_t)ᵀ dO_t,
 
-dG being the gradient of the block-cumulative gate (torch's cumsum carries it to g). One program
-holds the whole state (Dk, Dv ≤ 256); the forward and backward are ``torch.library`` custom ops
+dG being the gradient of the block-cumulative gate (torch's cumsum carries it to g). A backward
+program holds the whole state (Dk, Dv ≤ 256): dq and dk sum over every value column. The forward and
+backward are ``torch.library`` custom ops
 (``tttla::scan_fused``, ``tttla::scan_fused_backward``).
 """
 
@@ -41,7 +43,7 @@ import triton.language as tl
 from tttla_kernels.runtime import state_dtype
 from tttla_kernels.triton_runtime import check_device, drop_nonfinite, new_output
 
-__all__ = ["fused_scan", "scan_fused", "fused_chunk_scan", "scan_chunks", "MAX_WIDTH"]
+__all__ = ["fused_scan", "scan_fused", "fused_chunk_scan", "scan_chunks", "MAX_WIDTH", "value_block"]
 
 #: the widest key or value a program holds in registers
 MAX_WIDTH = 256
@@ -49,6 +51,21 @@ MAX_WIDTH = 256
 
 def _block(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
+
+
+#: forward programs that keep a GPU's streaming multiprocessors busy (an H100 has 132)
+TARGET_PROGRAMS = 128
+
+
+def value_block(batch_heads: int, DV: int) -> int:
+    """The value columns one forward program holds: all of them, halved while the grid of
+    B·H·⌈Dv/BV⌉ programs is below :data:`TARGET_PROGRAMS` and BV stays ≥ 32 (fla's grid over value
+    blocks × B·H). Each column block re-reads q and k (from L2) and, in the token scan, recomputes the
+    block's scores q kᵀ; the backward runs one program per (batch, head)."""
+    BV = _block(DV)
+    while batch_heads * triton.cdiv(DV, BV) < TARGET_PROGRAMS and BV >= 64:
+        BV //= 2
+    return BV
 
 
 @triton.jit
@@ -82,10 +99,11 @@ def _gates(g_ptr, t0, T, HAS_GATE: tl.constexpr, BT: tl.constexpr):
 
 
 @triton.jit
-def _state_cells(DK, DV, BK: tl.constexpr, BV: tl.constexpr):
-    """Offsets of a contiguous ``[DK, DV]`` state in a ``[BK, BV]`` tile, and the mask of its cells."""
+def _state_cells(DK, DV, v0, BK: tl.constexpr, BV: tl.constexpr):
+    """Offsets of the columns v0 … v0 + BV of a contiguous ``[DK, DV]`` state in a ``[BK, BV]`` tile, and
+    the mask of its cells."""
     rk = tl.arange(0, BK)
-    rv = tl.arange(0, BV)
+    rv = v0 + tl.arange(0, BV)
     return rk[:, None] * DV + rv[None, :], (rk[:, None] < DK) & (rv[None, :] < DV)
 
 
@@ -114,19 +132,21 @@ def scan_fused_fwd_kernel(
     HAS_GATE: tl.constexpr, HAS_S0: tl.constexpr, SAVE: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
-    """One (batch, head): o, the final state ``[DK, DV]`` and, with SAVE, the state before every block
-    (states ``[N, DK, DV]``)."""
-    i_bh = tl.program_id(0).to(tl.int64)
+    """One (batch, head) and BV value columns: o, the final state ``[DK, DV]`` and, with SAVE, the state
+    before every block (states ``[N, DK, DV]``), in those columns. A program of a split grid recomputes
+    the block's scores q kᵀ, which every value column shares."""
+    i_bh, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     acc_t = final_ptr.dtype.element_ty
     in_t = q_ptr.dtype.element_ty
+    v0 = i_v * BV
     q_base = q_ptr + i_b * sqb + i_h * sqh
     k_base = k_ptr + i_b * skb + i_h * skh
-    v_base = v_ptr + i_b * svb + i_h * svh
-    o_base = o_ptr + i_b * sob + i_h * soh
+    v_base = v_ptr + i_b * svb + i_h * svh + v0 * svd
+    o_base = o_ptr + i_b * sob + i_h * soh + v0 * sod
     g_base = g_ptr + i_bh * T
     st_base = states_ptr + i_bh * tl.cdiv(T, BT) * DK * DV
-    cells, inside = _state_cells(DK, DV, BK, BV)
+    cells, inside = _state_cells(DK, DV, v0, BK, BV)
     S = _state(s0_ptr + i_bh * DK * DV, cells, inside, HAS_S0, acc_t, BK, BV)
     rt = tl.arange(0, BT)
     causal = rt[None, :] <= rt[:, None]
@@ -136,7 +156,7 @@ def scan_fused_fwd_kernel(
             tl.store(st_base + i_n * DK * DV + cells, S, mask=inside)
         q = _tile(q_base, t0, T, sqt, sqd, DK, BT, BK)
         k = _tile(k_base, t0, T, skt, skd, DK, BT, BK)
-        v = _tile(v_base, t0, T, svt, svd, DV, BT, BV)
+        v = _tile(v_base, t0, T, svt, svd, DV - v0, BT, BV)
         G, last = _gates(g_base, t0, T, HAS_GATE, BT)
         scores = tl.dot(q, tl.trans(k), input_precision="ieee").to(acc_t)  # q_t · k_s
         ratio = tl.exp(tl.where(causal, G[:, None] - G[None, :], -float("inf")))
@@ -145,7 +165,7 @@ def scan_fused_fwd_kernel(
         o = tl.dot(q, S.to(in_t), input_precision="ieee").to(acc_t) * tl.exp(G)[:, None]
         o += tl.dot(scores.to(in_t), v_kept, input_precision="ieee").to(acc_t)
         o = tl.where(reached, float("nan"), o)
-        _put(o_base, o, t0, T, sot, sod, DV, BT, BV)
+        _put(o_base, o, t0, T, sot, sod, DV - v0, BT, BV)
         k_tail = (k.to(acc_t) * tl.exp(last - G)[:, None]).to(in_t)  # e^{G_L − G_s} k_s
         S = S * tl.exp(last) + tl.dot(tl.trans(k_tail), v, input_precision="ieee").to(acc_t)
     tl.store(final_ptr + i_bh * DK * DV + cells, S, mask=inside)
@@ -171,7 +191,7 @@ def scan_fused_bwd_kernel(
     g_base = g_ptr + i_bh * T
     n_blocks = tl.cdiv(T, BT)
     st_base = states_ptr + i_bh * n_blocks * DK * DV
-    cells, inside = _state_cells(DK, DV, BK, BV)
+    cells, inside = _state_cells(DK, DV, 0, BK, BV)
     dS = _state(dsf_ptr + i_bh * DK * DV, cells, inside, HAS_DSF, acc_t, BK, BV)
     rt = tl.arange(0, BT)
     causal = rt[None, :] <= rt[:, None]
@@ -264,11 +284,12 @@ def scan_fused(
     final = new_output((B, H, DK, DV), q, state_dtype(q))
     states = new_output((B, H, triton.cdiv(T, block_size) if save_states else 0, DK, DV), q, state_dtype(q))
     s0 = initial.contiguous() if initial is not None else final
-    scan_fused_fwd_kernel[(B * H,)](
+    BV = value_block(B * H, DV)
+    scan_fused_fwd_kernel[(B * H, triton.cdiv(DV, BV))](
         q, k, v, g if g is not None else final, s0, o, final, states, H, T, DK, DV,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
         HAS_GATE=g is not None, HAS_S0=initial is not None, SAVE=save_states,
-        BT=block_size, BK=_block(DK), BV=_block(DV))
+        BT=block_size, BK=_block(DK), BV=BV)
     return o, final, states
 
 
@@ -356,17 +377,19 @@ def scan_chunks_fwd_kernel(
     INCLUSIVE: tl.constexpr, HAS_GATE: tl.constexpr, HAS_S0: tl.constexpr, SAVE: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
-    """One (batch, head): o, the final state and, with SAVE, S_{n−1} of every chunk ``[N, DK, DV]``."""
-    i_bh = tl.program_id(0).to(tl.int64)
+    """One (batch, head) and BV value columns: o, the final state and, with SAVE, S_{n−1} of every chunk
+    ``[N, DK, DV]``, in those columns."""
+    i_bh, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     acc_t = final_ptr.dtype.element_ty
+    v0 = i_v * BV
     q_base = q_ptr + i_b * sqb + i_h * sqh
     k_base = k_ptr + i_b * skb + i_h * skh
-    v_base = v_ptr + i_b * svb + i_h * svh
-    o_base = o_ptr + i_b * sob + i_h * soh
+    v_base = v_ptr + i_b * svb + i_h * svh + v0 * svd
+    o_base = o_ptr + i_b * sob + i_h * soh + v0 * sod
     n_chunks = tl.cdiv(T, L)
     st_base = states_ptr + i_bh * n_chunks * DK * DV
-    cells, inside = _state_cells(DK, DV, BK, BV)
+    cells, inside = _state_cells(DK, DV, v0, BK, BV)
     S = _state(s0_ptr + i_bh * DK * DV, cells, inside, HAS_S0, acc_t, BK, BV)
     for i_n in range(0, n_chunks):
         start = i_n * L
@@ -374,18 +397,18 @@ def scan_chunks_fwd_kernel(
         if SAVE:
             tl.store(st_base + i_n * DK * DV + cells, S, mask=inside)
         if not INCLUSIVE:  # read S_{n−1}
-            _read_span(q_base, o_base, S, start, end, sqt, sqd, sot, sod, DK, DV, BT, BK, BV)
+            _read_span(q_base, o_base, S, start, end, sqt, sqd, sot, sod, DK, DV - v0, BT, BK, BV)
         if INCLUSIVE or i_n < n_chunks - 1:  # apply_then_update's last chunk is only read
             update = tl.zeros([BK, BV], dtype=acc_t)
             for t0 in range(start, end, BT):
                 k = _tile(k_base, t0, end, skt, skd, DK, BT, BK)
-                v = _tile(v_base, t0, end, svt, svd, DV, BT, BV)
+                v = _tile(v_base, t0, end, svt, svd, DV - v0, BT, BV)
                 update += tl.dot(tl.trans(k), v, input_precision="ieee").to(acc_t)
             if HAS_GATE:
                 S = S * tl.exp(tl.load(gc_ptr + i_bh * n_chunks + i_n))
             S = S + update
         if INCLUSIVE:  # read S_n
-            _read_span(q_base, o_base, S, start, end, sqt, sqd, sot, sod, DK, DV, BT, BK, BV)
+            _read_span(q_base, o_base, S, start, end, sqt, sqd, sot, sod, DK, DV - v0, BT, BK, BV)
     tl.store(final_ptr + i_bh * DK * DV + cells, S, mask=inside)
 
 
@@ -409,7 +432,7 @@ def scan_chunks_bwd_kernel(
     do_base = do_ptr + i_b * sob + i_h * soh
     n_chunks = tl.cdiv(T, L)
     st_base = states_ptr + i_bh * n_chunks * DK * DV
-    cells, inside = _state_cells(DK, DV, BK, BV)
+    cells, inside = _state_cells(DK, DV, 0, BK, BV)
     dS = _state(dsf_ptr + i_bh * DK * DV, cells, inside, HAS_DSF, acc_t, BK, BV)
     for j in range(0, n_chunks):
         i_n = n_chunks - 1 - j
@@ -483,12 +506,13 @@ def scan_chunks(
     o = new_output((B, T, H, DV), q).transpose(1, 2)
     final = new_output((B, H, DK, DV), q, state_dtype(q))
     states = new_output((B, H, N if save_states else 0, DK, DV), q, state_dtype(q))
-    scan_chunks_fwd_kernel[(B * H,)](
+    BV = value_block(B * H, DV)
+    scan_chunks_fwd_kernel[(B * H, triton.cdiv(DV, BV))](
         q, k, v, gc if gc is not None else final, initial.contiguous() if initial is not None else final,
         o, final, states, H, T, chunk_size, DK, DV,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
         INCLUSIVE=inclusive, HAS_GATE=gc is not None, HAS_S0=initial is not None, SAVE=save_states,
-        BT=_CHUNK_TILE, BK=_block(DK), BV=_block(DV))
+        BT=_CHUNK_TILE, BK=_block(DK), BV=BV)
     return o, final, states
 
 

@@ -37,6 +37,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from tttla_kernels.triton_runtime import MASK_NONE
+from tttla_kernels.triton_scan import value_block
 
 __all__ = ["Hardware", "H100_SXM", "OpCost", "Tally", "CostCounter", "tensor_bytes", "count", "fake_tensors",
            "KERNEL_FLOPS", "causal_pairs", "PASSES", "count_form", "form_rows", "cost_row"]
@@ -181,10 +182,12 @@ def _delta_scan_backward_flops(U, W, Q, P, K, g, states, dO, dfinal, has_decay):
 
 
 def _scan_fused_flops(q, k, v, g, initial, block_size, save_states=True):
-    """Per token q̂ S and k̂ᵀ v̂ (2·Dk·Dv each); per (s ≤ t) pair of a block, score and weighted value."""
+    """Per token q̂ S and k̂ᵀ v̂ (2·Dk·Dv each); per (s ≤ t) pair of a block, the weighted value and the
+    score, once per column block of the grid (``triton_scan.value_block``)."""
     B, H, T, DK = q.shape
     DV = v.shape[-1]
-    return B * H * (4 * T * DK * DV + 2 * causal_pairs(T, block_size) * (DK + DV))
+    splits = -(-DV // value_block(B * H, DV))
+    return B * H * (4 * T * DK * DV + 2 * causal_pairs(T, block_size) * (DK * splits + DV))
 
 
 def _scan_fused_backward_flops(q, k, v, g, states, final, do, d_final, block_size):
