@@ -86,8 +86,8 @@ def test_chunk_scan_is_the_reference_fp64(coeff, initial, inclusive, nan_fill):
     _check_against_reference(5, coeff, initial, inclusive)
 
 
-@pytest.mark.parametrize(("T", "L"), [(18, 4), (20, 4), (3, 8), (1, 4), (1, 1)],
-                         ids=["ragged", "whole", "T<L", "T=1", "L=1"])
+@pytest.mark.parametrize(("T", "L"), [(18, 4), (20, 4), (3, 8), (1, 4), (1, 1), (50, 20)],
+                         ids=["ragged", "whole", "T<L", "T=1", "L=1", "chunk>tile"])
 @pytest.mark.parametrize("inclusive", [True, False], ids=["inclusive", "exclusive"])
 def test_chunk_scan_takes_the_chunk_means_of_a_per_token_coefficient(T, L, inclusive, nan_fill, reversed_grid):
     """ā_n is runtime.chunk_means; ∂L/∂α_t = ∂L/∂ā_n / |n| reaches every real token of chunk n."""
@@ -137,6 +137,10 @@ def test_chunk_scan_of_one_chunk_and_one_cell():
     states, last = chunk_scan(U, torch.full((1, 1, 1), 0.5, dtype=torch.float64), torch.ones(1, 1, 1, 1),
                               inclusive=False)
     assert states.item() == 1.0 and last.item() == 0.5 + U.item()
+    U = torch.zeros(1, 1, 2, 0, 3, requires_grad=True)  # no cells: nothing to launch
+    states, last = chunk_scan(U, torch.ones(1, 1, 2))
+    assert states.shape == (1, 1, 2, 0, 3) and last.shape == (1, 1, 0, 3)
+    assert torch.autograd.grad(states.sum() + last.sum(), U)[0].shape == U.shape
 
 
 def test_chunk_scan_errors_name_the_argument():

@@ -53,15 +53,19 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _cover(n: int, cap: int) -> int:
+    """A power-of-two block covering ``n`` (at least 16), at most ``cap``."""
+    return min(max(16, triton.next_power_of_2(n)), cap)
+
+
 def _scan_config(cells: int, chunk_size: int) -> dict:
     block, tile, warps = _INTERPRETER if _interpreting() else _GPU
-    return {"BLOCK": min(block, triton.next_power_of_2(cells)),
-            "BT": min(tile, triton.next_power_of_2(chunk_size)), "num_warps": warps}
+    return {"BLOCK": _cover(cells, block), "BT": _cover(chunk_size, tile), "num_warps": warps}
 
 
 def _normalize_config(cells: int) -> dict:
     block, warps = _NORMALIZE_INTERPRETER if _interpreting() else _NORMALIZE_GPU
-    return {"BLOCK": min(block, triton.next_power_of_2(cells)), "num_warps": warps}
+    return {"BLOCK": _cover(cells, block), "num_warps": warps}
 
 
 # --- the scan along the chunk axis ---------------------------------------------------------
@@ -273,6 +277,8 @@ def chunk_scan(
     last = new_output((B, H, R, C), updates, acc)
     sab, sah, sa, T, L = _coeff_args(coeff, coeff_chunk_size)
     config = _scan_config(R * C, L)
+    if not last.numel():  # no cell to scan
+        return states, last
     chunk_scan_fwd_kernel[(triton.cdiv(R * C, config["BLOCK"]), B * H)](
         updates, coeff if coeff is not None else last, initial if initial is not None else last, states, last,
         H, N, C, R * C, T, L, sab, sah, sa, *_initial_strides(initial),
@@ -309,6 +315,8 @@ def chunk_scan_backward(
     d_updates = new_output((B, H, N, R, C), states, updates_dtype)
     d_initial = new_output((B, H, R, C), states, initial.dtype if initial is not None else acc)
     d_coeff = new_output((B, H, N, n_blocks) if grad_coeff else (0,), states, acc)
+    if not d_initial.numel():  # no cell to scan
+        return d_updates, d_initial, d_coeff
     chunk_scan_bwd_kernel[(n_blocks, B * H)](
         grad_states if grad_states is not None else states, grad_last if grad_last is not None else states,
         states, coeff if coeff is not None else states, initial if initial is not None else states,
