@@ -85,7 +85,7 @@ def _coefficient(a_base, n, sa, T, L, COEFF: tl.constexpr, acc_t: tl.constexpr, 
         end = tl.minimum(start + L, T)
         total = tl.zeros([BT], dtype=acc_t)
         for t0 in range(start, end, BT):
-            t = t0 + tl.arange(0, BT)
+            t = t0 + tl.arange(0, BT).to(tl.int64)
             total += tl.load(a_base + t * sa, mask=t < end, other=0.0).to(acc_t)
         return tl.sum(total, axis=0) / (end - start).to(acc_t)
     else:
@@ -344,7 +344,7 @@ def _scan_setup(ctx, inputs, keyword_only_inputs, output):
     ctx.updates_dtype = updates.dtype
     ctx.has_initial = initial is not None
     ctx.set_materialize_grads(False)  # an unused output gets None, not a zero-filled gradient
-    # (needs_input_grad lists the inputs given, so a coefficient's entry exists only with one)
+    # (needs_input_grad omits trailing inputs left at their defaults: read coeff's entry only with one)
     ctx.grad_coeff = coeff is not None and ctx.needs_input_grad[1]
     # the states are read only for da; without it the backward needs their shape alone
     ctx.save_for_backward(output[0] if ctx.grad_coeff else None, coeff, initial)
