@@ -198,10 +198,35 @@ def _scan_fused_backward_flops(q, k, v, g, states, final, do, d_final, block_siz
     return B * H * (8 * T * DK * DV + 6 * causal_pairs(T, block_size) * (DK + DV))
 
 
+def _chunk_scan_flops(updates, coeff=None, initial=None, coeff_chunk_size=None, inclusive=True):
+    """h_n = a_n h_{n−1} + U_n: a multiply-add per cell and chunk, 2·B·H·N·R·C."""
+    return 2 * updates.numel()
+
+
+def _chunk_scan_backward_flops(grad_states, grad_last, states, coeff, initial, coeff_chunk_size, inclusive,
+                               updates_dtype, grad_coeff):
+    """g ← a_n g + G_n per cell and chunk, and with ``grad_coeff`` ⟨g, h_{n−1}⟩: 2 (4) FLOPs per cell."""
+    return (4 if grad_coeff else 2) * states.numel()
+
+
+def _frobenius_normalize_flops(X, eps, out_dtype=None):
+    """Σ x² (a multiply-add per entry) and a division per entry."""
+    return 3 * X.numel()
+
+
+def _frobenius_normalize_backward_flops(X, dY, eps):
+    """Σ x² and Σ dy·x (two multiply-adds per entry), then (dy − c x) / s (three FLOPs per entry)."""
+    return 7 * X.numel()
+
+
 #: the matmul FLOPs of an ideal kernel for each tttla custom op, from its arguments
 KERNEL_FLOPS: dict[str, Callable[..., int]] = {
     "tttla::chunk_outer": _chunk_outer_flops,
     "tttla::chunk_read": _chunk_read_flops,
+    "tttla::chunk_scan": _chunk_scan_flops,
+    "tttla::chunk_scan_backward": _chunk_scan_backward_flops,
+    "tttla::frobenius_normalize": _frobenius_normalize_flops,
+    "tttla::frobenius_normalize_backward": _frobenius_normalize_backward_flops,
     "tttla::delta_scan": _delta_scan_flops,
     "tttla::delta_scan_backward": _delta_scan_backward_flops,
     "tttla::scan_fused": _scan_fused_flops,
@@ -210,7 +235,9 @@ KERNEL_FLOPS: dict[str, Callable[..., int]] = {
 
 #: the operands a launcher makes contiguous before its kernel reads them, by argument position
 #: (S of chunk_read is read through its strides when batch and head merge, counted as such here)
-_LAUNCHER_CONTIGUOUS = {"tttla::chunk_outer": (0, 1), "tttla::chunk_read": (0, 1, 2, 7)}
+_LAUNCHER_CONTIGUOUS = {"tttla::chunk_outer": (0, 1), "tttla::chunk_read": (0, 1, 2, 7), "tttla::chunk_scan": (0,),
+                        "tttla::chunk_scan_backward": (0, 1), "tttla::frobenius_normalize": (0,),
+                        "tttla::frobenius_normalize_backward": (0, 1)}
 
 
 def _unread(name: str, full: list) -> set[int]:
