@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from run_gpu import _case, _forward, _forward_backward, seconds  # noqa: E402
+from run_gpu import _case, _forward, timing  # noqa: E402
 
+from verify.bench import forward_backward  # noqa: E402
 from verify.forms import cast_case  # noqa: E402
 
 
@@ -44,10 +45,10 @@ def main(argv=None) -> int:
         compute_chunk = chunk if variant.schedule.fixed else None
         forward = _forward(variant, fn, cast_case(case, torch.bfloat16, requires_grad=False, device="cuda"),
                            compute_chunk)
-        both = _forward_backward(variant, fn, cast_case(case, torch.bfloat16, requires_grad=True, device="cuda"),
-                                 compute_chunk)
-        print(f"{args.variant} {args.form} chunk={chunk}: forward {seconds(forward, 'cuda') * 1e3:.3f} ms, "
-              f"forward+backward {seconds(both, 'cuda') * 1e3:.3f} ms", flush=True)
+        both = forward_backward(variant, fn, cast_case(case, torch.bfloat16, requires_grad=True, device="cuda"),
+                                compute_chunk)
+        print(f"{args.variant} {args.form} chunk={chunk}: forward {timing(forward, 'cuda').median * 1e3:.3f} ms, "
+              f"forward+backward {timing(both, 'cuda').median * 1e3:.3f} ms", flush=True)
         for what, run in (("forward", forward), ("forward+backward", both)):
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 run()

@@ -13,6 +13,10 @@ Each table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` in 
 * ``cost-model``: bytes, launches and FLOPs counted on the CPU, with an H100 roofline's time
   (``results/cost-model.json``, written by ``benchmarks/cost_model.py``).
 
+The timed tables (``cpu``, ``gpu-…``) give each row's median ms and the min–max of its timed repeats
+("—" where the results file predates their recording), head-tokens/s (B·H·T per call, as the LaCT
+paper's Table 2 counts) and sequence tokens/s (B·T, "—" where not recorded).
+
 ``tests/test_docs.py`` renders the tables from the committed files and checks that README.md holds
 exactly them, and that ``catalog.json`` still matches what the engine derives.
 """
@@ -30,6 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 sys.path.insert(0, str(ROOT))
+
+from verify.bench import spread_ms  # noqa: E402
 
 #: the fields of a catalog entry that follow from the declaration (checked against the engine)
 VERDICT_FIELDS = ("description", "kernel", "values", "parallel_form", "generated", "not_generated", "certified")
@@ -78,74 +84,81 @@ def catalog_table(results: dict) -> str:
     return "\n".join(rows)
 
 
-_FORM_LABELS = {"chunk": "chunk", "recurrent": "recurrent", "oracle": "oracle"}
-
-
-def _shape(result: dict) -> str:
+def _shape(result: dict, with_chunk: bool = True) -> str:
+    """``variant, B = 1, H = 4, T = …, d = …, chunk …`` (``B·H = 4`` where the file does not record B)."""
     c = result["config"]
+    heads = f"B = {c['batch']}, H = {c['batch_heads'] // c['batch']}" if "batch" in c else f"B·H = {c['batch_heads']}"
     dims = "d = h" if result["variant"].startswith("lact") else "d"
-    chunk = f", chunk {c['chunk']}" if c.get("chunk") else ""
-    return f"`{result['variant']}`, T = {c['seq_len']}, {dims} = {c['dim']}{chunk}"
+    chunk = f", chunk {c['chunk']}" if with_chunk and c.get("chunk") else ""
+    return f"`{result['variant']}`, {heads}, T = {c['seq_len']}, {dims} = {c['dim']}{chunk}"
 
 
-def _number(x, fmt: str) -> str:
-    return "–" if x is None else format(x, fmt)
+def _number(x, fmt: str, scale: float = 1.0) -> str:
+    """``x`` (times ``scale``) in ``fmt``, or "–" where it does not apply."""
+    return "–" if x is None else format(scale * x, fmt)
+
+
+#: a field a results file written before min–max and B·T were recorded lacks
+NOT_RECORDED = "—"
+
+
+#: tokens/s columns: their unit prefix and scale
+_RATE_UNITS = {"k": 1e-3, "M": 1e-6}
+
+
+def _timed_table(results: dict, ms_fmt: str, unit: str, extra: dict, form_label, with_chunk) -> str:
+    """One row per (variant, form, pass): median ms, the repeats' min–max, head-tokens/s (B·H·T),
+    sequence tokens/s (B·T) and the ``extra`` columns (header → cell of a row). A row without
+    seconds is the oracle's forward+backward (not timed: left out) or a run out of memory."""
+    scale = _RATE_UNITS[unit]
+    headers = ["variant, shape", "form", "pass", "ms", "min–max ms", f"{unit} head-tok/s (B·H·T)",
+               f"{unit} tok/s (B·T)", *extra]
+    rows = ["| " + " | ".join(headers) + " |", "|---|---|---|" + "---:|" * (len(headers) - 3)]
+    for result in results["results"].values():
+        shape = _shape(result, with_chunk(result))
+        for r in result["rows"]:
+            if r["name"] == "matmul" or (r["seconds"] is None and r["name"] == "oracle"):
+                continue
+            label, shape = shape, ""
+            if r["seconds"] is None:
+                cells = ["out of memory", *["–"] * (len(headers) - 4)]
+            else:
+                sequence = r.get("sequence_tokens_per_s")
+                cells = [format(1e3 * r["seconds"], ms_fmt),
+                         spread_ms(r.get("seconds_min"), r.get("seconds_max"), ms_fmt, NOT_RECORDED),
+                         _number(r["tokens_per_s"], ".1f", scale),
+                         NOT_RECORDED if sequence is None else _number(sequence, ".1f", scale),
+                         *(cell(r) for cell in extra.values())]
+            rows.append(f"| {label} | {form_label(r['name'], result)} | {r['pass']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def cpu_table(results: dict) -> str:
-    rows = ["| variant, shape | form | pass | ms | tokens/s | % matmul | × oracle |",
-            "|---|---|---|---:|---:|---:|---:|"]
-    for result in results["results"].values():
-        first = True
-        for r in result["rows"]:
-            if r["name"] == "matmul" or r["seconds"] is None:
-                continue
-            label = _shape(result) if first else ""
-            first = False
-            pct = None if r["fraction_of_matmul"] is None else 100 * r["fraction_of_matmul"]
-            rows.append(f"| {label} | {r['name']} | {r['pass']} | {1e3 * r['seconds']:.1f} "
-                        f"| {_number(r['tokens_per_s'], ',.0f')} | {_number(pct, '.0f')} "
-                        f"| {_number(r['speedup_vs_oracle'], '.2f')} |")
-    return "\n".join(rows)
+    """The CPU benchmark: k tokens/s, % of the same-run matmul FLOP/s and the speed over the oracle."""
+    return _timed_table(results, ".1f", "k", {
+        "% matmul": lambda r: _number(r["fraction_of_matmul"], ".0f", 100),
+        "× oracle": lambda r: _number(r["speedup_vs_oracle"], ".2f")}, lambda name, _: name, lambda _: True)
 
 
 def _gpu_form(name: str, result: dict) -> str:
     """A GPU row's form as a reader names it (``triton_chunk256`` → "Triton, chunk 256")."""
     if name.startswith("triton_chunk"):
         return f"Triton, chunk {name.removeprefix('triton_chunk')}"
-    default = f", chunk {result['config']['chunk']} (default)" if any(
-        r["name"].startswith("triton_chunk") for r in result["rows"]) else ""
+    default = f", chunk {result['config']['chunk']} (default)" if _chunk_sweep(result) else ""
     return {"triton": f"Triton{default}", "chunk": "torch chunk", "recurrent": "recurrent",
             "fla_chunk": "fla `chunk_linear_attn`", "fla_fused_recurrent": "fla `fused_recurrent_linear_attn`"}.get(
         name, name)
 
 
-def _gpu_shape(result: dict) -> str:
-    c = result["config"]
-    head = f"`{result['variant']}`, B·H = {c['batch_heads']}, T = {c['seq_len']}"
-    if result["variant"].startswith("lact"):
-        return f"{head}, d = h = {c['dim']}, chunk {c['chunk']}"
-    return f"{head}, d = {c['dim']}"
+def _chunk_sweep(result: dict) -> bool:
+    """Whether the Triton form ran at several compute chunks (then each row names its own)."""
+    return any(r["name"].startswith("triton_chunk") for r in result["rows"])
 
 
 def gpu_table(results: dict) -> str:
-    """One row per (variant, form): forward ms, M tokens/s and % of the same-run matmul peak, then
-    forward+backward ms and M tokens/s."""
-    rows = ["| variant, shape | form | fwd ms | fwd Mtok/s | fwd % peak | fwd+bwd ms | fwd+bwd Mtok/s |",
-            "|---|---|---:|---:|---:|---:|---:|"]
-    for result in results["results"].values():
-        by = {(r["name"], r["pass"]): r for r in result["rows"] if r["name"] != "matmul"}
-        for i, name in enumerate(dict.fromkeys(n for n, _ in by)):
-            f, fb = by.get((name, "forward")), by.get((name, "forward+backward"))
-
-            def cell(r, key, scale, fmt):
-                return "–" if r is None or r[key] is None else format(scale * r[key], fmt)
-
-            rows.append(f"| {_gpu_shape(result) if i == 0 else ''} | {_gpu_form(name, result)} "
-                        f"| {cell(f, 'seconds', 1e3, '.2f')} | {cell(f, 'tokens_per_s', 1e-6, '.1f')} "
-                        f"| {cell(f, 'fraction_of_matmul', 100, '.1f')} | {cell(fb, 'seconds', 1e3, '.2f')} "
-                        f"| {cell(fb, 'tokens_per_s', 1e-6, '.1f')} |")
-    return "\n".join(rows)
+    """A GPU run: M tokens/s and % of the same-run matmul peak."""
+    return _timed_table(results, ".2f", "M", {"% peak": lambda r: _number(r["fraction_of_matmul"], ".1f", 100)},
+                        _gpu_form, lambda result: not _chunk_sweep(result))
 
 
 def targets_table(results: dict) -> str:

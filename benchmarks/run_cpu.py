@@ -7,6 +7,10 @@ the faster generated form at >= 60% of the same-run matmul FLOP/s; delta_rule at
 d = 64 — the generated forms >= 20x the oracle; simple_gla and gla at T = 8192, d = 64, H = 4 —
 the parallel chunk form faster than the recurrence (forward and forward+backward), each ratio
 measured in one run. ``--only`` re-measures some configurations and keeps the others' results.
+
+Every row records the median of its repeats and their min–max (verify/bench.py), head-tokens/s
+(B·H·T per call, the LaCT paper's count) and sequence tokens/s (B·T): these configurations run
+B = 1 sequence of H = ``batch_heads`` heads, so B·T = T.
 """
 
 from __future__ import annotations

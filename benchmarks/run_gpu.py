@@ -4,7 +4,8 @@
     python benchmarks/run_gpu.py --autotune      # time the kernels' candidate configs first
     TRITON_INTERPRET=1 python benchmarks/run_gpu.py --smoke   # tiny shapes, CPU: checks the plumbing
 
-Measures, each row the median of triton.testing.do_bench (CUDA events, L2 flushed):
+Measures, each row the median, fastest and slowest of triton.testing.do_bench's repeats (CUDA
+events, L2 flushed):
 
 * the peak: a bf16 ``torch.matmul`` of 8192 x 8192 x 8192 in the same run;
 * lact_v2 … lact_v6 at B = 1, H = 4, T = 32768, d = h = 384, chunk 2048, bf16: the Triton form,
@@ -14,8 +15,11 @@ Measures, each row the median of triton.testing.do_bench (CUDA events, L2 flushe
   is importable; ``normalize=False, scale=1`` is the same layer, checked on the outputs);
 * lact_v2's throughput as T grows (2K … 64K), plotted.
 
-FLOPs are the model's matmuls counted from the shapes (verify/flops.py: the same count for
-every implementation of a layer; forward+backward = 3x forward). Writes
+Forward+backward is verify.bench.forward_backward: torch.autograd.grad of the output and the
+final states with random output gradients drawn once, untimed. Throughput is head-tokens/s
+(B·H·T per call, the paper's Table 2 count) and sequence tokens/s (B·T per call). FLOPs are the
+model's matmuls counted from the shapes (verify/flops.py: the same count for every
+implementation of a layer; forward+backward = 3x forward). Writes
 ``<out>/<device>.json`` ({"machine", "results": {variant: BenchResult}, "scaling", "targets"})
 and ``<out>/<device>-lact_v2-scaling.png``; prints the table and the targets last.
 """
@@ -34,7 +38,18 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from verify.bench import BenchConfig, BenchResult, Row, machine, median_time  # noqa: E402
+from verify.bench import (  # noqa: E402
+    BenchConfig,
+    BenchResult,
+    Row,
+    Timing,
+    forward_backward,
+    machine,
+    spread_ms,
+    time_cuda,
+    time_repeats,
+    timed_row,
+)
 from verify.flops import form_flops, model_flops  # noqa: E402
 from verify.forms import call_form, cast_case  # noqa: E402
 from verify.inputs import make_case  # noqa: E402
@@ -49,19 +64,15 @@ SMOKE = {"paper": {"batch": 1, "heads": 2, "seq_len": 40, "dim": 16, "chunk": 16
          "scaling": [16, 32]}
 
 
-def seconds(fn, device: str) -> float:
-    """Median seconds of ``fn()``: CUDA events through do_bench on a GPU, wall clock elsewhere."""
-    if device == "cuda":
-        import triton.testing
-
-        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
-    return median_time(fn, repeats=2)
+def timing(fn, device: str) -> Timing:
+    """Seconds of ``fn()``: CUDA events through do_bench on a GPU, wall clock elsewhere."""
+    return time_cuda(fn) if device == "cuda" else time_repeats(fn, repeats=2)
 
 
 def matmul_peak(dtype: torch.dtype, device: str, n: int = 8192) -> float:
     """FLOP/s of an n x n x n ``torch.matmul`` in ``dtype`` on random data."""
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    return 2 * n**3 / seconds(lambda: a @ b, device)
+    return 2 * n**3 / timing(lambda: a @ b, device).median
 
 
 def _case(variant, shape: dict):
@@ -83,43 +94,28 @@ def _forward(variant, fn, case, chunk):
     return run
 
 
-def _forward_backward(variant, fn, case, chunk):
-    """One forward and the backward of ⟨o, dO⟩ + Σ final² to every input (no .grad accumulation)."""
-    leaves = list(case.leaves().values())
-    g = torch.Generator(device=case.q.device).manual_seed(1)
-    dO = torch.randn(case.v.shape, generator=g, device=case.q.device).to(case.q.dtype)
-
-    def run():
-        o, final = call_form(variant, fn, case, chunk)
-        loss = (o * dO).float().sum() + sum(t.float().pow(2).sum() for t in final.values())
-        torch.autograd.grad(loss, leaves, allow_unused=True)
-
-    return run
-
-
 def bench_shape(variant, forms: dict, shape: dict, dtype, device, peak: float, progress=None,
                 passes=("forward", "forward+backward")) -> BenchResult:
     """Every form of ``forms`` (name → fn(q, k, v, **kwargs)), in each of ``passes``, on one
     shape in one run; ``progress(msg)`` hears of each row as it is measured."""
     config = BenchConfig(seq_len=shape["seq_len"], dim=shape["dim"], chunk=shape["chunk"],
                          dtype=str(dtype).removeprefix("torch."), batch_heads=shape["batch"] * shape["heads"],
-                         repeats=0)
+                         repeats=0, batch=shape["batch"])
     result = BenchResult(variant.name, config, matmul_flops_per_s=peak, machine=machine())
     case, sizes = _case(variant, shape)
     fwd_case = cast_case(case, dtype, requires_grad=False, device=device)
     grad_case = cast_case(case, dtype, requires_grad=True, device=device)
-    tokens = config.batch_heads * config.seq_len
     per_token = model_flops(variant, sizes)
     compute_chunk = shape["chunk"] if variant.schedule.fixed else None
     for name, fn in forms.items():
         for pass_ in passes:
             chunk = compute_chunk if name != "recurrent" else None
-            if pass_ == "forward":
-                run = _forward(variant, fn, fwd_case, chunk)
-            else:
-                run = _forward_backward(variant, fn, grad_case, chunk)
             try:
-                s = seconds(run, device)
+                if pass_ == "forward":
+                    run = _forward(variant, fn, fwd_case, chunk)
+                else:
+                    run = forward_backward(variant, fn, grad_case, chunk)
+                t = timing(run, device)
             except torch.OutOfMemoryError:
                 result.rows.append(Row(name, pass_, None))
                 torch.cuda.empty_cache()
@@ -127,10 +123,12 @@ def bench_shape(variant, forms: dict, shape: dict, dtype, device, peak: float, p
             flops = form_flops(variant, "recurrent", batch_heads=config.batch_heads, seq_len=config.seq_len,
                                sizes=sizes, chunk_size=shape["chunk"], backward=pass_ != "forward",
                                per_token=per_token)
-            result.rows.append(Row(name, pass_, s, tokens / s, flops, flops / s, flops / s / peak))
+            row = timed_row(name, pass_, t, config, flops, peak)
+            result.rows.append(row)
             if progress:
-                progress(f"{variant.name} T={config.seq_len} {name} {pass_}: {s * 1e3:.3f} ms, "
-                         f"{tokens / s / 1e6:.2f} M tokens/s, {100 * flops / s / peak:.1f}% of peak")
+                progress(f"{variant.name} T={config.seq_len} {name} {pass_}: {t.median * 1e3:.3f} ms "
+                         f"({t.min * 1e3:.3f}–{t.max * 1e3:.3f}), {row.tokens_per_s / 1e6:.2f} M head-tok/s, "
+                         f"{100 * row.fraction_of_matmul:.1f}% of peak")
     result.rows.append(Row("matmul", "forward", None, None, None, peak, 1.0))
     return result
 
@@ -193,7 +191,7 @@ def plot_scaling(rows: list[dict], device: str, path: Path) -> None:
             ax.plot(*zip(*pts), marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("sequence length T (tokens)")
-    ax.set_ylabel("tokens / s")
+    ax.set_ylabel("head-tokens / s (B·H·T)")
     ax.set_ylim(bottom=0)
     ax.set_title(f"lact_v2 throughput vs T (B=1, H=4, d=h=384, chunk 2048, bf16)\n{device}", fontsize=9)
     ax.grid(alpha=0.3)
@@ -331,7 +329,10 @@ def targets(out: dict) -> list[dict]:
 
 
 def table(out: dict) -> str:
-    lines = [f"\n{'variant':<17} {'form':<20} {'pass':<17} {'ms':>9} {'Mtok/s':>9} {'TFLOP/s':>8} {'%peak':>6}"]
+    """Every row: median ms and the repeats' min–max, M head-tokens/s (B·H·T) and M sequence
+    tokens/s (B·T), TFLOP/s and % of the same-run matmul peak; then the scaling and the targets."""
+    lines = [f"\n{'variant':<17} {'form':<20} {'pass':<17} {'ms':>9} {'min–max ms':>17} {'M head-tok/s':>12} "
+             f"{'M tok/s':>8} {'TFLOP/s':>8} {'%peak':>6}"]
     for v, res in out["results"].items():
         for r in res["rows"]:
             if r["name"] == "matmul":
@@ -339,11 +340,13 @@ def table(out: dict) -> str:
             if r["seconds"] is None:
                 lines.append(f"{v:<17} {r['name']:<20} {r['pass']:<17} {'OOM':>9}")
                 continue
-            lines.append(f"{v:<17} {r['name']:<20} {r['pass']:<17} {r['seconds'] * 1e3:9.3f} "
-                         f"{r['tokens_per_s'] / 1e6:9.2f} {r['flops_per_s'] / 1e12:8.1f} "
+            spread = spread_ms(r.get("seconds_min"), r.get("seconds_max"), ".3f")
+            sequence = "—" if r.get("sequence_tokens_per_s") is None else f"{r['sequence_tokens_per_s'] / 1e6:.2f}"
+            lines.append(f"{v:<17} {r['name']:<20} {r['pass']:<17} {r['seconds'] * 1e3:9.3f} {spread:>17} "
+                         f"{r['tokens_per_s'] / 1e6:12.2f} {sequence:>8} {r['flops_per_s'] / 1e12:8.1f} "
                          f"{100 * r['fraction_of_matmul']:6.1f}")
     for v, rows in out["scaling"].items():
-        lines.append(f"\n{v} tokens/s (M) vs T: " + ", ".join(
+        lines.append(f"\n{v} M head-tokens/s (B·H·T) vs T: " + ", ".join(
             f"{r['seq_len']}: {(r.get('triton_forward') or 0) / 1e6:.2f} fwd / "
             f"{(r.get('triton_forward+backward') or 0) / 1e6:.2f} fwd+bwd" for r in rows))
     for v, agree in out["agreement"].items():

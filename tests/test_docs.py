@@ -128,3 +128,35 @@ def test_catalog_results_match_the_engine():
         now = readme_tables.catalog_entry(entry["name"])
         for field in readme_tables.VERDICT_FIELDS:
             assert entry[field] == now[field], f"{entry['name']}: {field} is {now[field]!r}, committed {entry[field]!r}"
+
+
+def _timed_result(variant: str, config: dict, rows: list[dict]) -> dict:
+    return {"results": {variant: {"variant": variant, "config": config, "rows": rows}}}
+
+
+#: a row measured with its spread and B·T, and one from a file written before either was recorded
+SPREAD_ROWS = [
+    {"name": "chunk", "pass": "forward", "seconds": 0.002, "seconds_min": 0.0015, "seconds_max": 0.0031,
+     "tokens_per_s": 2.0e6, "sequence_tokens_per_s": 5.0e5, "fraction_of_matmul": 0.5, "speedup_vs_oracle": 3.0},
+    {"name": "recurrent", "pass": "forward", "seconds": 0.004, "tokens_per_s": 1.0e6, "fraction_of_matmul": 0.25,
+     "speedup_vs_oracle": 1.5},
+]
+
+
+@pytest.mark.parametrize("table", ["cpu_table", "gpu_table"])
+def test_timed_tables_show_the_spread_where_recorded(table):
+    """A row's min–max and B·T throughput appear where its results file records them and read
+    "—" where it does not (never made up); the headers say what tokens/s counts."""
+    render = getattr(_readme_tables(), table)
+    config = {"seq_len": 1024, "dim": 16, "chunk": 64, "batch_heads": 4, "batch": 1}
+    lines = render(_timed_result("gla", config, SPREAD_ROWS)).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[3:7] == ["ms", "min–max ms", f"{'k' if table == 'cpu_table' else 'M'} head-tok/s (B·H·T)",
+                           f"{'k' if table == 'cpu_table' else 'M'} tok/s (B·T)"]
+    measured, old = ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])
+    assert "B = 1, H = 4" in measured[0]
+    assert measured[4] == ("1.5–3.1" if table == "cpu_table" else "1.50–3.10")
+    assert measured[6] == ("500.0" if table == "cpu_table" else "0.5")
+    assert old[4] == old[6] == "—" and old[5] != "—"
+    older = {k: v for k, v in config.items() if k != "batch"}  # a file that does not record B
+    assert "B·H = 4" in render(_timed_result("gla", older, SPREAD_ROWS))

@@ -20,8 +20,12 @@ With --model nothing is timed: every parallel form runs once on fake tensors (no
 kernel, no GPU) and the table gives its bytes read and written per head-token (B*H*T), launches,
 matmul FLOPs and the time an H100 roofline predicts (verify/cost.py), forward and forward+backward.
 
-Figures are medians of --repeats calls after one warm-up, all measured in one run; tokens/s
-counts every (batch·head, token). FLOPs count matmuls only (see verify/flops.py), and
+Figures are medians of --repeats calls after one warm-up, with their min-max, all measured in
+one run. head-tok/s counts every (batch·head, token): B*H*T per call, as the LaCT paper's
+Table 2 does; tok/s counts the tokens of the caller's sequences, B*T, and here B = 1 (the B*H
+sequences are the heads of one), so tok/s = T per call / s. Forward+backward takes the gradients of
+the output and the final states with random output gradients drawn once, untimed
+(verify.bench.forward_backward). FLOPs count matmuls only (see verify/flops.py), and
 '% matmul' sets a form's FLOP/s against torch.matmul [BH, T, D] x [BH, D, D] timed alongside.
 """
 
@@ -95,20 +99,24 @@ def _num(x, fmt):
 
 
 def print_result(result) -> None:
+    from verify.bench import spread_ms
+
     c = result.config
     m = result.machine
     print(f"{result.variant}: B*H = {c.batch_heads}, T = {c.seq_len}, dims = {c.dim}, chunk = {c.chunk}, "
-          f"{c.dtype}, median of {c.repeats}")
+          f"{c.dtype}, median and min-max of {c.repeats}; head-tok/s counts B*H*T, tok/s B*T (B = {c.batch})")
     print(f"torch {m['torch']}, {m['threads']} threads, {m['platform']}\n")
     rows = [
-        [r.name, r.pass_, _num(r.seconds and r.seconds * 1e3, ".2f"), _num(r.tokens_per_s, ",.0f"),
+        [r.name, r.pass_, _num(r.seconds and r.seconds * 1e3, ".2f"),
+         spread_ms(r.seconds_min, r.seconds_max, missing="n/a"), _num(r.tokens_per_s, ",.0f"),
+         _num(r.sequence_tokens_per_s, ",.0f"),
          _num(r.flops and r.flops / 1e9, ".3f"), _num(r.flops_per_s and r.flops_per_s / 1e9, ".2f"),
          _num(r.fraction_of_matmul and 100 * r.fraction_of_matmul, ".1f"),
          _num(r.speedup_vs_oracle, ".1f")]
         for r in result.rows
     ]
-    headers = ["form", "pass", "ms", "tokens/s", "GFLOP", "GFLOP/s", "% matmul", "x oracle"]
-    print(format_table(headers, rows, align="llrrrrrr"))
+    headers = ["form", "pass", "ms", "min-max ms", "head-tok/s", "tok/s", "GFLOP", "GFLOP/s", "% matmul", "x oracle"]
+    print(format_table(headers, rows, align="llrrrrrrrr"))
     print("\nratios:")
     forms = [r.name for r in result.rows if r.name not in ("oracle", "matmul") and r.pass_ == "forward"]
     for name in forms:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from verify.bench import spread_ms
+
 __all__ = ["RESULTS_DIR", "gpu_results", "md_gpu"]
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
@@ -43,13 +45,17 @@ def md_gpu(variant: str, found: list[tuple[str, dict, dict]], directory: Path | 
         c = result.get("config", {})
         lines += [f"### {device}", "",
                   f"T = {c.get('seq_len')}, dims = {c.get('dim')}, chunk = {c.get('chunk')}, {c.get('dtype')}, "
-                  f"B·H = {c.get('batch_heads')}; torch {machine.get('torch', '?')}.", "",
-                  "| form | pass | ms | tokens/s | GFLOP/s |", "|---|---|---|---|---|"]
+                  f"B·H = {c.get('batch_heads')}; torch {machine.get('torch', '?')}. Head-tokens/s counts B·H·T per "
+                  "call, tokens/s B·T; min–max is the spread of the timed repeats (— where the run did not record "
+                  "it).", "",
+                  "| form | pass | ms | min–max ms | head-tokens/s (B·H·T) | tokens/s (B·T) | GFLOP/s |",
+                  "|---|---|---|---|---|---|---|"]
         for r in result.get("rows", []):
             if r.get("seconds") is None:
                 continue
-            lines.append(f"| {r['name']} | {r.get('pass', r.get('pass_'))} | {r['seconds'] * 1e3:.3f} | "
-                         f"{_num(r.get('tokens_per_s'), ',.0f')} | "
+            spread = spread_ms(r.get("seconds_min"), r.get("seconds_max"), ".3f")
+            lines.append(f"| {r['name']} | {r.get('pass', r.get('pass_'))} | {r['seconds'] * 1e3:.3f} | {spread} | "
+                         f"{_num(r.get('tokens_per_s'), ',.0f')} | {_num(r.get('sequence_tokens_per_s'), ',.0f')} | "
                          f"{_num(r.get('flops_per_s') and r['flops_per_s'] / 1e9, '.1f')} |")
         lines.append("")
     return "\n".join(lines)
