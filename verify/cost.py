@@ -195,11 +195,18 @@ def _scan_fused_backward_flops(q, k, v, g, states, final, do, d_final, block_siz
     return B * H * (8 * T * DK * DV + 6 * causal_pairs(T, block_size) * (DK + DV))
 
 
+def _linear_features_flops(xs, weights, epilogue):
+    """x W_i for every input x and weight W_i: 2·d·h per token and product."""
+    B, H, T, D = xs[0].shape
+    return 2 * len(xs) * len(weights) * B * H * T * D * weights[0].shape[-1]
+
+
 #: the matmul FLOPs of an ideal kernel for each tttla custom op, from its arguments
 KERNEL_FLOPS: dict[str, Callable[..., int]] = {
     "tttla::chunk_outer": _chunk_outer_flops,
     "tttla::chunk_read": _chunk_read_flops,
     "tttla::delta_scan": _delta_scan_flops,
+    "tttla::linear_features": _linear_features_flops,
     "tttla::delta_scan_backward": _delta_scan_backward_flops,
     "tttla::scan_fused": _scan_fused_flops,
     "tttla::scan_fused_backward": _scan_fused_backward_flops,
