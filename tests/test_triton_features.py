@@ -248,3 +248,19 @@ def test_compiles_for_a_gpu(tmp_path):
     run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0 and "compiled" in run.stdout, run.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_on_a_gpu(dtype):
+    """LaCT's widths on a GPU: φ(q), φ(k) in one launch against the fp64 torch feature map
+    (bf16 operands: the result is rounded to bf16, 2⁻⁸ relative)."""
+    key, torch_fn, n = EPILOGUES["swiglu"]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    B, T, H, D = 1, 4096, 4, 384
+    xs = [torch.randn(B, T, H, D, device="cuda", generator=gen).to(dtype).transpose(1, 2) for _ in range(2)]
+    ws = [(torch.randn(H, D, D, device="cuda", generator=gen) / D ** 0.5).to(dtype) for _ in range(n)]
+    outs = linear_features(xs, [w.expand(B, H, D, D) for w in ws], key)
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    for x, out in zip(xs, outs):
+        torch.testing.assert_close(out.double(), torch_fn(x.double(), *(w.double() for w in ws)), rtol=tol, atol=tol)
