@@ -37,7 +37,7 @@ import triton.testing
 from tttla_kernels.runtime import state_dtype
 
 __all__ = ["MASK_NONE", "MASK_CAUSAL", "MASK_ANTICAUSAL", "chunk_outer", "chunk_read", "check_device", "new_output",
-           "drop_nonfinite"]
+           "drop_nonfinite", "launch", "launch_candidates"]
 
 # Masks of the intra-chunk term of chunk_read: which tokens s of t's chunk it reads.
 MASK_NONE, MASK_CAUSAL, MASK_ANTICAUSAL = 0, 1, 2  # none; s ≤ t; s ≥ t (the transpose of causal)
@@ -96,13 +96,14 @@ _CANDIDATES = {
 }
 
 
-def _candidates(kernel: str, covers: dict[str, int], dtype: torch.dtype) -> list[dict]:
-    """Launch configs of ``kernel`` for ``dtype`` operands: each block (name → the size it must
-    cover, in the table's order) the power of two covering it, at most its cap."""
+def launch_candidates(table: dict, covers: dict[str, int], dtype: torch.dtype) -> list[dict]:
+    """Launch configs for ``dtype`` operands from a kernel's ``table`` (as in ``_CANDIDATES``): each
+    block (name → the size it must cover, in the table's order) the power of two covering it, at
+    most its cap."""
     width = "interpreter" if _interpreting() else dtype.itemsize * 8
     return [{**{name: _block(n, cap) for (name, n), cap in zip(covers.items(), caps)},
              "num_warps": warps, "num_stages": stages}
-            for caps, warps, stages in _CANDIDATES[kernel][width]]
+            for caps, warps, stages in table[width]]
 
 
 _TUNED: dict[tuple, dict] = {}
@@ -112,7 +113,7 @@ def _autotuning() -> bool:
     return os.environ.get("TTTLA_AUTOTUNE") == "1" and not _interpreting()
 
 
-def _launch(kernel, grid, args: tuple, flags: dict, key: tuple, candidates: list[dict]) -> None:
+def launch(kernel, grid, args: tuple, flags: dict, key: tuple, candidates: list[dict]) -> None:
     """Launch ``kernel`` on ``grid(config)``: the default config, or (TTTLA_AUTOTUNE=1) the fastest
     candidate for ``key``, timed once per key with triton.testing.do_bench (a candidate that fails
     to compile, e.g. for want of shared memory, is skipped). The kernels overwrite their whole
@@ -372,9 +373,9 @@ def _launch_outer(a: torch.Tensor, b: torch.Tensor, chunk_size: int) -> torch.Te
     def grid(cfg):
         return (triton.cdiv(DA, cfg["BA"]), triton.cdiv(DB, cfg["BB"]), N * B * H)
 
-    _launch(chunk_outer_kernel, grid, (a, b, out, T, chunk_size, N, DA, DB), {},
+    launch(chunk_outer_kernel, grid, (a, b, out, T, chunk_size, N, DA, DB), {},
             ("outer", DA, DB, chunk_size, T, B * H, a.dtype),
-            _candidates("outer", {"BA": DA, "BB": DB, "BT": chunk_size}, a.dtype))
+            launch_candidates(_CANDIDATES["outer"], {"BA": DA, "BB": DB, "BT": chunk_size}, a.dtype))
     return out
 
 
@@ -438,9 +439,9 @@ def _launch_read(q, k, v, S, chunk_size: int, mask: int, value_dim: int, g=None,
 
     flags = {"HAS_STATE": has_state, "MASK": mask, "GATE": gate, "ACC64": state_dtype(q) == torch.float64}
     table = "read_channel_gate" if gate in (_GATE_KEYS, _GATE_VALUES) else "read"
-    _launch(chunk_read_kernel, grid, (q, k, v, S, g, o, T, chunk_size, N, DK, value_dim, *strides), flags,
+    launch(chunk_read_kernel, grid, (q, k, v, S, g, o, T, chunk_size, N, DK, value_dim, *strides), flags,
             ("read", DK, value_dim, chunk_size, T, B * H, q.dtype, has_state, mask, gate),
-            _candidates(table, {"BT": chunk_size, "BK": DK, "BV": value_dim}, q.dtype))
+            launch_candidates(_CANDIDATES[table], {"BT": chunk_size, "BK": DK, "BV": value_dim}, q.dtype))
     return o
 
 

@@ -219,6 +219,12 @@ def _frobenius_normalize_backward_flops(X, dY, eps):
     return 7 * X.numel()
 
 
+def _linear_features_flops(xs, weights, epilogue):
+    """x W_i for every input x and weight W_i: 2·d·h per token and product."""
+    B, H, T, D = xs[0].shape
+    return 2 * len(xs) * len(weights) * B * H * T * D * weights[0].shape[-1]
+
+
 #: the matmul FLOPs of an ideal kernel for each tttla custom op, from its arguments
 KERNEL_FLOPS: dict[str, Callable[..., int]] = {
     "tttla::chunk_outer": _chunk_outer_flops,
@@ -228,6 +234,7 @@ KERNEL_FLOPS: dict[str, Callable[..., int]] = {
     "tttla::frobenius_normalize": _frobenius_normalize_flops,
     "tttla::frobenius_normalize_backward": _frobenius_normalize_backward_flops,
     "tttla::delta_scan": _delta_scan_flops,
+    "tttla::linear_features": _linear_features_flops,
     "tttla::delta_scan_backward": _delta_scan_backward_flops,
     "tttla::scan_fused": _scan_fused_flops,
     "tttla::scan_fused_backward": _scan_fused_backward_flops,
@@ -260,7 +267,7 @@ def _kernel_costs(name: str, func, args, kwargs, out) -> list[OpCost]:
             costs.append(OpCost(f"{name} (launcher copy)", tensor_bytes(t), t.numel() * t.element_size(), 0, 1,
                                 t.dtype))
     unread = _unread(name, full)
-    read = sum(tensor_bytes(t) for i, t in enumerate(full) if isinstance(t, torch.Tensor) and i not in unread)
+    read = sum(tensor_bytes(t) for i, a in enumerate(full) if i not in unread for t in _tensors(a))  # lists too
     written = sum(tensor_bytes(t) for t in _tensors(out))
     costs.append(OpCost(name, read, written, KERNEL_FLOPS[name](*full), 1, dtype))
     return costs
