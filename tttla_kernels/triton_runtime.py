@@ -18,7 +18,10 @@ kernel launch.
 
 Operands enter ``tl.dot`` in their own dtype (fp16/bf16 on tensor cores; fp32 and fp64 at full
 ("ieee") precision) and accumulate in fp32 (fp64 for fp64 operands); the states S are kept in
-the accumulator dtype and rounded to the operands' dtype only as a dot operand. Block sizes are
+the accumulator dtype and rounded to the operands' dtype only as a dot operand. The token
+operands (``[B, H, T, D]``) are read through their batch, head and token strides — a heads-first
+view ``x.transpose(1, 2)`` of a caller's ``[B, T, H, D]`` tensor needs no copy — and a launcher
+copies one only when its channels are not at unit stride (``launcher_copies``). Block sizes are
 powers of two (≥ 16 for ``tl.dot``) with masked loads; offsets are int64. Each kernel has a
 default launch configuration per operand width and, with ``TTTLA_AUTOTUNE=1`` on a GPU, a short
 list of candidates timed once per problem. Triton's CPU interpreter (``TRITON_INTERPRET=1``,
@@ -37,7 +40,7 @@ import triton.testing
 from tttla_kernels.runtime import state_dtype
 
 __all__ = ["MASK_NONE", "MASK_CAUSAL", "MASK_ANTICAUSAL", "chunk_outer", "chunk_read", "check_device", "new_output",
-           "drop_nonfinite", "launch", "launch_candidates"]
+           "drop_nonfinite", "launch", "launch_candidates", "launcher_copies"]
 
 # Masks of the intra-chunk term of chunk_read: which tokens s of t's chunk it reads.
 MASK_NONE, MASK_CAUSAL, MASK_ANTICAUSAL = 0, 1, 2  # none; s ≤ t; s ≥ t (the transpose of causal)
@@ -149,15 +152,27 @@ def new_output(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> t
 
 
 @triton.jit
-def chunk_outer_kernel(
-    a_ptr, b_ptr, out_ptr, T, L, N, DA, DB,
-    BT: tl.constexpr, BA: tl.constexpr, BB: tl.constexpr,
-):
-    """out[bh, n] = Σ_{t ∈ chunk n} a[bh, t]ᵀ b[bh, t].
+def _head(ptr, i_bh, H, stride_b, stride_h):
+    """The address of program ``i_bh = b·H + h``'s (batch, head) slice of a tensor ``[B, H, ...]``
+    read through its strides (a size-1 or broadcast dimension may carry any stride)."""
+    return ptr + (i_bh // H) * stride_b + (i_bh % H) * stride_h
 
-    a ``[BH, T, DA]``, b ``[BH, T, DB]`` contiguous; out ``[BH, N, DA, DB]`` contiguous, in
-    the accumulator dtype (fp32, fp64 for fp64 inputs). Grid ``(⌈DA/BA⌉, ⌈DB/BB⌉, N·BH)``;
-    chunk n holds tokens [nL, min((n+1)L, T)), read BT at a time (masked ragged tail).
+
+@triton.jit
+def chunk_outer_kernel(
+    a_ptr, b_ptr, scale_ptr, out_ptr, T, L, N, H, DA, DB,
+    a_stride_b, a_stride_h, a_stride_t, b_stride_b, b_stride_h, b_stride_t,
+    scale_stride_b, scale_stride_h, scale_stride_t,
+    HAS_SCALE: tl.constexpr, BT: tl.constexpr, BA: tl.constexpr, BB: tl.constexpr,
+):
+    """out[bh, n] = Σ_{t ∈ chunk n} a[bh, t]ᵀ (scale[bh, t] b[bh, t]) (no scale: 1).
+
+    a ``[B, H, T, DA]``, b ``[B, H, T, DB]`` read through their (batch, head, token) strides, the
+    channels at unit stride; scale ``[B, H, T]`` through its strides, multiplying each row of b in
+    the accumulator dtype before it is rounded to b's dtype for the product; out
+    ``[B·H, N, DA, DB]`` contiguous, in the accumulator dtype (fp32, fp64 for fp64 inputs). Grid
+    ``(⌈DA/BA⌉, ⌈DB/BB⌉, N·B·H)``; chunk n holds tokens [nL, min((n+1)L, T)), read BT at a time
+    (masked ragged tail).
     """
     i_a, i_b, i_nbh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_bh, i_n = i_nbh // N, i_nbh % N
@@ -166,16 +181,20 @@ def chunk_outer_kernel(
     offs_b = i_b * BB + tl.arange(0, BB)
     start = i_n * L
     end = tl.minimum(start + L, T)
-    a_base = a_ptr + i_bh * T * DA
-    b_base = b_ptr + i_bh * T * DB
+    a_base = _head(a_ptr, i_bh, H, a_stride_b, a_stride_h)
+    b_base = _head(b_ptr, i_bh, H, b_stride_b, b_stride_h)
+    scale_base = _head(scale_ptr, i_bh, H, scale_stride_b, scale_stride_h)
     acc = tl.zeros([BA, BB], dtype=acc_t)
     for t0 in range(0, L, BT):
         offs_t = start + t0 + tl.arange(0, BT)
         in_chunk = offs_t < end
-        a = tl.load(a_base + offs_t[:, None] * DA + offs_a[None, :],
+        a = tl.load(a_base + offs_t[:, None] * a_stride_t + offs_a[None, :],
                     mask=in_chunk[:, None] & (offs_a[None, :] < DA), other=0.0)  # [BT, BA]
-        b = tl.load(b_base + offs_t[:, None] * DB + offs_b[None, :],
+        b = tl.load(b_base + offs_t[:, None] * b_stride_t + offs_b[None, :],
                     mask=in_chunk[:, None] & (offs_b[None, :] < DB), other=0.0)  # [BT, BB]
+        if HAS_SCALE:  # scale_t b_t, multiplied in the accumulator dtype
+            scale = tl.load(scale_base + offs_t * scale_stride_t, mask=in_chunk, other=0.0).to(acc_t)  # [BT]
+            b = (b.to(acc_t) * scale[:, None]).to(b_ptr.dtype.element_ty)
         acc += tl.dot(tl.trans(a), b, input_precision="ieee").to(acc_t)
     out = out_ptr + (i_bh * N + i_n) * DA * DB
     tl.store(out + offs_a[:, None] * DB + offs_b[None, :], acc,
@@ -196,14 +215,15 @@ def drop_nonfinite(v, causal: tl.constexpr):
 
 
 @triton.jit
-def _gate_tile(g_base, offs_t, rows, offs_c, n_c, PER_CHANNEL: tl.constexpr):
-    """The cumulative log gate G of tokens ``offs_t``: ``[BT, BC]`` per channel (channels ``offs_c``
-    of ``n_c``), ``[BT]`` for a scalar gate; 0 outside the rows and channels."""
+def _gate_tile(g_base, g_stride_t, offs_t, rows, offs_c, n_c, PER_CHANNEL: tl.constexpr):
+    """The cumulative log gate G of tokens ``offs_t`` (``g_stride_t`` apart): ``[BT, BC]`` per
+    channel (channels ``offs_c`` of ``n_c``), ``[BT]`` for a scalar gate; 0 outside the rows and
+    channels."""
     if PER_CHANNEL:
-        g = tl.load(g_base + offs_t[:, None] * n_c + offs_c[None, :],
+        g = tl.load(g_base + offs_t[:, None] * g_stride_t + offs_c[None, :],
                     mask=rows[:, None] & (offs_c[None, :] < n_c), other=0.0)
     else:
-        g = tl.load(g_base + offs_t, mask=rows, other=0.0)
+        g = tl.load(g_base + offs_t * g_stride_t, mask=rows, other=0.0)
     return g
 
 
@@ -216,23 +236,26 @@ def _decay(log_decay, keep):
 
 @triton.jit
 def chunk_read_kernel(
-    q_ptr, k_ptr, v_ptr, s_ptr, g_ptr, o_ptr, T, L, N, DK, DV,
-    s_stride_bh, s_stride_n, s_stride_r, s_stride_c,
+    q_ptr, k_ptr, v_ptr, s_ptr, g_ptr, o_ptr, T, L, N, H, DK, DV,
+    q_stride_b, q_stride_h, q_stride_t, k_stride_b, k_stride_h, k_stride_t,
+    v_stride_b, v_stride_h, v_stride_t, g_stride_b, g_stride_h, g_stride_t,
+    s_stride_b, s_stride_h, s_stride_n, s_stride_r, s_stride_c,
     HAS_STATE: tl.constexpr, MASK: tl.constexpr, GATE: tl.constexpr, ACC64: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
     """o[bh, t] = q_t S_{c(t)} + Σ_{s ∈ chunk c(t), mask(s, t)} (q_t · k_s) v_s, optionally gated.
 
-    q, k ``[BH, T, DK]``, v and o ``[BH, T, DV]`` contiguous, one dtype; S ``[BH, N, DK, DV]``
-    (the accumulator dtype) read through its strides (a transposed view needs no copy) and
-    rounded to q's dtype for the product. HAS_STATE: add the state term; MASK: 0 no intra-chunk
-    term, 1 s ≤ t, 2 s ≥ t. Grid ``(⌈DV/BV⌉, N·⌈L/BT⌉, BH)``: a program writes BT tokens of one
+    q, k ``[B, H, T, DK]`` and v ``[B, H, T, DV]`` (one dtype) read through their (batch, head,
+    token) strides, the channels at unit stride; o ``[B·H, T, DV]`` contiguous; S
+    ``[B, H, N, DK, DV]`` (the accumulator dtype) read through all its strides (a transposed view
+    needs no copy) and rounded to q's dtype for the product. HAS_STATE: add the state term;
+    MASK: 0 no intra-chunk term, 1 s ≤ t, 2 s ≥ t. Grid ``(⌈DV/BV⌉, N·⌈L/BT⌉, B·H)``: a program writes BT tokens of one
     chunk (masked ragged tail), accumulating in fp32 (fp64 when ACC64). A NaN or inf in q_t, k_s
     or v_s reaches only the rows t that read it (``drop_nonfinite``).
 
     GATE: 0 none; G the cumulative log gate (within each chunk) ``g`` holds, in the accumulator
-    dtype — 1 scalar ``[BH, T]``, 2 per key channel ``[BH, T, DK]``, 3 per value channel
-    ``[BH, T, DV]``. The gated read is
+    dtype, read through its strides (channels at unit stride) — 1 scalar ``[B, H, T]``, 2 per key
+    channel ``[B, H, T, DK]``, 3 per value channel ``[B, H, T, DV]``. The gated read is
 
         o_tj = Σ_c q_tc e^{G_tc} S_cj + Σ_{s, mask(s, t)} Σ_c q_tc k_sc v_sj e^{G_tc − G_sc}  (1, 2)
         o_tj = e^{G_tj} (q_t S)_j + Σ_{s, mask(s, t)} (q_t · k_s) v_sj e^{G_tj − G_sj}          (3)
@@ -259,29 +282,27 @@ def chunk_read_kernel(
     rows = offs_t < end
     offs_v = i_v * BV + tl.arange(0, BV)
     cols = offs_v < DV
-    q_base = q_ptr + i_bh * T * DK
-    k_base = k_ptr + i_bh * T * DK
-    v_base = v_ptr + i_bh * T * DV
-    # the gate's channels per token: 1 (scalar), DK (per key channel), DV (per value channel)
-    n_g = DK if GATE == 2 else (DV if GATE == 3 else 1)
-    g_base = g_ptr + i_bh * T * n_g
+    q_base = _head(q_ptr, i_bh, H, q_stride_b, q_stride_h)
+    k_base = _head(k_ptr, i_bh, H, k_stride_b, k_stride_h)
+    v_base = _head(v_ptr, i_bh, H, v_stride_b, v_stride_h)
+    g_base = _head(g_ptr, i_bh, H, g_stride_b, g_stride_h)
     acc = tl.zeros([BT, BV], dtype=acc_t)
     poisoned = tl.zeros([BT, BV], dtype=tl.int1)  # a non-finite value v_s with mask(s, t) in column c
     if HAS_STATE:  # q_t S_{c(t)}
-        s_base = s_ptr + i_bh * s_stride_bh + i_n * s_stride_n
+        s_base = _head(s_ptr, i_bh, H, s_stride_b, s_stride_h) + i_n * s_stride_n
         for k0 in range(0, DK, BK):
             offs_k = k0 + tl.arange(0, BK)
-            q = tl.load(q_base + offs_t[:, None] * DK + offs_k[None, :],
+            q = tl.load(q_base + offs_t[:, None] * q_stride_t + offs_k[None, :],
                         mask=rows[:, None] & (offs_k[None, :] < DK), other=0.0)  # [BT, BK]
             if GATE == 2:  # q_t ⊙ e^{G_t}
-                q = (q.to(acc_t) * tl.exp(_gate_tile(g_base, offs_t, rows, offs_k, DK, True))).to(in_t)
+                q = (q.to(acc_t) * tl.exp(_gate_tile(g_base, g_stride_t, offs_t, rows, offs_k, DK, True))).to(in_t)
             s = tl.load(s_base + offs_k[:, None] * s_stride_r + offs_v[None, :] * s_stride_c,
                         mask=(offs_k[:, None] < DK) & cols[None, :], other=0.0).to(in_t)  # [BK, BV]
             acc += tl.dot(q, s, input_precision="ieee").to(acc_t)
         if GATE == 1:
-            acc *= tl.exp(_gate_tile(g_base, offs_t, rows, offs_v, 1, False))[:, None]
+            acc *= tl.exp(_gate_tile(g_base, g_stride_t, offs_t, rows, offs_v, 1, False))[:, None]
         if GATE == 3:
-            acc *= tl.exp(_gate_tile(g_base, offs_t, rows, offs_v, DV, True))
+            acc *= tl.exp(_gate_tile(g_base, g_stride_t, offs_t, rows, offs_v, DV, True))
     if MASK != 0:  # the chunk's own tokens, one block of BT sources at a time
         if MASK == 1:
             lo, hi = 0, i_j + 1
@@ -290,10 +311,10 @@ def chunk_read_kernel(
             lo, hi = i_j, n_blocks
             ref = tl.minimum(start + i_j * BT + BT, end) - 1  # at or after every row, before every source
         if GATE == 1:
-            g_rows = _gate_tile(g_base, offs_t, rows, offs_v, 1, False)  # [BT]
+            g_rows = _gate_tile(g_base, g_stride_t, offs_t, rows, offs_v, 1, False)  # [BT]
         if GATE == 3:
-            g_rows = _gate_tile(g_base, offs_t, rows, offs_v, DV, True)  # [BT, BV]
-            g_ref = tl.load(g_base + ref * DV + offs_v, mask=cols, other=0.0)  # [BV]
+            g_rows = _gate_tile(g_base, g_stride_t, offs_t, rows, offs_v, DV, True)  # [BT, BV]
+            g_ref = tl.load(g_base + ref * g_stride_t + offs_v, mask=cols, other=0.0)  # [BV]
         for i_s in range(lo, hi):
             offs_s = start + i_s * BT + tl.arange(0, BT)
             sources = offs_s < end
@@ -305,34 +326,34 @@ def chunk_read_kernel(
             scores = tl.zeros([BT, BT], dtype=acc_t)  # q_t · k_s
             for k0 in range(0, DK, BK):
                 offs_k = k0 + tl.arange(0, BK)
-                q = tl.load(q_base + offs_t[:, None] * DK + offs_k[None, :],
+                q = tl.load(q_base + offs_t[:, None] * q_stride_t + offs_k[None, :],
                             mask=rows[:, None] & (offs_k[None, :] < DK), other=0.0)  # [BT, BK]
-                k = tl.load(k_base + offs_s[:, None] * DK + offs_k[None, :],
+                k = tl.load(k_base + offs_s[:, None] * k_stride_t + offs_k[None, :],
                             mask=sources[:, None] & (offs_k[None, :] < DK), other=0.0)  # [BT, BK]
                 if GATE == 2:  # Σ_c q_tc k_sc e^{G_tc − G_sc}
-                    g_q = _gate_tile(g_base, offs_t, rows, offs_k, DK, True)  # [BT, BK]
-                    g_k = _gate_tile(g_base, offs_s, sources, offs_k, DK, True)  # [BT, BK]
+                    g_q = _gate_tile(g_base, g_stride_t, offs_t, rows, offs_k, DK, True)  # [BT, BK]
+                    g_k = _gate_tile(g_base, g_stride_t, offs_s, sources, offs_k, DK, True)  # [BT, BK]
                     if i_s == i_j:  # the per-pair, per-channel product
                         scores += tl.sum(q.to(acc_t)[:, None, :] * k.to(acc_t)[None, :, :]
                                          * _decay(g_q[:, None, :] - g_k[None, :, :], pair[:, :, None]), axis=2)
                     else:  # through the reference token: q_t e^{G_t − G_r} · k_s e^{G_r − G_s}
-                        g_r = tl.load(g_base + ref * DK + offs_k, mask=offs_k < DK, other=0.0)[None, :]
+                        g_r = tl.load(g_base + ref * g_stride_t + offs_k, mask=offs_k < DK, other=0.0)[None, :]
                         q = (q.to(acc_t) * _decay(g_q - g_r, rows[:, None])).to(in_t)
                         k = (k.to(acc_t) * _decay(g_r - g_k, sources[:, None])).to(in_t)
                         scores += tl.dot(q, tl.trans(k), input_precision="ieee").to(acc_t)
                 else:
                     scores += tl.dot(q, tl.trans(k), input_precision="ieee").to(acc_t)
             if GATE == 1:  # e^{G_t − G_s}
-                g_src = _gate_tile(g_base, offs_s, sources, offs_v, 1, False)
+                g_src = _gate_tile(g_base, g_stride_t, offs_s, sources, offs_v, 1, False)
                 scores *= _decay(g_rows[:, None] - g_src[None, :], pair)
             scores = tl.where(keep & sources[None, :], scores, 0.0)
-            v = tl.load(v_base + offs_s[:, None] * DV + offs_v[None, :],
+            v = tl.load(v_base + offs_s[:, None] * v_stride_t + offs_v[None, :],
                         mask=sources[:, None] & cols[None, :], other=0.0)  # [BT, BV]
             if i_s == i_j:  # the diagonal block, where the mask drops sources: see drop_nonfinite
                 v, reached = drop_nonfinite(v, MASK == 1)
                 poisoned = poisoned | reached
             if GATE == 3:  # Σ_s scores_ts v_sj e^{G_tj − G_sj}
-                g_v = _gate_tile(g_base, offs_s, sources, offs_v, DV, True)  # [BT, BV]
+                g_v = _gate_tile(g_base, g_stride_t, offs_s, sources, offs_v, DV, True)  # [BT, BV]
                 if i_s == i_j:  # the per-pair, per-channel product
                     acc += tl.sum(scores[:, :, None] * v.to(acc_t)[None, :, :]
                                   * _decay(g_rows[:, None, :] - g_v[None, :, :], pair[:, :, None]), axis=1)
@@ -347,35 +368,64 @@ def chunk_read_kernel(
              mask=rows[:, None] & cols[None, :])
 
 
-def _merged_stride(S: torch.Tensor) -> int | None:
-    """The stride of the merged index b·H + h of ``S [B, H, ...]``, or None when batch and head
-    do not merge (a size-1 dimension may carry any stride, so it must not be trusted)."""
-    B, H = S.shape[:2]
-    if H == 1:
-        return S.stride(0)
-    if B == 1 or S.stride(0) == H * S.stride(1):
-        return S.stride(1)
-    return None
+def launcher_copies(x: torch.Tensor) -> bool:
+    """Whether a launcher copies the token operand ``x`` (``[B, H, T, D]``, or ``[B, H, T]`` for a
+    scalar gate or a scale) before its kernel reads it: only when its D > 1 channels are not at unit
+    stride. Every other stride (batch, head, token: a heads-first view ``x.transpose(1, 2)`` of a
+    ``[B, T, H, D]`` tensor, a batch-expanded view) is passed to the kernel. verify/cost.py counts
+    a launcher's copies with this."""
+    return x.dim() == 4 and x.shape[-1] > 1 and x.stride(-1) != 1
 
 
-def _launch_outer(a: torch.Tensor, b: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """Σ_{t ∈ n} a_tᵀ b_t per chunk: a ``[B, H, T, Da]``, b ``[B, H, T, Db]`` (one dtype) →
-    ``[B, H, N, Da, Db]`` in the accumulator dtype (fp32, fp64 for fp64 operands)."""
+def _strided(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as its kernel reads it: itself, or a contiguous copy when ``launcher_copies(x)``."""
+    return x.contiguous() if launcher_copies(x) else x
+
+
+def _token_strides(x: torch.Tensor) -> tuple[int, int, int]:
+    """The (batch, head, token) strides of a token operand ``[B, H, T, ...]``."""
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _check_scale(scale: torch.Tensor, a: torch.Tensor) -> None:
+    """chunk_outer's per-token scale: ``[B, H, T]`` in a's dtype or the accumulator dtype, on a's
+    device; a ValueError names what is wrong."""
+    B, H, T = a.shape[:3]
+    if tuple(scale.shape) != (B, H, T):
+        raise ValueError(f"chunk_outer: scale must have shape [B, H, T] = {[B, H, T]}, got {list(scale.shape)}")
+    if scale.dtype not in (a.dtype, state_dtype(a)):
+        raise ValueError(f"chunk_outer: scale must be in the operands' dtype {a.dtype} or the accumulator dtype "
+                         f"{state_dtype(a)}, got {scale.dtype}")
+    if scale.device != a.device:
+        raise ValueError(f"chunk_outer: scale must be on the device of a ({a.device}), got {scale.device}")
+
+
+def _launch_outer(a: torch.Tensor, b: torch.Tensor, chunk_size: int, scale: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """Σ_{t ∈ n} a_tᵀ (scale_t b_t) per chunk: a ``[B, H, T, Da]``, b ``[B, H, T, Db]`` (one dtype),
+    scale ``[B, H, T]`` or None → ``[B, H, N, Da, Db]`` in the accumulator dtype (fp32, fp64 for
+    fp64 operands)."""
     check_device(a)
     if a.dtype != b.dtype:
         raise ValueError(f"chunk_outer: a and b must share a dtype, got {a.dtype} and {b.dtype}")
-    a, b = a.contiguous(), b.contiguous()
+    if scale is not None:
+        _check_scale(scale, a)
+    a, b = _strided(a), _strided(b)
     B, H, T, DA = a.shape
     DB = b.shape[-1]
     N = triton.cdiv(T, chunk_size)
     out = new_output((B, H, N, DA, DB), a, state_dtype(a))  # the accumulator dtype
+    has_scale = scale is not None
+    scale_strides = _token_strides(scale) if has_scale else (0, 0, 0)
 
     def grid(cfg):
         return (triton.cdiv(DA, cfg["BA"]), triton.cdiv(DB, cfg["BB"]), N * B * H)
 
-    launch(chunk_outer_kernel, grid, (a, b, out, T, chunk_size, N, DA, DB), {},
-            ("outer", DA, DB, chunk_size, T, B * H, a.dtype),
-            launch_candidates(_CANDIDATES["outer"], {"BA": DA, "BB": DB, "BT": chunk_size}, a.dtype))
+    launch(chunk_outer_kernel, grid,
+           (a, b, scale if has_scale else a, out, T, chunk_size, N, H, DA, DB,  # a: not read
+            *_token_strides(a), *_token_strides(b), *scale_strides), {"HAS_SCALE": has_scale},
+           ("outer", DA, DB, chunk_size, T, B * H, a.dtype, has_scale),
+           launch_candidates(_CANDIDATES["outer"], {"BA": DA, "BB": DB, "BT": chunk_size}, a.dtype))
     return out
 
 
@@ -414,60 +464,82 @@ def _gate_mode(g: torch.Tensor | None, q: torch.Tensor, value_dim: int, gate_val
 def _launch_read(q, k, v, S, chunk_size: int, mask: int, value_dim: int, g=None, gate_values: bool = False
                  ) -> torch.Tensor:
     """o_t = q_t S_{c(t)} + Σ_{s ∈ c(t), mask} (q_t · k_s) v_s: q ``[B, H, T, Dk]``, k ``[B, H, T, Dk]``
-    or None, v ``[B, H, T, Dv]`` or None (q's dtype), S ``[B, H, N, Dk, Dv]`` (any strides) or None
-    → ``[B, H, T, Dv]`` in q's dtype; gated by the cumulative log gate g (see ``chunk_read``)."""
+    or None, v ``[B, H, T, Dv]`` or None (q's dtype; any strides but the channels', see
+    ``launcher_copies``), S ``[B, H, N, Dk, Dv]`` (any strides) or None → ``[B, H, T, Dv]``
+    contiguous in q's dtype; gated by the cumulative log gate g (see ``chunk_read``)."""
     check_device(q)
     gate = _gate_mode(g, q, value_dim, gate_values)
-    q = q.contiguous()
+    q = _strided(q)
     B, H, T, DK = q.shape
     N = triton.cdiv(T, chunk_size)
-    k = q if k is None else k.contiguous()
-    v = q if v is None else v.contiguous()
-    g = q if g is None else g.contiguous()  # q: not read
+    k, v, g = (q if x is None else _strided(x) for x in (k, v, g))  # q: not read
     o = new_output((B, H, T, value_dim), q)
     has_state = S is not None
-    strides = (0, 0, 0, 0)
-    if not has_state:
-        S = q  # not read
-    else:
-        if _merged_stride(S) is None:
-            S = S.contiguous()
-        strides = (_merged_stride(S), S.stride(2), S.stride(3), S.stride(4))
+    state_strides = S.stride() if has_state else (0,) * 5
+    token_strides = (stride for x in (q, k, v, g) for stride in _token_strides(x))
 
     def grid(cfg):
         return _read_grid(value_dim, N, chunk_size, B * H, cfg["BT"], cfg["BV"])
 
     flags = {"HAS_STATE": has_state, "MASK": mask, "GATE": gate, "ACC64": state_dtype(q) == torch.float64}
     table = "read_channel_gate" if gate in (_GATE_KEYS, _GATE_VALUES) else "read"
-    launch(chunk_read_kernel, grid, (q, k, v, S, g, o, T, chunk_size, N, DK, value_dim, *strides), flags,
+    launch(chunk_read_kernel, grid,
+           (q, k, v, S if has_state else q, g, o, T, chunk_size, N, H, DK, value_dim,  # q: not read
+            *token_strides, *state_strides), flags,
             ("read", DK, value_dim, chunk_size, T, B * H, q.dtype, has_state, mask, gate),
             launch_candidates(_CANDIDATES[table], {"BT": chunk_size, "BK": DK, "BV": value_dim}, q.dtype))
     return o
 
 
 @torch.library.custom_op("tttla::chunk_outer", mutates_args=())
-def chunk_outer(a: torch.Tensor, b: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """Per chunk n, Σ_{t ∈ n} a_tᵀ b_t: a ``[B, H, T, Da]``, b ``[B, H, T, Db]`` → ``[B, H, N, Da, Db]``."""
-    return _launch_outer(a, b, chunk_size)
+def chunk_outer(a: torch.Tensor, b: torch.Tensor, chunk_size: int, scale: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """Per chunk n, Σ_{t ∈ n} a_tᵀ (scale_t b_t): a ``[B, H, T, Da]``, b ``[B, H, T, Db]`` →
+    ``[B, H, N, Da, Db]`` in the accumulator dtype (fp32, fp64 for fp64 operands).
+
+    a and b are read through their strides (a heads-first view of ``[B, T, H, D]`` needs no copy;
+    only channels not at unit stride are copied). scale, optional: ``[B, H, T]`` (any strides) in
+    the operands' dtype or the accumulator dtype; each row b_t is multiplied by scale_t in the
+    accumulator dtype on load, then rounded to the operands' dtype for the product (exact up to
+    that rounding: in fp64, one fp64 product), so scale ⊙ b is never materialised (LaCT's
+    ΔS_n = φ(K_n)ᵀ (η_n ⊙ V_n) reads V in place).
+    """
+    return _launch_outer(a, b, chunk_size, scale)
 
 
 @chunk_outer.register_fake
-def _(a, b, chunk_size):
+def _(a, b, chunk_size, scale=None):
     B, H, T, DA = a.shape
     return a.new_empty(B, H, -(-T // chunk_size), DA, b.shape[-1], dtype=state_dtype(a))  # as _launch_outer
 
 
 def _outer_setup(ctx, inputs, output):
-    a, b, ctx.chunk_size = inputs
-    ctx.save_for_backward(a, b)
+    a, b, ctx.chunk_size, scale = inputs
+    ctx.save_for_backward(a, b, scale)
+
+
+def _scale_rows(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """scale_t x_t (x ``[B, H, T, D]``, scale ``[B, H, T]``), multiplied in the wider of the two
+    dtypes and returned in x's."""
+    return (x * scale[..., None]).to(x.dtype)
 
 
 def _outer_backward(ctx, grad):
-    """∂/∂a_t = b_t Gᵀ_{c(t)} and ∂/∂b_t = a_t G_{c(t)}: two state-only reads."""
-    a, b = ctx.saved_tensors
+    """With G_n = ∂L/∂out_n and b̃_t = scale_t b_t (b̃ = b without a scale), two state-only reads:
+
+        ∂a_t = b̃_t G_{c(t)}ᵀ = scale_t (b_t G_{c(t)}ᵀ),   r_t = a_t G_{c(t)},
+        ∂b_t = scale_t r_t,   ∂scale_t = b_t · r_t.
+    """
+    a, b, scale = ctx.saved_tensors
     grad_a = chunk_read(b, None, None, grad.mT, ctx.chunk_size, MASK_NONE, a.shape[-1])
     grad_b = chunk_read(a, None, None, grad, ctx.chunk_size, MASK_NONE, b.shape[-1])
-    return grad_a, grad_b, None
+    if scale is None:
+        return grad_a, grad_b, None, None
+    grad_scale = None
+    if ctx.needs_input_grad[3]:
+        acc = state_dtype(a)
+        grad_scale = (b.to(acc) * grad_b.to(acc)).sum(-1).to(scale.dtype)
+    return _scale_rows(grad_a, scale), _scale_rows(grad_b, scale), None, grad_scale
 
 
 chunk_outer.register_autograd(_outer_backward, setup_context=_outer_setup)
@@ -488,7 +560,9 @@ def chunk_read(
     """o_t = q_t S_{c(t)} + Σ_{s ∈ c(t), mask(s, t)} (q_t · k_s) v_s → ``[B, H, T, value_dim]``.
 
     q, k ``[B, H, T, Dk]``, v ``[B, H, T, value_dim]``, S ``[B, H, N, Dk, value_dim]``; k and v
-    are only read with an intra-chunk mask, S only when given.
+    are only read with an intra-chunk mask, S only when given. Every operand is read through its
+    strides (q, k, v and g copied only when their channels are not at unit stride); o is
+    contiguous.
 
     g, the optional gate: the cumulative log gate G_t = Σ_{s ∈ c(t), s ≤ t} log γ_s *within each
     chunk* (restarting at every chunk start; the caller's cumsum, so autograd reaches the per-token
@@ -541,7 +615,8 @@ def _read_backward(ctx, dO):
               = read(v, dO, q, −, flipped, −G on the value channels): the row is s, the column
                 t, so the exponent (−G_sc) − (−G_tc) = G_tc − G_sc is ≤ 0 under the flipped mask,
         dv_s  = Σ_{t, mask} A_ts dO_t = read(k, q, dO, −, flipped, −G on the key channels),
-        dS_n  = Σ_{t ∈ n} (q_t ⊙ e^{G_t})ᵀ dO_t = chunk_outer(q ⊙ e^G, dO).
+        dS_n  = Σ_{t ∈ n} (q_t ⊙ e^{G_t})ᵀ dO_t = chunk_outer(q ⊙ e^G, dO) (a scalar gate: chunk_outer's
+                scale, e^{G_t} applied to dO_t on load).
 
     The gate's gradient: G_tc enters o through e^{G_tc} in the state term and e^{G_tc − G_sc} as the
     row t of a pair, each term's derivative being the term itself, which summed against dO_t is
@@ -562,6 +637,8 @@ def _read_backward(ctx, dO):
     if S is not None:
         if g is None:
             grad_S = chunk_outer(q, dO, L)
+        elif g.dim() == 3:  # a scalar gate: Σ_t q_tᵀ (e^{G_t} dO_t), e^G applied on load
+            grad_S = chunk_outer(q, dO, L, g.exp())
         elif gate_values:
             grad_S = chunk_outer(q, dO * _gate_factor(g, dO), L)
         else:

@@ -16,7 +16,9 @@ no memory is allocated and no kernel runs, so the paper's shapes cost nothing on
   for the ``tttla::`` kernels the products an ideal kernel computes (:data:`KERNEL_FLOPS`).
 
 A ``tttla::`` kernel is counted as an ideal kernel (its inputs read once, its outputs written once)
-plus the ``.contiguous()`` copies its launcher makes of operands that are not contiguous.
+plus the copies its launcher makes: chunk_outer and chunk_read read their operands through their
+strides and copy one only when its channels are not at unit stride
+(``triton_runtime.launcher_copies``).
 
 The prediction (:meth:`Tally.seconds`) is a roofline: each op takes max(bytes / HBM bandwidth,
 FLOPs / peak of its operands' dtype), ops run one after another, and each launch adds a fixed
@@ -36,7 +38,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from tttla_kernels.triton_runtime import MASK_NONE
+from tttla_kernels.triton_runtime import MASK_NONE, launcher_copies
 from tttla_kernels.triton_scan import value_block
 
 __all__ = ["Hardware", "H100_SXM", "OpCost", "Tally", "CostCounter", "tensor_bytes", "count", "fake_tensors",
@@ -142,8 +144,9 @@ _FACTORIES = {aten.zeros_like, aten.ones_like, aten.full_like, aten.new_zeros, a
               aten.rand_like, aten.randn_like}
 
 
-def _chunk_outer_flops(a, b, chunk_size):
-    """Σ_{t ∈ n} a_tᵀ b_t per chunk: one outer product per token, 2·Da·Db FLOPs."""
+def _chunk_outer_flops(a, b, chunk_size, scale=None):
+    """Σ_{t ∈ n} a_tᵀ (scale_t b_t) per chunk: one outer product per token, 2·Da·Db FLOPs (the
+    scale's Db multiplies per token are not matmul FLOPs)."""
     return 2 * a.shape[0] * a.shape[1] * a.shape[2] * a.shape[3] * b.shape[-1]
 
 
@@ -240,11 +243,13 @@ KERNEL_FLOPS: dict[str, Callable[..., int]] = {
     "tttla::scan_fused_backward": _scan_fused_backward_flops,
 }
 
-#: the operands a launcher makes contiguous before its kernel reads them, by argument position
-#: (S of chunk_read is read through its strides when batch and head merge, counted as such here)
-_LAUNCHER_CONTIGUOUS = {"tttla::chunk_outer": (0, 1), "tttla::chunk_read": (0, 1, 2, 7), "tttla::chunk_scan": (0,),
-                        "tttla::chunk_scan_backward": (0, 1), "tttla::frobenius_normalize": (0,),
-                        "tttla::frobenius_normalize_backward": (0, 1)}
+#: the token operands a launcher copies when ``launcher_copies`` says so (channels not at unit
+#: stride), by argument position: a, b of chunk_outer; q, k, v, g of chunk_read (chunk_outer's
+#: scale and chunk_read's S are read through all their strides, never copied)
+_LAUNCHER_COPIED = {"tttla::chunk_outer": (0, 1), "tttla::chunk_read": (0, 1, 2, 7)}
+#: the operands a launcher makes contiguous (any non-contiguous one is copied), by argument position
+_LAUNCHER_CONTIGUOUS = {"tttla::chunk_scan": (0,), "tttla::chunk_scan_backward": (0, 1),
+                        "tttla::frobenius_normalize": (0,), "tttla::frobenius_normalize_backward": (0, 1)}
 
 
 def _unread(name: str, full: list) -> set[int]:
@@ -254,16 +259,19 @@ def _unread(name: str, full: list) -> set[int]:
 
 
 def _kernel_costs(name: str, func, args, kwargs, out) -> list[OpCost]:
-    """A tttla custom op: the launcher's copies of non-contiguous operands, then the ideal kernel."""
+    """A tttla custom op: the launcher's copies of operands whose channels are not at unit stride,
+    then the ideal kernel."""
     if name not in KERNEL_FLOPS:
         raise NotImplementedError(f"verify.cost: no FLOP formula for the custom op {name!r}; add it to KERNEL_FLOPS")
     bound = func._schema.arguments
     full = list(args) + [kwargs.get(a.name, a.default_value) for a in bound[len(args):]]
     dtype = _tensors(args)[0].dtype
     costs = []
-    for i in _LAUNCHER_CONTIGUOUS.get(name, ()):
+    copied = [(i, launcher_copies) for i in _LAUNCHER_COPIED.get(name, ())] + \
+        [(i, lambda t: not t.is_contiguous()) for i in _LAUNCHER_CONTIGUOUS.get(name, ())]
+    for i, copies in copied:
         t = full[i]
-        if isinstance(t, torch.Tensor) and not t.is_contiguous():
+        if isinstance(t, torch.Tensor) and copies(t):
             costs.append(OpCost(f"{name} (launcher copy)", tensor_bytes(t), t.numel() * t.element_size(), 0, 1,
                                 t.dtype))
     unread = _unread(name, full)
