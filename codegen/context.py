@@ -19,6 +19,7 @@ import sympy
 from codegen.plan import FormPlan, biased_layer, plan
 from codegen.printer import COL, ROW, WEIGHT, TorchEmitter
 from codegen.scalar_printer import TorchScalarPrinter
+from codegen.triton_epilogue import Epilogue, NotALinearLayer, linear_epilogue
 from derivations.autodiff import canonicalize, vjp
 from derivations.classify import delta_coefficient
 from derivations.form import LinearAttentionForm
@@ -107,6 +108,15 @@ class ModuleContext:
     lr_position: bool = False
     #: the VARIANT argument of ``tttla generate`` that regenerates it (derivations.loading.reference_of)
     reference: str | None = None
+    #: the Triton pipeline's φ as one launch (a matmul with an element-wise epilogue), or None
+    feature_kernel: Epilogue | None = None
+    #: why φ is not one feature kernel (the torch feature map runs), "" when it is or there is no pipeline
+    feature_kernel_reason: str = ""
+    #: φ in plain text
+    feature_text: str = ""
+    #: v̂ = c·η·v read in place by the Triton pipeline's increments: "" (v̂ = v), the code of the per-token
+    #: factor on ``inputs`` (η applied on load), or None (v̂ is materialised)
+    value_on_load: str | None = None
 
     @property
     def multi_state(self) -> bool:
@@ -156,6 +166,30 @@ def _effective_value(form: LinearAttentionForm, dims) -> PrintedFunction | None:
     params = ("v", "eta") if per_token else ("v",)
     return PrintedFunction("effective_value", params, em.code(), "v_hat",
                            f"v̂ = {sign or '+'}η ∂L/∂f: [B, H, T, {form.variant.value_dim}]")
+
+
+def _feature_kernel(form: LinearAttentionForm, triton: bool) -> tuple[Epilogue | None, str]:
+    """φ as the Triton pipeline's feature kernel, or None with the reason (no reason without a pipeline)."""
+    if not triton or form.feature == form.x:
+        return None, ""
+    try:
+        return linear_epilogue(form), ""
+    except NotALinearLayer as why:
+        return None, str(why)
+
+
+def _value_on_load(form: LinearAttentionForm) -> str | None:
+    """v̂ as a per-token factor on v (see ModuleContext.value_on_load), or None when it is not c·η_t·v."""
+    if form.value == form.v:
+        return ""
+    if not isinstance(form.value, sympy.MatMul) or [a for a in form.value.args if a.is_Matrix] != [form.v]:
+        return None
+    factor = sympy.Mul(*[a for a in form.value.args if not a.is_Matrix])
+    eta = form.eta if isinstance(form.eta, sympy.Symbol) else None
+    c = factor / eta if eta is not None else factor
+    if not c.is_number or eta is None:  # a constant rate ≠ 1 (rare): v̂ is materialised
+        return None
+    return "inputs.eta[..., 0]" if c == 1 else f"{TorchScalarPrinter().doprint(c)} * inputs.eta[..., 0]"
 
 
 def _increments(form: LinearAttentionForm, dims, multi) -> PrintedFunction:
@@ -344,4 +378,18 @@ def build_context(form: LinearAttentionForm) -> ModuleContext:
         lr_position=variant.lr.position,
         bias=biased_layer(form) if forms.chunk_template == "prefix_scan" else None,
         reference=reference,
+        **_pipeline_fields(form, forms, multi),
     )
+
+
+def _pipeline_fields(form: LinearAttentionForm, forms: FormPlan, multi: bool) -> dict:
+    """The Triton pipeline's fused pieces (ModuleContext.feature_kernel … value_on_load)."""
+    pipeline = "triton" in forms.forms and forms.chunk_template == "prefix_scan"
+    simple = pipeline and not multi and biased_layer(form) is None
+    kernel, reason = _feature_kernel(form, simple)
+    value = _value_on_load(form) if simple else None
+    reads_values = form.variant.schedule.order == "update_then_apply" or form.variant.lr.position
+    if value and reads_values:  # the read's intra-chunk term takes v̂ itself
+        value = None
+    return {"feature_kernel": kernel, "feature_kernel_reason": reason, "feature_text": to_text(form.feature),
+            "value_on_load": value}

@@ -46,6 +46,19 @@ def _inputs(T, gate, dtype=torch.float64, seed=0, strength=1.0, DV=6):
     return q, k, v, g, S0.requires_grad_(), ([g.requires_grad_()] if gate else [])
 
 
+def assert_same_scan(o, final, o_ref, S_ref, leaves, names=("q", "k", "v", "S0", "g")):
+    """o and the final state equal the reference's (fp64), and so do their gradients to ``leaves`` (an input
+    the reference leaves unused must get a zero gradient)."""
+    torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final, S_ref, rtol=1e-12, atol=1e-12)
+    w_o, w_s = torch.randn_like(o_ref), torch.randn_like(S_ref)
+    want = torch.autograd.grad((o_ref * w_o).sum() + (S_ref * w_s).sum(), leaves, allow_unused=True)
+    got = torch.autograd.grad((o * w_o).sum() + (final * w_s).sum(), leaves)
+    for name, a, b in zip(names, got, want):
+        torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b, rtol=1e-10, atol=1e-11,
+                                   msg=f"gradient of {name}")
+
+
 @pytest.mark.parametrize(("T", "block"), [(1, 16), (20, 16), (64, 16), (75, 32)])
 @pytest.mark.parametrize("gate", [False, True])
 def test_fused_scan_is_the_recurrence_fp64(T, block, gate):
@@ -53,14 +66,7 @@ def test_fused_scan_is_the_recurrence_fp64(T, block, gate):
     o_ref, S_ref = recurrence(q, k, v, g, S0)
     o, final = fused_scan(q, k, v, block_cumulative(g, block) if gate else None, S0, block)
     assert o.stride()[1:3] == (v.shape[-1], v.shape[1] * v.shape[-1])  # o written [B, T, H, Dv]
-    torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(final, S_ref, rtol=1e-12, atol=1e-12)
-    w_o, w_s = torch.randn_like(o_ref), torch.randn_like(S_ref)
-    leaves = [q, k, v, S0, *gates]
-    want = torch.autograd.grad((o_ref * w_o).sum() + (S_ref * w_s).sum(), leaves)
-    got = torch.autograd.grad((o * w_o).sum() + (final * w_s).sum(), leaves)
-    for name, a, b in zip(["q", "k", "v", "S0", "g"], got, want):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11, msg=f"gradient of {name}")
+    assert_same_scan(o, final, o_ref, S_ref, [q, k, v, S0, *gates])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -164,15 +170,7 @@ def test_fused_chunk_scan_is_the_chunk_recurrence_fp64(T, L, inclusive, gate):
     gc = (-torch.rand(1, 2, N, dtype=torch.float64)).requires_grad_() if gate else None
     o_ref, S_ref = chunk_recurrence(q, k, v, gc, S0, L, inclusive)
     o, final = fused_chunk_scan(q, k, v, gc, S0, L, inclusive)
-    torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(final, S_ref, rtol=1e-12, atol=1e-12)
-    w_o, w_s = torch.randn_like(o_ref), torch.randn_like(S_ref)
-    leaves = [q, k, v, S0, *([gc] if gate else [])]
-    want = torch.autograd.grad((o_ref * w_o).sum() + (S_ref * w_s).sum(), leaves, allow_unused=True)
-    got = torch.autograd.grad((o * w_o).sum() + (final * w_s).sum(), leaves)
-    for name, a, b in zip(["q", "k", "v", "S0", "gc"], got, want):
-        torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b, rtol=1e-10, atol=1e-11,
-                                   msg=f"gradient of {name}")
+    assert_same_scan(o, final, o_ref, S_ref, [q, k, v, S0, *([gc] if gate else [])])
 
 
 def test_fused_chunk_scan_is_causal_for_nonfinite_keys():
@@ -220,11 +218,4 @@ def test_a_grid_split_over_value_blocks_is_the_recurrence(scan, gate):
         gates = [gc] if gate else []
         o_ref, S_ref = chunk_recurrence(q, k, v, gc, S0, L, False)
         o, final = fused_chunk_scan(q, k, v, gc, S0, L, False)
-    torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(final, S_ref, rtol=1e-12, atol=1e-12)
-    w_o, w_s = torch.randn_like(o_ref), torch.randn_like(S_ref)
-    leaves = [q, k, v, S0, *gates]
-    want = torch.autograd.grad((o_ref * w_o).sum() + (S_ref * w_s).sum(), leaves)
-    got = torch.autograd.grad((o * w_o).sum() + (final * w_s).sum(), leaves)
-    for name, a, b in zip(["q", "k", "v", "S0", "g"], got, want):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11, msg=f"gradient of {name}")
+    assert_same_scan(o, final, o_ref, S_ref, [q, k, v, S0, *gates])

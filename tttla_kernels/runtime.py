@@ -99,10 +99,11 @@ def heads_first(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.transpose(1, 2).to(dtype)
 
 
-def per_head(name: str, w, batch: int, heads: int, shape: tuple, device, dtype) -> torch.Tensor:
-    """A fast weight ``[H, r, c]`` or ``[B, H, r, c]`` as ``[B, H, r, c]`` in ``dtype``."""
+def per_head(name: str, w, batch: int, heads: int, shape: tuple, device, dtype, copy: bool = False) -> torch.Tensor:
+    """A fast weight ``[H, r, c]`` or ``[B, H, r, c]`` as ``[B, H, r, c]`` in ``dtype``; with ``copy``, never
+    the caller's storage (one copy, converting the dtype on the way)."""
     check_state(name, w, batch, heads, shape, device)
-    w = w.to(dtype)
+    w = w.to(dtype, copy=copy)
     return w.unsqueeze(0).expand(batch, *w.shape) if w.dim() == 3 else w
 
 
@@ -129,19 +130,28 @@ def channel_coefficient(name: str, t, q: torch.Tensor, dtype) -> torch.Tensor:
 
 def newton_schulz(X: torch.Tensor, coefficients, eps: float = 1e-7, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Muon's 𝓜 on a batch of matrices ``[..., m, n]``: normalise by the Frobenius norm,
-    then X ← a X + (b A + c A²) X with A = X Xᵀ per step, on the wide orientation. The steps
-    run in ``dtype`` (default X's; Muon runs them in bf16) and the result is returned in X's."""
+    then :func:`newton_schulz_steps`. The steps run in ``dtype`` (default X's; Muon runs them in
+    bf16) and the result is returned in X's."""
     out_dtype = X.dtype
     if dtype is not None and dtype != out_dtype:
         return newton_schulz(X.to(dtype), coefficients, eps).to(out_dtype)
-    wide = X.shape[-2] <= X.shape[-1]
-    if not wide:
-        X = X.mT
-    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)
+    return newton_schulz_steps(X / (torch.linalg.matrix_norm(X, keepdim=True) + eps), coefficients)
+
+
+def newton_schulz_steps(X: torch.Tensor, coefficients) -> torch.Tensor:
+    """The steps X ← a X + (b A + c A²) X, A = X Xᵀ, of a Frobenius-normalised batch ``[..., m, n]``, on
+    its wide orientation (m ≤ n; a tall batch is transposed there and back, as views). Three batched
+    matrix products per step, b A + c A² and a X + B X each one ``baddbmm`` (the scaled sum in the
+    product's epilogue), so no element-wise pass runs between them."""
+    if X.shape[-2] > X.shape[-1]:
+        return newton_schulz_steps(X.mT, coefficients).mT
+    batch = X.shape[:-2]
+    X = X.reshape(-1, *X.shape[-2:])
     for a, b, c in coefficients:
-        A = X @ X.mT
-        X = a * X + (b * A + c * (A @ A)) @ X
-    return X if wide else X.mT
+        A = torch.bmm(X, X.mT)
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A²
+        X = torch.baddbmm(X, B, X, beta=a)  # a X + B X
+    return X.reshape(*batch, *X.shape[-2:])
 
 
 def renormalize_columns(W: torch.Tensor, target_norms: torch.Tensor, eps: float) -> torch.Tensor:

@@ -28,14 +28,12 @@ a matrix makes that matrix alone non-finite, as the torch reference does.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from tttla_kernels.runtime import state_dtype
-from tttla_kernels.triton_runtime import check_device, new_output
+from tttla_kernels.triton_runtime import check_device, interpreting, new_output
 
 __all__ = ["chunk_scan", "frobenius_normalize"]
 
@@ -49,22 +47,18 @@ _GPU, _INTERPRETER = (1024, 1024, 4), (32, 16, 1)
 _NORMALIZE_GPU, _NORMALIZE_INTERPRETER = (4096, 8), (32, 1)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def _cover(n: int, cap: int) -> int:
     """A power-of-two block covering ``n`` (at least 16), at most ``cap``."""
     return min(max(16, triton.next_power_of_2(n)), cap)
 
 
-def _scan_config(cells: int, chunk_size: int) -> dict:
-    block, tile, warps = _INTERPRETER if _interpreting() else _GPU
+def _scan_config(cells: int, chunk_size: int, device: torch.device) -> dict:
+    block, tile, warps = _INTERPRETER if interpreting(device) else _GPU
     return {"BLOCK": _cover(cells, block), "BT": _cover(chunk_size, tile), "num_warps": warps}
 
 
-def _normalize_config(cells: int) -> dict:
-    block, warps = _NORMALIZE_INTERPRETER if _interpreting() else _NORMALIZE_GPU
+def _normalize_config(cells: int, device: torch.device) -> dict:
+    block, warps = _NORMALIZE_INTERPRETER if interpreting(device) else _NORMALIZE_GPU
     return {"BLOCK": _cover(cells, block), "num_warps": warps}
 
 
@@ -276,7 +270,7 @@ def chunk_scan(
     states = new_output((B, H, N, R, C), updates, acc)
     last = new_output((B, H, R, C), updates, acc)
     sab, sah, sa, T, L = _coeff_args(coeff, coeff_chunk_size)
-    config = _scan_config(R * C, L)
+    config = _scan_config(R * C, L, updates.device)
     if not last.numel():  # no cell to scan
         return states, last
     chunk_scan_fwd_kernel[(triton.cdiv(R * C, config["BLOCK"]), B * H)](
@@ -310,7 +304,7 @@ def chunk_scan_backward(
     grad_states = grad_states.contiguous() if grad_states is not None else None
     grad_last = grad_last.contiguous() if grad_last is not None else None
     sab, sah, sa, T, L = _coeff_args(coeff, coeff_chunk_size)
-    config = _scan_config(R * C, L)
+    config = _scan_config(R * C, L, states.device)
     n_blocks = triton.cdiv(R * C, config["BLOCK"])
     d_updates = new_output((B, H, N, R, C), states, updates_dtype)
     d_initial = new_output((B, H, R, C), states, initial.dtype if initial is not None else acc)
@@ -331,7 +325,7 @@ def chunk_scan_backward(
 @chunk_scan_backward.register_fake
 def _(grad_states, grad_last, states, coeff, initial, coeff_chunk_size, inclusive, updates_dtype, grad_coeff):
     B, H, N, R, C = states.shape
-    n_blocks = -(-R * C // _scan_config(R * C, coeff_chunk_size or 1)["BLOCK"])
+    n_blocks = -(-R * C // _scan_config(R * C, coeff_chunk_size or 1, states.device)["BLOCK"])
     return (states.new_empty(B, H, N, R, C, dtype=updates_dtype),
             states.new_empty(B, H, R, C, dtype=initial.dtype if initial is not None else states.dtype),
             states.new_empty(*((B, H, N, n_blocks) if grad_coeff else (0,))))
@@ -452,7 +446,7 @@ def frobenius_normalize(X: torch.Tensor, eps: float, out_dtype: torch.dtype | No
     matrices, RC = _matrices(X)
     if matrices:
         frobenius_normalize_fwd_kernel[(matrices,)](X, Y, RC, eps, ACC64=state_dtype(X) == torch.float64,
-                                                    **_normalize_config(RC))
+                                                    **_normalize_config(RC, X.device))
     return Y
 
 
@@ -470,7 +464,7 @@ def frobenius_normalize_backward(X: torch.Tensor, dY: torch.Tensor, eps: float) 
     matrices, RC = _matrices(X)
     if matrices:
         frobenius_normalize_bwd_kernel[(matrices,)](X, dY, dX, RC, eps, ACC64=state_dtype(X) == torch.float64,
-                                                    **_normalize_config(RC))
+                                                    **_normalize_config(RC, X.device))
     return dX
 
 

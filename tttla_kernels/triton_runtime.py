@@ -40,7 +40,7 @@ import triton.testing
 from tttla_kernels.runtime import state_dtype
 
 __all__ = ["MASK_NONE", "MASK_CAUSAL", "MASK_ANTICAUSAL", "chunk_outer", "chunk_read", "check_device", "new_output",
-           "drop_nonfinite", "launch", "launch_candidates", "launcher_copies"]
+           "drop_nonfinite", "interpreting", "launch", "launch_candidates", "launcher_copies"]
 
 # Masks of the intra-chunk term of chunk_read: which tokens s of t's chunk it reads.
 MASK_NONE, MASK_CAUSAL, MASK_ANTICAUSAL = 0, 1, 2  # none; s ≤ t; s ≥ t (the transpose of causal)
@@ -48,6 +48,12 @@ MASK_NONE, MASK_CAUSAL, MASK_ANTICAUSAL = 0, 1, 2  # none; s ≤ t; s ≥ t (the
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def interpreting(device: torch.device) -> bool:
+    """Whether a kernel on ``device`` runs in Triton's interpreter (TRITON_INTERPRET=1 and a CPU tensor);
+    a fake tensor on the ``meta`` device stands for a GPU's (the cost model counts the GPU's launch)."""
+    return _interpreting() and device.type == "cpu"
 
 
 def check_device(t: torch.Tensor) -> None:

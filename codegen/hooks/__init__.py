@@ -9,6 +9,8 @@ public functions, the recurrence and the parallel forms live in their own module
 
 from __future__ import annotations
 
+import re
+
 from codegen.context import PrintedFunction
 from codegen.hooks._base import isort_key
 from codegen.hooks.call import CallHooks
@@ -38,8 +40,10 @@ class Hooks(CallHooks, RecurrentHooks, ParallelHooks):
             return f"regenerate with `tttla generate --catalog --force` (into tttla_kernels/) or {into}"
         return f"regenerate with {into}"
 
-    def imports(self, *, printed: bool = False, runtime: bool = True, named_tuple: bool = False) -> str:
-        """The standard imports; ``printed``: the file holds printed element-wise code (math, F)."""
+    def imports(self, *, printed: bool = False, runtime: bool = True, named_tuple: bool = False,
+                triton: bool = False) -> str:
+        """The standard imports; ``printed``: the file holds printed element-wise code (math, F); ``triton``:
+        it defines a Triton function."""
         rows = ["from __future__ import annotations", ""]
         if printed:
             rows += ["import math  # noqa: F401  (used by some element-wise functions)"]
@@ -49,6 +53,8 @@ class Hooks(CallHooks, RecurrentHooks, ParallelHooks):
         rows += ["import torch"]
         if printed:
             rows += ["import torch.nn.functional as F  # noqa: F401"]
+        if triton:
+            rows += ["import triton", "import triton.language as tl"]
         if runtime:
             rows += ["", "from tttla_kernels import runtime"]
         return "\n".join(rows)
@@ -64,6 +70,11 @@ class Hooks(CallHooks, RecurrentHooks, ParallelHooks):
                 names |= {"NS_COEFFICIENTS", "NS_EPS"}
             if c.weight_norm_eps is not None:
                 names.add("WEIGHT_NORM_EPS")
+        elif form == "triton" and c.plan.chunk_template == "prefix_scan":  # the names its code calls
+            code = "\n".join(line.split("  # ")[0]  # the code, without its comments
+                             for line in (self.triton_body() + self.triton_definitions()).splitlines())
+            names |= {n for n in ("features", "chunk_states", "feature_map", "NS_COEFFICIENTS", "NS_EPS")
+                      if re.search(rf"(?<![\w.]){n}\b", code) and f"def {n}(" not in code}
         elif c.plan.chunk_template == "prefix_scan":
             names |= {"features"} if form == "chunk" and c.momentum == "token" else {"features", "chunk_states"}
         else:

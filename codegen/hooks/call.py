@@ -243,7 +243,7 @@ class CallHooks(HookBase):
                  f"    label = {label}",
                  "    shape = runtime.shape_in(sizes, shape, label)",
                  "    state[name] = (",
-                 "        runtime.per_head(label, given[name], B, H, shape, q.device, dtype).clone()",
+                 "        runtime.per_head(label, given[name], B, H, shape, q.device, dtype, copy=True)",
                  "        if name in given",
                  "        else torch.zeros(B, H, *shape, dtype=dtype, device=q.device)",
                  "    )"]

@@ -3,6 +3,8 @@ share (features, chunk states, WY/UT blocks) and their docstrings."""
 
 from __future__ import annotations
 
+import textwrap
+
 from codegen.hooks._base import HookBase, column_clip, lines
 
 
@@ -61,8 +63,9 @@ class ParallelHooks(HookBase):
         return f'{{**inputs.state, "{c.state}": last}}'
 
 
-    def chunk_states_body(self) -> str:
-        """From the chunk increments to the states the chunks read (the prefix-scan forms)."""
+    def chunk_states_body(self, triton: bool = False) -> str:
+        """From the chunk increments to the states the chunks read (the prefix-scan forms); ``triton``: the
+        Triton pipeline's, whose scans over chunks are ``chunk_scan`` launches (see :meth:`triton_scans`)."""
         c = self.c
         rows = []
         if c.lr_position:
@@ -70,13 +73,52 @@ class ParallelHooks(HookBase):
                         "# a_last ΔS_n: chunk n leaves S + a_last Σ_j ΔW_j")
         if c.clip:
             rows.append(column_clip("updates"))
-        if c.momentum:
+        if c.momentum and triton:
+            rows.append("updates, _ = chunk_scan(updates, inputs.alpha[..., 0], coeff_chunk_size=inputs.chunk_size)  "
+                        "# momenta M_n")
+        elif c.momentum:
             rows += ["abar = runtime.chunk_means(inputs.alpha, inputs.chunk_size)[..., None, None]  # [B, H, N, 1, 1]",
                      "updates = runtime.linear_scan(abar, updates)  # M_n = ᾱ_n M_{n−1} + ΔS_n (linear in N)"]
-        if c.ns_coefficients:
+        if c.ns_coefficients and triton:
+            rows += ["X = frobenius_normalize(updates, NS_EPS, inputs.work)  # M_n / (‖M_n‖ + ε) in the work dtype",
+                     "updates = runtime.newton_schulz_steps(X, NS_COEFFICIENTS)  # U_n = 𝓜(M_n), batched over chunks"]
+        elif c.ns_coefficients:
             rows.append("updates = runtime.newton_schulz(updates, NS_COEFFICIENTS, NS_EPS, dtype=inputs.work)  "
                         "# U_n = 𝓜(M_n), batched over chunks")
+        rows += self._triton_prefix() if triton else self._torch_prefix()
+        return lines(rows)
+
+    def triton_scans(self) -> bool:
+        """Whether the Triton pipeline runs its own ``chunk_states`` (scans over chunks as ``chunk_scan``
+        launches): all but a per-channel decay, whose row factors stay a torch linear scan."""
+        return self.c.decay_gate != "channel"
+
+    def _triton_prefix(self) -> list[str]:
+        """The Triton pipeline's states: one ``chunk_scan`` of the (decayed) increments from the initial state."""
+        c = self.c
+        coeff, rows = "None", []
+        if c.decay:
+            coeff = "decays"
+            rows.append("decays = runtime.chunk_decay(inputs.log_gamma, inputs.chunk_size)[..., 0, 0]  "
+                        "# Γ_n = exp(Σ_(t ∈ n) g_t): [B, H, N]")
         initial = self.initial_state()
+        step = "Γ_n S^(n−1) + U_n" if c.decay else "S^(n−1) + U_n"
+        if c.order == "apply_then_update":
+            return rows + [f"reads, _ = chunk_scan(updates, {coeff}, {initial}, inclusive=False)  "
+                           f"# S^(n−1), S^(n) = {step}",
+                           "return reads, reads[:, :, -1]  # the last chunk is apply-only"]
+        if c.order == "update_then_apply":
+            return rows + [f"reads, last = chunk_scan(updates, {coeff}, {initial}, inclusive=False)  "
+                           f"# S^(n−1), S^(n) = {step}",
+                           "return reads, last  # chunk n reads S^(n−1) (and its own tokens), S^(N)"]
+        return rows + [f"reads, last = chunk_scan(updates, {coeff}, {initial}, inclusive=True)  # S^(n) = {step}",
+                       "return reads, last  # chunk n reads the state after its own step"]
+
+    def _torch_prefix(self) -> list[str]:
+        """The torch forms' states: a cumulative sum (or a linear scan of the decays) from the initial state."""
+        c = self.c
+        initial = self.initial_state()
+        rows = []
         if c.decay:
             rows += ["decays = runtime.chunk_decay(inputs.log_gamma, inputs.chunk_size)  "
                      f"# Γ_n = exp(Σ_(t ∈ n) g_t): {self._row_factor_shape()}",
@@ -95,7 +137,7 @@ class ParallelHooks(HookBase):
             rows += [f"reads = states[:, :, 1:]  # S^{{(n)}}: chunk n reads the state after its own step "
                      f"[B, H, N, {c.state_rows}, {c.value_dim}]",
                      "return reads, reads[:, :, -1]"]
-        return lines(rows)
+        return rows
 
     def _token_momentum_products(self) -> str:
         """Per-token momentum: the chunk's weights C_tj, then two scans over chunks (the buffer, then the state)."""
@@ -118,15 +160,10 @@ class ParallelHooks(HookBase):
         ])
 
     def triton_body(self) -> str:
-        """triton_chunk.py's work after ``prepare``: the fused scan, or the two-kernel pipeline."""
+        """triton_chunk.py's work after ``prepare``: the fused scan, or the three-phase pipeline."""
         c = self.c
-        features = "features(inputs)" if not c.plan.fused_scan else "(q_hat, k_hat, v_hat)"  # fused: already made
-        pipeline = lines([f"q_hat, k_hat, v_hat = (x.contiguous() for x in {features})  "
-                          "# φ(Q), φ(K), V̂ of every token (work dtype)"]) + "\n" + self.triton_updates() + "\n" + \
-            lines(["reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state after the "
-                   "last step"]) + "\n" + self.triton_read()
         if not c.plan.fused_scan:
-            return pipeline
+            return lines(self._pipeline_features()) + "\n" + self._pipeline(c.value_on_load or None)
         if c.plan.fused_scan == "tokens":
             gate = ("None" if not c.decay else
                     "runtime.chunk_log_decay(inputs.log_gamma, block)[..., 0].flatten(2, 3)[:, :, :inputs.T]")
@@ -147,14 +184,49 @@ class ParallelHooks(HookBase):
             "if max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # the state fits in one program's registers",
             *scan,
             f"    return finish(o, {self.final_state()}, output_final_state, inputs)",
-            "# a wider state: the two-kernel pipeline"])
-        return fused + "\n" + pipeline
+            "# a wider state: the three-phase pipeline, from the same features"])
+        return fused + "\n" + self._pipeline(None)
 
-    def triton_updates(self) -> str:
-        """triton_chunk.py's chunk increments (``chunk_outer``), with a per-token decay's (Γ_L/Γ_i) on the keys."""
+    def _pipeline_features(self) -> list[str]:
+        """The pipeline's φ(Q), φ(K) and V̂: one feature kernel for φ where it is a linear layer, and v read
+        in place (η applied on load) where V̂ = c·η·V; else the torch ``features``."""
+        c = self.c
+        if c.value_on_load is None:
+            return ["q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ of every token (work dtype)"]
+        kernel = c.feature_kernel
+        if kernel is not None:
+            weights = ", ".join(f'inputs.slow["{w}"]' for w in kernel.weights)
+            if c.queries_from_keys:
+                rows = [f"q_hat = k_hat = linear_features([inputs.K], [{weights}], PHI)[0]  # the keys read as queries"]
+            else:
+                rows = [f"q_hat, k_hat = linear_features([inputs.Q, inputs.K], [{weights}], PHI)  # one launch"]
+        elif c.feature_map.returns == "x":
+            rows = ["q_hat = k_hat = inputs.K  # φ is the identity; the keys are read as queries"
+                    if c.queries_from_keys else
+                    "q_hat, k_hat = inputs.Q, inputs.K  # φ is the identity: views of the caller's tensors"]
+        elif c.queries_from_keys:
+            rows = [f"q_hat = k_hat = {self.phi('inputs.K')}  # the keys read as queries"]
+        else:
+            rows = [f"q_hat, k_hat = {self.phi('inputs.Q')}, {self.phi('inputs.K')}"]
+        on_load = "  # V̂ = η ⊙ V: η is applied on load by chunk_outer" if c.value_on_load else "  # V̂ = V"
+        return rows + ["v_hat = inputs.V" + on_load]
+
+    def _pipeline(self, scale: str | None) -> str:
+        """The pipeline from q̂, k̂, v̂: the chunk increments (v̂ scaled on load by ``scale``), the states, the read."""
+        return "\n".join([self.triton_updates(scale),
+                          lines(["reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state "
+                                 "after the last step"]),
+                          self.triton_read()])
+
+    def triton_updates(self, scale: str | None = None) -> str:
+        """triton_chunk.py's chunk increments (``chunk_outer``), with a per-token decay's (Γ_L/Γ_i) on the keys
+        and the values scaled on load by ``scale`` (the code of a ``[B, H, T]`` factor)."""
         c = self.c
         shape = f"[B, H, N, {c.state_rows}, {c.value_dim}]"
         if not (c.decay and c.order == "update_then_apply"):
+            if scale:
+                return lines([f"updates = chunk_outer(k_hat, v_hat, inputs.chunk_size, scale={scale})  "
+                              f"# {shape}"])
             return lines([f"updates = chunk_outer(k_hat, v_hat, inputs.chunk_size)  # ΔS_n = φ(K_n)ᵀ V̂_n: {shape}"])
         g = "[B, H, T]" if c.decay_gate != "channel" else f"[B, H, T, {c.key_dim}]"
         return lines([
@@ -187,25 +259,58 @@ class ParallelHooks(HookBase):
         return lines([f"{state_only}  # [B, H, T, {c.value_dim}]"])
 
     def triton_imports(self) -> str:
-        """triton_chunk.py's imports: the runtime (for a per-token decay) and the kernels with their mask flags."""
+        """triton_chunk.py's imports: triton (for a feature kernel's epilogue), the runtime and the kernels it
+        calls, read off the code it holds."""
         c = self.c
-        masks = {"MASK_CAUSAL"} if c.order == "update_then_apply" else set()
-        if c.lr_position or c.order != "update_then_apply":
-            masks.add("MASK_NONE")
-        kernels = f"from tttla_kernels.triton_runtime import {', '.join(sorted(masks))}, chunk_outer, chunk_read"
-        if c.plan.fused_scan:
-            scan = "fused_scan" if c.plan.fused_scan == "tokens" else "fused_chunk_scan"
-            kernels += f"\nfrom tttla_kernels.triton_scan import MAX_WIDTH, {scan}"
-        runtime = "runtime." in self.triton_body()
+        code = self.triton_body() + self.triton_definitions()
+        masks = sorted(m for m in ("MASK_ANTICAUSAL", "MASK_CAUSAL", "MASK_NONE") if m in code)
+        modules = {
+            "triton_chunks": [n for n in ("chunk_scan", "frobenius_normalize") if f"{n}(" in code],
+            "triton_features": [n for n in ("linear_features", "register_epilogue") if f"{n}(" in code],
+            "triton_runtime": [*masks, "chunk_outer", "chunk_read"],
+            "triton_scan": ["MAX_WIDTH", {"tokens": "fused_scan", "chunks": "fused_chunk_scan"}[c.plan.fused_scan]]
+            if c.plan.fused_scan else [],
+        }
+        kernels = [f"from tttla_kernels.{m} import {', '.join(names)}" for m, names in modules.items() if names]
+        runtime = "runtime." in code
+        head = self.imports(runtime=runtime, triton=c.feature_kernel is not None)
         # the kernels join the first-party block that follows torch's (or open it)
-        return self.imports(runtime=runtime) + ("\n" if runtime else "\n\n") + kernels
+        return head + ("\n" if runtime else "\n\n") + "\n".join(kernels)
 
-    def chunk_states_doc(self) -> str:
+    def triton_definitions(self) -> str:
+        """What triton_chunk.py defines before its function: the feature kernel's epilogue (printed from φ)
+        and the pipeline's own ``chunk_states`` (scans over chunks as ``chunk_scan`` launches); each block
+        opens with the two blank lines that separate top-level definitions."""
+        c = self.c
+        blocks = []
+        kernel = c.feature_kernel
+        if kernel is not None:
+            args = ", ".join(f"a{i}" for i in range(len(kernel.weights)))
+            products = ", ".join(f"a{i} = x·{w}" for i, w in enumerate(kernel.weights))
+            blocks += ["@triton.jit\n"
+                       f"def phi_epilogue({args}):\n"
+                       f'    """φ(x) = {c.feature_text} from the products {products} (fp32)."""\n'
+                       f"    return {kernel.body}",
+                       "PHI = register_epilogue(__name__, phi_epilogue, feature_map, "
+                       f"n_products={len(kernel.weights)})"]
+        if self.triton_scans():
+            doc = textwrap.fill(self.chunk_states_doc(triton=True), 110, initial_indent="    ",
+                                subsequent_indent="    ")
+            blocks.append("def chunk_states(updates, inputs):\n"
+                          '    """The states the chunks read and the state after the last update, from the chunk '
+                          "increments\n"
+                          f"    ``updates`` ΔS_n ``[B, H, N, {c.state_rows}, {c.value_dim}]`` (fp32).\n\n"
+                          f'{doc}\n    """\n' + self.chunk_states_body(triton=True))
+        return "".join("\n\n\n" + b for b in blocks)
+
+    def chunk_states_doc(self, triton: bool = False) -> str:
         c = self.c
         steps = [s for s, on in (("the clip rescales each step", c.clip),
                                  ("momentum mixes the increments", c.momentum),
                                  ("Newton–Schulz orthogonalises them, batched over chunks", c.ns_coefficients)) if on]
         scan = "a linear scan of the chunk decays" if c.decay else "one prefix sum"
+        if triton:
+            scan = f"{scan} (one ``chunk_scan`` launch)"
         text = "; ".join(steps) + f", then {scan} gives the states" if steps else f"{scan} gives them"
         return text[0].upper() + text[1:] + "."
 
@@ -308,15 +413,6 @@ class ParallelHooks(HookBase):
         c = self.c
         if c.plan.fused_scan:
             return self._fused_scan_doc()
-        if c.feature_weights:
-            phi = (f" φ is a chain of matrix\n   products with the slow weights {', '.join(c.feature_weights)} and "
-                   "element-wise epilogues; its\n   gradients w.r.t. those weights are sums over every token of the "
-                   "sequence, which batched torch\n   matmuls give at full speed, so the Triton kernels start from "
-                   "the features.")
-        else:
-            phi = " φ is the identity here."
-        scan = ("momentum (M_n = ᾱ_n M_{n−1} + ΔS_n, a linear scan), " if c.momentum else "") + \
-            ("Newton–Schulz\n   batched over chunks, " if c.ns_coefficients else "")
         read = {
             "apply_then_update": "O_n = φ(Q_n) S^{(n−1)} (block-exclusive: no intra-chunk term).",
             "update_then_apply": "O_n = φ(Q_n) S^{(n−1)} + tril(φ(Q_n) φ(K_n)ᵀ) V̂_n (token-inclusive).",
@@ -325,20 +421,57 @@ class ParallelHooks(HookBase):
         grads = "q, k, v" + (", lr" if c.per_token_lr else "") + (", momentum" if c.momentum else "") + \
             "".join(f", {w}" for w in c.feature_weights)
         return "\n".join([
-            "Pipeline (flash-linear-attention's split into a state pass and an output pass):",
+            "Pipeline, in three phases (flash-linear-attention's split into a state pass and an output pass,",
+            "with the work across chunks between them):",
             "",
-            f"1. φ(Q), φ(K) and V̂ = {c.sign}η ∂L/∂f in torch, with autograd.{phi}",
-            f"2. ``chunk_outer`` (Triton): the chunk increments ΔS_n = φ(K_n)ᵀ V̂_n ``[B, H, N, {c.state_rows}, "
-            f"{c.value_dim}]``.",
-            f"3. torch, with autograd: {scan}the prefix sum over chunks: the state each chunk reads.",
-            f"4. ``chunk_read`` (Triton): {read}",
+            *self._phase_one(),
+            *self._phase_two(),
+            f"3. ``chunk_read`` (Triton): {read}",
             "",
-            "Both kernels live in ``tttla_kernels/triton_runtime.py``, shared by every variant: torch.library",
-            "custom ops (``tttla::chunk_outer``, ``tttla::chunk_read``) whose backward passes are the same two",
-            f"ops with the roles of their operands permuted, so gradients reach {grads} and the",
-            "initial state, and ``torch.compile`` traces the whole layer. Token-level work runs in q's dtype",
-            "for fp16/bf16 (tensor cores), else in the state dtype; states and accumulators are fp32 (fp64",
-            "for fp64 inputs)."])
+            "The kernels are torch.library custom ops shared by every variant (``tttla_kernels/triton_*.py``),",
+            f"each with an explicit backward pass, so gradients reach {grads} and the initial",
+            "state, and ``torch.compile`` traces the whole layer. Token-level work runs in q's dtype for",
+            "fp16/bf16 (tensor cores), else in the state dtype; states and accumulators are fp32 (fp64 for",
+            "fp64 inputs)."])
+
+    def _phase_one(self) -> list[str]:
+        """The pipeline docstring's first phase: the features and the chunk increments."""
+        c = self.c
+        if c.feature_kernel is not None:
+            products = ", ".join(f"x·{w}" for w in c.feature_kernel.weights)
+            phi = ["1. φ(Q), φ(K) in one ``linear_features`` launch (``triton_features.py``): the products",
+                   f"   {products} accumulate in fp32 and φ's element-wise part (``phi_epilogue``, printed from",
+                   "   the derivation) runs before the store; its backward recomputes φ in torch."]
+        elif c.feature_map.returns == "x":
+            phi = ["1. φ is the identity: q̂, k̂ are views of the caller's tensors, read in place."]
+        else:
+            why = f" ({c.feature_kernel_reason})" if c.feature_kernel_reason else ""
+            phi = ["1. φ(Q), φ(K) in torch, with autograd: φ is not one linear layer with an element-wise",
+                   f"   epilogue{why}."]
+        value = {None: f"V̂ = {c.sign}η ∂L/∂f is computed in torch",
+                 "": "v is read in place (V̂ = V)"}.get(c.value_on_load, "v is read in place with η applied on load "
+                                                                          "(V̂ never materialised)")
+        return phi + [f"   ``chunk_outer`` (Triton): ΔS_n = φ(K_n)ᵀ V̂_n ``[B, H, N, {c.state_rows}, {c.value_dim}]``;",
+                      f"   {value}."]
+
+    def _phase_two(self) -> list[str]:
+        """The pipeline docstring's second phase: the work across chunks (``chunk_states``)."""
+        c = self.c
+        if not self.triton_scans():
+            return ["2. Across chunks, in torch (``_common.chunk_states``): a linear scan of the per-channel",
+                    "   chunk decays gives the state each chunk reads."]
+        steps = []
+        if c.momentum:
+            steps.append("momentum M_n = ᾱ_n M_{n−1} + ΔS_n in one ``chunk_scan`` launch (ᾱ_n averaged on chip),")
+        if c.ns_coefficients:
+            steps += ["Newton–Schulz batched over chunks: one ``frobenius_normalize`` launch, then three cuBLAS",
+                      "products per step (``bmm``, ``baddbmm``, ``baddbmm``: no element-wise pass between them),"]
+        if c.clip or c.lr_position:
+            steps.append("the per-chunk factors in torch,")
+        scan = "the decayed states" if c.decay else "the states"
+        steps.append(f"then {scan} in one ``chunk_scan`` launch from the initial state.")
+        text = "2. Across chunks (``chunk_states`` below): " + " ".join(steps)
+        return textwrap.wrap(text, 100, subsequent_indent="   ")
 
     def _fused_scan_doc(self) -> str:
         c = self.c

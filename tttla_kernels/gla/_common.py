@@ -87,7 +87,7 @@ def prepare(q, k, v, *, log_decay, initial_state, chunk_size, work_in_q_dtype=Fa
         label = "initial_state"
         shape = runtime.shape_in(sizes, shape, label)
         state[name] = (
-            runtime.per_head(label, given[name], B, H, shape, q.device, dtype).clone()
+            runtime.per_head(label, given[name], B, H, shape, q.device, dtype, copy=True)
             if name in given
             else torch.zeros(B, H, *shape, dtype=dtype, device=q.device)
         )

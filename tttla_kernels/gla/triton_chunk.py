@@ -5,19 +5,21 @@ exactly what chunk.py computes, forward and backward.
 
 Gated linear attention: S_t = diag(γ_t) S_{t−1} + k_tᵀ v_t, o_t = q_t S_t, a gate per key channel.
 
-Pipeline (flash-linear-attention's split into a state pass and an output pass):
+Pipeline, in three phases (flash-linear-attention's split into a state pass and an output pass,
+with the work across chunks between them):
 
-1. φ(Q), φ(K) and V̂ = -η ∂L/∂f in torch, with autograd. φ is the identity here.
-2. ``chunk_outer`` (Triton): the chunk increments ΔS_n = φ(K_n)ᵀ V̂_n ``[B, H, N, d, d]``.
-3. torch, with autograd: the prefix sum over chunks: the state each chunk reads.
-4. ``chunk_read`` (Triton): O_n = φ(Q_n) S^{(n−1)} + tril(φ(Q_n) φ(K_n)ᵀ) V̂_n (token-inclusive).
+1. φ is the identity: q̂, k̂ are views of the caller's tensors, read in place.
+   ``chunk_outer`` (Triton): ΔS_n = φ(K_n)ᵀ V̂_n ``[B, H, N, d, d]``;
+   v is read in place (V̂ = V).
+2. Across chunks, in torch (``_common.chunk_states``): a linear scan of the per-channel
+   chunk decays gives the state each chunk reads.
+3. ``chunk_read`` (Triton): O_n = φ(Q_n) S^{(n−1)} + tril(φ(Q_n) φ(K_n)ᵀ) V̂_n (token-inclusive).
 
-Both kernels live in ``tttla_kernels/triton_runtime.py``, shared by every variant: torch.library
-custom ops (``tttla::chunk_outer``, ``tttla::chunk_read``) whose backward passes are the same two
-ops with the roles of their operands permuted, so gradients reach q, k, v and the
-initial state, and ``torch.compile`` traces the whole layer. Token-level work runs in q's dtype
-for fp16/bf16 (tensor cores), else in the state dtype; states and accumulators are fp32 (fp64
-for fp64 inputs).
+The kernels are torch.library custom ops shared by every variant (``tttla_kernels/triton_*.py``),
+each with an explicit backward pass, so gradients reach q, k, v and the initial
+state, and ``torch.compile`` traces the whole layer. Token-level work runs in q's dtype for
+fp16/bf16 (tensor cores), else in the state dtype; states and accumulators are fp32 (fp64 for
+fp64 inputs).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from tttla_kernels import runtime
 from tttla_kernels.triton_runtime import MASK_CAUSAL, chunk_outer, chunk_read
 
-from ._common import chunk_states, features, finish, prepare
+from ._common import chunk_states, finish, prepare
 
 
 def triton_gla(
@@ -61,7 +63,8 @@ def triton_gla(
     inputs = prepare(
         q, k, v, log_decay=log_decay, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True,
     )
-    q_hat, k_hat, v_hat = (x.contiguous() for x in features(inputs))  # φ(Q), φ(K), V̂ of every token (work dtype)
+    q_hat, k_hat = inputs.Q, inputs.K  # φ is the identity: views of the caller's tensors
+    v_hat = inputs.V  # V̂ = V
     G = runtime.chunk_log_decay(inputs.log_gamma, inputs.chunk_size)  # G_t = Σ_(s≤t in its chunk) g_s
     tail = (G[..., -1:, :] - G).flatten(2, 3)[:, :, :inputs.T]  # log Γ_L/Γ_i of every token
     decayed_keys = (k_hat * tail.exp().to(k_hat.dtype)).contiguous()

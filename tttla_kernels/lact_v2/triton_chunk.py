@@ -5,32 +5,62 @@ exactly what chunk.py computes, forward and backward.
 
 V2: V1 without weight norm (fully parallel).
 
-Pipeline (flash-linear-attention's split into a state pass and an output pass):
+Pipeline, in three phases (flash-linear-attention's split into a state pass and an output pass,
+with the work across chunks between them):
 
-1. φ(Q), φ(K) and V̂ = -η ∂L/∂f in torch, with autograd. φ is a chain of matrix
-   products with the slow weights W0, W2 and element-wise epilogues; its
-   gradients w.r.t. those weights are sums over every token of the sequence, which batched torch
-   matmuls give at full speed, so the Triton kernels start from the features.
-2. ``chunk_outer`` (Triton): the chunk increments ΔS_n = φ(K_n)ᵀ V̂_n ``[B, H, N, h, d]``.
-3. torch, with autograd: momentum (M_n = ᾱ_n M_{n−1} + ΔS_n, a linear scan), Newton–Schulz
-   batched over chunks, the prefix sum over chunks: the state each chunk reads.
-4. ``chunk_read`` (Triton): O_n = φ(Q_n) S^{(n−1)} (block-exclusive: no intra-chunk term).
+1. φ(Q), φ(K) in one ``linear_features`` launch (``triton_features.py``): the products
+   x·W0, x·W2 accumulate in fp32 and φ's element-wise part (``phi_epilogue``, printed from
+   the derivation) runs before the store; its backward recomputes φ in torch.
+   ``chunk_outer`` (Triton): ΔS_n = φ(K_n)ᵀ V̂_n ``[B, H, N, h, d]``;
+   v is read in place with η applied on load (V̂ never materialised).
+2. Across chunks (``chunk_states`` below): momentum M_n = ᾱ_n M_{n−1} + ΔS_n in one ``chunk_scan``
+   launch (ᾱ_n averaged on chip), Newton–Schulz batched over chunks: one ``frobenius_normalize``
+   launch, then three cuBLAS products per step (``bmm``, ``baddbmm``, ``baddbmm``: no element-wise
+   pass between them), then the states in one ``chunk_scan`` launch from the initial state.
+3. ``chunk_read`` (Triton): O_n = φ(Q_n) S^{(n−1)} (block-exclusive: no intra-chunk term).
 
-Both kernels live in ``tttla_kernels/triton_runtime.py``, shared by every variant: torch.library
-custom ops (``tttla::chunk_outer``, ``tttla::chunk_read``) whose backward passes are the same two
-ops with the roles of their operands permuted, so gradients reach q, k, v, lr, momentum, W0, W2 and the
-initial state, and ``torch.compile`` traces the whole layer. Token-level work runs in q's dtype
-for fp16/bf16 (tensor cores), else in the state dtype; states and accumulators are fp32 (fp64
-for fp64 inputs).
+The kernels are torch.library custom ops shared by every variant (``tttla_kernels/triton_*.py``),
+each with an explicit backward pass, so gradients reach q, k, v, lr, momentum, W0, W2 and the initial
+state, and ``torch.compile`` traces the whole layer. Token-level work runs in q's dtype for
+fp16/bf16 (tensor cores), else in the state dtype; states and accumulators are fp32 (fp64 for
+fp64 inputs).
 """
 
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
+from tttla_kernels import runtime
+from tttla_kernels.triton_chunks import chunk_scan, frobenius_normalize
+from tttla_kernels.triton_features import linear_features, register_epilogue
 from tttla_kernels.triton_runtime import MASK_NONE, chunk_outer, chunk_read
 
-from ._common import chunk_states, features, finish, prepare
+from ._common import NS_COEFFICIENTS, NS_EPS, feature_map, finish, prepare
+
+
+@triton.jit
+def phi_epilogue(a0, a1):
+    """φ(x) = silu(x·W0) ⊙ (x·W2) from the products a0 = x·W0, a1 = x·W2 (fp32)."""
+    return a0*a1/(1 + tl.exp(-a0))
+
+
+PHI = register_epilogue(__name__, phi_epilogue, feature_map, n_products=2)
+
+
+def chunk_states(updates, inputs):
+    """The states the chunks read and the state after the last update, from the chunk increments
+    ``updates`` ΔS_n ``[B, H, N, h, d]`` (fp32).
+
+    Momentum mixes the increments; Newton–Schulz orthogonalises them, batched over chunks, then one prefix sum
+    (one ``chunk_scan`` launch) gives the states.
+    """
+    updates, _ = chunk_scan(updates, inputs.alpha[..., 0], coeff_chunk_size=inputs.chunk_size)  # momenta M_n
+    X = frobenius_normalize(updates, NS_EPS, inputs.work)  # M_n / (‖M_n‖ + ε) in the work dtype
+    updates = runtime.newton_schulz_steps(X, NS_COEFFICIENTS)  # U_n = 𝓜(M_n), batched over chunks
+    reads, _ = chunk_scan(updates, None, inputs.state["W1"], inclusive=False)  # S^(n−1), S^(n) = S^(n−1) + U_n
+    return reads, reads[:, :, -1]  # the last chunk is apply-only
 
 
 def triton_lact_v2(
@@ -70,8 +100,9 @@ def triton_lact_v2(
         q, k, v, W0=W0, W2=W2, lr=lr, momentum=momentum, initial_state=initial_state, chunk_size=chunk_size,
         work_in_q_dtype=True,
     )
-    q_hat, k_hat, v_hat = (x.contiguous() for x in features(inputs))  # φ(Q), φ(K), V̂ of every token (work dtype)
-    updates = chunk_outer(k_hat, v_hat, inputs.chunk_size)  # ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, h, d]
+    q_hat, k_hat = linear_features([inputs.Q, inputs.K], [inputs.slow["W0"], inputs.slow["W2"]], PHI)  # one launch
+    v_hat = inputs.V  # V̂ = η ⊙ V: η is applied on load by chunk_outer
+    updates = chunk_outer(k_hat, v_hat, inputs.chunk_size, scale=inputs.eta[..., 0])  # [B, H, N, h, d]
     reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state after the last step
     o = chunk_read(q_hat, None, None, reads, inputs.chunk_size, MASK_NONE, v_hat.shape[-1])  # [B, H, T, d]
     return finish(o, {**inputs.state, "W1": last}, output_final_state, inputs)

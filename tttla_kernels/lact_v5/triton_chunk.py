@@ -5,29 +5,47 @@ exactly what chunk.py computes, forward and backward.
 
 V5: V4 without momentum.
 
-Pipeline (flash-linear-attention's split into a state pass and an output pass):
+Pipeline, in three phases (flash-linear-attention's split into a state pass and an output pass,
+with the work across chunks between them):
 
-1. φ(Q), φ(K) and V̂ = -η ∂L/∂f in torch, with autograd. φ is the identity here.
-2. ``chunk_outer`` (Triton): the chunk increments ΔS_n = φ(K_n)ᵀ V̂_n ``[B, H, N, d, d]``.
-3. torch, with autograd: Newton–Schulz
-   batched over chunks, the prefix sum over chunks: the state each chunk reads.
-4. ``chunk_read`` (Triton): O_n = φ(Q_n) S^{(n−1)} (block-exclusive: no intra-chunk term).
+1. φ is the identity: q̂, k̂ are views of the caller's tensors, read in place.
+   ``chunk_outer`` (Triton): ΔS_n = φ(K_n)ᵀ V̂_n ``[B, H, N, d, d]``;
+   v is read in place (V̂ = V).
+2. Across chunks (``chunk_states`` below): Newton–Schulz batched over chunks: one
+   ``frobenius_normalize`` launch, then three cuBLAS products per step (``bmm``, ``baddbmm``,
+   ``baddbmm``: no element-wise pass between them), then the states in one ``chunk_scan`` launch
+   from the initial state.
+3. ``chunk_read`` (Triton): O_n = φ(Q_n) S^{(n−1)} (block-exclusive: no intra-chunk term).
 
-Both kernels live in ``tttla_kernels/triton_runtime.py``, shared by every variant: torch.library
-custom ops (``tttla::chunk_outer``, ``tttla::chunk_read``) whose backward passes are the same two
-ops with the roles of their operands permuted, so gradients reach q, k, v and the
-initial state, and ``torch.compile`` traces the whole layer. Token-level work runs in q's dtype
-for fp16/bf16 (tensor cores), else in the state dtype; states and accumulators are fp32 (fp64
-for fp64 inputs).
+The kernels are torch.library custom ops shared by every variant (``tttla_kernels/triton_*.py``),
+each with an explicit backward pass, so gradients reach q, k, v and the initial
+state, and ``torch.compile`` traces the whole layer. Token-level work runs in q's dtype for
+fp16/bf16 (tensor cores), else in the state dtype; states and accumulators are fp32 (fp64 for
+fp64 inputs).
 """
 
 from __future__ import annotations
 
 import torch
 
+from tttla_kernels import runtime
+from tttla_kernels.triton_chunks import chunk_scan, frobenius_normalize
 from tttla_kernels.triton_runtime import MASK_NONE, chunk_outer, chunk_read
 
-from ._common import chunk_states, features, finish, prepare
+from ._common import NS_COEFFICIENTS, NS_EPS, finish, prepare
+
+
+def chunk_states(updates, inputs):
+    """The states the chunks read and the state after the last update, from the chunk increments
+    ``updates`` ΔS_n ``[B, H, N, d, d]`` (fp32).
+
+    Newton–Schulz orthogonalises them, batched over chunks, then one prefix sum (one ``chunk_scan`` launch)
+    gives the states.
+    """
+    X = frobenius_normalize(updates, NS_EPS, inputs.work)  # M_n / (‖M_n‖ + ε) in the work dtype
+    updates = runtime.newton_schulz_steps(X, NS_COEFFICIENTS)  # U_n = 𝓜(M_n), batched over chunks
+    reads, _ = chunk_scan(updates, None, inputs.state["W"], inclusive=False)  # S^(n−1), S^(n) = S^(n−1) + U_n
+    return reads, reads[:, :, -1]  # the last chunk is apply-only
 
 
 def triton_lact_v5(
@@ -56,7 +74,8 @@ def triton_lact_v5(
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
     inputs = prepare(q, k, v, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True)
-    q_hat, k_hat, v_hat = (x.contiguous() for x in features(inputs))  # φ(Q), φ(K), V̂ of every token (work dtype)
+    q_hat, k_hat = inputs.Q, inputs.K  # φ is the identity: views of the caller's tensors
+    v_hat = inputs.V  # V̂ = V
     updates = chunk_outer(k_hat, v_hat, inputs.chunk_size)  # ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, d, d]
     reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state after the last step
     o = chunk_read(q_hat, None, None, reads, inputs.chunk_size, MASK_NONE, v_hat.shape[-1])  # [B, H, T, d]

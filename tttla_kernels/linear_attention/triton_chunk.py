@@ -24,10 +24,21 @@ from __future__ import annotations
 import torch
 
 from tttla_kernels import runtime
+from tttla_kernels.triton_chunks import chunk_scan
 from tttla_kernels.triton_runtime import MASK_CAUSAL, chunk_outer, chunk_read
 from tttla_kernels.triton_scan import MAX_WIDTH, fused_scan
 
-from ._common import chunk_states, features, finish, prepare
+from ._common import features, finish, prepare
+
+
+def chunk_states(updates, inputs):
+    """The states the chunks read and the state after the last update, from the chunk increments
+    ``updates`` ΔS_n ``[B, H, N, d, d]`` (fp32).
+
+    One prefix sum (one ``chunk_scan`` launch) gives them.
+    """
+    reads, last = chunk_scan(updates, None, inputs.state["W"], inclusive=False)  # S^(n−1), S^(n) = S^(n−1) + U_n
+    return reads, last  # chunk n reads S^(n−1) (and its own tokens), S^(N)
 
 
 def triton_linear_attention(
@@ -63,8 +74,7 @@ def triton_linear_attention(
         G = None
         o, last = fused_scan(q_hat, k_hat, v_hat, G, inputs.state["W"], block)
         return finish(o, {**inputs.state, "W": last}, output_final_state, inputs)
-    # a wider state: the two-kernel pipeline
-    q_hat, k_hat, v_hat = (x.contiguous() for x in (q_hat, k_hat, v_hat))  # φ(Q), φ(K), V̂ of every token (work dtype)
+    # a wider state: the three-phase pipeline, from the same features
     updates = chunk_outer(k_hat, v_hat, inputs.chunk_size)  # ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, d, d]
     reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state after the last step
     # the chunk's own tokens i ≤ t too: tril(φ(Q_n) φ(K_n)ᵀ) V̂_n

@@ -25,10 +25,22 @@ from __future__ import annotations
 import torch
 
 from tttla_kernels import runtime
+from tttla_kernels.triton_chunks import chunk_scan
 from tttla_kernels.triton_runtime import MASK_CAUSAL, chunk_outer, chunk_read
 from tttla_kernels.triton_scan import MAX_WIDTH, fused_scan
 
-from ._common import chunk_states, features, finish, prepare
+from ._common import features, finish, prepare
+
+
+def chunk_states(updates, inputs):
+    """The states the chunks read and the state after the last update, from the chunk increments
+    ``updates`` ΔS_n ``[B, H, N, d, d]`` (fp32).
+
+    A linear scan of the chunk decays (one ``chunk_scan`` launch) gives them.
+    """
+    decays = runtime.chunk_decay(inputs.log_gamma, inputs.chunk_size)[..., 0, 0]  # Γ_n = exp(Σ_(t ∈ n) g_t): [B, H, N]
+    reads, last = chunk_scan(updates, decays, inputs.state["W"], inclusive=False)  # S^(n−1), S^(n) = Γ_n S^(n−1) + U_n
+    return reads, last  # chunk n reads S^(n−1) (and its own tokens), S^(N)
 
 
 def triton_simple_gla(
@@ -69,8 +81,7 @@ def triton_simple_gla(
         G = runtime.chunk_log_decay(inputs.log_gamma, block)[..., 0].flatten(2, 3)[:, :, :inputs.T]
         o, last = fused_scan(q_hat, k_hat, v_hat, G, inputs.state["W"], block)
         return finish(o, {**inputs.state, "W": last}, output_final_state, inputs)
-    # a wider state: the two-kernel pipeline
-    q_hat, k_hat, v_hat = (x.contiguous() for x in (q_hat, k_hat, v_hat))  # φ(Q), φ(K), V̂ of every token (work dtype)
+    # a wider state: the three-phase pipeline, from the same features
     G = runtime.chunk_log_decay(inputs.log_gamma, inputs.chunk_size)  # G_t = Σ_(s≤t in its chunk) g_s
     tail = (G[..., -1:, :] - G).flatten(2, 3)[:, :, :inputs.T]  # log Γ_L/Γ_i of every token
     decayed_keys = (k_hat * tail.exp().to(k_hat.dtype)).contiguous()

@@ -70,7 +70,7 @@ def prepare(q, k, v, *, gamma, beta, lr, lr_position, initial_state, chunk_size)
         label = f"initial_state[{name!r}]"
         shape = runtime.shape_in(sizes, shape, label)
         state[name] = (
-            runtime.per_head(label, given[name], B, H, shape, q.device, dtype).clone()
+            runtime.per_head(label, given[name], B, H, shape, q.device, dtype, copy=True)
             if name in given
             else torch.zeros(B, H, *shape, dtype=dtype, device=q.device)
         )

@@ -5,28 +5,42 @@ exactly what chunk.py computes, forward and backward.
 
 ViTTT 3×3 depthwise-convolution branch: one bidirectional step on the h×w grid, per-kernel clip.
 
-Pipeline (flash-linear-attention's split into a state pass and an output pass):
+Pipeline, in three phases (flash-linear-attention's split into a state pass and an output pass,
+with the work across chunks between them):
 
-1. φ(Q), φ(K) and V̂ = -η ∂L/∂f in torch, with autograd. φ is the identity here.
-2. ``chunk_outer`` (Triton): the chunk increments ΔS_n = φ(K_n)ᵀ V̂_n ``[B, H, N, taps, 1]``.
-3. torch, with autograd: the prefix sum over chunks: the state each chunk reads.
-4. ``chunk_read`` (Triton): O = φ(Q) S^{(1)} (bidirectional: one update on all tokens).
+1. φ is the identity: q̂, k̂ are views of the caller's tensors, read in place.
+   ``chunk_outer`` (Triton): ΔS_n = φ(K_n)ᵀ V̂_n ``[B, H, N, taps, 1]``;
+   v is read in place with η applied on load (V̂ never materialised).
+2. Across chunks (``chunk_states`` below): the per-chunk factors in torch, then the states in one
+   ``chunk_scan`` launch from the initial state.
+3. ``chunk_read`` (Triton): O = φ(Q) S^{(1)} (bidirectional: one update on all tokens).
 
-Both kernels live in ``tttla_kernels/triton_runtime.py``, shared by every variant: torch.library
-custom ops (``tttla::chunk_outer``, ``tttla::chunk_read``) whose backward passes are the same two
-ops with the roles of their operands permuted, so gradients reach q, k, v, lr and the
-initial state, and ``torch.compile`` traces the whole layer. Token-level work runs in q's dtype
-for fp16/bf16 (tensor cores), else in the state dtype; states and accumulators are fp32 (fp64
-for fp64 inputs).
+The kernels are torch.library custom ops shared by every variant (``tttla_kernels/triton_*.py``),
+each with an explicit backward pass, so gradients reach q, k, v, lr and the initial
+state, and ``torch.compile`` traces the whole layer. Token-level work runs in q's dtype for
+fp16/bf16 (tensor cores), else in the state dtype; states and accumulators are fp32 (fp64 for
+fp64 inputs).
 """
 
 from __future__ import annotations
 
 import torch
 
+from tttla_kernels.triton_chunks import chunk_scan
 from tttla_kernels.triton_runtime import MASK_NONE, chunk_outer, chunk_read
 
-from ._common import chunk_states, features, finish, prepare
+from ._common import finish, prepare
+
+
+def chunk_states(updates, inputs):
+    """The states the chunks read and the state after the last update, from the chunk increments
+    ``updates`` ΔS_n ``[B, H, N, taps, 1]`` (fp32).
+
+    The clip rescales each step, then one prefix sum (one ``chunk_scan`` launch) gives the states.
+    """
+    updates = updates / (updates.norm(dim=-2, keepdim=True) + 1.0)  # column clip G[:, c] / (‖G[:, c]‖ + 1)
+    reads, last = chunk_scan(updates, None, inputs.state["w"], inclusive=True)  # S^(n) = S^(n−1) + U_n
+    return reads, last  # chunk n reads the state after its own step
 
 
 def triton_vittt_dwconv(
@@ -57,8 +71,9 @@ def triton_vittt_dwconv(
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
     inputs = prepare(q, k, v, grid=grid, lr=lr, initial_state=initial_state, work_in_q_dtype=True)
-    q_hat, k_hat, v_hat = (x.contiguous() for x in features(inputs))  # φ(Q), φ(K), V̂ of every token (work dtype)
-    updates = chunk_outer(k_hat, v_hat, inputs.chunk_size)  # ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, taps, 1]
+    q_hat, k_hat = inputs.Q, inputs.K  # φ is the identity: views of the caller's tensors
+    v_hat = inputs.V  # V̂ = η ⊙ V: η is applied on load by chunk_outer
+    updates = chunk_outer(k_hat, v_hat, inputs.chunk_size, scale=0.3333333333333333 * inputs.eta[..., 0])  # [B, H, N, taps, 1]
     reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state after the last step
     o = chunk_read(q_hat, None, None, reads, inputs.chunk_size, MASK_NONE, v_hat.shape[-1])  # [B, H, T, 1]
     return finish(o, {**inputs.state, "w": last}, output_final_state, inputs)

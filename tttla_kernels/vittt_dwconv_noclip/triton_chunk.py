@@ -22,10 +22,21 @@ from __future__ import annotations
 
 import torch
 
+from tttla_kernels.triton_chunks import chunk_scan
 from tttla_kernels.triton_runtime import MASK_NONE, chunk_outer, chunk_read
 from tttla_kernels.triton_scan import MAX_WIDTH, fused_chunk_scan
 
-from ._common import chunk_states, features, finish, prepare
+from ._common import features, finish, prepare
+
+
+def chunk_states(updates, inputs):
+    """The states the chunks read and the state after the last update, from the chunk increments
+    ``updates`` ΔS_n ``[B, H, N, taps, 1]`` (fp32).
+
+    One prefix sum (one ``chunk_scan`` launch) gives them.
+    """
+    reads, last = chunk_scan(updates, None, inputs.state["w"], inclusive=True)  # S^(n) = S^(n−1) + U_n
+    return reads, last  # chunk n reads the state after its own step
 
 
 def triton_vittt_dwconv_noclip(
@@ -61,8 +72,7 @@ def triton_vittt_dwconv_noclip(
         gc = None  # no decay
         o, last = fused_chunk_scan(q_hat, k_hat, v_hat, gc, inputs.state["w"], inputs.chunk_size, inclusive=True)
         return finish(o, {**inputs.state, "w": last}, output_final_state, inputs)
-    # a wider state: the two-kernel pipeline
-    q_hat, k_hat, v_hat = (x.contiguous() for x in (q_hat, k_hat, v_hat))  # φ(Q), φ(K), V̂ of every token (work dtype)
+    # a wider state: the three-phase pipeline, from the same features
     updates = chunk_outer(k_hat, v_hat, inputs.chunk_size)  # ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, taps, 1]
     reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state after the last step
     o = chunk_read(q_hat, None, None, reads, inputs.chunk_size, MASK_NONE, v_hat.shape[-1])  # [B, H, T, 1]
