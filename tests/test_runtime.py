@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tttla_kernels.runtime import linear_scan
+from tttla_kernels.runtime import linear_scan, newton_schulz_steps
 
 
 def _loop(a, b, initial):
@@ -71,3 +71,31 @@ def test_linear_scan_grows_linearly():
         return total
 
     assert saved(4096) < 4.5 * saved(1024)
+
+
+LACT_STEPS = ((4.0848, -6.8946, 2.927), (3.9505, -6.3029, 2.6377), (2.8366, -3.0525, 1.2012))
+
+
+def _steps_by_autograd(X):
+    """The Newton–Schulz steps written out (autograd differentiates them)."""
+    wide = X.shape[-2] <= X.shape[-1]
+    X = X if wide else X.mT
+    for a, b, c in LACT_STEPS:
+        A = X @ X.mT
+        X = a * X + (b * A + c * (A @ A)) @ X
+    return X if wide else X.mT
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (2, 6, 4), (4, 4), (1, 1)], ids=["wide", "tall", "square", "1x1"])
+def test_newton_schulz_backward_is_autograds(shape):
+    """The explicit backward of the steps equals autograd's through the written-out steps (fp64)."""
+    g = torch.Generator().manual_seed(len(shape))
+    X = torch.randn(*shape, generator=g, dtype=torch.float64)
+    X = (X / torch.linalg.matrix_norm(X, keepdim=True)).requires_grad_()
+    W = torch.randn(shape, generator=g, dtype=torch.float64)
+    got, want = newton_schulz_steps(X, LACT_STEPS), _steps_by_autograd(X)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    grad_got, = torch.autograd.grad((got * W).sum(), X)
+    grad_want, = torch.autograd.grad((want * W).sum(), X)
+    torch.testing.assert_close(grad_got, grad_want, rtol=1e-11, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: newton_schulz_steps(x, LACT_STEPS), (X.detach().requires_grad_(),))
