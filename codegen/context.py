@@ -26,6 +26,7 @@ from derivations.form import LinearAttentionForm
 from derivations.loading import reference_of
 from derivations.printing import to_text
 from derivations.reasons import sentences
+from derivations.shard import NotShardable, ShardSummary, shard_summary
 from derivations.spec import HEAD
 from derivations.structured import Lowering
 
@@ -117,6 +118,9 @@ class ModuleContext:
     #: v̂ = c·η·v read in place by the Triton pipeline's increments: "" (v̂ = v), the code of the per-token
     #: factor on ``inputs`` (η applied on load), or None (v̂ is materialised)
     value_on_load: str | None = None
+    #: what a slice of the sequence hands to the next (derivations.shard), or None with ``shard_reason``
+    shard: ShardSummary | None = None
+    shard_reason: str = ""
 
     @property
     def multi_state(self) -> bool:
@@ -379,7 +383,16 @@ def build_context(form: LinearAttentionForm) -> ModuleContext:
         bias=biased_layer(form) if forms.chunk_template == "prefix_scan" else None,
         reference=reference,
         **_pipeline_fields(form, forms, multi),
+        **_shard_fields(form),
     )
+
+
+def _shard_fields(form: LinearAttentionForm) -> dict:
+    """ModuleContext.shard and shard_reason."""
+    try:
+        return {"shard": shard_summary(form)}
+    except NotShardable as why:
+        return {"shard": None, "shard_reason": str(why)}
 
 
 def _pipeline_fields(form: LinearAttentionForm, forms: FormPlan, multi: bool) -> dict:

@@ -72,6 +72,26 @@ def check_state(name: str, t, batch: int, heads: int, shape: tuple[int, int], de
         _fail(f"{name} must be on the device of q ({device}), got {t.device}")
 
 
+def context_shard(process_group, q: torch.Tensor, v: torch.Tensor, chunk_size: int, aligned: bool):
+    """This rank's place in the context-parallel ``process_group`` (None: one process), after checking that
+    every rank holds a slice of the same layer (``tttla_kernels.context_parallel``)."""
+    if process_group is None:
+        return None
+    from tttla_kernels.context_parallel import shard_of
+
+    B, T, H, DK = q.shape
+    dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    dtype = dtypes.index(q.dtype) if q.dtype in dtypes else -1
+    return shard_of(process_group, tokens=T, chunk_size=chunk_size, aligned=aligned,
+                    signature=(B, H, DK, v.shape[-1], dtype, chunk_size))
+
+
+def single_process(process_group, why: str) -> None:
+    """Refuse a ``process_group`` where a form runs in one process, saying why."""
+    if process_group is not None:
+        raise ValueError(f"process_group: {why}")
+
+
 def check_chunk_size(chunk_size) -> int:
     """A chunk size must be an integer >= 1."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
@@ -203,13 +223,31 @@ def chunk_means(alpha: torch.Tensor, chunk_size: int) -> torch.Tensor:
     return padded.unflatten(-1, (N, chunk_size)).sum(-1) / counts
 
 
-def linear_scan(a: torch.Tensor, b: torch.Tensor, initial: torch.Tensor | None = None) -> torch.Tensor:
+def scan_states(b: torch.Tensor, initial: torch.Tensor | None, a: torch.Tensor | None = None, shard=None
+                ) -> torch.Tensor:
+    """h_in, h_0, …, h_{N−1} of h_n = a_n h_{n−1} + b_n along dim 2 (``[B, H, N + 1, …]``): h_in is
+    ``initial`` (zero when None) or, on a rank of a context-parallel ``shard``
+    (``tttla_kernels.context_parallel``), the value this rank's slice starts from; a ≡ 1 when None
+    (one cumulative sum)."""
+    if shard is None:
+        start = initial if initial is not None else torch.zeros_like(b[:, :, 0])
+        if a is None:
+            return torch.cat([start.unsqueeze(2), b], dim=2).cumsum(dim=2)
+        return torch.cat([start.unsqueeze(2), linear_scan(a, b, start)], dim=2)
+    from tttla_kernels.context_parallel import sharded_scan
+
+    h, h_in = sharded_scan(a, b.cumsum(dim=2) if a is None else linear_scan(a, b), initial, shard)
+    return torch.cat([h_in.unsqueeze(2), h], dim=2)
+
+
+def linear_scan(a: torch.Tensor, b: torch.Tensor, initial: torch.Tensor | None = None, shard=None) -> torch.Tensor:
     """h_n = a_n ⊙ h_{n−1} + b_n for n = 0 … N−1 along dim 2, from h_{−1} = ``initial`` (zero when None).
 
     ``b`` is ``[B, H, N, …]``; ``a`` ``[·, ·, N, …]`` (N along dim 2) broadcasts against it (a scalar per chunk as
     ``[B, H, N, 1, 1]``, one factor per state row as ``[B, H, N, r, 1]``); ``initial`` is ``[B, H, …]``.
     Returns every h_n (inclusive), ``b``'s shape. Momentum (M_n = ᾱ_n M_{n−1} + ΔS_n) and a decay
-    across chunks (S_n = Γ_n S_{n−1} + ΔS_n) are such scans.
+    across chunks (S_n = Γ_n S_{n−1} + ΔS_n) are such scans. On a rank of a context-parallel ``shard``
+    the scan continues the slices of the ranks before it (:func:`scan_states`).
 
     Time and memory grow linearly with N: the scan pairs neighbours, (a_{2m+1} a_{2m},
     a_{2m+1} b_{2m} + b_{2m+1}), solves the half-length scan for the odd positions, and fills in
@@ -217,6 +255,8 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, initial: torch.Tensor | None =
     coefficients, no host sync). An h_n reads only a_j, b_j with j ≤ n, so a non-finite input at
     chunk j reaches only h_j, h_{j+1}, ….
     """
+    if shard is not None:
+        return scan_states(b, initial, a, shard)[:, :, 1:]
     if initial is not None:
         first = a.narrow(2, 0, 1) * initial.unsqueeze(2) + b.narrow(2, 0, 1)
         b = torch.cat([first, b.narrow(2, 1, b.shape[2] - 1)], dim=2)

@@ -33,6 +33,21 @@ class CallHooks(HookBase):
         """Whether chunk_size is a block size that cannot change the result (a fixed schedule)."""
         return self.c.fixed_chunk and self._chunk_default() is not None
 
+    def _context_parallel(self) -> bool:
+        """Whether the chunk form runs context-parallel: the form has a summary (derivations.shard) and the
+        prefix-scan template computes it."""
+        return self.c.shard is not None and self.c.plan.chunk_template == "prefix_scan"
+
+    def _one_process_reason(self, form: str) -> str | None:
+        """Why ``form`` refuses a ``process_group`` (the whole sentence), or None when it runs context-parallel."""
+        c = self.c
+        if self._context_parallel():
+            return None if form == "chunk" else (f"the {form} form runs in one process; the chunk form "
+                                                 f"(chunk_{c.name}) runs context-parallel")
+        if c.shard is None:
+            return c.shard_reason
+        return f"{c.name}'s chunk form is not the prefix-scan template: {c.plan.forms['chunk'].reason}"
+
     def _state_type(self) -> str:
         return "dict[str, torch.Tensor]" if self.c.multi_state else "torch.Tensor"
 
@@ -45,6 +60,7 @@ class CallHooks(HookBase):
         default = self._chunk_default()
         if default is not None:
             params.append(f"chunk_size: int = {default}")
+        params.append("process_group: object | None = None")
         return f"def {fname}(\n" + "".join(f"    {p},\n" for p in params) + f") -> tuple[torch.Tensor, {state} | None]:"
 
     def _slow_role(self, w: str) -> str:
@@ -94,6 +110,15 @@ class CallHooks(HookBase):
         elif self._chunk_ignored():
             args += [f"chunk_size: tokens per block of the parallel computation (default {c.plan.compute_chunk}); the",
                      "    result does not depend on it (the schedule steps once per token)."]
+        if self._one_process_reason(form) is None:
+            whole = " (whole chunks on every rank but the last)" if not c.fixed_chunk else ""
+            args += ["process_group: a torch.distributed group for context parallelism, or None (one process):",
+                     f"    each rank passes its slice of the sequence{whole}, in rank order, and gets its slice of o;",
+                     "    initial_state is read on rank 0, the final state returned on the last rank (None on the "
+                     "others).", "    Every rank must call the backward of its own slice's loss."]
+        else:
+            args.append("process_group: must be None (one process): context parallelism runs in "
+                        + (f"chunk_{c.name}." if self._context_parallel() else "no form of this variant."))
         width = c.lowering.channels if c.lowering else c.value_dim
         rows = [f'"""{summary}', "", c.description, "", "Args:", *(f"    {a}" for a in args), "", "Returns:",
                 f"    ``(o, final_state)``: o ``[B, T, H, {width}]`` in q's dtype; the final state (fp32,",
@@ -129,7 +154,11 @@ class CallHooks(HookBase):
                          "# chunk_size was checked; the recurrence steps once per token"]
         if self._work_dtype_choice() and form != "recurrent":
             args.append("work_in_q_dtype=True")
-        return lines([*call("inputs = prepare", args), *steps])
+        refusal = self._one_process_reason(form)
+        if refusal is None:
+            args.append("process_group=process_group")
+        single = [f"runtime.single_process(process_group, {refusal!r})"] if refusal else []
+        return lines([*single, *call("inputs = prepare", args), *steps])
 
     def _work_dtype_choice(self) -> bool:
         """Whether prepare lets a form run its token-level work in q's dtype (the prefix-scan forms)."""
@@ -159,6 +188,8 @@ class CallHooks(HookBase):
             (c.decay, "log_gamma", f"torch.Tensor  # g = log γ {self._log_gamma_shape()}", self._log_gamma_value()),
             (True, "out_dtype", "torch.dtype  # q's dtype, the output's", "q.dtype"),
             (c.lowering, "heads", "int  # the layer's heads H (the forms run H·C per-channel heads)", "heads"),
+            (self._context_parallel(), "shard",
+             "object  # this rank's place in a context-parallel group (context_parallel.Shard), or None", "shard"),
         ]
         return fields + [(name, decl, value) for wanted, name, decl, value in optional if wanted]
 
@@ -186,6 +217,8 @@ class CallHooks(HookBase):
             params.append("chunk_size")
         if self._work_dtype_choice():
             params.append("work_in_q_dtype=False")
+        if self._context_parallel():
+            params.append("process_group=None")
         return f"def prepare({', '.join(params)}) -> Inputs:"
 
     def prepare_body(self) -> str:
@@ -205,6 +238,9 @@ class CallHooks(HookBase):
             rows.append("chunk_size = T  # one step on all tokens")
         else:
             rows.append("chunk_size = runtime.check_chunk_size(chunk_size)")
+            if self._context_parallel():
+                aligned = not c.fixed_chunk  # the schedule steps once per chunk: slices of whole chunks
+                rows.append(f"shard = runtime.context_shard(process_group, q, v, chunk_size, aligned={aligned})")
         rows.append("dtype = runtime.state_dtype(q)")
         if self._work_dtype_choice():
             rows.append("work = runtime.work_dtype(q) if work_in_q_dtype else dtype  "
@@ -269,7 +305,8 @@ class CallHooks(HookBase):
     def finish_body(self) -> str:
         c = self.c
         final = "state" if c.multi_state else f'state["{c.updated[0][0]}"]'
-        rows = [f"final_state = {final} if output_final_state else None"]
+        last = " and (inputs.shard is None or inputs.shard.last)" if self._context_parallel() else ""
+        rows = [f"final_state = {final} if output_final_state{last} else None"]
         if c.lowering:
             rows.append("return runtime.raise_depthwise(o.transpose(1, 2).to(inputs.out_dtype), final_state, "
                         "inputs.heads)  # channels back from heads")

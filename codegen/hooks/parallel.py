@@ -78,7 +78,7 @@ class ParallelHooks(HookBase):
                         "# momenta M_n")
         elif c.momentum:
             rows += ["abar = runtime.chunk_means(inputs.alpha, inputs.chunk_size)[..., None, None]  # [B, H, N, 1, 1]",
-                     "updates = runtime.linear_scan(abar, updates)  # M_n = ᾱ_n M_{n−1} + ΔS_n (linear in N)"]
+                     f"updates = runtime.linear_scan(abar, updates{self._shard()})  # M_n = ᾱ_n M_{{n−1}} + ΔS_n"]
         if c.ns_coefficients and triton:
             rows += ["X = frobenius_normalize(updates, NS_EPS, inputs.work)  # M_n / (‖M_n‖ + ε) in the work dtype",
                      "updates = runtime.newton_schulz_steps(X, NS_COEFFICIENTS)  # U_n = 𝓜(M_n), batched over chunks"]
@@ -87,6 +87,10 @@ class ParallelHooks(HookBase):
                         "# U_n = 𝓜(M_n), batched over chunks")
         rows += self._triton_prefix() if triton else self._torch_prefix()
         return lines(rows)
+
+    def _shard(self) -> str:
+        """The keyword that continues a scan from the ranks before this one (context-parallel forms)."""
+        return ", shard=inputs.shard" if self._context_parallel() else ""
 
     def triton_scans(self) -> bool:
         """Whether the Triton pipeline runs its own ``chunk_states`` (scans over chunks as ``chunk_scan``
@@ -115,18 +119,17 @@ class ParallelHooks(HookBase):
                        "return reads, last  # chunk n reads the state after its own step"]
 
     def _torch_prefix(self) -> list[str]:
-        """The torch forms' states: a cumulative sum (or a linear scan of the decays) from the initial state."""
+        """The torch forms' states: a cumulative sum (or a linear scan of the decays) from the initial state,
+        continued from the ranks before this one under context parallelism."""
         c = self.c
         initial = self.initial_state()
-        rows = []
         if c.decay:
-            rows += ["decays = runtime.chunk_decay(inputs.log_gamma, inputs.chunk_size)  "
-                     f"# Γ_n = exp(Σ_(t ∈ n) g_t): {self._row_factor_shape()}",
-                     f"after = runtime.linear_scan(decays, updates, {initial})  # S^(n) = Γ_n S^(n−1) + U_n",
-                     f"states = torch.cat([{initial}.unsqueeze(2), after], dim=2)  # S^(0), …, S^(N)"]
+            rows = ["decays = runtime.chunk_decay(inputs.log_gamma, inputs.chunk_size)  "
+                    f"# Γ_n = exp(Σ_(t ∈ n) g_t): {self._row_factor_shape()}",
+                    f"states = runtime.scan_states(updates, {initial}, decays{self._shard()})  "
+                    "# S^(0), …, S^(N), S^(n) = Γ_n S^(n−1) + U_n"]
         else:
-            rows.append(f"states = torch.cat([{initial}.unsqueeze(2), updates], dim=2).cumsum(dim=2)  "
-                        "# S^(0), …, S^(N): one scan")
+            rows = [f"states = runtime.scan_states(updates, {initial}{self._shard()})  # S^(0), …, S^(N): one scan"]
         if c.order == "apply_then_update":
             rows += ["reads = states[:, :, :-1]  # S^{(n−1)}: chunk n reads the state before its own step",
                      "return reads, reads[:, :, -1]  # the last chunk is apply-only"]
@@ -148,11 +151,10 @@ class ParallelHooks(HookBase):
             f"buffer_updates = ((k_chunks * P_last.unsqueeze(-1).to(work)).mT @ v_chunks).to(inputs.dtype)  # {shape}",
             "state_updates = ((k_chunks * C[..., -1, :].unsqueeze(-1).to(work)).mT @ v_chunks).to(inputs.dtype)",
             "# M^(n) = A_L M^(n−1) + ΔM_n from a zero buffer, then S^(n) = S^(n−1) + c_L M^(n−1) + ΔS_n",
-            "buffers = runtime.linear_scan(A_last[..., None, None], buffer_updates)",
-            "buffers = torch.cat([torch.zeros_like(buffers[:, :, :1]), buffers[:, :, :-1]], dim=2)  # M^(n−1)",
+            f"buffers = runtime.scan_states(buffer_updates, None, A_last[..., None, None]{self._shard()})[:, :, :-1]  "
+            "# M^(n−1)",
             "steps = c[..., -1, :, None] * buffers + state_updates",
-            f'states = torch.cat([{self.initial_state()}.unsqueeze(2), steps], dim=2).cumsum(dim=2)  '
-            "# S^(0), …, S^(N)",
+            f"states = runtime.scan_states(steps, {self.initial_state()}{self._shard()})  # S^(0), …, S^(N)",
             "reads, last = states[:, :, :-1], states[:, :, -1]",
             "o = q_chunks @ reads.to(work) + c.to(work) * (q_chunks @ buffers.to(work))  # q_t S_0 + c_t q_t M_0",
             "weights = C.to(work) * (q_chunks @ k_chunks.mT)  # C_tj q̂_t·k̂_j",
@@ -262,7 +264,7 @@ class ParallelHooks(HookBase):
         """triton_chunk.py's imports: triton (for a feature kernel's epilogue), the runtime and the kernels it
         calls, read off the code it holds."""
         c = self.c
-        code = self.triton_body() + self.triton_definitions()
+        code = self.prepare_call("triton") + self.triton_body() + self.triton_definitions()
         masks = sorted(m for m in ("MASK_ANTICAUSAL", "MASK_CAUSAL", "MASK_NONE") if m in code)
         modules = {
             "triton_chunks": [n for n in ("chunk_scan", "frobenius_normalize") if f"{n}(" in code],

@@ -35,6 +35,7 @@ def chunk_delta_rule(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
+    process_group: object | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run delta_rule in parallel within blocks (WY/UT form), block states in sequence.
 
@@ -49,11 +50,13 @@ def chunk_delta_rule(
         output_final_state: also return the state after the last update.
         chunk_size: tokens per block of the parallel computation (default 64); the
             result does not depend on it (the schedule steps once per token).
+        process_group: must be None (one process): context parallelism runs in no form of this variant.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
+    runtime.single_process(process_group, "delta_rule's slices are affine maps S ↦ A·S + B (A the product of its (I − β kᵀk) factors), a summary not derived yet: it runs in one process")
     inputs = prepare(q, k, v, lr=lr, initial_state=initial_state, chunk_size=chunk_size)
     q_blocks, scores, U, W, k_tail, block_decay = wy_blocks(inputs)
     S = inputs.state["W"]  # [B, H, d, d]

@@ -48,8 +48,7 @@ def chunk_states(updates, inputs):
     A linear scan of the chunk decays gives them.
     """
     decays = runtime.chunk_decay(inputs.log_gamma, inputs.chunk_size)  # Γ_n = exp(Σ_(t ∈ n) g_t): [B, H, N, d, 1]
-    after = runtime.linear_scan(decays, updates, inputs.state["W"])  # S^(n) = Γ_n S^(n−1) + U_n
-    states = torch.cat([inputs.state["W"].unsqueeze(2), after], dim=2)  # S^(0), …, S^(N)
+    states = runtime.scan_states(updates, inputs.state["W"], decays, shard=inputs.shard)  # S^(0), …, S^(N), S^(n) = Γ_n S^(n−1) + U_n
     reads = states[:, :, :-1]  # S^{(n−1)}: chunk n reads the state before it (plus its own tokens)
     return reads, states[:, :, -1]
 
@@ -68,12 +67,14 @@ class Inputs(NamedTuple):
     state: dict[str, torch.Tensor]  # the updated weights at t = 0, per head [B, H, ·, ·]
     log_gamma: torch.Tensor  # g = log γ [B, H, T, d] (one per key channel)
     out_dtype: torch.dtype  # q's dtype, the output's
+    shard: object  # this rank's place in a context-parallel group (context_parallel.Shard), or None
 
 
-def prepare(q, k, v, *, log_decay, initial_state, chunk_size, work_in_q_dtype=False) -> Inputs:
+def prepare(q, k, v, *, log_decay, initial_state, chunk_size, work_in_q_dtype=False, process_group=None) -> Inputs:
     """Check a call's inputs (every error names the argument) and lay them out heads first."""
     B, T, H, Dk, Dv = runtime.check_qkv(q, k, v)
     chunk_size = runtime.check_chunk_size(chunk_size)
+    shard = runtime.context_shard(process_group, q, v, chunk_size, aligned=False)
     dtype = runtime.state_dtype(q)
     work = runtime.work_dtype(q) if work_in_q_dtype else dtype  # q's dtype for fp16/bf16 (tensor cores)
     given = {} if initial_state is None else {"W": initial_state}
@@ -95,12 +96,12 @@ def prepare(q, k, v, *, log_decay, initial_state, chunk_size, work_in_q_dtype=Fa
     V = runtime.heads_first(v, work)  # [B, H, T, d]
     return Inputs(
         T=T, chunk_size=chunk_size, dtype=dtype, work=work, Q=Q, K=K, V=V, slow=slow, state=state,
-        log_gamma=runtime.channel_coefficient("log_decay", log_decay, q, dtype), out_dtype=q.dtype,
+        log_gamma=runtime.channel_coefficient("log_decay", log_decay, q, dtype), out_dtype=q.dtype, shard=shard,
     )
 
 
 def finish(o, state, output_final_state, inputs):
     """o ``[B, H, T, ·]`` back to the caller's ``[B, T, H, ·]`` in q's dtype, and the state after the
     last update when ``output_final_state``."""
-    final_state = state["W"] if output_final_state else None
+    final_state = state["W"] if output_final_state and (inputs.shard is None or inputs.shard.last) else None
     return o.transpose(1, 2).to(inputs.out_dtype), final_state

@@ -27,6 +27,7 @@ def chunk_gla(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 16,
+    process_group: object | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run gla in parallel over chunks.
 
@@ -41,6 +42,10 @@ def chunk_gla(
         output_final_state: also return the state after the last update.
         chunk_size: tokens per block of the parallel computation (default 16); the
             result does not depend on it (the schedule steps once per token).
+        process_group: a torch.distributed group for context parallelism, or None (one process):
+            each rank passes its slice of the sequence, in rank order, and gets its slice of o;
+            initial_state is read on rank 0, the final state returned on the last rank (None on the others).
+            Every rank must call the backward of its own slice's loss.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
@@ -48,6 +53,7 @@ def chunk_gla(
     """
     inputs = prepare(
         q, k, v, log_decay=log_decay, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True,
+        process_group=process_group,
     )
     chunk_size, work = inputs.chunk_size, inputs.work
     q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ of every token (work dtype)

@@ -41,6 +41,7 @@ def triton_gla(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 16,
+    process_group: object | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run gla in parallel over chunks with Triton kernels.
 
@@ -55,11 +56,13 @@ def triton_gla(
         output_final_state: also return the state after the last update.
         chunk_size: tokens per block of the parallel computation (default 16); the
             result does not depend on it (the schedule steps once per token).
+        process_group: must be None (one process): context parallelism runs in chunk_gla.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
+    runtime.single_process(process_group, 'the triton form runs in one process; the chunk form (chunk_gla) runs context-parallel')
     inputs = prepare(
         q, k, v, log_decay=log_decay, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True,
     )

@@ -53,6 +53,7 @@ def recurrent_lact_no_query(
     initial_state: dict[str, torch.Tensor] | None = None,
     output_final_state: bool = False,
     chunk_size: int = 2048,
+    process_group: object | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
     """Run lact_no_query as a recurrence over its inner steps.
 
@@ -67,11 +68,13 @@ def recurrent_lact_no_query(
         initial_state: the updated fast weights at t = 0, a dict {'W0': ``[B, H, d, h]``, 'W1': ``[B, H, h, d]``, 'W2': ``[B, H, d, h]``} (``[H, ...]`` is shared across the batch); zeros for a missing entry.
         output_final_state: also return the state after the last update.
         chunk_size: tokens per inner step (default 2048); T need not be a multiple of it.
+        process_group: must be None (one process): context parallelism runs in no form of this variant.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
+    runtime.single_process(process_group, 'lact_no_query is not a prefix scan: the kernel is dynamic (φ_t depends on the whole history, Section 4); weight norm wraps every step, and Norm(A + B) ≠ Norm(A) + Norm(B) (Section 4)')
     inputs = prepare(q, k, v, lr=lr, momentum=momentum, initial_state=initial_state, chunk_size=chunk_size)
     # the tokens split once (one slice per step would make autograd write a full-length gradient per step)
     tokens = runtime.token_rows(inputs.chunk_size, Q=inputs.Q, K=inputs.K, V=inputs.V, eta=inputs.eta, alpha=inputs.alpha)

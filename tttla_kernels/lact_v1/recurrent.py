@@ -48,6 +48,7 @@ def recurrent_lact_v1(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 2048,
+    process_group: object | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run lact_v1 as a recurrence over its inner steps.
 
@@ -64,11 +65,13 @@ def recurrent_lact_v1(
         initial_state: the state W1 at t = 0, ``[B, H, h, d]`` or ``[H, h, d]``; zeros when None.
         output_final_state: also return the state after the last update.
         chunk_size: tokens per inner step (default 2048); T need not be a multiple of it.
+        process_group: must be None (one process): context parallelism runs in no form of this variant.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
+    runtime.single_process(process_group, 'lact_v1 is not a prefix scan: weight norm wraps every step, and Norm(A + B) ≠ Norm(A) + Norm(B) (Section 4)')
     inputs = prepare(
         q, k, v, W0=W0, W2=W2, lr=lr, momentum=momentum, initial_state=initial_state, chunk_size=chunk_size,
     )

@@ -61,9 +61,9 @@ def chunk_states(updates, inputs):
     Momentum mixes the increments; Newton–Schulz orthogonalises them, batched over chunks, then one prefix sum gives the states.
     """
     abar = runtime.chunk_means(inputs.alpha, inputs.chunk_size)[..., None, None]  # [B, H, N, 1, 1]
-    updates = runtime.linear_scan(abar, updates)  # M_n = ᾱ_n M_{n−1} + ΔS_n (linear in N)
+    updates = runtime.linear_scan(abar, updates, shard=inputs.shard)  # M_n = ᾱ_n M_{n−1} + ΔS_n
     updates = runtime.newton_schulz(updates, NS_COEFFICIENTS, NS_EPS, dtype=inputs.work)  # U_n = 𝓜(M_n), batched over chunks
-    states = torch.cat([inputs.state["W1"].unsqueeze(2), updates], dim=2).cumsum(dim=2)  # S^(0), …, S^(N): one scan
+    states = runtime.scan_states(updates, inputs.state["W1"], shard=inputs.shard)  # S^(0), …, S^(N): one scan
     reads = states[:, :, :-1]  # S^{(n−1)}: chunk n reads the state before its own step
     return reads, reads[:, :, -1]  # the last chunk is apply-only
 
@@ -83,12 +83,14 @@ class Inputs(NamedTuple):
     eta: torch.Tensor | dict[str, torch.Tensor]  # learning rates [B, H, T, 1]
     alpha: torch.Tensor  # momentum coefficients [B, H, T, 1]
     out_dtype: torch.dtype  # q's dtype, the output's
+    shard: object  # this rank's place in a context-parallel group (context_parallel.Shard), or None
 
 
-def prepare(q, k, v, *, W0, W2, lr, momentum, initial_state, chunk_size, work_in_q_dtype=False) -> Inputs:
+def prepare(q, k, v, *, W0, W2, lr, momentum, initial_state, chunk_size, work_in_q_dtype=False, process_group=None) -> Inputs:
     """Check a call's inputs (every error names the argument) and lay them out heads first."""
     B, T, H, Dk, Dv = runtime.check_qkv(q, k, v)
     chunk_size = runtime.check_chunk_size(chunk_size)
+    shard = runtime.context_shard(process_group, q, v, chunk_size, aligned=True)
     dtype = runtime.state_dtype(q)
     work = runtime.work_dtype(q) if work_in_q_dtype else dtype  # q's dtype for fp16/bf16 (tensor cores)
     given = {} if initial_state is None else {"W1": initial_state}
@@ -114,12 +116,12 @@ def prepare(q, k, v, *, W0, W2, lr, momentum, initial_state, chunk_size, work_in
     eta = runtime.token_coefficient("lr", lr, q, dtype)  # [B, H, T, 1]
     return Inputs(
         T=T, chunk_size=chunk_size, dtype=dtype, work=work, Q=Q, K=K, V=V, slow=slow, state=state, eta=eta,
-        alpha=runtime.token_coefficient("momentum", momentum, q, dtype), out_dtype=q.dtype,
+        alpha=runtime.token_coefficient("momentum", momentum, q, dtype), out_dtype=q.dtype, shard=shard,
     )
 
 
 def finish(o, state, output_final_state, inputs):
     """o ``[B, H, T, ·]`` back to the caller's ``[B, T, H, ·]`` in q's dtype, and the state after the
     last update when ``output_final_state``."""
-    final_state = state["W1"] if output_final_state else None
+    final_state = state["W1"] if output_final_state and (inputs.shard is None or inputs.shard.last) else None
     return o.transpose(1, 2).to(inputs.out_dtype), final_state

@@ -75,6 +75,7 @@ def triton_lact_v2(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 2048,
+    process_group: object | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run lact_v2 in parallel over chunks with Triton kernels.
 
@@ -91,11 +92,13 @@ def triton_lact_v2(
         initial_state: the state W1 at t = 0, ``[B, H, h, d]`` or ``[H, h, d]``; zeros when None.
         output_final_state: also return the state after the last update.
         chunk_size: tokens per inner step (default 2048); T need not be a multiple of it.
+        process_group: must be None (one process): context parallelism runs in chunk_lact_v2.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
+    runtime.single_process(process_group, 'the triton form runs in one process; the chunk form (chunk_lact_v2) runs context-parallel')
     inputs = prepare(
         q, k, v, W0=W0, W2=W2, lr=lr, momentum=momentum, initial_state=initial_state, chunk_size=chunk_size,
         work_in_q_dtype=True,

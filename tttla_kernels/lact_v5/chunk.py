@@ -27,6 +27,7 @@ def chunk_lact_v5(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 2048,
+    process_group: object | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run lact_v5 in parallel over chunks.
 
@@ -39,12 +40,18 @@ def chunk_lact_v5(
         initial_state: the state W at t = 0, ``[B, H, d, d]`` or ``[H, d, d]``; zeros when None.
         output_final_state: also return the state after the last update.
         chunk_size: tokens per inner step (default 2048); T need not be a multiple of it.
+        process_group: a torch.distributed group for context parallelism, or None (one process):
+            each rank passes its slice of the sequence (whole chunks on every rank but the last), in rank order, and gets its slice of o;
+            initial_state is read on rank 0, the final state returned on the last rank (None on the others).
+            Every rank must call the backward of its own slice's loss.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
-    inputs = prepare(q, k, v, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True)
+    inputs = prepare(
+        q, k, v, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True, process_group=process_group,
+    )
     chunk_size, work = inputs.chunk_size, inputs.work
     q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ of every token (work dtype)
     # Chunks [B, H, N, L, ·]; the padded tail has zero keys and values, so adds nothing.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from tttla_kernels import runtime
 from tttla_kernels.triton_chunks import chunk_scan
 from tttla_kernels.triton_runtime import MASK_NONE, chunk_outer, chunk_read
 from tttla_kernels.triton_scan import MAX_WIDTH, fused_chunk_scan
@@ -47,6 +48,7 @@ def triton_lact_v6(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 2048,
+    process_group: object | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run lact_v6 in parallel over chunks with Triton kernels.
 
@@ -59,11 +61,13 @@ def triton_lact_v6(
         initial_state: the state W at t = 0, ``[B, H, d, d]`` or ``[H, d, d]``; zeros when None.
         output_final_state: also return the state after the last update.
         chunk_size: tokens per inner step (default 2048); T need not be a multiple of it.
+        process_group: must be None (one process): context parallelism runs in chunk_lact_v6.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
+    runtime.single_process(process_group, 'the triton form runs in one process; the chunk form (chunk_lact_v6) runs context-parallel')
     inputs = prepare(q, k, v, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True)
     q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ (views of the caller's tensors where φ is the identity)
     if max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # the state fits in one program's registers

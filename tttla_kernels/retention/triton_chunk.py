@@ -51,6 +51,7 @@ def triton_retention(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
+    process_group: object | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run retention in parallel over chunks with Triton kernels.
 
@@ -64,11 +65,13 @@ def triton_retention(
         output_final_state: also return the state after the last update.
         chunk_size: tokens per block of the parallel computation (default 64); the
             result does not depend on it (the schedule steps once per token).
+        process_group: must be None (one process): context parallelism runs in chunk_retention.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
+    runtime.single_process(process_group, 'the triton form runs in one process; the chunk form (chunk_retention) runs context-parallel')
     inputs = prepare(q, k, v, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True)
     q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ (views of the caller's tensors where φ is the identity)
     if max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # the state fits in one program's registers

@@ -44,6 +44,7 @@ def recurrent_titans(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 16,
+    process_group: object | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run titans as a recurrence over its inner steps.
 
@@ -59,11 +60,13 @@ def recurrent_titans(
         initial_state: the state M at t = 0, ``[B, H, d, d]`` or ``[H, d, d]``; zeros when None.
         output_final_state: also return the state after the last update.
         chunk_size: tokens per inner step (default 16); T need not be a multiple of it.
+        process_group: must be None (one process): context parallelism runs in no form of this variant.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
+    runtime.single_process(process_group, 'titans is not a prefix scan: values depend on the state, so each increment needs the previous state (Section 3)')
     inputs = prepare(
         q, k, v, lr=lr, momentum=momentum, log_decay=log_decay, initial_state=initial_state, chunk_size=chunk_size,
     )

@@ -80,6 +80,7 @@ def recurrent_ttt_linear(
     initial_state: dict[str, torch.Tensor] | None = None,
     output_final_state: bool = False,
     chunk_size: int = 16,
+    process_group: object | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
     """Run ttt_linear as a recurrence over its inner steps.
 
@@ -97,11 +98,13 @@ def recurrent_ttt_linear(
         initial_state: the updated fast weights at t = 0, a dict {'W': ``[B, H, d, d]``, 'b': ``[B, H, 1, d]``} (``[H, ...]`` is shared across the batch); zeros for a missing entry.
         output_final_state: also return the state after the last update.
         chunk_size: tokens per inner step (default 16); T need not be a multiple of it.
+        process_group: must be None (one process): context parallelism runs in no form of this variant.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
+    runtime.single_process(process_group, "ttt_linear is not a prefix scan: values depend on the state, so each chunk's increment needs the previous chunk's state (exact linear attention within a chunk, whose gradients are all taken at the chunk-start state; sequential across chunks, Section 3)")
     inputs = prepare(
         q, k, v, gamma=gamma, beta=beta, lr=lr, lr_position=lr_position, initial_state=initial_state,
         chunk_size=chunk_size,

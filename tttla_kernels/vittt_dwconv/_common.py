@@ -48,7 +48,7 @@ def chunk_states(updates, inputs):
     The clip rescales each step, then one prefix sum gives the states.
     """
     updates = updates / (updates.norm(dim=-2, keepdim=True) + 1.0)  # column clip G[:, c] / (‖G[:, c]‖ + 1)
-    states = torch.cat([inputs.state["w"].unsqueeze(2), updates], dim=2).cumsum(dim=2)  # S^(0), …, S^(N): one scan
+    states = runtime.scan_states(updates, inputs.state["w"])  # S^(0), …, S^(N): one scan
     reads = states[:, :, 1:]  # S^{(n)}: chunk n reads the state after its own step [B, H, N, taps, 1]
     return reads, reads[:, :, -1]
 

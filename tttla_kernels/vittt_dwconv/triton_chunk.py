@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from tttla_kernels import runtime
 from tttla_kernels.triton_chunks import chunk_scan
 from tttla_kernels.triton_runtime import MASK_NONE, chunk_outer, chunk_read
 
@@ -52,6 +53,7 @@ def triton_vittt_dwconv(
     lr: torch.Tensor,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    process_group: object | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run vittt_dwconv in parallel over chunks with Triton kernels.
 
@@ -65,11 +67,13 @@ def triton_vittt_dwconv(
         lr: per-token learning rates η ``[B, T, H]``; token t's gradient is scaled by η_t.
         initial_state: the depthwise kernel at t = 0, ``[B, H, 9, d]`` or ``[H, 9, d]`` (column c: channel c's kernel, taps row-major); zeros when None.
         output_final_state: also return the state after the last update.
+        process_group: must be None (one process): context parallelism runs in no form of this variant.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
+    runtime.single_process(process_group, 'vittt_dwconv takes one bidirectional step: every token reads the state after all tokens, so no slice can be finished before the others')
     inputs = prepare(q, k, v, grid=grid, lr=lr, initial_state=initial_state, work_in_q_dtype=True)
     q_hat, k_hat = inputs.Q, inputs.K  # φ is the identity: views of the caller's tensors
     v_hat = inputs.V  # V̂ = η ⊙ V: η is applied on load by chunk_outer

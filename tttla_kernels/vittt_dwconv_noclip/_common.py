@@ -47,7 +47,7 @@ def chunk_states(updates, inputs):
 
     One prefix sum gives them.
     """
-    states = torch.cat([inputs.state["w"].unsqueeze(2), updates], dim=2).cumsum(dim=2)  # S^(0), …, S^(N): one scan
+    states = runtime.scan_states(updates, inputs.state["w"])  # S^(0), …, S^(N): one scan
     reads = states[:, :, 1:]  # S^{(n)}: chunk n reads the state after its own step [B, H, N, taps, 1]
     return reads, reads[:, :, -1]
 

@@ -27,6 +27,7 @@ def chunk_vittt_dwconv_noclip(
     lr: torch.Tensor,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    process_group: object | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run vittt_dwconv_noclip in parallel over chunks.
 
@@ -40,11 +41,13 @@ def chunk_vittt_dwconv_noclip(
         lr: per-token learning rates η ``[B, T, H]``; token t's gradient is scaled by η_t.
         initial_state: the depthwise kernel at t = 0, ``[B, H, 9, d]`` or ``[H, 9, d]`` (column c: channel c's kernel, taps row-major); zeros when None.
         output_final_state: also return the state after the last update.
+        process_group: must be None (one process): context parallelism runs in no form of this variant.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
+    runtime.single_process(process_group, 'vittt_dwconv_noclip takes one bidirectional step: every token reads the state after all tokens, so no slice can be finished before the others')
     inputs = prepare(q, k, v, grid=grid, lr=lr, initial_state=initial_state, work_in_q_dtype=True)
     chunk_size, work = inputs.chunk_size, inputs.work
     q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ of every token (work dtype)

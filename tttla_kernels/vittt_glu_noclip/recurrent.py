@@ -54,6 +54,7 @@ def recurrent_vittt_glu_noclip(
     lr: torch.Tensor | dict[str, torch.Tensor],
     initial_state: dict[str, torch.Tensor] | None = None,
     output_final_state: bool = False,
+    process_group: object | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
     """Run vittt_glu_noclip as a recurrence over its inner steps.
 
@@ -66,11 +67,13 @@ def recurrent_vittt_glu_noclip(
         lr: per-token learning rates η ``[B, T, H]`` (or a dict with one per updated weight: W1, W2); token t's gradient is scaled by η_t.
         initial_state: the updated fast weights at t = 0, a dict {'W1': ``[B, H, d, d]``, 'W2': ``[B, H, d, d]``} (``[H, ...]`` is shared across the batch); zeros for a missing entry.
         output_final_state: also return the state after the last update.
+        process_group: must be None (one process): context parallelism runs in no form of this variant.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
+    runtime.single_process(process_group, 'vittt_glu_noclip takes one bidirectional step: every token reads the state after all tokens, so no slice can be finished before the others')
     inputs = prepare(q, k, v, lr=lr, initial_state=initial_state)
     # the tokens split once (one slice per step would make autograd write a full-length gradient per step)
     tokens = runtime.token_rows(inputs.chunk_size, Q=inputs.Q, K=inputs.K, V=inputs.V, eta=inputs.eta)

@@ -1,0 +1,74 @@
+"""Context parallelism of the prefix-scan chunk forms on ``gloo`` (tttla_kernels/context_parallel.py,
+verify/context_parallel.py): ranks holding slices of the sequence give the one-process output, final
+state and every gradient in fp64; bad slices and forms that run in one process are refused by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from derivations.catalog import get
+from verify.context_parallel import call_arguments, compare, one_process, run_sharded, slice_lengths
+from verify.inputs import default_sizes, make_case
+
+#: (variant, T, chunk, world): momentum and Newton–Schulz (lact_v2, slices of whole chunks), a plain
+#: scan, a per-token decay and a per-channel gate; T divisible by neither the world nor the chunk
+CASES = [("linear_attention", 37, None, 2), ("lact_v2", 45, 4, 3), ("simple_gla", 29, None, 4), ("gla", 23, None, 3)]
+
+
+def _arguments(name: str, T: int, chunk: int | None, seed: int = 0):
+    variant = get(name)
+    case = make_case(variant, batch=1, seq_len=T, heads=2, sizes=default_sizes(variant, 4), chunk_size=chunk,
+                     generator=torch.Generator().manual_seed(seed))
+    return variant, call_arguments(variant, case)
+
+
+@pytest.mark.parametrize(("name", "T", "chunk", "world"), CASES, ids=[f"{c[0]}-world{c[3]}" for c in CASES])
+def test_ranks_give_the_one_process_form(name, T, chunk, world):
+    variant, args = _arguments(name, T, chunk)
+    lengths = slice_lengths(T, world, chunk if chunk and not variant.schedule.fixed else 1)
+    assert len(set(lengths)) > 1 or T % world  # a ragged split
+    module = f"tttla_kernels.{name}"
+    ranks = run_sharded(module, args, lengths)
+    diffs = compare(ranks, one_process(module, args))
+    assert {"o", "grad q", "grad k", "grad v"} <= diffs.keys() and any(k.startswith("final") for k in diffs)
+    assert max(diffs.values()) < 1e-9, diffs
+    assert all(r["final"] == {} for r in ranks[:-1])  # the final state is the last rank's
+
+
+def test_slices_of_a_chunk_schedule_must_hold_whole_chunks():
+    _, args = _arguments("lact_v2", 21, 4)
+    with pytest.raises(RuntimeError, match=r"whole chunks; got slice lengths \[6, 15\]"):
+        run_sharded("tttla_kernels.lact_v2", args, [6, 15])
+
+
+@pytest.mark.parametrize(("name", "form", "why"), [
+    ("linear_attention", "recurrent", "the recurrent form runs in one process; the chunk form"),
+    ("linear_attention", "triton", "the triton form runs in one process"),
+    ("lact", "chunk", "lact is not a prefix scan: the kernel is dynamic"),
+    ("delta_rule", "chunk", "a summary not derived yet"),
+    ("vittt_dwconv", "chunk", "one bidirectional step"),
+])
+def test_a_form_that_runs_in_one_process_refuses_a_group_saying_why(name, form, why):
+    import importlib
+
+    variant, args = _arguments(name, 16, None if get(name).schedule.fixed else 4)
+    fn = importlib.import_module(f"tttla_kernels.{name}").FORMS[form]
+    with pytest.raises(ValueError, match=f"process_group: .*{why}"):
+        fn(**args, process_group=object())
+
+
+def test_the_summary_is_read_off_the_form():
+    from derivations.derive import derive
+    from derivations.shard import NotShardable, shard_summary
+
+    lact = shard_summary(derive("lact_v2", certify=False))
+    assert [c.name.split()[0] for c in lact.carries] == ["M", "S"] and lact.local == ("Newton–Schulz",)
+    assert lact.whole_chunks and "ᾱ_n" in lact.carries[0].step
+    gla = shard_summary(derive("gla", certify=False))
+    assert not gla.whole_chunks and "per key channel" in gla.carries[0].step
+    assert any("combine: (A₂, h₂) ∘ (A₁, h₁)" in line for line in gla.describe())
+    for name, why in [("lact", "the kernel is dynamic"), ("delta_rule", r"affine maps S ↦ A·S \+ B"),
+                      ("vittt_dwconv", "one bidirectional step")]:
+        with pytest.raises(NotShardable, match=why):
+            shard_summary(derive(name, certify=False))
