@@ -67,8 +67,8 @@ def test_committed_with_the_outputs_of_one_clean_run(path):
     cells = code_cells(read(path))
     assert [c.execution_count for c in cells] == list(range(1, len(cells) + 1)), (
         f"{path.name}: execute it top to bottom in a fresh kernel: python notebooks/execute.py {path.stem}")
-    silent = [i for i, c in enumerate(cells) if shows_something(c.source) and not c.outputs]
-    assert not silent, f"{path.name}: code cells {silent} print but have no stored output"
+    silent = [f"In [{i + 1}]" for i, c in enumerate(cells) if shows_something(c.source) and not c.outputs]
+    assert not silent, f"{path.name}: {', '.join(silent)} print but have no stored output"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -76,12 +76,13 @@ def test_outputs_are_clean_and_small(path):
     machine = [tempfile.gettempdir(), "/tmp/", str(ROOT), str(Path.home())]
     for i, cell in enumerate(code_cells(read(path))):
         for output in cell.outputs:
-            where = f"{path.name}, code cell {i}"
+            where = f"{path.name}, In [{i + 1}]"
             assert output.output_type != "error", f"{where}: an error is stored"
             assert output.get("name") != "stderr", f"{where}: stderr (a warning?) is stored: {output.text[:200]}"
             text = output_text(output)
             assert "Traceback" not in text, f"{where}: a traceback is stored"
-            assert not [m for m in machine if m in text], f"{where}: a path of this machine is stored: {text[:200]}"
+            paths = [m for m in machine if m in text]
+            assert not paths, f"{where}: a path of this machine ({paths[0]}) is stored: {text[:200]}"
             assert not re.search(r" at 0x[0-9a-f]+", text), f"{where}: a memory address is stored: {text[:200]}"
             assert set(output.get("data", {})) <= {"text/plain", "image/png"}, f"{where}: only text and PNG"
             assert len(json.dumps(output)) < MAX_OUTPUT_CHARS, (
@@ -93,10 +94,10 @@ def test_timings_are_marked(path):
     for i, cell in enumerate(code_cells(read(path))):
         tagged = "timings" in cell.metadata.get("tags", [])
         if any(call in cell.source for call in TIMING_CALLS):
-            assert tagged, f"{path.name}, code cell {i} measures time: tag it `timings`"
+            assert tagged, f"{path.name}, In [{i + 1}] measures time: tag it `timings`"
         if tagged:
             shown = cell.source + "".join(output_text(o) for o in cell.outputs)
-            assert TIMINGS_NOTE in shown, f"{path.name}, code cell {i}: say '{TIMINGS_NOTE}'"
+            assert TIMINGS_NOTE in shown, f"{path.name}, In [{i + 1}]: say '{TIMINGS_NOTE}'"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -149,7 +150,7 @@ def run(request, tmp_path_factory):
 
 
 def shown(nb) -> dict[int, list]:
-    """Code cell index → its outputs as a reader sees them, rounding-level errors masked (a PNG
+    """Code cell index (from 0) → its outputs as a reader sees them, rounding-level errors masked (a PNG
     counts by its presence), for every code cell not tagged ``timings``."""
     return {i: [(o.output_type, o.get("name"), ROUNDING.sub("<rounding>", output_text(o)), sorted(o.get("data", {})))
                 for o in cell.outputs]
@@ -174,5 +175,5 @@ def test_committed_outputs_are_what_a_fresh_run_prints(run):
     committed, fresh = shown(read(run.path)), shown(run.fresh)
     assert committed.keys() == fresh.keys()
     for i, want in committed.items():
-        assert fresh[i] == want, (f"{run.path.name}, code cell {i} prints something else now: "
+        assert fresh[i] == want, (f"{run.path.name}, In [{i + 1}] prints something else now: "
                                   f"re-execute it with python notebooks/execute.py {run.path.stem}")
