@@ -36,6 +36,18 @@ def test_ranks_give_the_one_process_form(name, T, chunk, world):
     assert all(r["final"] == {} for r in ranks[:-1])  # the final state is the last rank's
 
 
+@pytest.mark.parametrize(("name", "T", "chunk", "world"), [("linear_attention", 21, None, 2), ("lact_v2", 26, 4, 2)],
+                         ids=["linear_attention", "lact_v2"])
+def test_the_triton_form_runs_context_parallel(name, T, chunk, world):
+    """The Triton form on ranks (the pipeline's kernels; the fused scan runs one process) in Triton's interpreter."""
+    variant, args = _arguments(name, T, chunk)
+    lengths = slice_lengths(T, world, chunk if chunk and not variant.schedule.fixed else 1)
+    module = f"tttla_kernels.{name}"
+    ranks = run_sharded(module, args, lengths, form="triton")
+    diffs = compare(ranks, one_process(module, args, form="triton"))
+    assert max(diffs.values()) < 1e-9, diffs
+
+
 def test_slices_of_a_chunk_schedule_must_hold_whole_chunks():
     _, args = _arguments("lact_v2", 21, 4)
     with pytest.raises(RuntimeError, match=r"whole chunks; got slice lengths \[6, 15\]"):
@@ -43,8 +55,7 @@ def test_slices_of_a_chunk_schedule_must_hold_whole_chunks():
 
 
 @pytest.mark.parametrize(("name", "form", "why"), [
-    ("linear_attention", "recurrent", "the recurrent form runs in one process; the chunk form"),
-    ("linear_attention", "triton", "the triton form runs in one process"),
+    ("linear_attention", "recurrent", "the recurrent form runs in one process; the chunk and Triton forms"),
     ("lact", "chunk", "lact is not a prefix scan: the kernel is dynamic"),
     ("delta_rule", "chunk", "a summary not derived yet"),
     ("vittt_dwconv", "chunk", "one bidirectional step"),

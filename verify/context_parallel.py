@@ -59,7 +59,7 @@ def _slice(args: dict, start: int, n: int) -> dict:
             for k, v in args.items()}
 
 
-def _run(module: str, args: dict, dO, dS, process_group=None, last: bool = True) -> dict:
+def _run(module: str, form: str, args: dict, dO, dS, process_group=None, last: bool = True) -> dict:
     """One call with gradients to every floating input: o, the final state(s) and the gradients."""
     args = _map_tensors(args, lambda t: t.clone().requires_grad_(t.is_floating_point()))
     leaves = {}
@@ -68,8 +68,8 @@ def _run(module: str, args: dict, dO, dS, process_group=None, last: bool = True)
                         {f"{k}[{n}]": t for n, t in v.items()} if isinstance(v, dict) else {}).items():
             if t.requires_grad:
                 leaves[name] = t
-    form = importlib.import_module(module).FORMS["chunk"]
-    o, final = form(**args, **({"process_group": process_group} if process_group is not None else {}))
+    fn = importlib.import_module(module).FORMS[form]
+    o, final = fn(**args, **({"process_group": process_group} if process_group is not None else {}))
     finals = final if isinstance(final, dict) else ({"state": final} if final is not None else {})
     outputs, grads = [o], [dO]
     if last:
@@ -91,13 +91,13 @@ def _grad_outputs(args: dict, seed: int):
     return dO, dS
 
 
-def one_process(module: str, args: dict, seed: int = 0) -> dict:
-    """The one-process chunk form's o, final state and gradients."""
+def one_process(module: str, args: dict, seed: int = 0, form: str = "chunk") -> dict:
+    """The one-process form's o, final state and gradients."""
     dO, dS = _grad_outputs(args, seed)
-    return _run(module, args, dO, dS)
+    return _run(module, form, args, dO, dS)
 
 
-def _worker(rank: int, world: int, port: int, module: str, args: dict, lengths: list[int], seed: int,
+def _worker(rank: int, world: int, port: int, module: str, form: str, args: dict, lengths: list[int], seed: int,
             out: str) -> None:
     import torch.distributed as dist
 
@@ -107,7 +107,7 @@ def _worker(rank: int, world: int, port: int, module: str, args: dict, lengths: 
                                 timeout=timedelta(seconds=60))
         start = sum(lengths[:rank])
         dO, dS = _grad_outputs(args, seed)
-        result = _run(module, _slice(args, start, lengths[rank]), dO[:, start:start + lengths[rank]], dS,
+        result = _run(module, form, _slice(args, start, lengths[rank]), dO[:, start:start + lengths[rank]], dS,
                       process_group=dist.group.WORLD, last=rank == world - 1)
         torch.save(result, Path(out) / f"rank{rank}.pt")
         dist.destroy_process_group()
@@ -122,16 +122,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_sharded(module: str, args: dict, lengths: list[int], seed: int = 0, timeout: float = 120.0) -> list[dict]:
-    """Every rank's result (see the module docstring) of ``module``'s chunk form over ``len(lengths)``
-    ranks; a RuntimeError with the ranks' tracebacks if one fails or the run takes over ``timeout`` s."""
+def run_sharded(module: str, args: dict, lengths: list[int], seed: int = 0, timeout: float = 120.0,
+                form: str = "chunk") -> list[dict]:
+    """Every rank's result (see the module docstring) of ``module``'s ``form`` over ``len(lengths)`` ranks
+    (the Triton form on a CPU needs TRITON_INTERPRET=1, which the ranks inherit); a RuntimeError with the
+    ranks' tracebacks if one fails or the run takes over ``timeout`` s."""
     import torch.multiprocessing as mp
 
     world = len(lengths)
     if sum(lengths) != args["q"].shape[1]:
         raise ValueError(f"lengths {lengths} do not cover T = {args['q'].shape[1]}")
     with tempfile.TemporaryDirectory(prefix="tttla-cp-") as out:
-        context = mp.start_processes(_worker, args=(world, _free_port(), module, args, lengths, seed, out),
+        context = mp.start_processes(_worker, args=(world, _free_port(), module, form, args, lengths, seed, out),
                                      nprocs=world, join=False, start_method="spawn")
         waited = 0.0
         try:

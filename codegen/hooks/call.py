@@ -42,8 +42,8 @@ class CallHooks(HookBase):
         """Why ``form`` refuses a ``process_group`` (the whole sentence), or None when it runs context-parallel."""
         c = self.c
         if self._context_parallel():
-            return None if form == "chunk" else (f"the {form} form runs in one process; the chunk form "
-                                                 f"(chunk_{c.name}) runs context-parallel")
+            return None if form in ("chunk", "triton") else (f"the {form} form runs in one process; the chunk and "
+                                                             f"Triton forms run context-parallel")
         if c.shard is None:
             return c.shard_reason
         return f"{c.name}'s chunk form is not the prefix-scan template: {c.plan.forms['chunk'].reason}"
@@ -118,7 +118,7 @@ class CallHooks(HookBase):
                      "others).", "    Every rank must call the backward of its own slice's loss."]
         else:
             args.append("process_group: must be None (one process): context parallelism runs in "
-                        + (f"chunk_{c.name}." if self._context_parallel() else "no form of this variant."))
+                        + ("the chunk and Triton forms." if self._context_parallel() else "no form of this variant."))
         width = c.lowering.channels if c.lowering else c.value_dim
         rows = [f'"""{summary}', "", c.description, "", "Args:", *(f"    {a}" for a in args), "", "Returns:",
                 f"    ``(o, final_state)``: o ``[B, T, H, {width}]`` in q's dtype; the final state (fp32,",

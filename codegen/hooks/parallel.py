@@ -88,6 +88,10 @@ class ParallelHooks(HookBase):
         rows += self._triton_prefix() if triton else self._torch_prefix()
         return lines(rows)
 
+    def _states_function(self) -> str:
+        """The function triton_chunk.py calls for the chunk states: its own scans, or _common's."""
+        return "scan_chunks" if self.triton_scans() else "chunk_states"
+
     def _shard(self) -> str:
         """The keyword that continues a scan from the ranks before this one (context-parallel forms)."""
         return ", shard=inputs.shard" if self._context_parallel() else ""
@@ -183,10 +187,13 @@ class ParallelHooks(HookBase):
         fused = lines([
             "q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ (views of the caller's tensors where φ is the "
             "identity)",
-            "if max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # the state fits in one program's registers",
+            *(["if inputs.shard is None and max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  "
+               "# one process, and the state fits in one program's registers"] if self._context_parallel() else
+              ["if max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # the state fits in one program's registers"]),
             *scan,
             f"    return finish(o, {self.final_state()}, output_final_state, inputs)",
-            "# a wider state: the three-phase pipeline, from the same features"])
+            "# a wider state" + (" or a slice of a context-parallel group" if self._context_parallel() else "")
+            + ": the three-phase pipeline, from the same features"])
         return fused + "\n" + self._pipeline(None)
 
     def _pipeline_features(self) -> list[str]:
@@ -216,8 +223,8 @@ class ParallelHooks(HookBase):
     def _pipeline(self, scale: str | None) -> str:
         """The pipeline from q̂, k̂, v̂: the chunk increments (v̂ scaled on load by ``scale``), the states, the read."""
         return "\n".join([self.triton_updates(scale),
-                          lines(["reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state "
-                                 "after the last step"]),
+                          lines([f"reads, last = {self._states_function()}(updates, inputs)  "
+                                 "# the state each chunk reads; the state after the last step"]),
                           self.triton_read()])
 
     def triton_updates(self, scale: str | None = None) -> str:
@@ -298,11 +305,14 @@ class ParallelHooks(HookBase):
         if self.triton_scans():
             doc = textwrap.fill(self.chunk_states_doc(triton=True), 110, initial_indent="    ",
                                 subsequent_indent="    ")
-            blocks.append("def chunk_states(updates, inputs):\n"
+            sharded = ("    if inputs.shard is not None:  # context-parallel: _common's scans continue the ranks "
+                       "before this one\n        return chunk_states(updates, inputs)\n") if self._context_parallel() \
+                else ""
+            blocks.append("def scan_chunks(updates, inputs):\n"
                           '    """The states the chunks read and the state after the last update, from the chunk '
                           "increments\n"
                           f"    ``updates`` ΔS_n ``[B, H, N, {c.state_rows}, {c.value_dim}]`` (fp32).\n\n"
-                          f'{doc}\n    """\n' + self.chunk_states_body(triton=True))
+                          f'{doc}\n    """\n' + sharded + self.chunk_states_body(triton=True))
         return "".join("\n\n\n" + b for b in blocks)
 
     def chunk_states_doc(self, triton: bool = False) -> str:
@@ -472,7 +482,7 @@ class ParallelHooks(HookBase):
             steps.append("the per-chunk factors in torch,")
         scan = "the decayed states" if c.decay else "the states"
         steps.append(f"then {scan} in one ``chunk_scan`` launch from the initial state.")
-        text = "2. Across chunks (``chunk_states`` below): " + " ".join(steps)
+        text = "2. Across chunks (``scan_chunks`` below): " + " ".join(steps)
         return textwrap.wrap(text, 100, subsequent_indent="   ")
 
     def _fused_scan_doc(self) -> str:

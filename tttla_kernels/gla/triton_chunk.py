@@ -56,15 +56,18 @@ def triton_gla(
         output_final_state: also return the state after the last update.
         chunk_size: tokens per block of the parallel computation (default 16); the
             result does not depend on it (the schedule steps once per token).
-        process_group: must be None (one process): context parallelism runs in chunk_gla.
+        process_group: a torch.distributed group for context parallelism, or None (one process):
+            each rank passes its slice of the sequence, in rank order, and gets its slice of o;
+            initial_state is read on rank 0, the final state returned on the last rank (None on the others).
+            Every rank must call the backward of its own slice's loss.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
-    runtime.single_process(process_group, 'the triton form runs in one process; the chunk form (chunk_gla) runs context-parallel')
     inputs = prepare(
         q, k, v, log_decay=log_decay, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True,
+        process_group=process_group,
     )
     q_hat, k_hat = inputs.Q, inputs.K  # φ is the identity: views of the caller's tensors
     v_hat = inputs.V  # V̂ = V

@@ -64,13 +64,13 @@ def recurrent_lact_v2(
         initial_state: the state W1 at t = 0, ``[B, H, h, d]`` or ``[H, h, d]``; zeros when None.
         output_final_state: also return the state after the last update.
         chunk_size: tokens per inner step (default 2048); T need not be a multiple of it.
-        process_group: must be None (one process): context parallelism runs in chunk_lact_v2.
+        process_group: must be None (one process): context parallelism runs in the chunk and Triton forms.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
-    runtime.single_process(process_group, 'the recurrent form runs in one process; the chunk form (chunk_lact_v2) runs context-parallel')
+    runtime.single_process(process_group, 'the recurrent form runs in one process; the chunk and Triton forms run context-parallel')
     inputs = prepare(
         q, k, v, W0=W0, W2=W2, lr=lr, momentum=momentum, initial_state=initial_state, chunk_size=chunk_size,
     )

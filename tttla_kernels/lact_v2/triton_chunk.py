@@ -13,7 +13,7 @@ with the work across chunks between them):
    the derivation) runs before the store; its backward recomputes φ in torch.
    ``chunk_outer`` (Triton): ΔS_n = φ(K_n)ᵀ V̂_n ``[B, H, N, h, d]``;
    v is read in place with η applied on load (V̂ never materialised).
-2. Across chunks (``chunk_states`` below): momentum M_n = ᾱ_n M_{n−1} + ΔS_n in one ``chunk_scan``
+2. Across chunks (``scan_chunks`` below): momentum M_n = ᾱ_n M_{n−1} + ΔS_n in one ``chunk_scan``
    launch (ᾱ_n averaged on chip), Newton–Schulz batched over chunks: one ``frobenius_normalize``
    launch, then three cuBLAS products per step (``bmm``, ``baddbmm``, ``baddbmm``: no element-wise
    pass between them), then the states in one ``chunk_scan`` launch from the initial state.
@@ -37,7 +37,7 @@ from tttla_kernels.triton_chunks import chunk_scan, frobenius_normalize
 from tttla_kernels.triton_features import linear_features, register_epilogue
 from tttla_kernels.triton_runtime import MASK_NONE, chunk_outer, chunk_read
 
-from ._common import NS_COEFFICIENTS, NS_EPS, feature_map, finish, prepare
+from ._common import NS_COEFFICIENTS, NS_EPS, chunk_states, feature_map, finish, prepare
 
 
 @triton.jit
@@ -49,13 +49,15 @@ def phi_epilogue(a0, a1):
 PHI = register_epilogue(__name__, phi_epilogue, feature_map, n_products=2)
 
 
-def chunk_states(updates, inputs):
+def scan_chunks(updates, inputs):
     """The states the chunks read and the state after the last update, from the chunk increments
     ``updates`` ΔS_n ``[B, H, N, h, d]`` (fp32).
 
     Momentum mixes the increments; Newton–Schulz orthogonalises them, batched over chunks, then one prefix sum
     (one ``chunk_scan`` launch) gives the states.
     """
+    if inputs.shard is not None:  # context-parallel: _common's scans continue the ranks before this one
+        return chunk_states(updates, inputs)
     updates, _ = chunk_scan(updates, inputs.alpha[..., 0], coeff_chunk_size=inputs.chunk_size)  # momenta M_n
     X = frobenius_normalize(updates, NS_EPS, inputs.work)  # M_n / (‖M_n‖ + ε) in the work dtype
     updates = runtime.newton_schulz_steps(X, NS_COEFFICIENTS)  # U_n = 𝓜(M_n), batched over chunks
@@ -92,20 +94,22 @@ def triton_lact_v2(
         initial_state: the state W1 at t = 0, ``[B, H, h, d]`` or ``[H, h, d]``; zeros when None.
         output_final_state: also return the state after the last update.
         chunk_size: tokens per inner step (default 2048); T need not be a multiple of it.
-        process_group: must be None (one process): context parallelism runs in chunk_lact_v2.
+        process_group: a torch.distributed group for context parallelism, or None (one process):
+            each rank passes its slice of the sequence (whole chunks on every rank but the last), in rank order, and gets its slice of o;
+            initial_state is read on rank 0, the final state returned on the last rank (None on the others).
+            Every rank must call the backward of its own slice's loss.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
-    runtime.single_process(process_group, 'the triton form runs in one process; the chunk form (chunk_lact_v2) runs context-parallel')
     inputs = prepare(
         q, k, v, W0=W0, W2=W2, lr=lr, momentum=momentum, initial_state=initial_state, chunk_size=chunk_size,
-        work_in_q_dtype=True,
+        work_in_q_dtype=True, process_group=process_group,
     )
     q_hat, k_hat = linear_features([inputs.Q, inputs.K], [inputs.slow["W0"], inputs.slow["W2"]], PHI)  # one launch
     v_hat = inputs.V  # V̂ = η ⊙ V: η is applied on load by chunk_outer
     updates = chunk_outer(k_hat, v_hat, inputs.chunk_size, scale=inputs.eta[..., 0])  # [B, H, N, h, d]
-    reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state after the last step
+    reads, last = scan_chunks(updates, inputs)  # the state each chunk reads; the state after the last step
     o = chunk_read(q_hat, None, None, reads, inputs.chunk_size, MASK_NONE, v_hat.shape[-1])  # [B, H, T, d]
     return finish(o, {**inputs.state, "W1": last}, output_final_state, inputs)

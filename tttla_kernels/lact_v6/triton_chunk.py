@@ -22,20 +22,21 @@ from __future__ import annotations
 
 import torch
 
-from tttla_kernels import runtime
 from tttla_kernels.triton_chunks import chunk_scan
 from tttla_kernels.triton_runtime import MASK_NONE, chunk_outer, chunk_read
 from tttla_kernels.triton_scan import MAX_WIDTH, fused_chunk_scan
 
-from ._common import features, finish, prepare
+from ._common import chunk_states, features, finish, prepare
 
 
-def chunk_states(updates, inputs):
+def scan_chunks(updates, inputs):
     """The states the chunks read and the state after the last update, from the chunk increments
     ``updates`` ΔS_n ``[B, H, N, d, d]`` (fp32).
 
     One prefix sum (one ``chunk_scan`` launch) gives them.
     """
+    if inputs.shard is not None:  # context-parallel: _common's scans continue the ranks before this one
+        return chunk_states(updates, inputs)
     reads, _ = chunk_scan(updates, None, inputs.state["W"], inclusive=False)  # S^(n−1), S^(n) = S^(n−1) + U_n
     return reads, reads[:, :, -1]  # the last chunk is apply-only
 
@@ -61,21 +62,25 @@ def triton_lact_v6(
         initial_state: the state W at t = 0, ``[B, H, d, d]`` or ``[H, d, d]``; zeros when None.
         output_final_state: also return the state after the last update.
         chunk_size: tokens per inner step (default 2048); T need not be a multiple of it.
-        process_group: must be None (one process): context parallelism runs in chunk_lact_v6.
+        process_group: a torch.distributed group for context parallelism, or None (one process):
+            each rank passes its slice of the sequence (whole chunks on every rank but the last), in rank order, and gets its slice of o;
+            initial_state is read on rank 0, the final state returned on the last rank (None on the others).
+            Every rank must call the backward of its own slice's loss.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
-    runtime.single_process(process_group, 'the triton form runs in one process; the chunk form (chunk_lact_v6) runs context-parallel')
-    inputs = prepare(q, k, v, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True)
+    inputs = prepare(
+        q, k, v, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True, process_group=process_group,
+    )
     q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ (views of the caller's tensors where φ is the identity)
-    if max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # the state fits in one program's registers
+    if inputs.shard is None and max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # one process, and the state fits in one program's registers
         gc = None  # no decay
         o, last = fused_chunk_scan(q_hat, k_hat, v_hat, gc, inputs.state["W"], inputs.chunk_size, inclusive=False)
         return finish(o, {**inputs.state, "W": last}, output_final_state, inputs)
-    # a wider state: the three-phase pipeline, from the same features
+    # a wider state or a slice of a context-parallel group: the three-phase pipeline, from the same features
     updates = chunk_outer(k_hat, v_hat, inputs.chunk_size)  # ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, d, d]
-    reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state after the last step
+    reads, last = scan_chunks(updates, inputs)  # the state each chunk reads; the state after the last step
     o = chunk_read(q_hat, None, None, reads, inputs.chunk_size, MASK_NONE, v_hat.shape[-1])  # [B, H, T, d]
     return finish(o, {**inputs.state, "W": last}, output_final_state, inputs)

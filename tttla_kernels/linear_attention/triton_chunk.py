@@ -28,15 +28,17 @@ from tttla_kernels.triton_chunks import chunk_scan
 from tttla_kernels.triton_runtime import MASK_CAUSAL, chunk_outer, chunk_read
 from tttla_kernels.triton_scan import MAX_WIDTH, fused_scan
 
-from ._common import features, finish, prepare
+from ._common import chunk_states, features, finish, prepare
 
 
-def chunk_states(updates, inputs):
+def scan_chunks(updates, inputs):
     """The states the chunks read and the state after the last update, from the chunk increments
     ``updates`` ΔS_n ``[B, H, N, d, d]`` (fp32).
 
     One prefix sum (one ``chunk_scan`` launch) gives them.
     """
+    if inputs.shard is not None:  # context-parallel: _common's scans continue the ranks before this one
+        return chunk_states(updates, inputs)
     reads, last = chunk_scan(updates, None, inputs.state["W"], inclusive=False)  # S^(n−1), S^(n) = S^(n−1) + U_n
     return reads, last  # chunk n reads S^(n−1) (and its own tokens), S^(N)
 
@@ -63,23 +65,27 @@ def triton_linear_attention(
         output_final_state: also return the state after the last update.
         chunk_size: tokens per block of the parallel computation (default 64); the
             result does not depend on it (the schedule steps once per token).
-        process_group: must be None (one process): context parallelism runs in chunk_linear_attention.
+        process_group: a torch.distributed group for context parallelism, or None (one process):
+            each rank passes its slice of the sequence, in rank order, and gets its slice of o;
+            initial_state is read on rank 0, the final state returned on the last rank (None on the others).
+            Every rank must call the backward of its own slice's loss.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
-    runtime.single_process(process_group, 'the triton form runs in one process; the chunk form (chunk_linear_attention) runs context-parallel')
-    inputs = prepare(q, k, v, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True)
+    inputs = prepare(
+        q, k, v, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True, process_group=process_group,
+    )
     q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ (views of the caller's tensors where φ is the identity)
-    if max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # the state fits in one program's registers
+    if inputs.shard is None and max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # one process, and the state fits in one program's registers
         block = runtime.scan_block(inputs.chunk_size)  # a power of two, which does not change o
         G = None
         o, last = fused_scan(q_hat, k_hat, v_hat, G, inputs.state["W"], block)
         return finish(o, {**inputs.state, "W": last}, output_final_state, inputs)
-    # a wider state: the three-phase pipeline, from the same features
+    # a wider state or a slice of a context-parallel group: the three-phase pipeline, from the same features
     updates = chunk_outer(k_hat, v_hat, inputs.chunk_size)  # ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, d, d]
-    reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state after the last step
+    reads, last = scan_chunks(updates, inputs)  # the state each chunk reads; the state after the last step
     # the chunk's own tokens i ≤ t too: tril(φ(Q_n) φ(K_n)ᵀ) V̂_n
     o = chunk_read(q_hat, k_hat, v_hat, reads, inputs.chunk_size, MASK_CAUSAL, v_hat.shape[-1])  # [B, H, T, d]
     return finish(o, {**inputs.state, "W": last}, output_final_state, inputs)

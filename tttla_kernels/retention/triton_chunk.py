@@ -29,15 +29,17 @@ from tttla_kernels.triton_chunks import chunk_scan
 from tttla_kernels.triton_runtime import MASK_CAUSAL, chunk_outer, chunk_read
 from tttla_kernels.triton_scan import MAX_WIDTH, fused_scan
 
-from ._common import features, finish, prepare
+from ._common import chunk_states, features, finish, prepare
 
 
-def chunk_states(updates, inputs):
+def scan_chunks(updates, inputs):
     """The states the chunks read and the state after the last update, from the chunk increments
     ``updates`` ΔS_n ``[B, H, N, d, d]`` (fp32).
 
     A linear scan of the chunk decays (one ``chunk_scan`` launch) gives them.
     """
+    if inputs.shard is not None:  # context-parallel: _common's scans continue the ranks before this one
+        return chunk_states(updates, inputs)
     decays = runtime.chunk_decay(inputs.log_gamma, inputs.chunk_size)[..., 0, 0]  # Γ_n = exp(Σ_(t ∈ n) g_t): [B, H, N]
     reads, last = chunk_scan(updates, decays, inputs.state["W"], inclusive=False)  # S^(n−1), S^(n) = Γ_n S^(n−1) + U_n
     return reads, last  # chunk n reads S^(n−1) (and its own tokens), S^(N)
@@ -65,28 +67,32 @@ def triton_retention(
         output_final_state: also return the state after the last update.
         chunk_size: tokens per block of the parallel computation (default 64); the
             result does not depend on it (the schedule steps once per token).
-        process_group: must be None (one process): context parallelism runs in chunk_retention.
+        process_group: a torch.distributed group for context parallelism, or None (one process):
+            each rank passes its slice of the sequence, in rank order, and gets its slice of o;
+            initial_state is read on rank 0, the final state returned on the last rank (None on the others).
+            Every rank must call the backward of its own slice's loss.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
-    runtime.single_process(process_group, 'the triton form runs in one process; the chunk form (chunk_retention) runs context-parallel')
-    inputs = prepare(q, k, v, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True)
+    inputs = prepare(
+        q, k, v, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True, process_group=process_group,
+    )
     q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ (views of the caller's tensors where φ is the identity)
-    if max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # the state fits in one program's registers
+    if inputs.shard is None and max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # one process, and the state fits in one program's registers
         block = runtime.scan_block(inputs.chunk_size)  # a power of two, which does not change o
         # G_t = Σ_(s≤t in its block) g_s, [B, H, T]
         G = runtime.chunk_log_decay(inputs.log_gamma, block)[..., 0].flatten(2, 3)[:, :, :inputs.T]
         o, last = fused_scan(q_hat, k_hat, v_hat, G, inputs.state["W"], block)
         return finish(o, {**inputs.state, "W": last}, output_final_state, inputs)
-    # a wider state: the three-phase pipeline, from the same features
+    # a wider state or a slice of a context-parallel group: the three-phase pipeline, from the same features
     G = runtime.chunk_log_decay(inputs.log_gamma, inputs.chunk_size)  # G_t = Σ_(s≤t in its chunk) g_s
     tail = (G[..., -1:, :] - G).flatten(2, 3)[:, :, :inputs.T]  # log Γ_L/Γ_i of every token
     decayed_keys = (k_hat * tail.exp().to(k_hat.dtype)).contiguous()
     updates = chunk_outer(decayed_keys, v_hat, inputs.chunk_size)  # Σ_i (Γ_L/Γ_i) k̂_iᵀ v̂_i: [B, H, N, d, d]
     G = G.flatten(2, 3)[:, :, :inputs.T][..., 0]  # the read kernel's gate: [B, H, T]
-    reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state after the last step
+    reads, last = scan_chunks(updates, inputs)  # the state each chunk reads; the state after the last step
     # Γ_t q̂_t S^(n−1) + Σ_(i≤t) (Γ_t/Γ_i) (q̂_t·k̂_i) v̂_i, the ratios formed on chip
     o = chunk_read(q_hat, k_hat, v_hat, reads, inputs.chunk_size, MASK_CAUSAL, v_hat.shape[-1], g=G.contiguous())
     return finish(o, {**inputs.state, "W": last}, output_final_state, inputs)

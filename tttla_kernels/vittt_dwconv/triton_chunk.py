@@ -11,7 +11,7 @@ with the work across chunks between them):
 1. φ is the identity: q̂, k̂ are views of the caller's tensors, read in place.
    ``chunk_outer`` (Triton): ΔS_n = φ(K_n)ᵀ V̂_n ``[B, H, N, taps, 1]``;
    v is read in place with η applied on load (V̂ never materialised).
-2. Across chunks (``chunk_states`` below): the per-chunk factors in torch, then the states in one
+2. Across chunks (``scan_chunks`` below): the per-chunk factors in torch, then the states in one
    ``chunk_scan`` launch from the initial state.
 3. ``chunk_read`` (Triton): O = φ(Q) S^{(1)} (bidirectional: one update on all tokens).
 
@@ -33,7 +33,7 @@ from tttla_kernels.triton_runtime import MASK_NONE, chunk_outer, chunk_read
 from ._common import finish, prepare
 
 
-def chunk_states(updates, inputs):
+def scan_chunks(updates, inputs):
     """The states the chunks read and the state after the last update, from the chunk increments
     ``updates`` ΔS_n ``[B, H, N, taps, 1]`` (fp32).
 
@@ -78,6 +78,6 @@ def triton_vittt_dwconv(
     q_hat, k_hat = inputs.Q, inputs.K  # φ is the identity: views of the caller's tensors
     v_hat = inputs.V  # V̂ = η ⊙ V: η is applied on load by chunk_outer
     updates = chunk_outer(k_hat, v_hat, inputs.chunk_size, scale=0.3333333333333333 * inputs.eta[..., 0])  # [B, H, N, taps, 1]
-    reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state after the last step
+    reads, last = scan_chunks(updates, inputs)  # the state each chunk reads; the state after the last step
     o = chunk_read(q_hat, None, None, reads, inputs.chunk_size, MASK_NONE, v_hat.shape[-1])  # [B, H, T, 1]
     return finish(o, {**inputs.state, "w": last}, output_final_state, inputs)

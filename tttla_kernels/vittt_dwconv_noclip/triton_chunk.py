@@ -30,7 +30,7 @@ from tttla_kernels.triton_scan import MAX_WIDTH, fused_chunk_scan
 from ._common import features, finish, prepare
 
 
-def chunk_states(updates, inputs):
+def scan_chunks(updates, inputs):
     """The states the chunks read and the state after the last update, from the chunk increments
     ``updates`` ΔS_n ``[B, H, N, taps, 1]`` (fp32).
 
@@ -78,6 +78,6 @@ def triton_vittt_dwconv_noclip(
         return finish(o, {**inputs.state, "w": last}, output_final_state, inputs)
     # a wider state: the three-phase pipeline, from the same features
     updates = chunk_outer(k_hat, v_hat, inputs.chunk_size)  # ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, taps, 1]
-    reads, last = chunk_states(updates, inputs)  # the state each chunk reads; the state after the last step
+    reads, last = scan_chunks(updates, inputs)  # the state each chunk reads; the state after the last step
     o = chunk_read(q_hat, None, None, reads, inputs.chunk_size, MASK_NONE, v_hat.shape[-1])  # [B, H, T, 1]
     return finish(o, {**inputs.state, "w": last}, output_final_state, inputs)
