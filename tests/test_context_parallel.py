@@ -83,3 +83,13 @@ def test_the_summary_is_read_off_the_form():
                       ("vittt_dwconv", "one bidirectional step")]:
         with pytest.raises(NotShardable, match=why):
             shard_summary(derive(name, certify=False))
+
+
+def test_a_rank_sends_summaries_whatever_the_length():
+    """The bytes a rank sends (forward and backward) do not grow with its slice: state-sized summaries."""
+    sent = []
+    for T in (8, 64):
+        _, args = _arguments("linear_attention", T, None)
+        ranks = run_sharded("tttla_kernels.linear_attention", args, slice_lengths(T, 2), count_bytes=True)
+        sent.append([r["bytes_sent"] for r in ranks])
+    assert sent[0] == sent[1] and min(sent[0]) > 0

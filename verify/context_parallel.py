@@ -15,7 +15,9 @@ from __future__ import annotations
 import importlib
 import os
 import socket
+import statistics
 import tempfile
+import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -91,14 +93,62 @@ def _grad_outputs(args: dict, seed: int):
     return dO, dS
 
 
-def one_process(module: str, args: dict, seed: int = 0, form: str = "chunk") -> dict:
-    """The one-process form's o, final state and gradients."""
+def _timed_run(repeats: int, *run_args, **run_kwargs) -> dict:
+    """:func:`_run`, and with ``repeats`` the median seconds of that many more calls after it (forward and
+    backward) as ``result["seconds"]``."""
+    result = _run(*run_args, **run_kwargs)
+    if repeats:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            _run(*run_args, **run_kwargs)
+            times.append(time.perf_counter() - start)
+        result["seconds"] = statistics.median(times)
+    return result
+
+
+def one_process(module: str, args: dict, seed: int = 0, form: str = "chunk", repeats: int = 0) -> dict:
+    """The one-process form's o, final state and gradients (and ``seconds``, see :func:`_timed_run`)."""
     dO, dS = _grad_outputs(args, seed)
-    return _run(module, form, args, dO, dS)
+    return _timed_run(repeats, module, form, args, dO, dS)
+
+
+class _SentBytes:
+    """Counts the bytes this rank sends through torch.distributed's all_gather (its tensor to each other
+    rank), all_reduce (2 (w − 1)/w of the buffer: a ring) and broadcast (the root's buffer to each other
+    rank), by wrapping those three functions in this process."""
+
+    def __init__(self, dist):
+        self.total, self.dist = 0, dist
+        self.originals = {name: getattr(dist, name) for name in ("all_gather", "all_reduce", "broadcast")}
+
+    def __enter__(self):
+        dist, world = self.dist, self.dist.get_world_size()
+
+        def all_gather(parts, tensor, *a, **k):
+            self.total += (world - 1) * tensor.numel() * tensor.element_size()
+            return self.originals["all_gather"](parts, tensor, *a, **k)
+
+        def all_reduce(tensor, *a, **k):
+            self.total += 2 * (world - 1) * tensor.numel() * tensor.element_size() // world
+            return self.originals["all_reduce"](tensor, *a, **k)
+
+        def broadcast(tensor, src, *a, **k):
+            if dist.get_rank() == src:
+                self.total += (world - 1) * tensor.numel() * tensor.element_size()
+            return self.originals["broadcast"](tensor, src, *a, **k)
+
+        for name, fn in (("all_gather", all_gather), ("all_reduce", all_reduce), ("broadcast", broadcast)):
+            setattr(dist, name, fn)
+        return self
+
+    def __exit__(self, *exc):
+        for name, fn in self.originals.items():
+            setattr(self.dist, name, fn)
 
 
 def _worker(rank: int, world: int, port: int, module: str, form: str, args: dict, lengths: list[int], seed: int,
-            out: str) -> None:
+            out: str, repeats: int, count_bytes: bool) -> None:
     import torch.distributed as dist
 
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the loopback interface: no network needed
@@ -107,8 +157,14 @@ def _worker(rank: int, world: int, port: int, module: str, form: str, args: dict
                                 timeout=timedelta(seconds=60))
         start = sum(lengths[:rank])
         dO, dS = _grad_outputs(args, seed)
-        result = _run(module, form, _slice(args, start, lengths[rank]), dO[:, start:start + lengths[rank]], dS,
-                      process_group=dist.group.WORLD, last=rank == world - 1)
+        call = (module, form, _slice(args, start, lengths[rank]), dO[:, start:start + lengths[rank]], dS)
+        with _SentBytes(dist) as sent:
+            result = _run(*call, process_group=dist.group.WORLD, last=rank == world - 1)
+        if count_bytes:
+            result["bytes_sent"] = sent.total
+        if repeats:
+            result["seconds"] = _timed_run(repeats, *call, process_group=dist.group.WORLD,
+                                           last=rank == world - 1)["seconds"]
         torch.save(result, Path(out) / f"rank{rank}.pt")
         dist.destroy_process_group()
     except BaseException:  # noqa: BLE001 — the parent reports every rank's failure
@@ -123,18 +179,20 @@ def _free_port() -> int:
 
 
 def run_sharded(module: str, args: dict, lengths: list[int], seed: int = 0, timeout: float = 120.0,
-                form: str = "chunk") -> list[dict]:
+                form: str = "chunk", repeats: int = 0, count_bytes: bool = False) -> list[dict]:
     """Every rank's result (see the module docstring) of ``module``'s ``form`` over ``len(lengths)`` ranks
     (the Triton form on a CPU needs TRITON_INTERPRET=1, which the ranks inherit); a RuntimeError with the
-    ranks' tracebacks if one fails or the run takes over ``timeout`` s."""
+    ranks' tracebacks if one fails or the run takes over ``timeout`` s. ``repeats``: each rank also times
+    that many more calls (``seconds``, the median); ``count_bytes``: the bytes it sent in the first call
+    (``bytes_sent``, :class:`_SentBytes`)."""
     import torch.multiprocessing as mp
 
     world = len(lengths)
     if sum(lengths) != args["q"].shape[1]:
         raise ValueError(f"lengths {lengths} do not cover T = {args['q'].shape[1]}")
     with tempfile.TemporaryDirectory(prefix="tttla-cp-") as out:
-        context = mp.start_processes(_worker, args=(world, _free_port(), module, form, args, lengths, seed, out),
-                                     nprocs=world, join=False, start_method="spawn")
+        worker_args = (world, _free_port(), module, form, args, lengths, seed, out, repeats, count_bytes)
+        context = mp.start_processes(_worker, args=worker_args, nprocs=world, join=False, start_method="spawn")
         waited = 0.0
         try:
             while not context.join(timeout=0.5):
