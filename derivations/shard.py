@@ -1,4 +1,4 @@
-"""What one slice of a sequence hands to the next: the context-parallel summary of a prefix-scan form.
+"""What one slice of a sequence hands to the next: the context-parallel summary of a parallel form.
 
 A prefix-scan form carries one or two quantities from chunk to chunk (the state S and, with
 momentum, the buffer M), each by a linear scan h_n = a_n h_{n−1} + b_n whose coefficient a_n does
@@ -11,7 +11,9 @@ momentum). A step is the affine map h ↦ a_n h + b_n, so a slice of chunks is o
 A per-chunk map between two scans (Newton–Schulz, the clip) acts on one chunk's value of the first,
 so it runs inside the slice once that scan is exact: the carries are exchanged in order, one round
 each. A schedule that steps once per chunk needs slices of whole chunks; one that steps per token
-can cut anywhere. :func:`shard_summary` reads this off the form; ``tttla_kernels.context_parallel``
+can cut anywhere. A delta-rule form (WY/UT blocks) maps the state affinely through a matrix,
+S ↦ M_n S + B_n, and its slices compose as (A₂, h₂) ∘ (A₁, h₁) = (A₂ A₁, A₂ h₁ + h₂) with matrix
+products. :func:`shard_summary` reads this off the form; ``tttla_kernels.context_parallel``
 runs it, and the codegen gives the chunk form a ``process_group`` from it.
 """
 
@@ -63,17 +65,19 @@ def shard_summary(form: LinearAttentionForm) -> ShardSummary:
     """The context-parallel summary of ``form``; :class:`NotShardable` with the reason when it has none."""
     variant = form.variant
     sched = variant.schedule
-    if form.classification.parallel_form == "delta_chunk":
-        raise NotShardable(f"{variant.name}'s slices are affine maps S ↦ A·S + B (A the product of its (I − β kᵀk) "
-                           "factors), a summary not derived yet: it runs in one process")
+    if sched.order == "bidirectional":
+        raise NotShardable(f"{variant.name} takes one bidirectional step: every token reads the state after all "
+                           "tokens, so no slice can be finished before the others")
+    if form.classification.parallel_form == "delta_chunk":  # each block maps S affinely (the WY form)
+        decay = " with Γ_n the block's decay" if variant.decay is not None else ""
+        step = f"S^(n) = M_n S^(n−1) + B_n, M_n = Γ_n I − K̂_nᵀ W_n, B_n = K̂_nᵀ U_n (the WY block){decay}"
+        return ShardSummary((Carry("S (the state)", step, "(M_(N−1) ⋯ M_0, a D_k × D_k matrix; its S from zero)"),),
+                            (), whole_chunks=not sched.fixed)
     if form.classification.parallel_form != "prefix_scan":
         blocked = form.classification.reason("not_parallel")
         why = (sentence(blocked).rstrip(".").removeprefix("not parallel: ") if blocked
                else f"its parallel form is {form.classification.parallel_form}")
         raise NotShardable(f"{variant.name} is not a prefix scan: {why}")
-    if sched.order == "bidirectional":
-        raise NotShardable(f"{variant.name} takes one bidirectional step: every token reads the state after all "
-                           "tokens, so no slice can be finished before the others")
     decay = variant.decay
     gate = ("" if decay is None else " with Γ_n = Π_(t∈n) γ_t" + (" per key channel" if decay.gate == "channel"
                                                                    else ""))

@@ -12,8 +12,10 @@ from verify.context_parallel import call_arguments, compare, one_process, run_sh
 from verify.inputs import default_sizes, make_case
 
 #: (variant, T, chunk, world): momentum and Newton–Schulz (lact_v2, slices of whole chunks), a plain
-#: scan, a per-token decay and a per-channel gate; T divisible by neither the world nor the chunk
-CASES = [("linear_attention", 37, None, 2), ("lact_v2", 45, 4, 3), ("simple_gla", 29, None, 4), ("gla", 23, None, 3)]
+#: scan, a per-token decay, a per-channel gate, and the delta rule with and without a gate (an affine
+#: map through a D_k × D_k matrix per slice); T divisible by neither the world nor the chunk
+CASES = [("linear_attention", 37, None, 2), ("lact_v2", 45, 4, 3), ("simple_gla", 29, None, 4), ("gla", 23, None, 3),
+         ("delta_rule", 29, None, 3), ("gated_delta_rule", 23, None, 2)]
 
 
 def _arguments(name: str, T: int, chunk: int | None, seed: int = 0):
@@ -36,8 +38,9 @@ def test_ranks_give_the_one_process_form(name, T, chunk, world):
     assert all(r["final"] == {} for r in ranks[:-1])  # the final state is the last rank's
 
 
-@pytest.mark.parametrize(("name", "T", "chunk", "world"), [("linear_attention", 21, None, 2), ("lact_v2", 26, 4, 2)],
-                         ids=["linear_attention", "lact_v2"])
+@pytest.mark.parametrize(("name", "T", "chunk", "world"),
+                         [("linear_attention", 21, None, 2), ("lact_v2", 26, 4, 2), ("delta_rule", 19, None, 2)],
+                         ids=["linear_attention", "lact_v2", "delta_rule"])
 def test_the_triton_form_runs_context_parallel(name, T, chunk, world):
     """The Triton form on ranks (the pipeline's kernels; the fused scan runs one process) in Triton's interpreter."""
     variant, args = _arguments(name, T, chunk)
@@ -57,7 +60,7 @@ def test_slices_of_a_chunk_schedule_must_hold_whole_chunks():
 @pytest.mark.parametrize(("name", "form", "why"), [
     ("linear_attention", "recurrent", "the recurrent form runs in one process; the chunk and Triton forms"),
     ("lact", "chunk", "lact is not a prefix scan: the kernel is dynamic"),
-    ("delta_rule", "chunk", "a summary not derived yet"),
+    ("delta_rule", "recurrent", "the recurrent form runs in one process"),
     ("vittt_dwconv", "chunk", "one bidirectional step"),
 ])
 def test_a_form_that_runs_in_one_process_refuses_a_group_saying_why(name, form, why):
@@ -79,8 +82,9 @@ def test_the_summary_is_read_off_the_form():
     gla = shard_summary(derive("gla", certify=False))
     assert not gla.whole_chunks and "per key channel" in gla.carries[0].step
     assert any("combine: (A₂, h₂) ∘ (A₁, h₁)" in line for line in gla.describe())
-    for name, why in [("lact", "the kernel is dynamic"), ("delta_rule", r"affine maps S ↦ A·S \+ B"),
-                      ("vittt_dwconv", "one bidirectional step")]:
+    delta = shard_summary(derive("delta_rule", certify=False))
+    assert "M_n = Γ_n I − K̂_nᵀ W_n" in delta.carries[0].step and not delta.whole_chunks
+    for name, why in [("lact", "the kernel is dynamic"), ("vittt_dwconv", "one bidirectional step")]:
         with pytest.raises(NotShardable, match=why):
             shard_summary(derive(name, certify=False))
 

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
-__all__ = ["Shard", "shard_of", "sharded_scan"]
+__all__ = ["Shard", "shard_of", "sharded_scan", "affine_slice_start"]
 
 
 class Shard(NamedTuple):
@@ -66,7 +66,7 @@ class _CarryIn(torch.autograd.Function):
     every rank must run it (every rank's output reads h_in, so every backward does)."""
 
     @staticmethod
-    def forward(ctx, end, total, initial, shard):
+    def forward(ctx, end, total, initial, shard, matrix):
         group = shard.group
         ends = _gather(end, group)
         totals = None if total is None else _gather(total, group)
@@ -75,8 +75,9 @@ class _CarryIn(torch.autograd.Function):
         entering = []
         for r in range(shard.rank):
             entering.append(h)
-            h = (h if totals is None else totals[r] * h) + ends[r]
+            h = (h if totals is None else totals[r] @ h if matrix else totals[r] * h) + ends[r]
         ctx.shard, ctx.has_total, ctx.total_shape = shard, total is not None, None if total is None else total.shape
+        ctx.matrix = matrix
         ctx.save_for_backward(*(() if totals is None else (totals, *entering)))
         return h
 
@@ -90,7 +91,10 @@ class _CarryIn(torch.autograd.Function):
         d_totals = G.new_zeros(shard.world, *ctx.total_shape) if ctx.has_total else None
         for j in reversed(range(shard.rank)):
             d_ends[j] = G
-            if totals is not None:
+            if totals is not None and ctx.matrix:  # h ↦ A_j h + h_j
+                d_totals[j] = G @ entering[j].mT
+                G = totals[j].mT @ G
+            elif totals is not None:  # h ↦ A_j ⊙ h + h_j
                 d_totals[j] = _sum_to(G * entering[j], ctx.total_shape)
                 G = totals[j] * G
         shares = [d_ends.flatten(), G.flatten()] + ([d_totals.flatten()] if d_totals is not None else [])
@@ -100,7 +104,7 @@ class _CarryIn(torch.autograd.Function):
                                                           flat.numel() - d_ends.numel() - G.numel()])
         d_end = d_ends_all.view_as(d_ends)[shard.rank]
         d_total = d_totals_all.view_as(d_totals)[shard.rank] if d_totals is not None else None
-        return d_end, d_total, (d_initial.view_as(G) if shard.first else None), None
+        return d_end, d_total, (d_initial.view_as(G) if shard.first else None), None, None
 
 
 def shard_of(group, *, tokens: int, chunk_size: int, aligned: bool, signature: tuple) -> Shard:
@@ -140,7 +144,21 @@ def sharded_scan(a: torch.Tensor | None, local: torch.Tensor, initial: torch.Ten
     per chunk stays one number)."""
     carried = None if a is None else torch.cumprod(a.expand(*a.shape[:2], local.shape[2], *a.shape[3:]), dim=2)
     start = initial if initial is not None else torch.zeros_like(local[:, :, 0])
-    h_in = _CarryIn.apply(local[:, :, -1], None if carried is None else carried[:, :, -1], start, shard)
+    h_in = _CarryIn.apply(local[:, :, -1], None if carried is None else carried[:, :, -1], start, shard, False)
     if carried is None:
         return local + h_in.unsqueeze(2), h_in
     return local + carried * h_in.unsqueeze(2), h_in
+
+
+def affine_slice_start(transitions: torch.Tensor, increments: torch.Tensor, initial: torch.Tensor,
+                       shard: Shard) -> torch.Tensor:
+    """The state this rank's slice starts from, for a state that each block maps affinely,
+    S ↦ M_n S + B_n (the delta rule's WY blocks: M_n = Γ_n I − K̂_nᵀ W_n, B_n = K̂_nᵀ U_n): the slice's
+    summary is (A = M_{N−1} ⋯ M_0, its S from zero), ``transitions`` ``[B, H, N, Dk, Dk]`` and
+    ``increments`` ``[B, H, N, Dk, Dv]``; ``initial`` is the sequence's (rank 0's)."""
+    A = torch.eye(transitions.shape[-1], dtype=transitions.dtype, device=transitions.device)
+    A = A.expand_as(transitions[:, :, 0])
+    h = torch.zeros_like(increments[:, :, 0])
+    for n in range(increments.shape[2]):
+        A, h = transitions[:, :, n] @ A, transitions[:, :, n] @ h + increments[:, :, n]
+    return _CarryIn.apply(h, A, initial, shard, True)

@@ -86,6 +86,19 @@ def context_shard(process_group, q: torch.Tensor, v: torch.Tensor, chunk_size: i
                     signature=(B, H, DK, v.shape[-1], dtype, chunk_size))
 
 
+def delta_slice_start(U: torch.Tensor, W: torch.Tensor, k_tail: torch.Tensor, block_decay: torch.Tensor | None,
+                      initial: torch.Tensor, shard) -> torch.Tensor:
+    """The state a rank's slice of a WY/UT-block form starts from (context parallelism): each block maps
+    the state S ↦ M_n S + B_n with M_n = Γ_n I − K̂_nᵀ W_n and B_n = K̂_nᵀ U_n (the blocks of ``wy_blocks``),
+    so the slice is one affine map, exchanged with the other ranks (``context_parallel.affine_slice_start``)."""
+    from tttla_kernels.context_parallel import affine_slice_start
+
+    transitions = -(k_tail.mT @ W)  # −K̂ᵀW: [B, H, N, Dk, Dk]
+    eye = torch.eye(transitions.shape[-1], dtype=transitions.dtype, device=transitions.device)
+    transitions = transitions + (eye if block_decay is None else block_decay * eye)
+    return affine_slice_start(transitions, k_tail.mT @ U, initial, shard)
+
+
 def single_process(process_group, why: str) -> None:
     """Refuse a ``process_group`` where a form runs in one process, saying why."""
     if process_group is not None:

@@ -36,7 +36,7 @@ class CallHooks(HookBase):
     def _context_parallel(self) -> bool:
         """Whether the chunk form runs context-parallel: the form has a summary (derivations.shard) and the
         prefix-scan template computes it."""
-        return self.c.shard is not None and self.c.plan.chunk_template == "prefix_scan"
+        return self.c.shard is not None and self.c.plan.chunk_template in ("prefix_scan", "delta_chunk")
 
     def _one_process_reason(self, form: str) -> str | None:
         """Why ``form`` refuses a ``process_group`` (the whole sentence), or None when it runs context-parallel."""

@@ -77,12 +77,14 @@ class Inputs(NamedTuple):
     state: dict[str, torch.Tensor]  # the updated weights at t = 0, per head [B, H, ·, ·]
     eta: torch.Tensor | dict[str, torch.Tensor]  # learning rates [B, H, T, 1]
     out_dtype: torch.dtype  # q's dtype, the output's
+    shard: object  # this rank's place in a context-parallel group (context_parallel.Shard), or None
 
 
-def prepare(q, k, v, *, lr, initial_state, chunk_size) -> Inputs:
+def prepare(q, k, v, *, lr, initial_state, chunk_size, process_group=None) -> Inputs:
     """Check a call's inputs (every error names the argument) and lay them out heads first."""
     B, T, H, Dk, Dv = runtime.check_qkv(q, k, v)
     chunk_size = runtime.check_chunk_size(chunk_size)
+    shard = runtime.context_shard(process_group, q, v, chunk_size, aligned=False)
     dtype = runtime.state_dtype(q)
     work = dtype
     given = {} if initial_state is None else {"W": initial_state}
@@ -105,12 +107,12 @@ def prepare(q, k, v, *, lr, initial_state, chunk_size) -> Inputs:
     eta = runtime.token_coefficient("lr", lr, q, dtype)  # [B, H, T, 1]
     return Inputs(
         T=T, chunk_size=chunk_size, dtype=dtype, work=work, Q=Q, K=K, V=V, slow=slow, state=state, eta=eta,
-        out_dtype=q.dtype,
+        out_dtype=q.dtype, shard=shard,
     )
 
 
 def finish(o, state, output_final_state, inputs):
     """o ``[B, H, T, ·]`` back to the caller's ``[B, T, H, ·]`` in q's dtype, and the state after the
     last update when ``output_final_state``."""
-    final_state = state["W"] if output_final_state else None
+    final_state = state["W"] if output_final_state and (inputs.shard is None or inputs.shard.last) else None
     return o.transpose(1, 2).to(inputs.out_dtype), final_state

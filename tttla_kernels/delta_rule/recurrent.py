@@ -55,13 +55,13 @@ def recurrent_delta_rule(
         output_final_state: also return the state after the last update.
         chunk_size: checked (an integer >= 1, default 64) but unused: the recurrence steps once per token;
             the parallel forms' block size, taken here too so that every form has the same arguments.
-        process_group: must be None (one process): context parallelism runs in no form of this variant.
+        process_group: must be None (one process): context parallelism runs in the chunk and Triton forms.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
-    runtime.single_process(process_group, "delta_rule's slices are affine maps S ↦ A·S + B (A the product of its (I − β kᵀk) factors), a summary not derived yet: it runs in one process")
+    runtime.single_process(process_group, 'the recurrent form runs in one process; the chunk and Triton forms run context-parallel')
     inputs = prepare(q, k, v, lr=lr, initial_state=initial_state, chunk_size=chunk_size)
     inputs = inputs._replace(chunk_size=1)  # chunk_size was checked; the recurrence steps once per token
     # the tokens split once (one slice per step would make autograd write a full-length gradient per step)

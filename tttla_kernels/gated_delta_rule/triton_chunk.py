@@ -60,16 +60,23 @@ def triton_gated_delta_rule(
         output_final_state: also return the state after the last update.
         chunk_size: tokens per block of the parallel computation (default 64); the
             result does not depend on it (the schedule steps once per token).
-        process_group: must be None (one process): context parallelism runs in no form of this variant.
+        process_group: a torch.distributed group for context parallelism, or None (one process):
+            each rank passes its slice of the sequence, in rank order, and gets its slice of o;
+            initial_state is read on rank 0, the final state returned on the last rank (None on the others).
+            Every rank must call the backward of its own slice's loss.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
-    runtime.single_process(process_group, "gated_delta_rule's slices are affine maps S ↦ A·S + B (A the product of its (I − β kᵀk) factors), a summary not derived yet: it runs in one process")
-    inputs = prepare(q, k, v, lr=lr, log_decay=log_decay, initial_state=initial_state, chunk_size=chunk_size)
+    inputs = prepare(
+        q, k, v, lr=lr, log_decay=log_decay, initial_state=initial_state, chunk_size=chunk_size,
+        process_group=process_group,
+    )
     q_blocks, scores, U, W, k_tail, block_decay = wy_blocks(inputs)
     S = inputs.state["W"]  # [B, H, d, d]
+    if inputs.shard is not None:  # context-parallel: the state this slice starts from, after the ranks before it
+        S = runtime.delta_slice_start(U, W, k_tail, block_decay, S, inputs.shard)
     decay = None if block_decay is None else block_decay[..., 0, 0]
     o, S = delta_scan(U, W, q_blocks, scores, k_tail, decay, S)
     o = o.flatten(2, 3)[:, :, :inputs.T]  # [B, H, T, d]
