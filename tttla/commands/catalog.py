@@ -63,11 +63,10 @@ def _verdict(ok: bool | None) -> str:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     from derivations.errors import TTTLAError
     from tttla.reporting import build_report
     from tttla.reporting.build import prepare_triton
+    from verify.progress import progress
 
     if args.quick:
         args.cases, args.no_bench = min(args.cases, 3), True
@@ -77,9 +76,7 @@ def run(args) -> int:
     names = _names(args.only)
     prepare_triton()
     rows, problems = [], []
-    bar = tqdm(names, desc="catalog", unit="variant", leave=False)
-    for name in bar:
-        bar.set_postfix_str(name)
+    for name in progress(names, "catalog", unit="variant"):
         try:
             r = build_report(name, out / "reports" / name, options, progress=True)
         except (TTTLAError, RuntimeError) as e:
