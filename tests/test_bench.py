@@ -2,6 +2,7 @@
 times, the repeats' spread, the two token counts and the FLOP model."""
 
 import json
+import re
 import time
 
 import pytest
@@ -230,3 +231,14 @@ def test_report_table_and_plot_show_the_spread_and_the_noise():
     assert throughput_png(series([result])).startswith(b"\x89PNG")
     old = BenchResult("v", config, rows=[Row("chunk", "forward", 0.001, tokens_per_s=128_000.0)])
     assert series([old])["chunk (forward)"] == [(64, 128_000.0, 128_000.0, 128_000.0)]  # no spread recorded
+
+
+def test_catalog_counts_the_noisy_timings(tmp_path, capsys, monkeypatch):
+    import verify.bench
+
+    monkeypatch.setattr(verify.bench, "NOISY_SPREAD", -1.0)  # every timing's spread is over it
+    assert main(["catalog", "--only", "lact_v6", "--cases", "1", "--seq-lens", "16", "--dim", "4", "--chunk", "8",
+                 "--repeats", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^(\d+) of \1 CPU timings noisy, flagged in the reports", out, re.MULTILINE)
+    assert "noisy: spread" in (tmp_path / "reports" / "lact_v6" / "report.md").read_text()

@@ -59,7 +59,7 @@ def error_strip_png(panels: dict[str, dict[str, list[tuple[float, bool]]]], boun
 
 
 def throughput_png(series: dict[str, list[tuple[int, float, float, float]]], title: str = "") -> bytes:
-    """tokens/s against T, one line per form and pass (forward solid, forward+backward dashed)
+    """Head-tokens/s against T, one line per form and pass (forward solid, forward+backward dashed)
     through the medians, with a bar from the slowest to the fastest timed call at each T.
 
     ``series``: label → [(T, median rate, slowest rate, fastest rate), …]."""
@@ -74,7 +74,7 @@ def throughput_png(series: dict[str, list[tuple[int, float, float, float]]], tit
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("sequence length T")
-    ax.set_ylabel("tokens / s")
+    ax.set_ylabel("head-tokens / s (B·H·T per call)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     if title:
