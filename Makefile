@@ -7,11 +7,18 @@ BIN    := $(VENV)/bin
 
 .PHONY: main test lint install clean
 
+PIP    := $(BIN)/python -m pip install -q --progress-bar off --disable-pip-version-check -c constraints.txt
+
+# Quiet but not silent: one line per step, pip's own output only for warnings and errors.
 $(BIN)/.installed: pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
-	touch $@
+	@echo "install: creating $(VENV) with $(PYTHON)"
+	@$(PYTHON) -m venv $(VENV)
+	@echo "install: torch 2.13.0 (the longest step: a few minutes on a fresh machine)"
+	@$(PIP) torch==2.13.0
+	@echo "install: tttla and its dev tools (pyproject.toml, pinned by constraints.txt)"
+	@$(PIP) -e '.[dev]'
+	@touch $@
+	@echo "install: done, $(VENV) ready"
 
 install: $(BIN)/.installed
 

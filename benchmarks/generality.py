@@ -27,7 +27,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from generality import check, declarations  # noqa: E402
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+
+from verify.progress import Progress  # noqa: E402
 
 
 def _commit() -> str:
@@ -53,7 +54,6 @@ def main() -> None:
     args = p.parse_args()
 
     records, started = [], time.monotonic()
-    bar = tqdm(total=args.declarations, desc="generality", unit="decl")
     keep = None if args.triton else (lambda names: [n for n in names if n != "triton"])
 
     @seed(args.seed)
@@ -61,16 +61,15 @@ def main() -> None:
               suppress_health_check=list(HealthCheck))
     @given(declarations())
     def campaign(decl):
+        bar.step(", ".join(f"{status} {n}" for status, n in sorted(Counter(o.status for _, o in records).items())))
         with tempfile.TemporaryDirectory(prefix="tttla-generality-") as tmp:
             outcome = check(decl, Path(tmp), cases=args.cases, forms_filter=keep, limit_s=args.limit,
                             nonfinite=args.nonfinite)
         records.append((decl, outcome))
-        bar.update()
-        bar.set_postfix(Counter(o.status for _, o in records))
         summary(records, args, time.monotonic() - started)  # a partial campaign leaves its results too
 
-    campaign()
-    bar.close()
+    with Progress("generality", args.declarations, unit="decl") as bar:
+        campaign()
     result = summary(records, args, time.monotonic() - started)
     print({k: result[k] for k in ("declarations", "refused", "verified", "failed", "tracebacks", "timed_out")})
 

@@ -2,6 +2,8 @@
 times, the repeats' spread, the two token counts and the FLOP model."""
 
 import json
+import re
+import time
 
 import pytest
 import torch
@@ -11,8 +13,18 @@ from derivations.catalog import CATALOG
 from tttla.cli import main
 from tttla.reporting.gpu import md_gpu
 from tttla_kernels import lact_v6
-from verify.bench import BenchConfig, Timing, forward_backward, run_bench, spread_ms, time_cuda, time_repeats
-from verify.flops import form_flops, model_flops
+from verify.bench import (
+    NOISY_SPREAD,
+    BenchConfig,
+    Row,
+    Timing,
+    forward_backward,
+    run_bench,
+    spread_ms,
+    time_cuda,
+    time_repeats,
+)
+from verify.flops import Product, form_flops, largest_product, model_flops
 from verify.forms import call_form, cast_case
 from verify.inputs import default_sizes, make_case
 
@@ -22,7 +34,7 @@ def test_bench_smoke_table(capsys):
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("form"))
     assert header.split() == ["form", "pass", "ms", "min-max", "ms", "head-tok/s", "tok/s", "GFLOP", "GFLOP/s", "%",
-                              "matmul", "x", "oracle"]
+                              "matmul", "x", "oracle", "calls", "note"]
     chunk_forward = next(line for line in out.splitlines() if line.startswith("chunk ") and " forward " in line)
     assert "–" in chunk_forward.split()[3]  # the spread of the timed repeats
     for name in ("oracle", "recurrent", "chunk", "matmul"):
@@ -70,6 +82,42 @@ def test_timing_is_min_median_max():
     assert 0 < t.min <= t.median <= t.max
     assert spread_ms(0.001, 0.0025) == "1.00–2.50" and spread_ms(None, None) == "—"
     assert spread_ms(None, 0.1, missing="n/a") == "n/a"
+
+
+def test_noise_flags_a_wide_spread_and_a_time_below_the_timer():
+    steady = Timing(1.00, 1.05, 1.10)
+    assert steady.spread == pytest.approx(0.1 / 1.05) and steady.noise() is None
+    noisy = Timing(1.0, 1.0, 1.0 + 2 * NOISY_SPREAD)
+    assert noisy.noise() == "spread 40% > 20%"
+    tiny = Timing(1e-9, 1e-9, 1e-9)
+    assert tiny.noise(resolution=1e-6) == "median 1 ns < timer resolution 1e+03 ns"
+    both = Timing(1e-9, 2e-9, 4e-9).noise(resolution=1e-6)
+    assert "resolution" in both and "spread 150%" in both
+
+
+def test_repeats_adapt_to_the_minimum_total_time():
+    def short():
+        time.sleep(0.001)
+
+    t = time_repeats(short, repeats=3, min_seconds=0.05)
+    assert t.repeats > 3 and t.repeats * t.max >= 0.05  # kept timing until the calls took 0.05 s
+    assert time_repeats(short, repeats=3, min_seconds=10.0, max_repeats=7).repeats == 7  # bounded
+    assert time_repeats(lambda: time.sleep(0.02), repeats=3, min_seconds=0.01).repeats == 3  # slow: repeats only
+
+
+def test_largest_product_and_the_matmul_reference():
+    a, b, c = torch.randn(3, 5, 7), torch.randn(3, 7, 2), torch.randn(40, 9)
+    # c.T @ c and the addmm's c @ [9, 9] both take 2·9·40·9 FLOPs: the wider inner dimension (40) wins
+    assert largest_product(lambda: (a @ b, c.T @ c, torch.addmm(c, c, c.T @ c))) == Product(1, 9, 40, 9)
+    assert largest_product(lambda: (a @ b, c @ c.T)) == Product(1, 40, 9, 40)
+    assert largest_product(lambda: a + 1) is None
+    # lact_v6's chunk form contracts over the chunk (16) in its largest product, not over D = 4
+    variant = CATALOG["lact_v6"]
+    config = BenchConfig(seq_len=64, dim=4, chunk=16, batch_heads=2, repeats=1, min_seconds=0.0)
+    result = run_bench(variant, {"chunk": lact_v6.FORMS["chunk"]}, config)
+    assert result.matmul_inner_dim == 16
+    assert result.row("matmul", "forward").flops == 2 * 2 * 64 * 16 * 4
+    assert result.to_json()["matmul_inner_dim"] == 16
 
 
 def test_time_cuda_keeps_every_repeat(monkeypatch):
@@ -162,3 +210,35 @@ def test_gpu_report_shows_the_spread_where_recorded():
     triton, chunk = (next(line for line in md.splitlines() if line.startswith(f"| {n} ")) for n in ("triton", "chunk"))
     assert "| 1.000–3.000 |" in triton and "| 250,000 |" in triton
     assert "| — |" in chunk and "head-tokens/s (B·H·T)" in md
+
+
+def test_report_table_and_plot_show_the_spread_and_the_noise():
+    from tttla.reporting.benchmark import md_benchmark, series
+    from tttla.reporting.plots import throughput_png
+    from verify.bench import BenchResult, timed_row
+
+    config = BenchConfig(seq_len=64, batch_heads=2)
+    result = BenchResult("v", config, machine={"torch": "x", "threads": 1, "processor": "cpu"})
+    result.rows = [timed_row("chunk", "forward", Timing(0.001, 0.001, 0.0011, repeats=200), config),
+                   timed_row("recurrent", "forward", Timing(0.001, 0.002, 0.004, repeats=3), config)]
+    md = md_benchmark([result], "plot.png")
+    chunk, recurrent = (next(line for line in md.splitlines() if f"| {n} |" in line) for n in ("chunk", "recurrent"))
+    assert chunk.endswith("| 200 | 128,000 | 64,000 | - |  |")
+    assert recurrent.endswith("| noisy: spread 150% > 20% |") and "| 1.00–4.00 | 3 |" in recurrent
+    assert "**1 of 2 timings are noisy**" in md
+    # the plot's points: median rate, and the rates of the slowest and the fastest call
+    assert series([result])["recurrent (forward)"] == [(64, 64_000.0, 32_000.0, 128_000.0)]
+    assert throughput_png(series([result])).startswith(b"\x89PNG")
+    old = BenchResult("v", config, rows=[Row("chunk", "forward", 0.001, tokens_per_s=128_000.0)])
+    assert series([old])["chunk (forward)"] == [(64, 128_000.0, 128_000.0, 128_000.0)]  # no spread recorded
+
+
+def test_catalog_counts_the_noisy_timings(tmp_path, capsys, monkeypatch):
+    import verify.bench
+
+    monkeypatch.setattr(verify.bench, "NOISY_SPREAD", -1.0)  # every timing's spread is over it
+    assert main(["catalog", "--only", "lact_v6", "--cases", "1", "--seq-lens", "16", "--dim", "4", "--chunk", "8",
+                 "--repeats", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^(\d+) of \1 CPU timings noisy, flagged in the reports", out, re.MULTILINE)
+    assert "noisy: spread" in (tmp_path / "reports" / "lact_v6" / "report.md").read_text()

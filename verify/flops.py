@@ -16,6 +16,10 @@ with T tokens, chunk L, N = ⌈T/L⌉ inner steps (T for a token-level schedule)
   and, for block-inclusive schedules, intra-chunk attention (2·L·(r + c) per token).
 
 Forward plus backward is taken as 3× the forward (the backward of a matmul is two matmuls).
+
+:func:`largest_product` reads the products a call actually runs (its mm/bmm/addmm/baddbmm
+shapes, caught by ``torch.utils.flop_counter``): the benchmark's "% matmul" reference takes the
+inner dimension of a form's largest one (:mod:`verify.bench`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 
 from derivations.variant import Variant
 
-__all__ = ["ModelFlops", "model_flops", "form_flops"]
+__all__ = ["ModelFlops", "model_flops", "form_flops", "Product", "products", "largest_product"]
 
 
 @dataclass(frozen=True)
@@ -118,3 +122,43 @@ def form_flops(variant: Variant, form: str, *, batch_heads: int, seq_len: int, s
                 flops += 2 * T * L * (r + c)
     flops *= batch_heads
     return 3 * flops if backward else flops
+
+
+@dataclass(frozen=True)
+class Product:
+    """One matrix product ``[batch, m, k] × [batch, k, n]``; ``k`` is its inner dimension."""
+
+    batch: int
+    m: int
+    k: int
+    n: int
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.batch * self.m * self.k * self.n
+
+
+def products(call) -> list[Product]:
+    """Every matrix product (mm, bmm, addmm, baddbmm: what ``@`` and ``matmul`` dispatch to) that
+    one ``call()`` runs, in order."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+    found: list[Product] = []
+
+    def record(a, b) -> int:
+        found.append(Product(a[0] if len(a) == 3 else 1, a[-2], a[-1], b[-1]))
+        return found[-1].flops
+
+    mapping = {aten.mm: lambda a, b, *_, **__: record(a, b), aten.bmm: lambda a, b, *_, **__: record(a, b),
+               aten.addmm: lambda _, a, b, *__, **___: record(a, b),
+               aten.baddbmm: lambda _, a, b, *__, **___: record(a, b)}
+    with FlopCounterMode(display=False, custom_mapping=mapping):
+        call()
+    return found
+
+
+def largest_product(call) -> Product | None:
+    """The product of one ``call()`` with the most FLOPs (of equal ones, the widest inner
+    dimension); None when it runs no matrix product."""
+    return max(products(call), key=lambda p: (p.flops, p.k), default=None)

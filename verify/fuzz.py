@@ -377,9 +377,10 @@ def run_campaign(
     campaign = Campaign(variant, dtype, seed, list(forms))
     seeds = range(seed, seed + cases)
     if progress:
-        from tqdm import tqdm
+        from verify.progress import progress as show_progress
 
-        seeds = tqdm(seeds, desc=f"verify {variant.name}", unit="case", leave=False)
+        seeds = show_progress(seeds, f"verify {variant.name} {str(dtype).removeprefix('torch.')}", unit="case",
+                              label=lambda s: f"seed {s}")
     for s in seeds:
         spec, ref = draw(variant, s, **overrides)
         campaign.cases.append((spec, [check_form(variant, n, fn, ref, dtype) for n, fn in forms.items()]))

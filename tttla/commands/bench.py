@@ -20,13 +20,16 @@ With --model nothing is timed: every parallel form runs once on fake tensors (no
 kernel, no GPU) and the table gives its bytes read and written per head-token (B*H*T), launches,
 matmul FLOPs and the time an H100 roofline predicts (verify/cost.py), forward and forward+backward.
 
-Figures are medians of --repeats calls after one warm-up, with their min-max, all measured in
-one run. head-tok/s counts every (batch·head, token): B*H*T per call, as the LaCT paper's
+Figures are medians, with their min-max, of calls timed after one warm-up until there are at
+least --repeats of them and they took 0.2 s together (up to 10,000 calls), all measured in one
+run; the last column flags a noisy row: a spread (max-min)/median over 20% (a busy machine) or a
+median below the timer's resolution. head-tok/s counts every (batch·head, token): B*H*T per call, as the LaCT paper's
 Table 2 does; tok/s counts the tokens of the caller's sequences, B*T, and here B = 1 (the B*H
 sequences are the heads of one), so tok/s = T per call / s. Forward+backward takes the gradients of
 the output and the final states with random output gradients drawn once, untimed
 (verify.bench.forward_backward). FLOPs count matmuls only (see verify/flops.py), and
-'% matmul' sets a form's FLOP/s against torch.matmul [BH, T, D] x [BH, D, D] timed alongside.
+'% matmul' sets a form's FLOP/s against torch.matmul [BH, T, k] x [BH, k, D] timed alongside,
+k the inner dimension of the forms' largest matrix product (verify/bench.py).
 """
 
 #: printed, never asserted: (variant, what, how it is read off the result, bound)
@@ -59,7 +62,8 @@ def add_parser(sub):
                    "(default bfloat16)")
     p.add_argument("--batch-heads", "--bh", type=int, default=4, metavar="BH",
                    help="independent sequences, B*H (default 4)")
-    p.add_argument("--repeats", "-r", type=int, default=3, metavar="R", help="timed calls per figure (default 3)")
+    p.add_argument("--repeats", "-r", type=int, default=3, metavar="R",
+                   help="least timed calls per figure (default 3; more until they take 0.2 s)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--model", action="store_true",
                    help="print the cost model (bytes, launches, FLOPs, H100 roofline time) instead of timing")
@@ -104,7 +108,10 @@ def print_result(result) -> None:
     c = result.config
     m = result.machine
     print(f"{result.variant}: B*H = {c.batch_heads}, T = {c.seq_len}, dims = {c.dim}, chunk = {c.chunk}, "
-          f"{c.dtype}, median and min-max of {c.repeats}; head-tok/s counts B*H*T, tok/s B*T (B = {c.batch})")
+          f"{c.dtype}; median and min-max of >= {c.repeats} calls and >= {c.min_seconds:g} s each; "
+          f"head-tok/s counts B*H*T, tok/s B*T (B = {c.batch})")
+    inner = result.matmul_inner_dim
+    print(f"% matmul: against [B*H, T, k] x [B*H, k, D] with k = {inner}, the forms' largest product's inner dim")
     print(f"torch {m['torch']}, {m['threads']} threads, {m['platform']}\n")
     rows = [
         [r.name, r.pass_, _num(r.seconds and r.seconds * 1e3, ".2f"),
@@ -112,11 +119,15 @@ def print_result(result) -> None:
          _num(r.sequence_tokens_per_s, ",.0f"),
          _num(r.flops and r.flops / 1e9, ".3f"), _num(r.flops_per_s and r.flops_per_s / 1e9, ".2f"),
          _num(r.fraction_of_matmul and 100 * r.fraction_of_matmul, ".1f"),
-         _num(r.speedup_vs_oracle, ".1f")]
+         _num(r.speedup_vs_oracle, ".1f"), _num(r.repeats, "d"), f"NOISY: {r.noise}" if r.noisy else ""]
         for r in result.rows
     ]
-    headers = ["form", "pass", "ms", "min-max ms", "head-tok/s", "tok/s", "GFLOP", "GFLOP/s", "% matmul", "x oracle"]
-    print(format_table(headers, rows, align="llrrrrrrrr"))
+    headers = ["form", "pass", "ms", "min-max ms", "head-tok/s", "tok/s", "GFLOP", "GFLOP/s", "% matmul", "x oracle",
+               "calls", "note"]
+    print(format_table(headers, rows, align="llrrrrrrrrrl"))
+    noisy = sum(r.noisy for r in result.rows)
+    if noisy:
+        print(f"\n{noisy} noisy row(s): rerun on a quieter machine, or with more --repeats, before quoting them")
     print("\nratios:")
     forms = [r.name for r in result.rows if r.name not in ("oracle", "matmul") and r.pass_ == "forward"]
     for name in forms:

@@ -63,11 +63,11 @@ def _verdict(ok: bool | None) -> str:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     from derivations.errors import TTTLAError
     from tttla.reporting import build_report
     from tttla.reporting.build import prepare_triton
+    from verify import bench
+    from verify.progress import progress
 
     if args.quick:
         args.cases, args.no_bench = min(args.cases, 3), True
@@ -76,16 +76,15 @@ def run(args) -> int:
     options = options_from_args(args, kernels=out / "kernels")
     names = _names(args.only)
     prepare_triton()
-    rows, problems = [], []
-    bar = tqdm(names, desc="catalog", unit="variant", leave=False)
-    for name in bar:
-        bar.set_postfix_str(name)
+    rows, problems, timings = [], [], []
+    for name in progress(names, "catalog", unit="variant"):
         try:
             r = build_report(name, out / "reports" / name, options, progress=True)
         except (TTTLAError, RuntimeError) as e:
             rows.append([name, "error", "-", "-", "-", "-"])
             problems.append(f"{name}: {e}")
             continue
+        timings += [row for res in r.bench for row in res.rows if row.seconds is not None]
         cert = r.form.certificate
         certified = cert is not None and cert.certified
         rows.append([name, _classification(r.form), "yes" if certified else "NO", _verdict(r.verified("float64")),
@@ -97,6 +96,10 @@ def run(args) -> int:
                 problems.append(f"{name}: {len(c.failures())} failed form-case(s) in {dt}; see {r.markdown}")
     print(format_table(["variant", "classification", "certified", "fp64", "fp32", "report"], rows))
     print(f"\n{len(names)} variants, {options.cases} fuzz cases per dtype; code in {out / 'kernels'}/")
+    noisy = sum(row.noisy for row in timings)
+    if noisy:
+        print(f"{noisy} of {len(timings)} CPU timings noisy, flagged in the reports: their spread over "
+              f"{100 * bench.NOISY_SPREAD:.0f}% of the median (a busy machine) or below the timer's resolution")
     for p in problems:
         print(f"FAILED {p}")
     return 1 if problems else 0

@@ -40,18 +40,17 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     from codegen.generate import PACKAGE_ROOT, GenerationError, generate
     from codegen.plan import plan
     from derivations.catalog import CATALOG
     from derivations.derive import derive
     from derivations.loading import load_variant
+    from verify.progress import progress
 
     if args.catalog:
         if args.variant:
             raise GenerationError("give either VARIANT or --catalog, not both")
-        for name in tqdm(CATALOG, desc="generate", unit="variant", leave=False):
+        for name in progress(CATALOG, "generate", unit="variant"):
             generate(name, PACKAGE_ROOT, force=args.force)
         print(f"regenerated {len(CATALOG)} variants in {PACKAGE_ROOT}")
         return 0

@@ -47,7 +47,7 @@ def add_report_arguments(p, cases: int, seq_lens: str, repeats: int = 3) -> None
     p.add_argument("--batch-heads", "--bh", type=int, default=2, metavar="BH",
                    help="independent sequences in the benchmark, B*H (default 2)")
     p.add_argument("--repeats", "-r", type=int, default=repeats, metavar="R",
-                   help=f"timed calls per benchmark figure (default {repeats})")
+                   help=f"least timed calls per benchmark figure (default {repeats}; more until they take 0.2 s)")
     p.add_argument("--no-bench", action="store_true", help="skip the CPU benchmark")
     p.add_argument("--results", default=None, metavar="DIR",
                    help="where GPU results (<device>.json) are read (default benchmarks/results)")

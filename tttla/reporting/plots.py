@@ -58,18 +58,23 @@ def error_strip_png(panels: dict[str, dict[str, list[tuple[float, bool]]]], boun
     return _png(fig)
 
 
-def throughput_png(series: dict[str, list[tuple[int, float]]], title: str = "") -> bytes:
-    """tokens/s against T, one line per form and pass (forward solid, forward+backward dashed)."""
+def throughput_png(series: dict[str, list[tuple[int, float, float, float]]], title: str = "") -> bytes:
+    """Head-tokens/s against T, one line per form and pass (forward solid, forward+backward dashed)
+    through the medians, with a bar from the slowest to the fastest timed call at each T.
+
+    ``series``: label → [(T, median rate, slowest rate, fastest rate), …]."""
     fig, (ax,) = _figure(6.4, 4.0)
     for label, points in series.items():
-        points = sorted(points)
+        ts, rates, lows, highs = zip(*sorted(points), strict=True)
         style = "--" if "backward" in label else "-"
         marker = "s" if label.startswith("oracle") else "o"
-        ax.plot([t for t, _ in points], [r for _, r in points], style, marker=marker, label=label)
+        ax.errorbar(ts, rates, yerr=[[r - lo for r, lo in zip(rates, lows, strict=True)],
+                                     [hi - r for r, hi in zip(rates, highs, strict=True)]],
+                    fmt=style, marker=marker, capsize=3, label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("sequence length T")
-    ax.set_ylabel("tokens / s")
+    ax.set_ylabel("head-tokens / s (B·H·T per call)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     if title:
