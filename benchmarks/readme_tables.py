@@ -196,6 +196,19 @@ def cost_model_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def context_parallel_table(results: dict) -> str:
+    """Bytes a rank sends per call against gathering k and v, then the wall time of 1 process and 2 ranks."""
+    rows = ["| variant | ranks | T | bytes a rank sends (summaries) | k and v to every rank | ratio |",
+            "|---|---:|---:|---:|---:|---:|"]
+    rows += [f"| `{r['variant']}` | {r['world']} | {r['seq_len']:,} | {r['bytes_sent_per_rank']:,} "
+             f"| {r['ring_bytes_per_rank']:,} | {r['ring_bytes_per_rank'] / r['bytes_sent_per_rank']:.1f}× |"
+             for r in results["bytes"]]
+    rows += ["", "| variant | T | one process (ms) | two ranks (ms, the slower) |", "|---|---:|---:|---:|"]
+    rows += [f"| `{w['variant']}` | {w['seq_len']:,} | {1e3 * w['one_process_seconds']:.0f} "
+             f"| {1e3 * w['two_ranks_seconds']:.0f} |" for w in results["wall"]]
+    return "\n".join(rows)
+
+
 def _load(name: str):
     return lambda: json.loads((RESULTS / name).read_text())
 
@@ -205,7 +218,8 @@ TABLES = {"catalog": (_load("catalog.json"), catalog_table),
           "gpu-h200": (_load("nvidia-h200.json"), gpu_table),
           "gpu-h200-targets": (_load("nvidia-h200.json"), targets_table),
           "gpu-h100": (_load("nvidia-h100-80gb-hbm3.json"), gpu_table),
-          "cost-model": (_load("cost-model.json"), cost_model_table)}
+          "cost-model": (_load("cost-model.json"), cost_model_table),
+          "context-parallel": (_load("context-parallel.json"), context_parallel_table)}
 
 
 def render(name: str) -> str:
