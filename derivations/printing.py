@@ -2,9 +2,14 @@
 
 ``to_text(expr)`` prints ``(silu(k·W0) ⊙ (k·W2))·W1``; ``to_latex(expr)`` prints the same
 with ``\\odot``, ``^{\\top}`` and named element-wise functions (derivatives as ``silu'``).
+Both print a symbol's name as maths (``gamma`` as γ, ``W1_{0}`` as W1₀ / ``{W1}_{0}``) and a
+rational whose denominator is a power of ten as a decimal or a power of ten (10⁻⁶, not 1/1000000).
 """
 
 from __future__ import annotations
+
+import functools
+import re
 
 import sympy
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
@@ -14,9 +19,77 @@ from sympy.printing.str import StrPrinter
 from derivations.elementwise import scalar_function
 from derivations.function_names import function_name
 
-__all__ = ["to_text", "to_latex", "function_name"]
+__all__ = ["to_text", "to_latex", "function_name", "name_text", "name_latex", "number_text", "shared_parts",
+           "shared_parts_of", "canonical", "parts_used", "with_parts", "group_with_parts"]
 
 _SUP = str.maketrans("0123456789+-()t", "⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻⁽⁾ᵗ")
+_SUB = dict(zip("0123456789+-()aehijklmnoprstuvx", "₀₁₂₃₄₅₆₇₈₉₊₋₍₎ₐₑₕᵢⱼₖₗₘₙₒₚᵣₛₜᵤᵥₓ"))
+
+#: the Greek letters a symbol's name may spell (``gamma`` → γ, ``\\gamma``)
+GREEK = {"alpha": "α", "beta": "β", "gamma": "γ", "delta": "δ", "epsilon": "ε", "zeta": "ζ", "eta": "η",
+         "theta": "θ", "kappa": "κ", "lambda": "λ", "mu": "μ", "nu": "ν", "xi": "ξ", "rho": "ρ", "sigma": "σ",
+         "tau": "τ", "phi": "φ", "chi": "χ", "psi": "ψ", "omega": "ω", "Gamma": "Γ", "Delta": "Δ", "Theta": "Θ",
+         "Phi": "Φ", "Psi": "Ψ", "Omega": "Ω"}
+
+_NAME = re.compile(r"^(?P<letters>[A-Za-z]*)(?P<digits>[0-9]*)(?:_\{(?P<braced>[^{}]*)\}|_(?P<plain>.+))?$")
+
+
+def _name_parts(name: str) -> tuple[str, str, str | None] | None:
+    """``(letters, digits, subscript)`` of a name such as ``W1_{0}``, ``eta_t`` or ``gamma``
+    (None for any other name, which is printed as it is)."""
+    m = _NAME.match(name)
+    if m is None or not m["letters"]:
+        return None
+    return m["letters"], m["digits"], m["braced"] if m["braced"] is not None else m["plain"]
+
+
+def name_text(name: str) -> str:
+    """A symbol's name as Unicode: Greek spelled out becomes the letter and a subscript is set
+    in subscript digits and letters where Unicode has them (``W1_{0}`` → ``W1₀``, ``W_{t+1}`` →
+    ``Wₜ₊₁``), else after an underscore (``z_W``, ``x_(c,p)``)."""
+    parts = _name_parts(name)
+    if parts is None:
+        return name
+    letters, digits, sub = parts
+    head = GREEK.get(letters, letters) + digits
+    if sub is None:
+        return head
+    if all(ch in _SUB for ch in sub):
+        return head + "".join(_SUB[ch] for ch in sub)
+    return f"{head}_{sub}" if len(sub) == 1 or sub.isalnum() else f"{head}_({sub})"
+
+
+def name_latex(name: str) -> str:
+    """A symbol's name as LaTeX: ``gamma`` → ``\\gamma``, ``W1`` → ``W_{1}``, ``W1_{0}`` →
+    ``{W1}_{0}`` (W1 with the subscript 0), ``eta_t`` → ``\\eta_{t}``."""
+    parts = _name_parts(name)
+    if parts is None:
+        return name
+    letters, digits, sub = parts
+    head = "\\" + letters if letters in GREEK else letters if len(letters) == 1 else rf"\mathrm{{{letters}}}"
+    if sub is None:
+        return f"{head}_{{{digits}}}" if digits else head
+    return f"{{{head}{digits}}}_{{{sub}}}" if digits else f"{head}_{{{sub}}}"
+
+
+def _power_of_ten(n: int) -> int | None:
+    """k with n = 10^k (k ≥ 1), else None."""
+    text = str(n)
+    return len(text) - 1 if len(text) > 1 and text == "1" + "0" * (len(text) - 1) else None
+
+
+def number_text(r: sympy.Rational) -> str | None:
+    """A rational with a power-of-ten denominator (from a decimal constant such as ε = 1e-6) as
+    text: ``10⁻⁶`` for 1/10^k with k ≥ 4, a decimal (``0.001``, ``2.5``) otherwise; None for any
+    other rational (1/2 stays a fraction)."""
+    k = _power_of_ten(r.q)
+    if k is None:
+        return None
+    sign = "−" if r.p < 0 else ""
+    if abs(r.p) == 1 and k >= 4:
+        return f"{sign}10{('-' + str(k)).translate(_SUP)}"
+    whole, frac = divmod(abs(r.p), r.q)
+    return f"{sign}{whole}.{str(frac).rjust(k, '0').rstrip('0')}"
 
 
 def _needs_parens(arg, inside):
@@ -29,6 +102,29 @@ def _needs_parens(arg, inside):
     if inside == "transpose" and not isinstance(arg, (sympy.MatrixSymbol, ElementwiseApplyFunction)):
         return True
     return False
+
+
+def _float_text(x: sympy.Float) -> str:
+    """A float constant as text: through :func:`number_text` where it is a short decimal
+    (``1e-06`` → ``10⁻⁶``), else its shortest repr (``0.3``, ``1.5·10⁻⁸``)."""
+    short = repr(float(x))
+    exact = number_text(sympy.Rational(short))
+    if exact is not None:
+        return exact
+    if "e" not in short:
+        return short.replace("-", "−")
+    mantissa, exp = short.split("e")
+    return f"{mantissa.replace('-', '−')}·10{str(int(exp)).translate(_SUP)}"
+
+
+def _decimal_coefficient(expr: sympy.Mul):
+    """``(c, rest)`` when the product's numeric coefficient c is a decimal (a power-of-ten
+    denominator) or a float, so it prints as ``10⁻⁶·rest`` and not ``rest/1000000``; else ``(None, expr)``."""
+    coeff, rest = expr.as_coeff_Mul()
+    if isinstance(coeff, sympy.Float) or (isinstance(coeff, sympy.Rational) and not coeff.is_Integer
+                                          and _power_of_ten(coeff.q) is not None):
+        return coeff, rest
+    return None, expr
 
 
 class _ProductPrinting:
@@ -50,6 +146,8 @@ class _ProductPrinting:
             return body
         if c == -1:
             return self.MINUS + body
+        if c.could_extract_minus_sign():
+            return self.MINUS + self._print_MatMul(sympy.MatMul(-c, *mats))
         cs = self._print(c)
         return f"{self.PARENS.format(cs) if isinstance(c, sympy.Add) else cs}{self.TIMES}{body}"
 
@@ -80,14 +178,22 @@ class TextPrinter(_ProductPrinting, StrPrinter):
         return "𝟙"
 
     def _print_MatrixSymbol(self, expr):
-        return expr.name
+        return name_text(expr.name)
 
     def _print_Symbol(self, expr):
-        name = expr.name
-        for ascii_, greek in (("eta", "η"), ("alpha", "α"), ("phi", "φ")):
-            if name.startswith(ascii_):
-                name = greek + name[len(ascii_):]
-        return name
+        return name_text(expr.name)
+
+    def _print_Rational(self, expr):
+        return number_text(expr) or super()._print_Rational(expr)
+
+    def _print_Float(self, expr):
+        return _float_text(expr)
+
+    def _print_Mul(self, expr):
+        if expr.could_extract_minus_sign():
+            return "−" + self._print(-expr)
+        coeff, rest = _decimal_coefficient(expr)
+        return f"{self._print(coeff)}·{self._print(rest)}" if coeff is not None else super()._print_Mul(expr)
 
 
 class IRLatexPrinter(_ProductPrinting, LatexPrinter):
@@ -112,13 +218,28 @@ class IRLatexPrinter(_ProductPrinting, LatexPrinter):
         return r"\mathbb{1}"
 
     def _print_MatrixSymbol(self, expr):
-        name = expr.name
-        if "_" in name or "^" in name or "{" in name:
-            return name
-        head = name.rstrip("0123456789")
-        digits = name[len(head):]
-        head = {"eta": r"\eta", "phi": r"\phi", "alpha": r"\alpha"}.get(head, head)
-        return f"{head}_{{{digits}}}" if digits and head else head
+        return name_latex(expr.name)
+
+    def _print_Float(self, expr):
+        short = repr(float(expr))
+        if number_text(sympy.Rational(short)) is not None:
+            return self._print_Rational(sympy.Rational(short))
+        mantissa, _, exp = short.partition("e")
+        return rf"{mantissa} \cdot 10^{{{int(exp)}}}" if exp else mantissa
+
+    def _print_Mul(self, expr):
+        coeff, rest = _decimal_coefficient(-expr if expr.could_extract_minus_sign() else expr)
+        if coeff is None:
+            return super()._print_Mul(expr)
+        return f"{'-' if expr.could_extract_minus_sign() else ''}{self._print(coeff)} {self._print(rest)}"
+
+    def _print_Rational(self, expr):
+        k = _power_of_ten(expr.q)
+        if k is None:
+            return super()._print_Rational(expr)
+        if abs(expr.p) == 1 and k >= 4:
+            return f"{'-' if expr.p < 0 else ''}10^{{-{k}}}"
+        return number_text(expr).replace("−", "-")
 
 
 def to_text(expr) -> str:
@@ -145,22 +266,36 @@ def _nodes(expr):
                 yield from _nodes(el.parent)
 
 
+@functools.lru_cache(maxsize=4096)
 def _size(expr) -> int:
     return sum(1 for _ in _nodes(expr))
 
 
 def shared_parts(expr, prefix: str = "c") -> tuple[sympy.Basic, list[tuple[sympy.MatrixSymbol, sympy.Basic]]]:
-    """``expr`` with each sub-expression it repeats named once: ``(main, [(name, definition), …])``.
+    """``expr`` with each sub-expression it repeats named once: ``(main, [(name, definition), …])``
+    (:func:`shared_parts_of` for one expression)."""
+    (main,), defs = shared_parts_of([expr], prefix)
+    return main, defs
+
+
+def shared_parts_of(exprs, prefix: str = "c") -> tuple[list, list[tuple[sympy.MatrixSymbol, sympy.Basic]]]:
+    """``exprs`` with each sub-expression they repeat (within one or across them) named once:
+    ``([main, …], [(name, definition), …])``.
 
     Bottom-up: the smallest repeated sub-expression (at least one operation on two operands)
     gets the next name ``c_1, c_2, …`` everywhere, until nothing non-trivial repeats; a name
     then used only once is put back. The definitions are in order (each uses earlier names
-    only), so ``main`` reads as "… where c_1 = …, c_2 = …". Nothing is simplified.
+    only), so each main reads as "… where c_1 = …, c_2 = …". Nothing is simplified; the terms
+    of sums and products that commute are put in one order first (:func:`canonical`).
     """
-    main, defs = expr, []
+    mains, defs = [canonical(e) for e in exprs], []
+
+    def everything():
+        return (*mains, *(d for _, d in defs))
+
     while True:
         counts: dict = {}
-        for e in (main, *(d for _, d in defs)):
+        for e in everything():
             for node in _nodes(e):
                 counts[node] = counts.get(node, 0) + 1
         repeated = [n for n, c in counts.items()
@@ -168,30 +303,64 @@ def shared_parts(expr, prefix: str = "c") -> tuple[sympy.Basic, list[tuple[sympy
                                                      sympy.Identity)) and _size(n) >= 3]
         if not repeated:
             break
-        part = min(repeated, key=lambda n: (_size(n), str(n)))
+        smallest = min(map(_size, repeated))
+        part = min((n for n in repeated if _size(n) == smallest), key=str)
         name = sympy.MatrixSymbol(f"{prefix}_{len(defs) + 1}", *part.shape)
-        main = main.xreplace({part: name})
+        mains = [m.xreplace({part: name}) for m in mains]
         defs = [(s, d.xreplace({part: name})) for s, d in defs] + [(name, part)]
-    def uses(name):
-        return sum(1 for e in (main, *(d for _, d in defs)) for n in _nodes(e) if n == name)
 
     for name in [n for n, _ in defs]:
-        if uses(name) == 1:  # named on the way up, but only its parent repeats: put it back
-            body = dict(defs)[name]
-            main = main.xreplace({name: body})
+        if sum(1 for e in everything() for n in _nodes(e) if n == name) == 1:
+            body = dict(defs)[name]  # named on the way up, but only its parent repeats: put it back
+            mains = [m.xreplace({name: body}) for m in mains]
             defs = [(t, e.xreplace({name: body})) for t, e in defs if t != name]
     # number the parts that stayed 1, 2, … in order
     renamed = {old: sympy.MatrixSymbol(f"{prefix}_{i}", *old.shape) for i, (old, _) in enumerate(defs, 1)}
-    return main.xreplace(renamed), [(renamed[t], e.xreplace(renamed)) for t, e in defs]
+    return [m.xreplace(renamed) for m in mains], [(renamed[t], e.xreplace(renamed)) for t, e in defs]
+
+
+def canonical(expr):
+    """``expr`` with the terms of every matrix sum and the factors of every Hadamard product in
+    SymPy's sort order, nested sums and products flattened and the scalar factors of a product as
+    one coefficient, so ``a + b`` and ``b + a`` are one sub-expression (nothing else changes)."""
+    if not isinstance(expr, sympy.MatrixExpr) or not expr.args:
+        return expr
+    args = [canonical(a) for a in expr.args]
+    if isinstance(expr, (sympy.MatAdd, sympy.HadamardProduct, sympy.MatMul)):  # associative: one level
+        args = [b for a in args for b in (a.args if type(a) is type(expr) else (a,))]
+    if isinstance(expr, (sympy.MatAdd, sympy.HadamardProduct)):
+        args.sort(key=sympy.default_sort_key)
+    elif isinstance(expr, sympy.MatMul):  # the scalar factors as one coefficient
+        scalar = sympy.Mul(*(a for a in args if not isinstance(a, sympy.MatrixExpr)))
+        args = [*([scalar] if scalar != 1 else []), *(a for a in args if isinstance(a, sympy.MatrixExpr))]
+    return expr if tuple(args) == expr.args else expr.func(*args)
+
+
+def parts_used(exprs, defs) -> list[tuple[sympy.MatrixSymbol, sympy.Basic]]:
+    """The definitions among ``defs`` that ``exprs`` use, directly or through other definitions, in order."""
+    body = dict(defs)
+    used, todo = set(), [s for e in exprs for s in e.atoms(sympy.MatrixSymbol) if s in body]
+    while todo:
+        s = todo.pop()
+        if s not in used:
+            used.add(s)
+            todo += [t for t in body[s].atoms(sympy.MatrixSymbol) if t in body]
+    return [(s, d) for s, d in defs if s in used]
 
 
 def with_parts(expr, printer, long: int = 160) -> tuple[str, list[str]]:
     """``expr`` printed with ``printer``; when that is longer than ``long`` characters, the shortened
     expression and one ``name = definition`` line per shared part (see :func:`shared_parts`)."""
-    text = printer(expr)
-    if len(text) <= long or not isinstance(expr, sympy.MatrixExpr):
-        return text, []
-    main, defs = shared_parts(expr)
-    if not defs:
-        return text, []
-    return printer(main), [f"{printer(s)} = {printer(d)}" for s, d in defs]
+    (text,), defs = group_with_parts([expr], printer, long)
+    return text, [f"{name} = {body}" for name, body in defs]
+
+
+def group_with_parts(exprs, printer, long: int = 160) -> tuple[list[str], list[tuple[str, str]]]:
+    """``exprs`` printed with ``printer``; when one is longer than ``long`` characters, all of them
+    with the sub-expressions they share named once (:func:`shared_parts_of`) and the
+    ``(name, definition)`` pairs, printed."""
+    texts = [printer(e) for e in exprs]
+    if all(len(t) <= long for t in texts) or not all(isinstance(e, sympy.MatrixExpr) for e in exprs):
+        return texts, []
+    mains, defs = shared_parts_of(exprs)
+    return [printer(m) for m in mains], [(printer(s), printer(d)) for s, d in defs]

@@ -132,7 +132,7 @@ def _unrolled_state(variant, state: str, dynamic: bool) -> tuple[Formula, ...]:
         ))
     if dynamic:
         out.append(Formula(r"\hat{q}_t = \phi_{t+1}(q_t),\ \hat{k}_i = \phi_i(k_i)",
-                           "q̂_t = φ_{t+1}(q_t), k̂_i = φ_i(k_i): the kernel at the step's Θ (Theorem 5.2)"))
+                           "q̂_t = φₜ₊₁(q_t), k̂_i = φ_i(k_i): the kernel at the step's Θ (Theorem 5.2)"))
     return tuple(out)
 
 
@@ -180,7 +180,8 @@ def kernel_recurrence(form: LinearAttentionForm) -> tuple[Formula, ...] | None:
         out.append(Formula(
             f"{theta_next[name].name} = {theta_t[name].name} {step_l},\\quad \\nabla_{{{name}}} \\ell_t = "
             f"{to_latex(g.xreplace(plain_t))}",
-            f"{theta_next[name].name} = {theta_t[name].name} {step_t},  ∇_{name} ℓ_t = {to_text(g.xreplace(plain_t))}",
+            f"{to_text(theta_next[name])} = {to_text(theta_t[name])} {step_t},  ∇_{name} ℓ_t = "
+            f"{to_text(g.xreplace(plain_t))}",
         ))
     return tuple(out)
 
