@@ -19,11 +19,11 @@ from sympy.printing.str import StrPrinter
 from derivations.elementwise import scalar_function
 from derivations.function_names import function_name
 
-__all__ = ["to_text", "to_latex", "function_name", "name_text", "name_latex", "number_text", "shared_parts",
-           "shared_parts_of", "canonical", "parts_used", "with_parts", "group_with_parts"]
+__all__ = ["to_text", "to_latex", "function_name", "name_text", "name_latex", "number_text", "prose_subscripts",
+           "shared_parts", "shared_parts_of", "canonical", "parts_used", "with_parts", "group_with_parts"]
 
 _SUP = str.maketrans("0123456789+-()t", "⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻⁽⁾ᵗ")
-_SUB = dict(zip("0123456789+-()aehijklmnoprstuvx", "₀₁₂₃₄₅₆₇₈₉₊₋₍₎ₐₑₕᵢⱼₖₗₘₙₒₚᵣₛₜᵤᵥₓ"))
+_SUB = dict(zip("0123456789+-−()aehijklmnoprstuvx", "₀₁₂₃₄₅₆₇₈₉₊₋₋₍₎ₐₑₕᵢⱼₖₗₘₙₒₚᵣₛₜᵤᵥₓ"))
 
 #: the Greek letters a symbol's name may spell (``gamma`` → γ, ``\\gamma``)
 GREEK = {"alpha": "α", "beta": "β", "gamma": "γ", "delta": "δ", "epsilon": "ε", "zeta": "ζ", "eta": "η",
@@ -70,6 +70,22 @@ def name_latex(name: str) -> str:
     if sub is None:
         return f"{head}_{{{digits}}}" if digits else head
     return f"{{{head}{digits}}}_{{{sub}}}" if digits else f"{head}_{{{sub}}}"
+
+
+#: in prose, a one-letter symbol (and a digit) with a short subscript (η_ij, k̂_j, S_0, W1_0,
+#: φ_{t+1}), not words joined by _ (update_then_apply, z_W stays)
+_PROSE_SUBSCRIPT = re.compile(r"(?<![\w\u0302])([A-Za-zα-ωΑ-Ωℓ]\u0302?[0-9]?)_"  # the symbol, then _
+                              r"(?:\{([0-9a-z+\-−]{1,5})\}|([0-9a-z]{1,3})(?!(?!ᵀ)\w))")  # {script} or a short one
+
+
+def prose_subscripts(text: str) -> str:
+    """Subscripts in prose set as Unicode subscripts where every character has one (``η_ij`` →
+    ``ηᵢⱼ``, ``φ_{t+1}`` → ``φₜ₊₁``); anything else (``z_W``, ``a_(p(i))``) is left as it is."""
+    def sub(m):
+        script = m[2] or m[3]
+        return m[1] + "".join(_SUB[ch] for ch in script) if all(ch in _SUB for ch in script) else m[0]
+
+    return _PROSE_SUBSCRIPT.sub(sub, text)
 
 
 def _power_of_ten(n: int) -> int | None:
@@ -211,7 +227,9 @@ class IRLatexPrinter(_ProductPrinting, LatexPrinter):
         name = function_name(expr.function) or str(scalar_function(expr.function)[1].func)
         prime = name.endswith("'")
         base = name.rstrip("'")
-        op = {"sigmoid": r"\sigma"}.get(base, rf"\operatorname{{{base}}}")
+        # a name with an underscore (gelu_tanh) is upright text, not an operator with a subscript
+        op = {"sigmoid": r"\sigma"}.get(base, rf"\operatorname{{{base}}}" if "_" not in base
+                                         else rf"\mathrm{{{base.replace('_', chr(92) + '_')}}}")
         return rf"{op}{chr(39) if prime else ''}\left({self._print(expr.expr)}\right)"
 
     def _print_OneMatrix(self, expr):

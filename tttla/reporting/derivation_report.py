@@ -34,10 +34,10 @@ def md_gradients(form: LinearAttentionForm) -> str:
     """The inner loss, the split f(x) = φ(x)·W and the gradient of every updated fast weight."""
     eff = effective(form, to_latex)
     loss = to_latex(form.variant.trace().loss)
-    split, model = ("a feature map and a last linear layer", f"f(x) = \\phi(x)\\,{form.state}") if form.is_linear \
+    split, model = ("a feature map and a last linear layer", [f"f(x) = \\phi(x)\\,{form.state}"]) if form.is_linear \
         else ("linear layers under a head (docs/maths.md section 2)",
-              f"f = {to_latex(form.head)},\\quad " + ",\\ ".join(
-                  f"{to_latex(lay.z)} = {to_latex(lay.layer)}" for lay in form.layers))
+              [f"f = {to_latex(form.head)}", *(f"{to_latex(lay.z)} = {to_latex(lay.layer)}" for lay in form.layers)])
+    model = "".join(f"$${line}$$\n\n" for line in [*model, f"\\phi(x) = {eff['feature']}"])
     parts = named_parts(form)
     grads = "".join(f"$$\\nabla_{{{u}}} \\ell = {to_latex(g)}$$\n\n" for u, g in parts.gradients.items())
     grads += _where(parts.new_defs(parts.gradients.values()))
@@ -45,7 +45,7 @@ def md_gradients(form: LinearAttentionForm) -> str:
         "## Inner loss and gradients (derived by our reverse-mode rules)\n\n"
         f"Inner loss of the prediction $y = f(k)$ and the value $v$:\n\n$$L(y, v) = {loss}$$\n\n"
         f"The model splits as {split}:\n\n"
-        f"$${model},\\qquad \\phi(x) = {eff['feature']}$$\n\n"
+        f"{model}"
         f"$$\\frac{{\\partial L}}{{\\partial f}} = {to_latex(form.dloss)}$$\n\n"
         f"Gradient of $\\ell = L(f(k), v)$ for each updated fast weight:\n\n{grads}"
     )

@@ -7,7 +7,7 @@ import dataclasses
 import sympy
 
 from derivations.form import LinearAttentionForm, Reason
-from derivations.printing import parts_used, shared_parts_of, to_latex, to_text
+from derivations.printing import parts_used, prose_subscripts, shared_parts_of, to_latex, to_text
 from derivations.reasons import decision, explanation, sentences
 from tttla.reporting import formulas
 
@@ -234,11 +234,11 @@ def _where(defs, printer) -> list[str]:
 
 
 def render_text(form: LinearAttentionForm) -> str:
-    """The form as readable Unicode text (``tttla derive``)."""
+    """The form as readable Unicode text (``tttla derive``), subscripts in prose set as Unicode."""
     lines = []
     for title, body in _sections(form, to_text, lambda f: f.text):
         lines.append(title.upper() if title == "variant" else title)
-        lines += [f"  {b}" for b in body]
+        lines += [f"  {prose_subscripts(b)}" for b in body]
         lines.append("")
     lines.append(f"derived in {form.seconds:.2f} s")
     return "\n".join(lines)
