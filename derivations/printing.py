@@ -74,7 +74,7 @@ def name_latex(name: str) -> str:
 
 #: in prose, a one-letter symbol (and a digit) with a short subscript (η_ij, k̂_j, S_0, W1_0,
 #: φ_{t+1}), not words joined by _ (update_then_apply, z_W stays)
-_PROSE_SUBSCRIPT = re.compile(r"(?<![\w\u0302])([A-Za-zα-ωΑ-Ωℓ]\u0302?[0-9]?)_"  # the symbol, then _
+_PROSE_SUBSCRIPT = re.compile(r"(?<![^\Wᵀ])(?<![\u0302-\u0304])([^\W\d_][\u0302-\u0304]?[0-9]?)_"  # the symbol, then _
                               r"(?:\{([0-9a-z+\-−]{1,5})\}|([0-9a-z]{1,3})(?!(?!ᵀ)\w))")  # {script} or a short one
 
 
