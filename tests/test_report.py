@@ -122,7 +122,8 @@ def test_catalog_mistakes(argv, capsys):
 
 def test_long_expressions_name_their_shared_parts():
     from derivations import derive
-    from derivations.printing import canonical, shared_parts, to_text, with_parts
+    from derivations.printing import to_text
+    from derivations.shared_parts import canonical, shared_parts, with_parts
     from tttla.reporting.form_text import render_text
 
     form = derive("ttt_linear", certify=False)

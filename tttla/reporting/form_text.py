@@ -7,8 +7,9 @@ import dataclasses
 import sympy
 
 from derivations.form import LinearAttentionForm, Reason
-from derivations.printing import parts_used, prose_subscripts, shared_parts_of, to_latex, to_text
+from derivations.printing import prose_subscripts, to_latex, to_text
 from derivations.reasons import decision, explanation, sentences
+from derivations.shared_parts import named_if_long, parts_used
 from tttla.reporting import formulas
 
 __all__ = ["effective", "verdict", "verdict_line", "read", "PARALLELISM", "summary", "render_text",
@@ -24,7 +25,7 @@ INLINE = 60
 @dataclasses.dataclass(frozen=True)
 class NamedParts:
     """The gradients and the effective value v̂ with the sub-expressions they share named once,
-    across all of them (``c_1, c_2, …``, :func:`derivations.printing.shared_parts_of`); ``defs``
+    across all of them (``c_1, c_2, …``, :func:`derivations.shared_parts.shared_parts_of`); ``defs``
     is empty when every one is short."""
 
     gradients: dict
@@ -38,7 +39,7 @@ class NamedParts:
 
 def named_parts(form: LinearAttentionForm) -> NamedParts:
     """The form's gradients and v̂, with their shared parts named when one prints longer than :data:`LONG`."""
-    mains, defs = _named([*form.gradients.values(), form.value], "c")
+    mains, defs = named_if_long([*form.gradients.values(), form.value], "c", LONG)
     # number the gradients' parts first, so each block of definitions reads c_1, c_2, … in order
     first = parts_used(mains[:-1], defs)
     order = first + [d for d in defs if d not in first]
@@ -46,14 +47,6 @@ def named_parts(form: LinearAttentionForm) -> NamedParts:
     mains = [m.xreplace(renamed) for m in mains]
     return NamedParts(dict(zip(form.gradients, mains)), mains[-1],
                       [(renamed[s], d.xreplace(renamed)) for s, d in order])
-
-
-def _named(exprs, prefix: str) -> tuple[list, list]:
-    """``exprs`` with their shared parts named (``prefix_1, …``) when one prints longer than :data:`LONG`."""
-    exprs = list(exprs)
-    if all(len(to_text(e)) <= LONG for e in exprs) or not all(isinstance(e, sympy.MatrixExpr) for e in exprs):
-        return exprs, []
-    return shared_parts_of(exprs, prefix)
 
 
 class References:
@@ -91,7 +84,7 @@ class References:
     def displayed(self) -> tuple[list[tuple[int, sympy.Basic]], list]:
         """The referenced expressions as ``[(n, expression), …]`` with the parts they share named
         (``u_1, u_2, …``, defined in the second list) when one is long."""
-        mains, defs = _named(self.equations, "u")
+        mains, defs = named_if_long(self.equations, "u", LONG)
         return list(zip(self.equations.values(), mains)), defs
 
 
