@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import time
 
@@ -38,6 +39,28 @@ def test_derive_text_on_catalog(name, capsys):
     print(f"tttla derive {name}: {time.perf_counter() - start:.3f} s")
     out = capsys.readouterr().out
     assert "q̂ =" in out and "v̂ =" in out and "classification" in out and "CERTIFIED" in out
+    assert_readable_text(out)
+
+
+#: what readable text never holds: LaTeX subscripts, a decimal constant as a fraction (ε as
+#: 1/1000000), Greek spelled out, a Python dict
+UNREADABLE = re.compile(r"_\{|\b\d+/10{3,}\b|\b(?:alpha|beta|gamma|eta|epsilon|phi)\b|\{'")
+
+
+def assert_readable_text(out: str) -> None:
+    bad = [line for line in out.splitlines() if UNREADABLE.search(line)]
+    assert not bad, f"{len(bad)} unreadable lines, e.g. {bad[:2]}"
+
+
+def test_derive_text_prints_maths_as_unicode(capsys):
+    assert main(["derive", "ttt_linear"]) == 0
+    out = capsys.readouterr().out
+    assert "+ 10⁻⁶·𝟙" in out and "γ ⊙" in out and "+ β" in out and "S₀ = W₀" in out
+    assert "∇_W ℓ = kᵀ·c₈" in out and out.count("c₁ = ") == 1  # each shared part defined once
+    assert "(1) u₄ + β + x" in out  # the head, out of the reasons, shown once below them
+    assert main(["derive", "lact"]) == 0
+    out = capsys.readouterr().out
+    assert "S₀ = W1₀" in out and "W0ₜ₊₁ = W0ₜ − ηₜ·∇_W0 ℓₜ" in out and "q̂ₜ = φₜ₊₁(qₜ)" in out
 
 
 @pytest.mark.parametrize("name", sorted(CATALOG))

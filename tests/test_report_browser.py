@@ -104,3 +104,41 @@ def test_report_renders_offline_in_chromium(small_report, chrome, tmp_path):
     assert page.as_uri() in urls, f"the performance log did not record the page itself: {urls}"
     foreign = [u for u in urls if not u.startswith(("file://", "data:"))]
     assert not foreign, f"the page fetched {foreign}"
+
+
+#: per element of the page: its box past the page's right edge, unless a box that scrolls (a wide
+#: equation's own .eq box) holds it; and every display equation that does not fit its box
+LAYOUT_JS = """
+const page = document.documentElement.clientWidth;
+const clipped = el => { for (let p = el.parentElement; p && p !== document.body; p = p.parentElement) {
+  if (getComputedStyle(p).overflowX !== 'visible') return true; } return false; };
+const wide = Array.from(document.body.querySelectorAll('*')).filter(el => {
+  const r = el.getBoundingClientRect(); return (r.right > page + 1 || r.left < -1) && !clipped(el); })
+  .map(el => [el.tagName, Math.round(el.getBoundingClientRect().width), el.textContent.slice(0, 60)]);
+const scrolling = Array.from(document.querySelectorAll('.eq')).filter(e => e.scrollWidth > e.clientWidth + 1)
+  .map(e => [e.scrollWidth, e.textContent.slice(0, 60)]);
+const unboxed = Array.from(document.querySelectorAll('math')).filter(m => {
+  const r = m.getBoundingClientRect(); return !(r.width > 0 && r.height > 0); }).map(m => m.textContent.slice(0, 40));
+return {page, scroll: document.documentElement.scrollWidth, maths: document.querySelectorAll('math').length,
+        wide, scrolling, unboxed};
+"""
+
+
+@pytest.mark.parametrize("name", ["ttt_linear", "ttt_mlp", "lact", "vittt_dwconv", "gla"])
+def test_derivation_reports_fit_the_page(name, chrome, tmp_path):
+    """The reports that were hard to read, at 1280 px: no element wider than the page, every
+    equation fits without scrolling, every <math> has a box (a screenshot is left in tmp_path)."""
+    from derivations import derive
+    from tttla.reporting.derivation_report import write_report
+
+    _, page = write_report(derive(name), tmp_path / name)
+    chrome.set_window_size(1280, 1000)
+    chrome.get(page.resolve().as_uri())
+    layout = chrome.execute_script(LAYOUT_JS)
+    assert layout["maths"] > 10 and not layout["unboxed"], layout["unboxed"][:3]
+    assert layout["scroll"] <= layout["page"] and not layout["wide"], layout["wide"][:3]
+    assert not layout["scrolling"], f"equations wider than the page: {layout['scrolling'][:3]}"
+    chrome.set_window_size(1280, min(16000, chrome.execute_script("return document.body.scrollHeight") + 100))
+    shot = tmp_path / f"{name}.png"
+    assert chrome.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")

@@ -40,6 +40,7 @@ def run(args) -> int:
     from codegen.plan import plan
     from derivations.derive import derive
     from derivations.loading import load_variant
+    from derivations.printing import prose_subscripts
     from tttla.reporting.derivation_report import write_report
     from tttla.reporting.form_text import render_latex, render_text, summary
 
@@ -54,7 +55,7 @@ def run(args) -> int:
     else:
         print(render_text(form))
         print("\ngenerated forms (tttla generate)")
-        print("\n".join(f"  {line}" for line in forms.describe()))
+        print("\n".join(f"  {prose_subscripts(line)}" for line in forms.describe()))
     if args.report:
         md, page = write_report(form, args.report)
         if fmt != "json":

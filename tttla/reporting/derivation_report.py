@@ -6,23 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from derivations.form import LinearAttentionForm
-from derivations.printing import to_latex, with_parts
+from derivations.printing import to_latex, to_text
 from derivations.reasons import decision, explanation
 from tttla.reporting import formulas
-from tttla.reporting.form_text import PARALLELISM, effective, verdict
+from tttla.reporting.form_text import PARALLELISM, References, effective, named_parts, read, verdict
 from tttla.reporting.pages import html_page, markdown_to_html, write_pages
 from tttla.reporting.theorems import THEOREMS, cited
 
 __all__ = ["SECTIONS", "md_title", "render_markdown", "render_html", "write_report"]
 
 
-def _display_math(lhs: str, expr) -> str:
-    """``$$lhs = expr$$`` (Markdown); a long expression with its shared parts named, one per line."""
-    main, parts = with_parts(expr, to_latex)
-    out = f"$${lhs} = {main}$$\n\n"
-    if parts:
-        out += "where\n\n" + "".join(f"$${p}$$\n\n" for p in parts)
-    return out
+def _where(defs) -> str:
+    """The definitions of named parts, one displayed equation each, after "where" (Markdown)."""
+    return "where\n\n" + "".join(f"$${to_latex(s)} = {to_latex(d)}$$\n\n" for s, d in defs) if defs else ""
 
 
 # ---- the sections; each takes the form and returns Markdown ----
@@ -38,16 +34,18 @@ def md_gradients(form: LinearAttentionForm) -> str:
     """The inner loss, the split f(x) = φ(x)·W and the gradient of every updated fast weight."""
     eff = effective(form, to_latex)
     loss = to_latex(form.variant.trace().loss)
-    split, model = ("a feature map and a last linear layer", f"f(x) = \\phi(x)\\,{form.state}") if form.is_linear \
+    split, model = ("a feature map and a last linear layer", [f"f(x) = \\phi(x)\\,{form.state}"]) if form.is_linear \
         else ("linear layers under a head (docs/maths.md section 2)",
-              f"f = {to_latex(form.head)},\\quad " + ",\\ ".join(
-                  f"{to_latex(lay.z)} = {to_latex(lay.layer)}" for lay in form.layers))
-    grads = "".join(_display_math(f"\\nabla_{{{u}}} \\ell", g) for u, g in form.gradients.items())
+              [f"f = {to_latex(form.head)}", *(f"{to_latex(lay.z)} = {to_latex(lay.layer)}" for lay in form.layers)])
+    model = "".join(f"$${line}$$\n\n" for line in [*model, f"\\phi(x) = {eff['feature']}"])
+    parts = named_parts(form)
+    grads = "".join(f"$$\\nabla_{{{u}}} \\ell = {to_latex(g)}$$\n\n" for u, g in parts.gradients.items())
+    grads += _where(parts.new_defs(parts.gradients.values()))
     return (
         "## Inner loss and gradients (derived by our reverse-mode rules)\n\n"
         f"Inner loss of the prediction $y = f(k)$ and the value $v$:\n\n$$L(y, v) = {loss}$$\n\n"
         f"The model splits as {split}:\n\n"
-        f"$${model},\\qquad \\phi(x) = {eff['feature']}$$\n\n"
+        f"{model}"
         f"$$\\frac{{\\partial L}}{{\\partial f}} = {to_latex(form.dloss)}$$\n\n"
         f"Gradient of $\\ell = L(f(k), v)$ for each updated fast weight:\n\n{grads}"
     )
@@ -55,8 +53,9 @@ def md_gradients(form: LinearAttentionForm) -> str:
 
 def md_effective(form: LinearAttentionForm) -> str:
     """The effective query, key, value and initial state."""
-    eff = effective(form, to_latex)
-    value = _display_math(r"\hat v", form.value)
+    eff, parts = effective(form, to_latex), named_parts(form)
+    shown = {s for s, _ in parts.new_defs(parts.gradients.values())}
+    value = f"$$\\hat v = {to_latex(parts.value)}$$\n\n" + _where(parts.new_defs([parts.value], shown))
     return (
         "## Effective linear attention (Theorems 5.1–5.3)\n\n"
         f"$$\\hat q = {eff['query']}$$\n\n$$\\hat k = {eff['key']}$$\n\n{value}"
@@ -82,13 +81,24 @@ def md_unrolled(form: LinearAttentionForm) -> str:
     return "\n".join(out)
 
 
+def _referenced(refs: References) -> str:
+    """The expressions the table refers to as (1), (2), …, displayed below it (Markdown)."""
+    equations, defs = refs.displayed()
+    if not equations:
+        return ""
+    shown = "".join(f"$$({n})\\qquad {to_latex(e)}$$\n\n" for n, e in equations)
+    return f"Expressions referred to in the tables:\n\n{shown}{_where(defs)}"
+
+
 def md_classification(form: LinearAttentionForm) -> str:
-    """The classification, each reason with the theorem or section it rests on."""
-    c, v = form.classification, verdict(form)
+    """The classification, each reason with the theorem or section it rests on; an expression
+    longer than a table cell holds is a reference (n) to its equation below the tables."""
+    c, refs = form.classification, References(to_text)
+    v = {**verdict(form), "read": read(form, refs.printer)}
     rows = []
     for reason in c.reasons:
         basis = ", ".join(reason.basis) or "-"
-        rows.append(f"| {decision(reason)} | {explanation(reason).replace('|', '/')} | {basis} |")
+        rows.append(f"| {decision(reason)} | {explanation(refs.reason(reason)).replace('|', '/')} | {basis} |")
     statements = "".join(f"- **{r}**: {THEOREMS[r]}\n" for r in cited(c.reasons) if r in THEOREMS)
     return (
         "## Classification\n\n"
@@ -96,6 +106,7 @@ def md_classification(form: LinearAttentionForm) -> str:
         f"| {v['structure']} | {v['read'].replace('|', '/')} | {v['reducible']} | {v['kernel']} | {v['values']} | "
         f"{PARALLELISM[v['parallelism']]} |\n\n"
         "| decision | reason | rests on |\n|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        + _referenced(refs)
         + (f"What the cited results say:\n\n{statements}" if statements else "")
     )
 
@@ -106,7 +117,8 @@ def md_certificate(form: LinearAttentionForm) -> str:
     if cert is None:
         return "## Certificate\n\nNot run.\n"
     status = "certified" if cert.certified else "not certified"
-    out = (f"## Certificate\n\n**{status}** in {cert.seconds:.2f} s (sizes {cert.sizes}). {cert.checked}.\n\n")
+    sizes = ", ".join(f"{name} = {size}" for name, size in cert.sizes.items())
+    out = f"## Certificate\n\n**{status}** in {cert.seconds:.2f} s (sizes {sizes}). {cert.checked}.\n\n"
     if cert.failure:
         out += f"Failure: {cert.failure}\n\n"
     return out + f"Kept abstract: {'; '.join(cert.abstract)}.\n"

@@ -2,13 +2,90 @@
 
 from __future__ import annotations
 
-from derivations.form import LinearAttentionForm
-from derivations.printing import to_latex, to_text, with_parts
-from derivations.reasons import sentences
+import dataclasses
+
+import sympy
+
+from derivations.form import LinearAttentionForm, Reason
+from derivations.printing import prose_subscripts, to_latex, to_text
+from derivations.reasons import decision, explanation, sentences
+from derivations.shared_parts import named_if_long, parts_used
 from tttla.reporting import formulas
 
 __all__ = ["effective", "verdict", "verdict_line", "read", "PARALLELISM", "summary", "render_text",
-           "render_latex"]
+           "render_latex", "NamedParts", "named_parts", "References", "LONG", "INLINE"]
+
+#: an expression whose text is longer than this many characters is shown with its shared parts named
+LONG = 160
+#: the most characters of maths a line of prose or a table cell holds; a longer expression there is
+#: replaced by a reference "(n)" to an equation displayed after it (about half a line of text)
+INLINE = 60
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedParts:
+    """The gradients and the effective value v̂ with the sub-expressions they share named once,
+    across all of them (``c_1, c_2, …``, :func:`derivations.shared_parts.shared_parts_of`); ``defs``
+    is empty when every one is short."""
+
+    gradients: dict
+    value: sympy.Basic
+    defs: list
+
+    def new_defs(self, exprs, shown=()) -> list:
+        """The definitions ``exprs`` use (directly or through others) but those named in ``shown``."""
+        return [(s, d) for s, d in parts_used(exprs, self.defs) if s not in shown]
+
+
+def named_parts(form: LinearAttentionForm) -> NamedParts:
+    """The form's gradients and v̂, with their shared parts named when one prints longer than :data:`LONG`."""
+    mains, defs = named_if_long([*form.gradients.values(), form.value], "c", LONG)
+    # number the gradients' parts first, so each block of definitions reads c_1, c_2, … in order
+    first = parts_used(mains[:-1], defs)
+    order = first + [d for d in defs if d not in first]
+    renamed = {s: sympy.MatrixSymbol(f"c_{i}", *s.shape) for i, (s, _) in enumerate(order, 1)}
+    mains = [m.xreplace(renamed) for m in mains]
+    return NamedParts(dict(zip(form.gradients, mains)), mains[-1],
+                      [(renamed[s], d.xreplace(renamed)) for s, d in order])
+
+
+class References:
+    """Long expressions taken out of prose and table cells: :meth:`printer` prints an expression
+    of at most :data:`INLINE` characters as it is and a longer one as ``(n)``, the number of the
+    equation it is displayed in afterwards (:attr:`equations`, each expression once)."""
+
+    def __init__(self, printer=to_text):
+        self._print = printer
+        self.equations: dict = {}  # expression → its number
+
+    def placeholder(self, expr):
+        """``expr``, or a symbol named ``(n)`` standing for it when it is long."""
+        if not isinstance(expr, sympy.Basic) or len(to_text(expr)) <= INLINE:
+            return expr
+        n = self.equations.setdefault(expr, len(self.equations) + 1)
+        return sympy.MatrixSymbol(f"({n})", *expr.shape) if isinstance(expr, sympy.MatrixExpr) \
+            else sympy.Symbol(f"({n})")
+
+    def printer(self, expr) -> str:
+        return self._print(self.placeholder(expr))
+
+    def reason(self, reason: Reason) -> Reason:
+        """``reason`` with each long expression among its facts (or in a tuple of them) a reference."""
+        def short(value):
+            if isinstance(value, tuple):
+                return tuple(short(v) for v in value)
+            return self.placeholder(value)
+
+        return dataclasses.replace(reason, facts={k: short(v) for k, v in reason.facts.items()})
+
+    def sentence(self, reason: Reason) -> str:
+        return f"{decision(reason)}: {explanation(self.reason(reason))}"
+
+    def displayed(self) -> tuple[list[tuple[int, sympy.Basic]], list]:
+        """The referenced expressions as ``[(n, expression), …]`` with the parts they share named
+        (``u_1, u_2, …``, defined in the second list) when one is long."""
+        mains, defs = named_if_long(self.equations, "u", LONG)
+        return list(zip(self.equations.values(), mains)), defs
 
 
 def effective(form: LinearAttentionForm, printer) -> dict:
@@ -58,7 +135,10 @@ def verdict(form: LinearAttentionForm) -> dict:
 
 def verdict_line(form: LinearAttentionForm) -> str:
     """The verdict in one line of text (``tttla derive``)."""
-    v = verdict(form)
+    return _verdict_line(verdict(form))
+
+
+def _verdict_line(v: dict) -> str:
     return (f"structure: {v['structure']} ({v['read']}) · reducible: {'yes' if v['reducible'] else 'no'} · "
             f"kernel: {v['kernel']} · values: {v['values']} · parallel: {PARALLELISM[v['parallelism']]}")
 
@@ -96,11 +176,19 @@ def _latex(equations) -> list[str] | None:
 
 
 def _sections(form: LinearAttentionForm, printer, formula):
-    """(title, [lines]) pairs shared by the text and LaTeX renderings."""
+    """(title, [lines]) pairs of the text rendering."""
     v, c = form.variant, form.classification
     eff = effective(form, printer)
-    grads = [line for u, g in form.gradients.items() for line in _lines(f"∇_{u} ℓ", g, printer)]
-    value = _lines("v̂", form.value, printer)
+    parts = named_parts(form)
+    grads = [f"∇_{u} ℓ = {printer(g)}" for u, g in parts.gradients.items()]
+    grads += _where(parts.new_defs(parts.gradients.values()), printer)
+    shown = {s for s, _ in parts.new_defs(parts.gradients.values())}
+    value = [f"v̂ = {printer(parts.value)}", *_where(parts.new_defs([parts.value], shown), printer)]
+    refs = References(printer)
+    classification = [_verdict_line(verdict(form) | {"read": read(form, refs.printer)}),
+                      *[f"- {refs.sentence(r)}" for r in c.reasons]]
+    equations, defs = refs.displayed()
+    classification += [f"  ({n}) {printer(e)}" for n, e in equations] + _where(defs, printer)
     transform, momentum, recurrence = (formulas.chunk_transform(form), formulas.momentum_coefficients(form),
                                        formulas.kernel_recurrence(form))
     out = [
@@ -117,7 +205,7 @@ def _sections(form: LinearAttentionForm, printer, formula):
         out.append(("momentum coefficients (Theorem 5.3)", [formula(f) for f in momentum]))
     if recurrence:
         out.append(("dynamic kernel recurrence", [formula(f) for f in recurrence]))
-    out.append(("classification", [verdict_line(form), *[f"- {r}" for r in sentences(c.reasons)]]))
+    out.append(("classification", classification))
     cert = form.certificate
     if cert is not None:
         status = "CERTIFIED" if cert.certified else f"NOT certified: {cert.failure}"
@@ -133,18 +221,17 @@ def _split(form: LinearAttentionForm, printer) -> list[str]:
     return [f"f = {printer(form.head)}", *(f"{printer(lay.z)} = {printer(lay.layer)}" for lay in form.layers)]
 
 
-def _lines(lhs: str, expr, printer) -> list[str]:
-    """``lhs = expr``; a long expression with its shared parts named on ``where`` lines."""
-    main, parts = with_parts(expr, printer)
-    return [f"{lhs} = {main}", *(f"    {'where' if i == 0 else '     '} {p}" for i, p in enumerate(parts))]
+def _where(defs, printer) -> list[str]:
+    """``where c_1 = …`` and one line per further definition, indented under it."""
+    return [f"    {'where' if i == 0 else '     '} {printer(s)} = {printer(d)}" for i, (s, d) in enumerate(defs)]
 
 
 def render_text(form: LinearAttentionForm) -> str:
-    """The form as readable Unicode text (``tttla derive``)."""
+    """The form as readable Unicode text (``tttla derive``), subscripts in prose set as Unicode."""
     lines = []
     for title, body in _sections(form, to_text, lambda f: f.text):
         lines.append(title.upper() if title == "variant" else title)
-        lines += [f"  {b}" for b in body]
+        lines += [f"  {prose_subscripts(b)}" for b in body]
         lines.append("")
     lines.append(f"derived in {form.seconds:.2f} s")
     return "\n".join(lines)

@@ -74,7 +74,7 @@ def unrolled(form: LinearAttentionForm) -> tuple[Formula, ...]:
     """The state after n steps and the read, in the schedule's order (through the head, unless
     the model is φ(x)·W read directly)."""
     return _unrolled_state(form.variant, form.state, form.classification.kernel == "dynamic") + (
-        () if form.is_linear else _head_read(form.head, form.layers))
+        () if form.is_linear else _head_read(form.layers))
 
 
 def _unrolled_state(variant, state: str, dynamic: bool) -> tuple[Formula, ...]:
@@ -132,7 +132,7 @@ def _unrolled_state(variant, state: str, dynamic: bool) -> tuple[Formula, ...]:
         ))
     if dynamic:
         out.append(Formula(r"\hat{q}_t = \phi_{t+1}(q_t),\ \hat{k}_i = \phi_i(k_i)",
-                           "q̂_t = φ_{t+1}(q_t), k̂_i = φ_i(k_i): the kernel at the step's Θ (Theorem 5.2)"))
+                           "q̂_t = φₜ₊₁(q_t), k̂_i = φ_i(k_i): the kernel at the step's Θ (Theorem 5.2)"))
     return tuple(out)
 
 
@@ -168,29 +168,32 @@ def kernel_recurrence(form: LinearAttentionForm) -> tuple[Formula, ...] | None:
     # the gradients are written at the plain weights; show them at step t
     plain_t = {**{form.weights[n]: s for n, s in theta_t.items()}, form.weights[form.state]: form.state_t}
     out = []
+    at_l = r",\ ".join(f"{to_latex(plain)} = {to_latex(step)}" for plain, step in plain_t.items())
+    at_t = ", ".join(f"{to_text(plain)} = {to_text(step)}" for plain, step in plain_t.items())
     for name in variant.update:
         if name not in theta_t:
             continue
-        g = form.gradients[name]
         step_l = f"{'+' if sign > 0 else '-'} {to_latex(eta)} \\nabla_{{{name}}} \\ell_t"
         step_t = f"{'+' if sign > 0 else '−'} {to_text(eta)}·∇_{name} ℓ_t"
         if variant.momentum or variant.orthogonalize or variant.weight_norm:
             step_l = r"\text{ (through the same momentum / }\mathcal{M}\text{ / Norm as the state) }" + step_l
             step_t += "  (through the same momentum / 𝓜 / Norm as the state)"
+        # the gradient is the one derived above, taken at step t's weights (not printed again)
         out.append(Formula(
             f"{theta_next[name].name} = {theta_t[name].name} {step_l},\\quad \\nabla_{{{name}}} \\ell_t = "
-            f"{to_latex(g.xreplace(plain_t))}",
-            f"{theta_next[name].name} = {theta_t[name].name} {step_t},  ∇_{name} ℓ_t = {to_text(g.xreplace(plain_t))}",
+            f"\\nabla_{{{name}}} \\ell\\,\\big|_{{{at_l}}}",
+            f"{to_text(theta_next[name])} = {to_text(theta_t[name])} {step_t},  ∇_{name} ℓ_t = ∇_{name} ℓ (above) "
+            f"at {at_t}",
         ))
     return tuple(out)
 
 
-def _head_read(head, layers) -> tuple[Formula, ...]:
+def _head_read(layers) -> tuple[Formula, ...]:
     """The output read through the head, and how a bias joins the state (headed, gated, biased forms)."""
     reads = ", ".join(f"{to_text(lay.z)} = q̂ S_{lay.state}" for lay in layers)
-    out = (Formula(
-        rf"o_t = {to_latex(head)}\big|_{{z = \hat{{q}}_t S_t,\ x = q_t}}",
-        f"o_t = {to_text(head)} at {reads} (the read state of each layer; x = q_t)",
+    out = (Formula(  # f, the head, is displayed with the model's split
+        r"o_t = f\big|_{z = \hat{q}_t S_t,\ x = q_t}",
+        f"o_t = f at {reads} (the read state of each layer; x = q_t)",
     ),)
     if any(lay.bias for lay in layers):
         out += (Formula(

@@ -13,6 +13,8 @@ import html
 import re
 from pathlib import Path
 
+from derivations.printing import prose_subscripts
+
 __all__ = ["markdown_to_html", "html_page", "write_pages"]
 
 
@@ -23,13 +25,21 @@ def _mathml(latex: str, display: bool) -> str:
         out = convert(latex, display="block" if display else "inline")
     except Exception:  # keep the report whole; show the source instead
         return f"<code>{html.escape(latex)}</code>"
-    return out.replace(' xmlns="http://www.w3.org/1998/Math/MathML"', "")
+    out = _DOUBLE_STRUCK.sub(lambda m: f"<{m[1]}>{chr(0x1D7D8 + int(m[2]))}</{m[1]}>", out)
+    out = out.replace(' xmlns="http://www.w3.org/1998/Math/MathML"', "")
+    # a wide equation scrolls inside its own box, never the page
+    return f'<div class="eq">{out}</div>' if display else out
+
+
+#: Chromium ignores mathvariant="double-struck" (MathML Core), so 𝟙 is written as its own character
+_DOUBLE_STRUCK = re.compile(r'<(m[ni]) mathvariant="double-struck">([0-9])</m[ni]>')
+
 
 
 _STYLE = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.5}"
           "pre{background:#f4f4f4;padding:.8rem;overflow-x:auto}table{border-collapse:collapse;margin:.6rem 0}"
           "td,th{border:1px solid #bbb;padding:.2rem .6rem;vertical-align:top}th{background:#eee}"
-          "math[display=block]{margin:.6rem 0}img{max-width:100%}")
+          ".eq{overflow-x:auto;max-width:100%}math[display=block]{margin:.6rem 0}img{max-width:100%}")
 
 _IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)\s]+)\)$")
 
@@ -60,7 +70,7 @@ def markdown_to_html(md: str, images: dict | None = None) -> str:
             elif p.startswith("**") and p.endswith("**"):
                 res.append(f"<strong>{html.escape(p[2:-2])}</strong>")
             else:
-                res.append(html.escape(p))
+                res.append(html.escape(prose_subscripts(p)))
         return "".join(res)
 
     def flush_table():

@@ -52,7 +52,7 @@ def chunk_increments(k, v, eta_W, eta_b, W, b, gamma, beta):
 
 
 def model(x, W, b, gamma, beta):
-    """f(x; θ) = x + gamma ⊙ ((z_W + -1/d·z_W·𝟙) ⊙ (rsqrt(1/d·((z_W + -1/d·z_W·𝟙) ⊙ (z_W + -1/d·z_W·𝟙))·𝟙 + 1/1000000·𝟙)·𝟙)) + beta with z_W = x·W + b: [B, H, T, d] → [B, H, T, d]."""
+    """f(x; θ) = x + γ ⊙ ((z_W − 1/d·z_W·𝟙) ⊙ (rsqrt(1/d·((z_W − 1/d·z_W·𝟙) ⊙ (z_W − 1/d·z_W·𝟙))·𝟙 + 10⁻⁶·𝟙)·𝟙)) + β with z_W = x·W + b: [B, H, T, d] → [B, H, T, d]."""
     x_W = x @ W  # [B, H, T, d]
     x_W_plus_b = x_W + b  # [B, H, T, d]
     mean_x_W_plus_b = x_W_plus_b.mean(-1, keepdim=True)  # [B, H, T, 1]

@@ -62,7 +62,7 @@ def chunk_increments(k, v, eta_W1, eta_b1, eta_W2, eta_b2, W1, b1, W2, b2, gamma
 
 
 def model(x, W1, b1, W2, b2, gamma, beta):
-    """f(x; θ) = x + gamma ⊙ ((z_W2 + -1/d·z_W2·𝟙) ⊙ (rsqrt(1/d·((z_W2 + -1/d·z_W2·𝟙) ⊙ (z_W2 + -1/d·z_W2·𝟙))·𝟙 + 1/1000000·𝟙)·𝟙)) + beta with z_W2 = gelu_tanh(x·W1 + b1)·W2 + b2: [B, H, T, d] → [B, H, T, d]."""
+    """f(x; θ) = x + γ ⊙ ((z_W2 − 1/d·z_W2·𝟙) ⊙ (rsqrt(1/d·((z_W2 − 1/d·z_W2·𝟙) ⊙ (z_W2 − 1/d·z_W2·𝟙))·𝟙 + 10⁻⁶·𝟙)·𝟙)) + β with z_W2 = gelu_tanh(x·W1 + b1)·W2 + b2: [B, H, T, d] → [B, H, T, d]."""
     x_W1 = x @ W1  # [B, H, T, h]
     x_W1_plus_b1 = x_W1 + b1  # [B, H, T, h]
     GELUTanh_x_W1_plus_b1 = F.gelu(x_W1_plus_b1, approximate='tanh')  # [B, H, T, h]

@@ -7,7 +7,7 @@ Parallel, because (derivation report):
 - lowered per channel: every fast weight is a depthwise 3×3 kernel, the model reads the input only through depthwise_conv and the loss is a sum over channels, so the channels are independent layers; in channel c the key is the 3×3 patch ψ_c(K, p) = (K_(c, p+Δ))_Δ, a 1 × 9 row, and the state is the channel's kernel, 9 × 1: sliding-window linear attention, one head per channel (Section 7.5, App. G)
 - reducible: the model is φ(x)·w with w an updated fast weight and no bias, so a gradient step on w adds the rank-1 term φ_t(k)ᵀ g_t(k) (Theorem 5.1)
 - kernel static: only w is updated (φ is the identity), so q̂ = φ(q) and k̂ = φ(k) (Theorem 5.2)
-- values state-independent: ∂L/∂f = -1/3·v does not involve the prediction, so v̂_i = g_i(k_i) depends only on (k_i, v_i, η_i) (Section 3)
+- values state-independent: ∂L/∂f = −1/3·v does not involve the prediction, so v̂_i = g_i(k_i) depends only on (k_i, v_i, η_i) (Section 3)
 - parallel: one bidirectional step, so every value is taken at the initial state S_0 and the increments k̂ᵀv̂ of all tokens are one batched sum (a prefix scan of length one)
 
 The forms (codegen.plan):
