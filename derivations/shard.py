@@ -69,9 +69,9 @@ def shard_summary(form: LinearAttentionForm) -> ShardSummary:
         raise NotShardable(f"{variant.name} takes one bidirectional step: every token reads the state after all "
                            "tokens, so no slice can be finished before the others")
     if form.classification.parallel_form == "delta_chunk":  # each block maps S affinely (the WY form)
-        decay = " with Γ_n the block's decay" if variant.decay is not None else ""
-        step = f"S^(n) = M_n S^(n−1) + B_n, M_n = Γ_n I − K̂_nᵀ W_n, B_n = K̂_nᵀ U_n (the WY block){decay}"
-        return ShardSummary((Carry("S (the state)", step, "(M_(N−1) ⋯ M_0, a D_k × D_k matrix; its S from zero)"),),
+        decay = " with Γₙ the block's decay" if variant.decay is not None else ""
+        step = f"Sₙ = Mₙ Sₙ₋₁ + Bₙ, Mₙ = Γₙ I − K̂ₙᵀ Wₙ, Bₙ = K̂ₙᵀ Uₙ (the WY block){decay}"
+        return ShardSummary((Carry("S (the state)", step, "(M_(N−1) ⋯ M₀, a D_k × D_k matrix; its S from zero)"),),
                             (), whole_chunks=not sched.fixed)
     if form.classification.parallel_form != "prefix_scan":
         blocked = form.classification.reason("not_parallel")
@@ -79,18 +79,18 @@ def shard_summary(form: LinearAttentionForm) -> ShardSummary:
                else f"its parallel form is {form.classification.parallel_form}")
         raise NotShardable(f"{variant.name} is not a prefix scan: {why}")
     decay = variant.decay
-    gate = ("" if decay is None else " with Γ_n = Π_(t∈n) γ_t" + (" per key channel" if decay.gate == "channel"
+    gate = ("" if decay is None else " with Γₙ = Π_(t∈n) γₜ" + (" per key channel" if decay.gate == "channel"
                                                                    else ""))
     carries = []
     if variant.momentum is not None and variant.momentum.per == "token":
-        carries.append(Carry("M (the momentum buffer)", "M^(n) = A_L M^(n−1) + ΔM_n, A_L the chunk's product of α",
+        carries.append(Carry("M (the momentum buffer)", "Mₙ = A_L Mₙ₋₁ + ΔMₙ, A_L the chunk's product of α",
                              "(Π A_L, its M from zero)"))
-        carries.append(Carry("S (the state)", "S^(n) = S^(n−1) + c_L M^(n−1) + ΔS_n", "(1, its S from zero)"))
+        carries.append(Carry("S (the state)", "Sₙ = Sₙ₋₁ + c_L Mₙ₋₁ + ΔSₙ", "(1, its S from zero)"))
     else:
         if variant.momentum is not None:
-            carries.append(Carry("M (the momentum buffer)", "M_n = ᾱ_n M_{n−1} + ΔS_n", "(Π ᾱ_n, its M from zero)"))
-        step = "S^(n) = Γ_n S^(n−1) + U_n" if decay is not None else "S^(n) = S^(n−1) + U_n"
-        carries.append(Carry("S (the state)", step + gate, "(Π Γ_n, its S from zero)" if decay is not None
+            carries.append(Carry("M (the momentum buffer)", "Mₙ = ᾱₙ Mₙ₋₁ + ΔSₙ", "(Π ᾱₙ, its M from zero)"))
+        step = "Sₙ = Γₙ Sₙ₋₁ + Uₙ" if decay is not None else "Sₙ = Sₙ₋₁ + Uₙ"
+        carries.append(Carry("S (the state)", step + gate, "(Π Γₙ, its S from zero)" if decay is not None
                              else "(1, its S from zero): the sum of its increments"))
     local = tuple(name for name, on in (("the clip", variant.clip is not None),
                                         ("Newton–Schulz", variant.orthogonalize is not None)) if on)

@@ -78,12 +78,12 @@ def test_the_summary_is_read_off_the_form():
 
     lact = shard_summary(derive("lact_v2", certify=False))
     assert [c.name.split()[0] for c in lact.carries] == ["M", "S"] and lact.local == ("Newton–Schulz",)
-    assert lact.whole_chunks and "ᾱ_n" in lact.carries[0].step
+    assert lact.whole_chunks and "ᾱₙ" in lact.carries[0].step
     gla = shard_summary(derive("gla", certify=False))
     assert not gla.whole_chunks and "per key channel" in gla.carries[0].step
     assert any("combine: (A₂, h₂) ∘ (A₁, h₁)" in line for line in gla.describe())
     delta = shard_summary(derive("delta_rule", certify=False))
-    assert "M_n = Γ_n I − K̂_nᵀ W_n" in delta.carries[0].step and not delta.whole_chunks
+    assert "Mₙ = Γₙ I − K̂ₙᵀ Wₙ" in delta.carries[0].step and not delta.whole_chunks
     for name, why in [("lact", "the kernel is dynamic"), ("vittt_dwconv", "one bidirectional step")]:
         with pytest.raises(NotShardable, match=why):
             shard_summary(derive(name, certify=False))

@@ -41,6 +41,7 @@ def run(args) -> int:
     from derivations.derive import derive
     from derivations.loading import load_variant
     from derivations.printing import prose_subscripts
+    from derivations.shard import NotShardable, shard_summary
     from tttla.reporting.derivation_report import write_report
     from tttla.reporting.form_text import render_latex, render_text, summary
 
@@ -56,6 +57,11 @@ def run(args) -> int:
         print(render_text(form))
         print("\ngenerated forms (tttla generate)")
         print("\n".join(f"  {prose_subscripts(line)}" for line in forms.describe()))
+        print("\ncontext parallelism (process_group)")
+        try:
+            print("\n".join(f"  {prose_subscripts(line)}" for line in shard_summary(form).describe()))
+        except NotShardable as why:
+            print(f"  none: {prose_subscripts(str(why))}")
     if args.report:
         md, page = write_report(form, args.report)
         if fmt != "json":

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from derivations.form import LinearAttentionForm
-from derivations.printing import to_latex, to_text
+from derivations.printing import prose_subscripts, to_latex, to_text
 from derivations.reasons import decision, explanation
+from derivations.shard import NotShardable, shard_summary
 from tttla.reporting import formulas
 from tttla.reporting.form_text import PARALLELISM, References, effective, named_parts, read, verdict
 from tttla.reporting.pages import html_page, markdown_to_html, write_pages
@@ -124,8 +125,20 @@ def md_certificate(form: LinearAttentionForm) -> str:
     return out + f"Kept abstract: {'; '.join(cert.abstract)}.\n"
 
 
+def md_context_parallel(form: LinearAttentionForm) -> str:
+    """What a slice of the sequence hands to the next under context parallelism (derivations.shard)."""
+    try:
+        lines = shard_summary(form).describe()
+    except NotShardable as why:
+        return f"## Context parallelism\n\nNone: {prose_subscripts(str(why))}.\n"
+    body = "".join(f"- {prose_subscripts(line)}\n" for line in lines)
+    return ("## Context parallelism\n\nEach rank of a `process_group` holds a slice of the sequence and hands on, "
+            f"for each quantity carried across chunks, its slice's affine map (A, h):\n\n{body}")
+
+
 #: the derivation report's sections, in order (the full ``tttla report`` appends its own)
-SECTIONS = (md_declaration, md_gradients, md_effective, md_unrolled, md_classification, md_certificate)
+SECTIONS = (md_declaration, md_gradients, md_effective, md_unrolled, md_classification, md_certificate,
+            md_context_parallel)
 
 
 def md_title(form: LinearAttentionForm, kind: str = "Derivation report") -> str:
