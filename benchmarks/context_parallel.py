@@ -1,12 +1,14 @@
 """Context parallelism on the CPU (gloo): what a rank sends per call, and the wall time of 1 and 2 ranks.
 
     .venv/bin/python benchmarks/context_parallel.py     # writes benchmarks/results/context-parallel.json + .png
+    .venv/bin/python benchmarks/context_parallel.py --replot   # redraws the .png from the committed .json
 
 For linear_attention and lact_v2 (B = 1, H = 4, every width 64, fp32; lact_v2 in chunks of 256) the chunk
 form runs forward and backward on gloo ranks, every rank its slice of T tokens, with each collective's
 payload counted as it is called (``torch.distributed`` wrapped in this process only). The alternative a
 ring-attention-style layer would need — every rank's k and v sent to every other rank — is counted
-from the same shapes: (world − 1) · T/world · H · (Dk + Dv) · 4 bytes per rank. The wall time is the
+from the same shapes: (world − 1) · T/world · H · (Dk + Dv) · 4 bytes per rank, its forward only (its
+backward sends the gradients of k and v back as well, as much again). The wall time is the
 median of 3 calls (forward + backward) of one process on all T tokens against 2 ranks on T/2 each, on
 this machine's 2 cores (both ranks share them: the figure shows the exchange's overhead, not a speedup).
 """
@@ -93,7 +95,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     for world in WORLDS:
         mine = [r for r in rows if r["variant"] == "linear_attention" and r["world"] == world]
         ax.plot([r["seq_len"] for r in mine], [r["ring_bytes_per_rank"] for r in mine], linestyle="--",
-                label=f"{world} ranks: k, v to every rank")
+                label=f"{world} ranks: k, v to every rank (forward alone)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("T (tokens of the sequence)")
@@ -105,4 +107,7 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--replot"]:  # redraw the committed results' plot, measuring nothing
+        _plot(json.loads((OUT / "context-parallel.json").read_text())["bytes"], OUT / "context-parallel.png")
+    else:
+        main()
