@@ -124,7 +124,8 @@ def _timed_table(results: dict, ms_fmt: str, unit: str, extra: dict, form_label,
                 cells = ["out of memory", *["–"] * (len(headers) - 4)]
             else:
                 sequence = r.get("sequence_tokens_per_s")
-                cells = [format(1e3 * r["seconds"], ms_fmt),
+                noisy = " (noisy)" if r.get("noise") else ""  # Timing.noise: the spread or the timer's resolution
+                cells = [format(1e3 * r["seconds"], ms_fmt) + noisy,
                          spread_ms(r.get("seconds_min"), r.get("seconds_max"), ms_fmt, NOT_RECORDED),
                          _number(r["tokens_per_s"], ".1f", scale),
                          NOT_RECORDED if sequence is None else _number(sequence, ".1f", scale),
