@@ -69,8 +69,8 @@ def shard_summary(form: LinearAttentionForm) -> ShardSummary:
         raise NotShardable(f"{variant.name} takes one bidirectional step: every token reads the state after all "
                            "tokens, so no slice can be finished before the others")
     if form.classification.parallel_form == "delta_chunk":  # each block maps S affinely (the WY form)
-        decay = " with Γₙ the block's decay" if variant.decay is not None else ""
-        step = f"Sₙ = Mₙ Sₙ₋₁ + Bₙ, Mₙ = Γₙ I − K̂ₙᵀ Wₙ, Bₙ = K̂ₙᵀ Uₙ (the WY block){decay}"
+        gamma, decay = ("Γₙ ", " with Γₙ the block's decay") if variant.decay is not None else ("", "")
+        step = f"Sₙ = Mₙ Sₙ₋₁ + Bₙ, Mₙ = {gamma}I − K̂ₙᵀ Wₙ, Bₙ = K̂ₙᵀ Uₙ (the WY block){decay}"
         return ShardSummary((Carry("S (the state)", step, "(M_(N−1) ⋯ M₀, a D_k × D_k matrix; its S from zero)"),),
                             (), whole_chunks=not sched.fixed)
     if form.classification.parallel_form != "prefix_scan":

@@ -91,7 +91,8 @@ def test_the_summary_is_read_off_the_form():
     assert not gla.whole_chunks and "per key channel" in gla.carries[0].step
     assert any("combine: (A₂, h₂) ∘ (A₁, h₁)" in line for line in gla.describe())
     delta = shard_summary(derive("delta_rule", certify=False))
-    assert "Mₙ = Γₙ I − K̂ₙᵀ Wₙ" in delta.carries[0].step and not delta.whole_chunks
+    assert "Mₙ = I − K̂ₙᵀ Wₙ" in delta.carries[0].step and not delta.whole_chunks
+    assert "Mₙ = Γₙ I − K̂ₙᵀ Wₙ" in shard_summary(derive("gated_delta_rule", certify=False)).carries[0].step
     for name, why in [("lact", "the kernel is dynamic"), ("vittt_dwconv", "one bidirectional step")]:
         with pytest.raises(NotShardable, match=why):
             shard_summary(derive(name, certify=False))
