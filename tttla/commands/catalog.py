@@ -98,8 +98,9 @@ def run(args) -> int:
     print(f"\n{len(names)} variants, {options.cases} fuzz cases per dtype; code in {out / 'kernels'}/")
     noisy = sum(row.noisy for row in timings)
     if noisy:
-        print(f"{noisy} of {len(timings)} CPU timings noisy, flagged in the reports: their spread over "
-              f"{100 * bench.NOISY_SPREAD:.0f}% of the median (a busy machine) or below the timer's resolution")
+        print(f"{noisy} of {len(timings)} CPU timings noisy, flagged in the reports: the middle half of their "
+              f"calls spread over {100 * bench.NOISY_SPREAD:.0f}% of the median (a busy machine), or their median "
+              "is below the timer's resolution")
     for p in problems:
         print(f"FAILED {p}")
     return 1 if problems else 0
