@@ -12,10 +12,28 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from derivations.functions import FUNCTIONS
 
-__all__ = ["TorchScalarPrinter"]
+__all__ = ["DecimalPrinter", "TorchScalarPrinter"]
 
 
-class TorchScalarPrinter(PythonCodePrinter):
+class DecimalPrinter(PythonCodePrinter):
+    """A Python code printer whose numbers print as shortest-exact decimals (0.5, not 1/2), unparenthesised
+    where non-negative (0.5*x, not (0.5)*x): the base of the torch and Triton scalar printers."""
+
+    def _print_Float(self, expr):
+        return repr(float(expr))
+
+    def _print_Rational(self, expr):
+        return repr(float(expr))
+
+    _print_Half = _print_Rational
+
+    def parenthesize(self, item, level, strict=False):
+        if item.is_Number and item >= 0:
+            return self._print(item)
+        return super().parenthesize(item, level, strict)
+
+
+class TorchScalarPrinter(DecimalPrinter):
     """Scalar SymPy expressions as element-wise torch code; floats print shortest-exact."""
 
     _torch_functions = {
@@ -52,14 +70,6 @@ class TorchScalarPrinter(PythonCodePrinter):
     def _print_Pi(self, expr):
         return "math.pi"
 
-    def _print_Float(self, expr):
-        return repr(float(expr))
-
-    def _print_Rational(self, expr):
-        return repr(float(expr))
-
-    _print_Half = _print_Rational
-
     def _print_Pow(self, expr, rational=False):
         base, exp = expr.args
         if exp == sympy.S.Half:
@@ -67,8 +77,3 @@ class TorchScalarPrinter(PythonCodePrinter):
         if base.is_number and exp.is_number:
             return repr(float(expr))
         return super()._print_Pow(expr, rational=rational)
-
-    def parenthesize(self, item, level, strict=False):
-        if item.is_Number and item >= 0:  # a decimal needs no parentheses: 0.5*x, not (0.5)*x
-            return self._print(item)
-        return super().parenthesize(item, level, strict)

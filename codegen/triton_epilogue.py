@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 import sympy
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
-from sympy.printing.pycode import PythonCodePrinter
 
+from codegen.scalar_printer import DecimalPrinter
 from derivations.functions import ScalarFunction
 from derivations.printing import to_text
 
@@ -39,7 +39,7 @@ class Epilogue(NamedTuple):
     body: str
 
 
-class TritonScalarPrinter(PythonCodePrinter):
+class TritonScalarPrinter(DecimalPrinter):
     """Scalar SymPy expressions as fp32 Triton code: ``tl.exp``, ``tl.sigmoid`` … (tanh through the
     sigmoid, as Triton has no tanh); the language's element-wise functions through their closed forms."""
 
@@ -100,19 +100,6 @@ class TritonScalarPrinter(PythonCodePrinter):
             power = " * ".join([b] * abs(int(exp)))
             return power if exp > 0 else f"1 / ({power})"
         raise NotALinearLayer(f"the power {expr} has no Triton spelling (integer powers up to 4, ±1/2)")
-
-    def parenthesize(self, item, level, strict=False):
-        if item.is_Number and item >= 0:  # a decimal needs no parentheses: 0.5*x, not (0.5)*x
-            return self._print(item)
-        return super().parenthesize(item, level, strict)
-
-    def _print_Float(self, expr):
-        return repr(float(expr))
-
-    def _print_Rational(self, expr):
-        return repr(float(expr))
-
-    _print_Half = _print_Rational
 
     def _print_Pi(self, expr):
         return repr(float(sympy.pi))

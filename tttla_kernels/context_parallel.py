@@ -76,8 +76,8 @@ class _CarryIn(torch.autograd.Function):
         for r in range(shard.rank):
             entering.append(h)
             h = (h if totals is None else totals[r] @ h if matrix else totals[r] * h) + ends[r]
-        ctx.shard, ctx.has_total, ctx.total_shape = shard, total is not None, None if total is None else total.shape
-        ctx.matrix = matrix
+        ctx.shard, ctx.matrix = shard, matrix
+        ctx.total_shape = None if total is None else total.shape  # None: no coefficients (a ≡ 1)
         ctx.save_for_backward(*(() if totals is None else (totals, *entering)))
         return h
 
@@ -86,9 +86,10 @@ class _CarryIn(torch.autograd.Function):
     def backward(ctx, G):
         shard = ctx.shard
         saved = ctx.saved_tensors
-        totals, entering = (saved[0], saved[1:]) if ctx.has_total else (None, ())
+        has_total = ctx.total_shape is not None
+        totals, entering = (saved[0], saved[1:]) if has_total else (None, ())
         d_ends = G.new_zeros(shard.world, *G.shape)
-        d_totals = G.new_zeros(shard.world, *ctx.total_shape) if ctx.has_total else None
+        d_totals = G.new_zeros(shard.world, *ctx.total_shape) if has_total else None
         for j in reversed(range(shard.rank)):
             d_ends[j] = G
             if totals is not None and ctx.matrix:  # h ↦ A_j h + h_j
@@ -117,9 +118,7 @@ def shard_of(group, *, tokens: int, chunk_size: int, aligned: bool, signature: t
                            "torch.distributed.init_process_group first, or pass process_group=None)")
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     mine = torch.tensor([tokens, *signature], dtype=torch.int64)
-    every = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(every, mine, group=group)
-    every = torch.stack(every)
+    every = _gather(mine, group)
     if (every[:, 1:] != mine[1:]).any():
         rows = ", ".join(f"rank {r}: {tuple(every[r, 1:].tolist())}" for r in range(world))
         raise ValueError("process_group: every rank must hold a slice of the same batch, heads, widths, dtype and "

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from tttla_kernels.runtime import state_dtype
-from tttla_kernels.triton_runtime import check_device, interpreting, new_output
+from tttla_kernels.triton_runtime import block_covering, check_device, interpreting, new_output
 
 __all__ = ["chunk_scan", "frobenius_normalize"]
 
@@ -47,19 +47,14 @@ _GPU, _INTERPRETER = (1024, 1024, 4), (32, 16, 1)
 _NORMALIZE_GPU, _NORMALIZE_INTERPRETER = (4096, 8), (32, 1)
 
 
-def _cover(n: int, cap: int) -> int:
-    """A power-of-two block covering ``n`` (at least 16), at most ``cap``."""
-    return min(max(16, triton.next_power_of_2(n)), cap)
-
-
 def _scan_config(cells: int, chunk_size: int, device: torch.device) -> dict:
     block, tile, warps = _INTERPRETER if interpreting(device) else _GPU
-    return {"BLOCK": _cover(cells, block), "BT": _cover(chunk_size, tile), "num_warps": warps}
+    return {"BLOCK": block_covering(cells, block), "BT": block_covering(chunk_size, tile), "num_warps": warps}
 
 
 def _normalize_config(cells: int, device: torch.device) -> dict:
     block, warps = _NORMALIZE_INTERPRETER if interpreting(device) else _NORMALIZE_GPU
-    return {"BLOCK": _cover(cells, block), "num_warps": warps}
+    return {"BLOCK": block_covering(cells, block), "num_warps": warps}
 
 
 # --- the scan along the chunk axis ---------------------------------------------------------

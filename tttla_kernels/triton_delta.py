@@ -26,13 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
-from tttla_kernels.triton_runtime import check_device, drop_nonfinite, new_output
+from tttla_kernels.triton_runtime import block_covering, check_device, drop_nonfinite, new_output
 
 __all__ = ["delta_scan"]
-
-
-def _block(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
 
 
 @triton.jit
@@ -128,7 +124,8 @@ def _delta_scan(U: torch.Tensor, W: torch.Tensor, Q: torch.Tensor, P: torch.Tens
     states = new_output((BH, N, DK, DV), U)
     final = new_output((BH, DK, DV), U)
     delta_scan_fwd_kernel[(BH,)](U, W, Q, P, K, g, S0, O, states, final, N, L, DK, DV,
-                                 HAS_DECAY=has_decay, BL=_block(L), BK=_block(DK), BV=_block(DV))
+                                 HAS_DECAY=has_decay, BL=block_covering(L), BK=block_covering(DK),
+                                 BV=block_covering(DV))
     return O, states, final
 
 
@@ -147,7 +144,8 @@ def _delta_scan_backward(U: torch.Tensor, W: torch.Tensor, Q: torch.Tensor, P: t
     dg = torch.zeros_like(g)  # written only with a decay
     dS0 = new_output((BH, DK, DV), U)
     delta_scan_bwd_kernel[(BH,)](U, W, Q, P, K, g, states, dO, dfinal, *grads, dg, dS0, N, L, DK, DV,
-                                 HAS_DECAY=has_decay, BL=_block(L), BK=_block(DK), BV=_block(DV))
+                                 HAS_DECAY=has_decay, BL=block_covering(L), BK=block_covering(DK),
+                                 BV=block_covering(DV))
     return [*grads, dg, dS0]
 
 

@@ -40,7 +40,7 @@ import triton.testing
 from tttla_kernels.runtime import state_dtype
 
 __all__ = ["MASK_NONE", "MASK_CAUSAL", "MASK_ANTICAUSAL", "chunk_outer", "chunk_read", "check_device", "new_output",
-           "drop_nonfinite", "interpreting", "launch", "launch_candidates", "launcher_copies"]
+           "drop_nonfinite", "block_covering", "interpreting", "launch", "launch_candidates", "launcher_copies"]
 
 # Masks of the intra-chunk term of chunk_read: which tokens s of t's chunk it reads.
 MASK_NONE, MASK_CAUSAL, MASK_ANTICAUSAL = 0, 1, 2  # none; s ≤ t; s ≥ t (the transpose of causal)
@@ -65,9 +65,10 @@ def check_device(t: torch.Tensor) -> None:
         )
 
 
-def _block(n: int, cap: int = 64) -> int:
-    """A power-of-two block covering ``n`` (at least 16, for tl.dot), at most ``cap``."""
-    return min(max(16, triton.next_power_of_2(n)), max(16, cap))
+def block_covering(n: int, cap: int | None = None) -> int:
+    """A power-of-two block covering ``n`` (at least 16, for tl.dot), at most ``cap`` (which is raised to 16)."""
+    block = max(16, triton.next_power_of_2(n))
+    return block if cap is None else min(block, max(16, cap))
 
 
 # --- launch configurations -----------------------------------------------------------------
@@ -110,7 +111,7 @@ def launch_candidates(table: dict, covers: dict[str, int], dtype: torch.dtype) -
     block (name → the size it must cover, in the table's order) the power of two covering it, at
     most its cap."""
     width = "interpreter" if _interpreting() else dtype.itemsize * 8
-    return [{**{name: _block(n, cap) for (name, n), cap in zip(covers.items(), caps)},
+    return [{**{name: block_covering(n, cap) for (name, n), cap in zip(covers.items(), caps)},
              "num_warps": warps, "num_stages": stages}
             for caps, warps, stages in table[width]]
 

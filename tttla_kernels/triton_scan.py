@@ -41,16 +41,12 @@ import triton
 import triton.language as tl
 
 from tttla_kernels.runtime import state_dtype
-from tttla_kernels.triton_runtime import check_device, drop_nonfinite, new_output
+from tttla_kernels.triton_runtime import block_covering, check_device, drop_nonfinite, new_output
 
 __all__ = ["fused_scan", "scan_fused", "fused_chunk_scan", "scan_chunks", "MAX_WIDTH", "value_block"]
 
 #: the widest key or value a program holds in registers
 MAX_WIDTH = 256
-
-
-def _block(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
 
 
 #: forward programs that keep a GPU's streaming multiprocessors busy (an H100 has 132)
@@ -62,7 +58,7 @@ def value_block(batch_heads: int, DV: int) -> int:
     B·H·⌈Dv/BV⌉ programs is below :data:`TARGET_PROGRAMS` and BV stays ≥ 32 (fla's grid over value
     blocks × B·H). Each column block re-reads q and k (from L2) and, in the token scan, recomputes the
     block's scores q kᵀ; the backward runs one program per (batch, head)."""
-    BV = _block(DV)
+    BV = block_covering(DV)
     while batch_heads * triton.cdiv(DV, BV) < TARGET_PROGRAMS and BV >= 64:
         BV //= 2
     return BV
@@ -289,7 +285,7 @@ def scan_fused(
         q, k, v, g if g is not None else final, s0, o, final, states, H, T, DK, DV,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
         HAS_GATE=g is not None, HAS_S0=initial is not None, SAVE=save_states,
-        BT=block_size, BK=_block(DK), BV=BV)
+        BT=block_size, BK=block_covering(DK), BV=BV)
     return o, final, states
 
 
@@ -322,7 +318,8 @@ def scan_fused_backward(
     scan_fused_bwd_kernel[(B * H,)](
         q, k, v, g if g is not None else states, states, final, do, dsf, dq, dk, dv, dg, ds0, H, T, DK, DV,
         *_strides(q), *_strides(k), *_strides(v), *_strides(do),
-        HAS_GATE=g is not None, HAS_DSF=d_final is not None, BT=block_size, BK=_block(DK), BV=_block(DV))
+        HAS_GATE=g is not None, HAS_DSF=d_final is not None, BT=block_size, BK=block_covering(DK),
+        BV=block_covering(DV))
     return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype), dg if g is not None else ds0.new_zeros(0), ds0
 
 
@@ -334,20 +331,29 @@ def _(q, k, v, g, states, final, do, d_final, block_size):
             q.new_empty(*q.shape[:2], q.shape[-1], v.shape[-1], dtype=acc))
 
 
-def _setup(ctx, inputs, output):
-    q, k, v, g, initial, ctx.block_size, ctx.saved_states = inputs
+def _keep_for_backward(ctx, q, k, v, gate, initial, output) -> None:
+    """What either scan's backward reads: the operands, the gate, the saved states and the final state."""
     ctx.has_initial = initial is not None
     ctx.mark_non_differentiable(output[2])
     ctx.set_materialize_grads(False)  # an unused output gets None, not a zero-filled gradient
-    ctx.save_for_backward(q, k, v, g, output[2], output[1])
+    ctx.save_for_backward(q, k, v, gate, output[2], output[1])
+
+
+def _kept(ctx, d_o, op: str, wrapper: str):
+    """The tensors :func:`_keep_for_backward` kept, and dO (zeros when o got no gradient)."""
+    if not ctx.saved_states:
+        raise RuntimeError(f"{op}: called with save_states=False, so it has no backward (use {wrapper})")
+    q, k, v, gate, states, final = ctx.saved_tensors
+    return q, k, v, gate, states, final, (q.new_zeros(*q.shape[:3], v.shape[-1]) if d_o is None else d_o)
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, g, initial, ctx.block_size, ctx.saved_states = inputs
+    _keep_for_backward(ctx, q, k, v, g, initial, output)
 
 
 def _backward(ctx, d_o, d_final, _):
-    q, k, v, g, states, final = ctx.saved_tensors
-    if not ctx.saved_states:
-        raise RuntimeError("scan_fused: called with save_states=False, so it has no backward (use fused_scan)")
-    if d_o is None:
-        d_o = q.new_zeros(*q.shape[:3], v.shape[-1])
+    q, k, v, g, states, final, d_o = _kept(ctx, d_o, "scan_fused", "fused_scan")
     dq, dk, dv, dg, ds0 = scan_fused_backward(q, k, v, g, states, final, d_o, d_final, ctx.block_size)
     return dq, dk, dv, (dg if g is not None else None), (ds0 if ctx.has_initial else None), None, None
 
@@ -512,7 +518,7 @@ def scan_chunks(
         o, final, states, H, T, chunk_size, DK, DV,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
         INCLUSIVE=inclusive, HAS_GATE=gc is not None, HAS_S0=initial is not None, SAVE=save_states,
-        BT=_CHUNK_TILE, BK=_block(DK), BV=BV)
+        BT=_CHUNK_TILE, BK=block_covering(DK), BV=BV)
     return o, final, states
 
 
@@ -548,7 +554,7 @@ def scan_chunks_backward(
         d_final.contiguous() if d_final is not None else states, dq, dk, dv, dgc, ds0, H, T, chunk_size, DK, DV,
         *_strides(q), *_strides(k), *_strides(v), *_strides(do),
         INCLUSIVE=inclusive, HAS_GATE=gc is not None, HAS_DSF=d_final is not None,
-        BT=_CHUNK_TILE, BK=_block(DK), BV=_block(DV))
+        BT=_CHUNK_TILE, BK=block_covering(DK), BV=block_covering(DV))
     return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype), dgc if gc is not None else ds0.new_zeros(0), ds0
 
 
@@ -562,18 +568,11 @@ def _(q, k, v, gc, states, final, do, d_final, chunk_size, inclusive):
 
 def _chunks_setup(ctx, inputs, output):
     q, k, v, gc, initial, ctx.chunk_size, ctx.inclusive, ctx.saved_states = inputs
-    ctx.has_initial = initial is not None
-    ctx.mark_non_differentiable(output[2])
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(q, k, v, gc, output[2], output[1])
+    _keep_for_backward(ctx, q, k, v, gc, initial, output)
 
 
 def _chunks_backward(ctx, d_o, d_final, _):
-    q, k, v, gc, states, final = ctx.saved_tensors
-    if not ctx.saved_states:
-        raise RuntimeError("scan_chunks: called with save_states=False, so it has no backward (use fused_chunk_scan)")
-    if d_o is None:
-        d_o = q.new_zeros(*q.shape[:3], v.shape[-1])
+    q, k, v, gc, states, final, d_o = _kept(ctx, d_o, "scan_chunks", "fused_chunk_scan")
     dq, dk, dv, dgc, ds0 = scan_chunks_backward(q, k, v, gc, states, final, d_o, d_final, ctx.chunk_size,
                                                 ctx.inclusive)
     return dq, dk, dv, (dgc if gc is not None else None), (ds0 if ctx.has_initial else None), None, None, None

@@ -15,9 +15,7 @@ from __future__ import annotations
 import importlib
 import os
 import socket
-import statistics
 import tempfile
-import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -98,12 +96,11 @@ def _timed_run(repeats: int, *run_args, **run_kwargs) -> dict:
     backward) as ``result["seconds"]``."""
     result = _run(*run_args, **run_kwargs)
     if repeats:
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            _run(*run_args, **run_kwargs)
-            times.append(time.perf_counter() - start)
-        result["seconds"] = statistics.median(times)
+        from verify.bench import time_repeats  # the benchmark's side only: a test's rank imports no timer
+
+        # exactly ``repeats`` calls (no time-adaptive count): every rank must make the same collectives
+        timing = time_repeats(lambda: _run(*run_args, **run_kwargs), repeats, warmup=0, min_seconds=0.0)
+        result["seconds"] = timing.median
     return result
 
 

@@ -71,8 +71,7 @@ class Hooks(CallHooks, RecurrentHooks, ParallelHooks):
             if c.weight_norm_eps is not None:
                 names.add("WEIGHT_NORM_EPS")
         elif form == "triton" and c.plan.chunk_template == "prefix_scan":  # the names its code calls
-            code = "\n".join(line.split("  # ")[0]  # the code, without its comments
-                             for line in (self.triton_body() + self.triton_definitions()).splitlines())
+            code = self.triton_code()
             names |= {n for n in ("features", "chunk_states", "feature_map", "NS_COEFFICIENTS", "NS_EPS")
                       if re.search(rf"(?<![\w.]){n}\b", code) and f"def {n}(" not in code}
         elif c.plan.chunk_template == "prefix_scan":

@@ -184,16 +184,17 @@ class ParallelHooks(HookBase):
             scan = [f"    gc = {gate}" + ("  # no decay" if not c.decay else ""),
                     f"    o, last = fused_chunk_scan(q_hat, k_hat, v_hat, gc, {self.initial_state()}, "
                     f"inputs.chunk_size, inclusive={inclusive})"]
+        sharded = self._context_parallel()  # then a rank takes the pipeline: the fused scan runs one process
+        guard, why = ("inputs.shard is None and ", "one process, and ") if sharded else ("", "")
+        other = " or a slice of a context-parallel group" if sharded else ""
         fused = lines([
             "q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ (views of the caller's tensors where φ is the "
             "identity)",
-            *(["if inputs.shard is None and max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  "
-               "# one process, and the state fits in one program's registers"] if self._context_parallel() else
-              ["if max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # the state fits in one program's registers"]),
+            f"if {guard}max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # {why}the state fits in one program's "
+            "registers",
             *scan,
             f"    return finish(o, {self.final_state()}, output_final_state, inputs)",
-            "# a wider state" + (" or a slice of a context-parallel group" if self._context_parallel() else "")
-            + ": the three-phase pipeline, from the same features"])
+            f"# a wider state{other}: the three-phase pipeline, from the same features"])
         return fused + "\n" + self._pipeline(None)
 
     def _pipeline_features(self) -> list[str]:
@@ -271,7 +272,7 @@ class ParallelHooks(HookBase):
         """triton_chunk.py's imports: triton (for a feature kernel's epilogue), the runtime and the kernels it
         calls, read off the code it holds."""
         c = self.c
-        code = self.prepare_call("triton") + self.triton_body() + self.triton_definitions()
+        code = self.triton_code()
         masks = sorted(m for m in ("MASK_ANTICAUSAL", "MASK_CAUSAL", "MASK_NONE") if m in code)
         modules = {
             "triton_chunks": [n for n in ("chunk_scan", "frobenius_normalize") if f"{n}(" in code],
@@ -285,6 +286,12 @@ class ParallelHooks(HookBase):
         head = self.imports(runtime=runtime, triton=c.feature_kernel is not None)
         # the kernels join the first-party block that follows torch's (or open it)
         return head + ("\n" if runtime else "\n\n") + "\n".join(kernels)
+
+    def triton_code(self) -> str:
+        """triton_chunk.py's code after its imports (prepare's call, the body, the definitions) without its
+        comments: what the imports are read off."""
+        code = self.prepare_call("triton") + self.triton_body() + self.triton_definitions()
+        return "\n".join(line.split("  # ")[0] for line in code.splitlines())
 
     def triton_definitions(self) -> str:
         """What triton_chunk.py defines before its function: the feature kernel's epilogue (printed from φ)
