@@ -18,9 +18,10 @@ if compgen -G ".gpu_wheels/*.whl" >/dev/null; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu-machine.txt"
 start=$(date +%s)
-timeout "${GPU_TEST_SECONDS:-210}" python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 \
-    | tail -25 | tee "$OUT/gpu-tests.txt"
+# the whole log is kept: a run stopped by its limit still shows which tests passed
+timeout "${GPU_TEST_SECONDS:-240}" python3 -m pytest -q -p no:cacheprovider -rf --durations=10 tests/test_gpu.py 2>&1 \
+    | tee "$OUT/gpu-tests.txt" | tail -25
 echo "tests: $(( $(date +%s) - start )) s"
-timeout "${GPU_BENCH_SECONDS:-240}" python3 benchmarks/run_gpu.py --out "$OUT" --only lact linear \
-    --variants lact_v2 lact_v6 2>&1 | tail -60 | tee "$OUT/gpu-bench.txt"
+timeout "${GPU_BENCH_SECONDS:-200}" python3 benchmarks/run_gpu.py --out "$OUT" --only lact linear \
+    --variants lact_v2 lact_v6 2>&1 | tee "$OUT/gpu-bench.txt" | tail -60
 echo "total: $(( $(date +%s) - start )) s"

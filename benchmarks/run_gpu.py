@@ -95,9 +95,10 @@ def _forward(variant, fn, case, chunk):
 
 
 def bench_shape(variant, forms: dict, shape: dict, dtype, device, peak: float, progress=None,
-                passes=("forward", "forward+backward")) -> BenchResult:
+                passes=("forward", "forward+backward"), keep=None) -> BenchResult:
     """Every form of ``forms`` (name → fn(q, k, v, **kwargs)), in each of ``passes``, on one
-    shape in one run; ``progress(msg)`` hears of each row as it is measured."""
+    shape in one run; ``progress(msg)`` hears of each row as it is measured, and ``keep(result)``
+    gets the rows so far after each (a run stopped by its time limit keeps what it measured)."""
     config = BenchConfig(seq_len=shape["seq_len"], dim=shape["dim"], chunk=shape["chunk"],
                          dtype=str(dtype).removeprefix("torch."), batch_heads=shape["batch"] * shape["heads"],
                          repeats=0, batch=shape["batch"])
@@ -129,6 +130,8 @@ def bench_shape(variant, forms: dict, shape: dict, dtype, device, peak: float, p
                 progress(f"{variant.name} T={config.seq_len} {name} {pass_}: {t.median * 1e3:.3f} ms "
                          f"({t.min * 1e3:.3f}–{t.max * 1e3:.3f}), {row.tokens_per_s / 1e6:.2f} M head-tok/s, "
                          f"{100 * row.fraction_of_matmul:.1f}% of peak")
+            if keep:
+                keep(result)
     result.rows.append(Row("matmul", "forward", None, None, None, peak, 1.0))
     return result
 
@@ -255,11 +258,18 @@ def main(argv=None) -> int:
         out["targets"] = targets(out)
         path.write_text(json.dumps(out, indent=2) + "\n")
 
+    def keeping(name):
+        def keep(result):
+            out["results"][name] = result.to_json()
+            save()
+        return keep
+
     if "lact" in parts:
         for v in args.variants:
             forms = {k: f for k, f in import_generated(v).FORMS.items() if k in ("triton", "chunk", "recurrent")}
             out["agreement"][v] = agreement(CATALOG[v], forms, paper, dtype, device)
-            out["results"][v] = bench_shape(CATALOG[v], forms, paper, dtype, device, peak, say).to_json()
+            out["results"][v] = bench_shape(CATALOG[v], forms, paper, dtype, device, peak, say,
+                                            keep=keeping(v)).to_json()
             save()
     if "linear" in parts:
         la = import_generated("linear_attention").FORMS
@@ -271,7 +281,8 @@ def main(argv=None) -> int:
         info["fla"] = note
         variant = CATALOG["linear_attention"]
         out["agreement"]["linear_attention"] = agreement(variant, forms, linear, dtype, device)
-        out["results"]["linear_attention"] = bench_shape(variant, forms, linear, dtype, device, peak, say).to_json()
+        out["results"]["linear_attention"] = bench_shape(variant, forms, linear, dtype, device, peak, say,
+                                                         keep=keeping("linear_attention")).to_json()
         save()
     if "scaling" in parts:
         rows = []

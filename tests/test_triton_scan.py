@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from triton.runtime.errors import OutOfResources
 
+from tttla_kernels import triton_runtime
 from tttla_kernels.triton_scan import MAX_WIDTH, fused_chunk_scan, fused_scan, scan_fused, value_block
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
@@ -206,7 +208,8 @@ def test_value_blocks_fill_the_gpu_and_stop_at_32_columns():
 @pytest.mark.parametrize("gate", [False, True])
 def test_a_grid_split_over_value_blocks_is_the_recurrence(scan, gate):
     """Dv = 40 in column blocks of 32 (the second one ragged), one program each: the forward of both
-    scans still equals the recurrence, and the backward (one program per head) its gradients."""
+    scans still equals the recurrence, and the backward (split the same way, dq, dk and the gates'
+    gradients summed over the column blocks) its gradients."""
     assert value_block(2, 40) == 32  # B·H = 2 is far below the target: the columns split
     T, L = 37, 16
     q, k, v, g, S0, gates = _inputs(T, gate, seed=9, DV=40)
@@ -219,3 +222,56 @@ def test_a_grid_split_over_value_blocks_is_the_recurrence(scan, gate):
         o_ref, S_ref = chunk_recurrence(q, k, v, gc, S0, L, False)
         o, final = fused_chunk_scan(q, k, v, gc, S0, L, False)
     assert_same_scan(o, final, o_ref, S_ref, [q, k, v, S0, *gates])
+
+
+class _SharedMemoryLimit:
+    """A kernel whose launches with more than ``widest`` value columns are refused as a GPU refuses a
+    kernel that wants more shared memory than it has (Triton's ``OutOfResources``, before launching)."""
+
+    def __init__(self, kernel, widest):
+        self.kernel, self.widest, self.widths = kernel, widest, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **flags):
+            self.widths.append(flags["BV"])
+            if flags["BV"] > self.widest:
+                raise OutOfResources(4 * 232448, 232448, "shared memory")
+            return self.kernel[grid](*args, **flags)
+        return launch
+
+
+@pytest.mark.parametrize("scan", ["tokens", "chunks"])
+def test_a_kernel_too_big_for_the_gpu_halves_its_value_block(scan, monkeypatch):
+    """Both passes of both scans start from value_block's width and halve it while the GPU refuses the
+    kernel; the narrower split gives the same numbers, and the width that fit is remembered."""
+    import tttla_kernels.triton_scan as module
+    monkeypatch.setattr(triton_runtime, "_FITTING", {})
+    names = ("scan_fused_fwd_kernel", "scan_fused_bwd_kernel") if scan == "tokens" else (
+        "scan_chunks_fwd_kernel", "scan_chunks_bwd_kernel")
+    limits = [_SharedMemoryLimit(getattr(module, name), widest=16) for name in names]
+    for name, limit in zip(names, limits):
+        monkeypatch.setattr(module, name, limit)
+    T, L = 37, 16
+    q, k, v, g, S0, gates = _inputs(T, True, seed=4, DV=40)
+    gc = (-torch.rand(1, 2, -(-T // L), dtype=torch.float64)).requires_grad_()
+    if scan == "tokens":
+        o_ref, S_ref = recurrence(q, k, v, g, S0)
+        o, final = fused_scan(q, k, v, block_cumulative(g, L), S0, L)
+    else:
+        gates = [gc]
+        o_ref, S_ref = chunk_recurrence(q, k, v, gc, S0, L, False)
+        o, final = fused_chunk_scan(q, k, v, gc, S0, L, False)
+    assert_same_scan(o, final, o_ref, S_ref, [q, k, v, S0, *gates])
+    for limit in limits:
+        assert limit.widths[:2] == [32, 16] and set(limit.widths[2:]) <= {16}
+    o, final = fused_scan(q, k, v, block_cumulative(g, L), S0, L) if scan == "tokens" else \
+        fused_chunk_scan(q, k, v, gc, S0, L, False)
+    assert limits[0].widths[-1] == 16 and limits[0].widths.count(32) == 1  # remembered: no second refusal
+
+
+def test_widest_fitting_stops_at_its_floor():
+    def never_fits(width):
+        raise OutOfResources(1, 0, "shared memory")
+    with pytest.raises(OutOfResources):
+        triton_runtime.widest_fitting(("never fits",), 64, never_fits, floor=16)
+    assert ("never fits",) not in triton_runtime._FITTING

@@ -36,6 +36,7 @@ import torch
 import triton
 import triton.language as tl
 import triton.testing
+from triton.runtime.errors import OutOfResources
 
 from tttla_kernels.runtime import state_dtype
 
@@ -142,6 +143,27 @@ def launch(kernel, grid, args: tuple, flags: dict, key: tuple, candidates: list[
             _TUNED[key] = min(timings)[2] if timings else candidates[0]
         config = _TUNED[key]
     kernel[grid(config)](*args, **flags, **config)
+
+
+_FITTING: dict[tuple, int] = {}
+
+
+def widest_fitting(key: tuple, start: int, run, floor: int = 16):
+    """``run(width)`` with the widest power-of-two ``width`` ≤ ``start`` whose kernel fits the GPU:
+    a compiled kernel that wants more shared memory than the device has is refused by Triton before
+    it launches (``OutOfResources``), and the width is halved, down to ``floor``. The width that fit
+    is remembered by ``key`` (what decides the kernel's size: its widths, dtype, flags)."""
+    width = min(start, _FITTING.get(key, start))
+    while True:
+        try:
+            result = run(width)
+        except OutOfResources:
+            if width <= floor:
+                raise
+            width //= 2
+            continue
+        _FITTING[key] = width
+        return result
 
 
 def tuned_configs() -> dict[tuple, dict]:

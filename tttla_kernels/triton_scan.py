@@ -28,9 +28,11 @@ The backward pass runs the blocks in reverse with dS = ∂L/∂S (after the bloc
     dG_t = q_t · dq_t − k_t · dk_t (+ ⟨dS, S_after⟩ at the block's last token),
     dS  ← e^{G_L} dS + Σ_t (e^{G_t} q_t)ᵀ dO_t,
 
-dG being the gradient of the block-cumulative gate (torch's cumsum carries it to g). A backward
-program holds the whole state (Dk, Dv ≤ 256): dq and dk sum over every value column. The forward and
-backward are ``torch.library`` custom ops
+dG being the gradient of the block-cumulative gate (torch's cumsum carries it to g). The backward
+splits the value columns as the forward does; dq, dk and dG sum over every value column, so each
+column block writes its share and the launcher adds them. Either pass starts from
+:func:`value_block` and halves the column block while the compiled kernel wants more shared memory
+than the GPU has (``widest_fitting``). The forward and backward are ``torch.library`` custom ops
 (``tttla::scan_fused``, ``tttla::scan_fused_backward``).
 """
 
@@ -41,7 +43,7 @@ import triton
 import triton.language as tl
 
 from tttla_kernels.runtime import state_dtype
-from tttla_kernels.triton_runtime import block_covering, check_device, drop_nonfinite, new_output
+from tttla_kernels.triton_runtime import block_covering, check_device, drop_nonfinite, new_output, widest_fitting
 
 __all__ = ["fused_scan", "scan_fused", "fused_chunk_scan", "scan_chunks", "MAX_WIDTH", "value_block"]
 
@@ -174,20 +176,23 @@ def scan_fused_bwd_kernel(
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
     HAS_GATE: tl.constexpr, HAS_DSF: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
-    """One (batch, head), blocks in reverse: dq, dk ``[T, DK]``, dv ``[T, DV]``, dG ``[T]`` (all
-    contiguous per (batch, head)) and dS_0 ``[DK, DV]``."""
-    i_bh = tl.program_id(0).to(tl.int64)
+    """One (batch, head) and BV value columns, blocks in reverse: dv ``[T, DV]`` and dS_0 ``[DK, DV]`` in
+    those columns, and this column block's share of dq, dk ``[T, DK]`` and dG ``[T]`` (sums over the
+    value columns: one slice of ``[NV, B·H, …]`` per block, summed by the launcher)."""
+    i_bh, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
+    part = i_v * tl.num_programs(0) + i_bh  # this program's slice of the partial sums
     acc_t = states_ptr.dtype.element_ty
     in_t = q_ptr.dtype.element_ty
+    v0 = i_v * BV
     q_base = q_ptr + i_b * sqb + i_h * sqh
     k_base = k_ptr + i_b * skb + i_h * skh
-    v_base = v_ptr + i_b * svb + i_h * svh
-    do_base = do_ptr + i_b * sob + i_h * soh
+    v_base = v_ptr + i_b * svb + i_h * svh + v0 * svd
+    do_base = do_ptr + i_b * sob + i_h * soh + v0 * sod
     g_base = g_ptr + i_bh * T
     n_blocks = tl.cdiv(T, BT)
     st_base = states_ptr + i_bh * n_blocks * DK * DV
-    cells, inside = _state_cells(DK, DV, 0, BK, BV)
+    cells, inside = _state_cells(DK, DV, v0, BK, BV)
     dS = _state(dsf_ptr + i_bh * DK * DV, cells, inside, HAS_DSF, acc_t, BK, BV)
     rt = tl.arange(0, BT)
     causal = rt[None, :] <= rt[:, None]
@@ -195,13 +200,10 @@ def scan_fused_bwd_kernel(
         i_n = n_blocks - 1 - j
         t0 = i_n * BT
         S = tl.load(st_base + i_n * DK * DV + cells, mask=inside, other=0.0)
-        later = tl.load(st_base + tl.minimum(i_n + 1, n_blocks - 1) * DK * DV + cells, mask=inside, other=0.0)
-        final = tl.load(final_ptr + i_bh * DK * DV + cells, mask=inside, other=0.0)
-        S_after = tl.where(i_n + 1 < n_blocks, later, final)  # the state after this block
         q = _tile(q_base, t0, T, sqt, sqd, DK, BT, BK)
         k = _tile(k_base, t0, T, skt, skd, DK, BT, BK)
-        v = _tile(v_base, t0, T, svt, svd, DV, BT, BV)
-        do = _tile(do_base, t0, T, sot, sod, DV, BT, BV)
+        v = _tile(v_base, t0, T, svt, svd, DV - v0, BT, BV)
+        do = _tile(do_base, t0, T, sot, sod, DV - v0, BT, BV)
         G, last = _gates(g_base, t0, T, HAS_GATE, BT)
         ratio = tl.exp(tl.where(causal, G[:, None] - G[None, :], -float("inf")))  # [t, s]
         tail = tl.exp(last - G)  # e^{G_L − G_s}
@@ -222,13 +224,16 @@ def scan_fused_bwd_kernel(
         dk = tl.where(tl.sum(do_reached.to(tl.int32), axis=1)[:, None] > 0, float("nan"), dk)
         t = t0 + rt
         if HAS_GATE:
+            # the state after this block: the next block's saved state, or the final one
+            after = tl.where(i_n + 1 < n_blocks, st_base + (i_n + 1) * DK * DV, final_ptr + i_bh * DK * DV)
+            S_after = tl.load(after + cells, mask=inside, other=0.0)
             dG = tl.sum(q.to(acc_t) * dq, axis=1) - tl.sum(k.to(acc_t) * dk, axis=1)
             at_end = t == tl.minimum(t0 + BT, T) - 1
             dG += tl.where(at_end, tl.sum(tl.sum(dS * S_after, axis=1), axis=0), 0.0)
-            tl.store(dg_ptr + i_bh * T + t, dG, mask=t < T)
-        _put(dq_ptr + i_bh * T * DK, dq, t0, T, DK, 1, DK, BT, BK)
-        _put(dk_ptr + i_bh * T * DK, dk, t0, T, DK, 1, DK, BT, BK)
-        _put(dv_ptr + i_bh * T * DV, dv, t0, T, DV, 1, DV, BT, BV)
+            tl.store(dg_ptr + part * T + t, dG, mask=t < T)
+        _put(dq_ptr + part * T * DK, dq, t0, T, DK, 1, DK, BT, BK)
+        _put(dk_ptr + part * T * DK, dk, t0, T, DK, 1, DK, BT, BK)
+        _put(dv_ptr + i_bh * T * DV + v0, dv, t0, T, DV, 1, DV - v0, BT, BV)
         q_read = (q.to(acc_t) * tl.exp(G)[:, None]).to(in_t)
         dS = dS * tl.exp(last) + tl.dot(tl.trans(q_read), do, input_precision="ieee").to(acc_t)
     tl.store(ds0_ptr + i_bh * DK * DV + cells, dS, mask=inside)
@@ -280,12 +285,16 @@ def scan_fused(
     final = new_output((B, H, DK, DV), q, state_dtype(q))
     states = new_output((B, H, triton.cdiv(T, block_size) if save_states else 0, DK, DV), q, state_dtype(q))
     s0 = initial.contiguous() if initial is not None else final
-    BV = value_block(B * H, DV)
-    scan_fused_fwd_kernel[(B * H, triton.cdiv(DV, BV))](
-        q, k, v, g if g is not None else final, s0, o, final, states, H, T, DK, DV,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        HAS_GATE=g is not None, HAS_S0=initial is not None, SAVE=save_states,
-        BT=block_size, BK=block_covering(DK), BV=BV)
+
+    def run(BV: int):
+        scan_fused_fwd_kernel[(B * H, triton.cdiv(DV, BV))](
+            q, k, v, g if g is not None else final, s0, o, final, states, H, T, DK, DV,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+            HAS_GATE=g is not None, HAS_S0=initial is not None, SAVE=save_states,
+            BT=block_size, BK=block_covering(DK), BV=BV)
+
+    key = ("scan_fused", q.device, q.dtype, DK, DV, block_size, g is not None, initial is not None, save_states)
+    widest_fitting(key, value_block(B * H, DV), run)
     return o, final, states
 
 
@@ -310,17 +319,23 @@ def scan_fused_backward(
     DV = v.shape[-1]
     acc = states.dtype
     g = g.contiguous() if g is not None else None
-    dq, dk = (new_output((B, H, T, DK), q, acc) for _ in range(2))
     dv = new_output((B, H, T, DV), q, acc)
-    dg = new_output((B, H, T), q, acc) if g is not None else states
     ds0 = new_output((B, H, DK, DV), q, acc)
     dsf = d_final.contiguous() if d_final is not None else states
-    scan_fused_bwd_kernel[(B * H,)](
-        q, k, v, g if g is not None else states, states, final, do, dsf, dq, dk, dv, dg, ds0, H, T, DK, DV,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(do),
-        HAS_GATE=g is not None, HAS_DSF=d_final is not None, BT=block_size, BK=block_covering(DK),
-        BV=block_covering(DV))
-    return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype), dg if g is not None else ds0.new_zeros(0), ds0
+
+    def run(BV: int):
+        NV = triton.cdiv(DV, BV)  # dq, dk and dG: one partial sum per value block
+        dq, dk = (new_output((NV, B, H, T, DK), q, acc) for _ in range(2))
+        dg = new_output((NV, B, H, T), q, acc) if g is not None else states
+        scan_fused_bwd_kernel[(B * H, NV)](
+            q, k, v, g if g is not None else states, states, final, do, dsf, dq, dk, dv, dg, ds0, H, T, DK, DV,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(do),
+            HAS_GATE=g is not None, HAS_DSF=d_final is not None, BT=block_size, BK=block_covering(DK), BV=BV)
+        return dq.sum(0), dk.sum(0), (dg.sum(0) if g is not None else ds0.new_zeros(0))
+
+    key = ("scan_fused_backward", q.device, q.dtype, DK, DV, block_size, g is not None, d_final is not None)
+    dq, dk, dg = widest_fitting(key, value_block(B * H, DV), run)
+    return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype), dg, ds0
 
 
 @scan_fused_backward.register_fake
@@ -426,19 +441,22 @@ def scan_chunks_bwd_kernel(
     INCLUSIVE: tl.constexpr, HAS_GATE: tl.constexpr, HAS_DSF: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
-    """One (batch, head), chunks in reverse: dq, dk ``[T, DK]``, dv ``[T, DV]`` (contiguous per
-    (batch, head)), dgc ``[N]`` and dS_0."""
-    i_bh = tl.program_id(0).to(tl.int64)
+    """One (batch, head) and BV value columns, chunks in reverse: dv ``[T, DV]`` and dS_0 in those
+    columns, and this column block's share of dq, dk ``[T, DK]`` and dgc ``[N]`` (summed by the
+    launcher, as in :func:`scan_fused_bwd_kernel`)."""
+    i_bh, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
+    part = i_v * tl.num_programs(0) + i_bh
+    v0 = i_v * BV
     acc_t = final_ptr.dtype.element_ty
     in_t = q_ptr.dtype.element_ty
     q_base = q_ptr + i_b * sqb + i_h * sqh
     k_base = k_ptr + i_b * skb + i_h * skh
-    v_base = v_ptr + i_b * svb + i_h * svh
-    do_base = do_ptr + i_b * sob + i_h * soh
+    v_base = v_ptr + i_b * svb + i_h * svh + v0 * svd
+    do_base = do_ptr + i_b * sob + i_h * soh + v0 * sod
     n_chunks = tl.cdiv(T, L)
     st_base = states_ptr + i_bh * n_chunks * DK * DV
-    cells, inside = _state_cells(DK, DV, 0, BK, BV)
+    cells, inside = _state_cells(DK, DV, v0, BK, BV)
     dS = _state(dsf_ptr + i_bh * DK * DV, cells, inside, HAS_DSF, acc_t, BK, BV)
     for j in range(0, n_chunks):
         i_n = n_chunks - 1 - j
@@ -447,38 +465,38 @@ def scan_chunks_bwd_kernel(
         before = tl.load(st_base + i_n * DK * DV + cells, mask=inside, other=0.0)  # S_{n−1}
         stepped = INCLUSIVE or i_n < n_chunks - 1
         if INCLUSIVE:  # the chunk read S_n: its read's gradient joins dS before the step's
-            after = tl.load(st_base + tl.minimum(i_n + 1, n_chunks - 1) * DK * DV + cells, mask=inside, other=0.0)
-            final = tl.load(final_ptr + i_bh * DK * DV + cells, mask=inside, other=0.0)
-            after = tl.where(i_n + 1 < n_chunks, after, final)
+            after = tl.where(i_n + 1 < n_chunks, st_base + (i_n + 1) * DK * DV, final_ptr + i_bh * DK * DV)
+            after = tl.load(after + cells, mask=inside, other=0.0)  # S_n
             for t0 in range(start, end, BT):
-                do = _tile(do_base, t0, end, sot, sod, DV, BT, BV)
+                do = _tile(do_base, t0, end, sot, sod, DV - v0, BT, BV)
                 q = _tile(q_base, t0, end, sqt, sqd, DK, BT, BK)
-                _put(dq_ptr + i_bh * T * DK, tl.dot(do, tl.trans(after.to(in_t)), input_precision="ieee"),
+                _put(dq_ptr + part * T * DK, tl.dot(do, tl.trans(after.to(in_t)), input_precision="ieee"),
                      t0, end, DK, 1, DK, BT, BK)
                 dS += tl.dot(tl.trans(q), do, input_precision="ieee").to(acc_t)
         if stepped:
             for t0 in range(start, end, BT):
                 k = _tile(k_base, t0, end, skt, skd, DK, BT, BK)
-                v = _tile(v_base, t0, end, svt, svd, DV, BT, BV)
-                _put(dk_ptr + i_bh * T * DK, tl.dot(v, tl.trans(dS.to(in_t)), input_precision="ieee"),
+                v = _tile(v_base, t0, end, svt, svd, DV - v0, BT, BV)
+                _put(dk_ptr + part * T * DK, tl.dot(v, tl.trans(dS.to(in_t)), input_precision="ieee"),
                      t0, end, DK, 1, DK, BT, BK)
-                _put(dv_ptr + i_bh * T * DV, tl.dot(k, dS.to(in_t), input_precision="ieee"), t0, end, DV, 1, DV, BT, BV)
+                _put(dv_ptr + i_bh * T * DV + v0, tl.dot(k, dS.to(in_t), input_precision="ieee"),
+                     t0, end, DV, 1, DV - v0, BT, BV)
             if HAS_GATE:
                 decay = tl.exp(tl.load(gc_ptr + i_bh * n_chunks + i_n))
-                tl.store(dgc_ptr + i_bh * n_chunks + i_n, tl.sum(tl.sum(dS * before, axis=1), axis=0) * decay)
+                tl.store(dgc_ptr + part * n_chunks + i_n, tl.sum(tl.sum(dS * before, axis=1), axis=0) * decay)
                 dS = dS * decay
         else:  # the last chunk of apply_then_update takes no step: k and v get no gradient
             for t0 in range(start, end, BT):
                 zero = tl.zeros([BT, BK], dtype=acc_t)
-                _put(dk_ptr + i_bh * T * DK, zero, t0, end, DK, 1, DK, BT, BK)
-                _put(dv_ptr + i_bh * T * DV, tl.zeros([BT, BV], dtype=acc_t), t0, end, DV, 1, DV, BT, BV)
+                _put(dk_ptr + part * T * DK, zero, t0, end, DK, 1, DK, BT, BK)
+                _put(dv_ptr + i_bh * T * DV + v0, tl.zeros([BT, BV], dtype=acc_t), t0, end, DV, 1, DV - v0, BT, BV)
             if HAS_GATE:
-                tl.store(dgc_ptr + i_bh * n_chunks + i_n, 0.0)
+                tl.store(dgc_ptr + part * n_chunks + i_n, 0.0)
         if not INCLUSIVE:  # the chunk read S_{n−1}
             for t0 in range(start, end, BT):
-                do = _tile(do_base, t0, end, sot, sod, DV, BT, BV)
+                do = _tile(do_base, t0, end, sot, sod, DV - v0, BT, BV)
                 q = _tile(q_base, t0, end, sqt, sqd, DK, BT, BK)
-                _put(dq_ptr + i_bh * T * DK, tl.dot(do, tl.trans(before.to(in_t)), input_precision="ieee"),
+                _put(dq_ptr + part * T * DK, tl.dot(do, tl.trans(before.to(in_t)), input_precision="ieee"),
                      t0, end, DK, 1, DK, BT, BK)
                 dS += tl.dot(tl.trans(q), do, input_precision="ieee").to(acc_t)
     tl.store(ds0_ptr + i_bh * DK * DV + cells, dS, mask=inside)
@@ -512,13 +530,17 @@ def scan_chunks(
     o = new_output((B, T, H, DV), q).transpose(1, 2)
     final = new_output((B, H, DK, DV), q, state_dtype(q))
     states = new_output((B, H, N if save_states else 0, DK, DV), q, state_dtype(q))
-    BV = value_block(B * H, DV)
-    scan_chunks_fwd_kernel[(B * H, triton.cdiv(DV, BV))](
-        q, k, v, gc if gc is not None else final, initial.contiguous() if initial is not None else final,
-        o, final, states, H, T, chunk_size, DK, DV,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        INCLUSIVE=inclusive, HAS_GATE=gc is not None, HAS_S0=initial is not None, SAVE=save_states,
-        BT=_CHUNK_TILE, BK=block_covering(DK), BV=BV)
+
+    def run(BV: int):
+        scan_chunks_fwd_kernel[(B * H, triton.cdiv(DV, BV))](
+            q, k, v, gc if gc is not None else final, initial.contiguous() if initial is not None else final,
+            o, final, states, H, T, chunk_size, DK, DV,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+            INCLUSIVE=inclusive, HAS_GATE=gc is not None, HAS_S0=initial is not None, SAVE=save_states,
+            BT=_CHUNK_TILE, BK=block_covering(DK), BV=BV)
+
+    key = ("scan_chunks", q.device, q.dtype, DK, DV, inclusive, gc is not None, initial is not None, save_states)
+    widest_fitting(key, value_block(B * H, DV), run)
     return o, final, states
 
 
@@ -545,17 +567,24 @@ def scan_chunks_backward(
     B, H, T, DK = q.shape
     DV = v.shape[-1]
     acc = states.dtype
-    dq, dk = (new_output((B, H, T, DK), q, acc) for _ in range(2))
     dv = new_output((B, H, T, DV), q, acc)
-    dgc = new_output(tuple(gc.shape), q, acc) if gc is not None else states
     ds0 = new_output((B, H, DK, DV), q, acc)
-    scan_chunks_bwd_kernel[(B * H,)](
-        q, k, v, gc.contiguous() if gc is not None else states, states, final, do,
-        d_final.contiguous() if d_final is not None else states, dq, dk, dv, dgc, ds0, H, T, chunk_size, DK, DV,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(do),
-        INCLUSIVE=inclusive, HAS_GATE=gc is not None, HAS_DSF=d_final is not None,
-        BT=_CHUNK_TILE, BK=block_covering(DK), BV=block_covering(DV))
-    return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype), dgc if gc is not None else ds0.new_zeros(0), ds0
+
+    def run(BV: int):
+        NV = triton.cdiv(DV, BV)  # dq, dk and dgc: one partial sum per value block
+        dq, dk = (new_output((NV, B, H, T, DK), q, acc) for _ in range(2))
+        dgc = new_output((NV, *gc.shape), q, acc) if gc is not None else states
+        scan_chunks_bwd_kernel[(B * H, NV)](
+            q, k, v, gc.contiguous() if gc is not None else states, states, final, do,
+            d_final.contiguous() if d_final is not None else states, dq, dk, dv, dgc, ds0, H, T, chunk_size, DK, DV,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(do),
+            INCLUSIVE=inclusive, HAS_GATE=gc is not None, HAS_DSF=d_final is not None,
+            BT=_CHUNK_TILE, BK=block_covering(DK), BV=BV)
+        return dq.sum(0), dk.sum(0), (dgc.sum(0) if gc is not None else ds0.new_zeros(0))
+
+    key = ("scan_chunks_backward", q.device, q.dtype, DK, DV, inclusive, gc is not None, d_final is not None)
+    dq, dk, dgc = widest_fitting(key, value_block(B * H, DV), run)
+    return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype), dgc, ds0
 
 
 @scan_chunks_backward.register_fake
