@@ -86,7 +86,7 @@ def test_committed_modules_regenerate_identically(name):
 def test_generated_forms_equal_the_oracle_in_fp64(name, T):
     variant = CATALOG[name]
     module = import_generated(name)
-    case = make_case(variant, batch=2, seq_len=T, heads=2, sizes={"d": 5, "h": 3, "e": 4},
+    case = make_case(variant, batch=2, seq_len=T, heads=2, sizes={"d": 5, "dv": 6, "h": 3, "e": 4},
                      chunk_size=None if variant.schedule.fixed else 4, requires_grad=True,
                      generator=torch.Generator().manual_seed(T), lr_range=(-1.0, 2.0))
     o_ref, final_ref = run_direct(variant, **case.kwargs())
@@ -134,7 +134,7 @@ def test_user_variant_generate_and_match_oracle(tmp_path, capsys):
     from derivations.loading import load_variant
 
     variant = load_variant(str(path))
-    case = make_case(variant, seq_len=10, heads=2, sizes={"d": 4, "h": 3, "e": 2}, chunk_size=4)
+    case = make_case(variant, seq_len=10, heads=2, sizes={"d": 4, "dv": 5, "h": 3, "e": 2}, chunk_size=4)
     o_ref, final_ref = run_direct(variant, **case.kwargs())
     for fn in usable_forms(dict(module.FORMS))[0].values():
         o, final = fn(case.q, case.k, case.v, **form_kwargs(variant, case))
@@ -170,7 +170,7 @@ def test_increments_share_the_cotangent_across_weights(name, monkeypatch):
     per_weight, f_per_weight = _printed_increments(form)
     assert "G_W" in per_weight.body and shared.params == per_weight.params
     g = torch.Generator().manual_seed(0)
-    sizes = {"d": 5, "h": 4}
+    sizes = {"d": 5, "dv": 6, "h": 4}
     args = {}
     for p in shared.params:
         if p in ("k", "v") or p.startswith("eta"):
@@ -200,7 +200,7 @@ class TestArgumentErrors:
     def setup_method(self):
         self.v = CATALOG["lact_v2"]
         self.fn = import_generated("lact_v2").FORMS["chunk"]
-        self.case = make_case(self.v, batch=2, seq_len=6, heads=2, sizes={"d": 4, "h": 3}, chunk_size=4)
+        self.case = make_case(self.v, batch=2, seq_len=6, heads=2, sizes={"d": 4, "dv": 5, "h": 3}, chunk_size=4)
         self.kw = form_kwargs(self.v, self.case)
 
     def call(self, **override):
@@ -413,7 +413,7 @@ def test_every_form_of_a_variant_takes_the_same_arguments(name):
 @pytest.mark.parametrize("name", ["delta_rule", "linear_attention"])
 def test_the_recurrence_checks_a_chunk_size_it_does_not_need(name):
     variant, forms = CATALOG[name], import_generated(name).FORMS
-    case = make_case(variant, seq_len=7, heads=2, sizes={"d": 3}, chunk_size=1)
+    case = make_case(variant, seq_len=7, heads=2, sizes={"d": 3, "dv": 4}, chunk_size=1)
     kwargs = form_kwargs(variant, case)
     o_ref, _ = forms["recurrent"](case.q, case.k, case.v, **kwargs)
     for chunk_size in (1, 3, 64):

@@ -43,7 +43,8 @@ def _rows(case):
 def test_gated_delta_oracle_is_the_gated_delta_recurrence():
     """S_t = e^{g_t}(I − β_t k_tᵀk_t) S_{t−1} + β_t k_tᵀ v_t, o_t = q_t S_t (fla's gated delta rule)."""
     variant_ = CATALOG["gated_delta_rule"]
-    case = make_case(variant_, batch=2, seq_len=13, heads=2, sizes={"d": 4}, generator=torch.Generator().manual_seed(1))
+    case = make_case(variant_, batch=2, seq_len=13, heads=2, sizes={"d": 4, "dv": 5},
+                     generator=torch.Generator().manual_seed(1))
     o, final = run_direct(variant_, **case.kwargs())
     q, k, v, per = _rows(case)
     S = case.initial_weights["W"].clone()
@@ -62,7 +63,7 @@ def test_titans_oracle_is_the_section_7_7_recurrence():
     """S_t = η_t S_{t−1} − θ_t ∇ℓ_t(M_chunk start), M_t = (1 − α_t) M_{t−1} + S_t, o_t = q_t M_t."""
     variant_ = CATALOG["titans"]
     L, T = 4, 11
-    case = make_case(variant_, batch=2, seq_len=T, heads=2, sizes={"d": 3}, chunk_size=L,
+    case = make_case(variant_, batch=2, seq_len=T, heads=2, sizes={"d": 3, "dv": 4}, chunk_size=L,
                      generator=torch.Generator().manual_seed(2))
     o, final = run_direct(variant_, **case.kwargs())
     q, k, v, per = _rows(case)
@@ -103,7 +104,7 @@ def test_decay_declaration_errors():
 
 def test_decay_argument_errors():
     gated = CATALOG["gated_delta_rule"]
-    case = make_case(gated, seq_len=5, sizes={"d": 3})
+    case = make_case(gated, seq_len=5, sizes={"d": 3, "dv": 4})
     kwargs = case.kwargs()
     with pytest.raises(ValueError, match="pass log_decay g = log γ of shape"):
         run_direct(gated, **{**kwargs, "log_decay": None})
@@ -111,7 +112,8 @@ def test_decay_argument_errors():
         run_direct(gated, **{**kwargs, "log_decay": case.log_decay[:, :4]})
     plain = CATALOG["delta_rule"]
     with pytest.raises(ValueError, match=r"takes no log_decay \(decay: none\); do not pass log_decay"):
-        run_direct(plain, **{**make_case(plain, seq_len=5, sizes={"d": 3}).kwargs(), "log_decay": case.log_decay})
+        plain_case = make_case(plain, seq_len=5, sizes={"d": 3, "dv": 4})
+        run_direct(plain, **{**plain_case.kwargs(), "log_decay": case.log_decay})
     fn = import_generated("gated_delta_rule").FORMS["chunk"]
     with pytest.raises(ValueError, match=r"log_decay must have shape \[B, T, H\]"):
         fn(case.q, case.k, case.v, **{**form_kwargs(gated, case), "log_decay": case.log_decay[..., None]})
@@ -158,7 +160,7 @@ def test_wy_chunk_form_equals_the_oracle(name, T, chunk):
     variant_ = CATALOG[name]
     module = import_generated(name)
     assert module.chunk.__doc__.startswith(f"Chunked parallel form of {name!r}: DeltaNet's WY/UT")
-    case = make_case(variant_, batch=2, seq_len=T, heads=2, sizes={"d": 5}, requires_grad=True,
+    case = make_case(variant_, batch=2, seq_len=T, heads=2, sizes={"d": 5, "dv": 6}, requires_grad=True,
                      generator=torch.Generator().manual_seed(T * 10 + chunk), lr_range=(0.0, 1.5))
     check_against_oracle(variant_, module.FORMS["chunk"], case, chunk_size=chunk)
 
@@ -176,7 +178,7 @@ def test_wy_chunk_form_is_generic_over_the_derived_terms(tmp_path):
     module = import_generated("scaled_delta", tmp_path)
     source = (tmp_path / "scaled_delta" / "_common.py").read_text()
     assert "beta = torch.full_like(v[..., :1], -0.30000000000000004)" in source  # β = −(2·0.75)·0.2
-    case = make_case(scaled_delta, batch=1, seq_len=11, heads=2, sizes={"d": 4, "e": 3}, requires_grad=True)
+    case = make_case(scaled_delta, batch=1, seq_len=11, heads=2, sizes={"d": 4, "dv": 5, "e": 3}, requires_grad=True)
     for chunk in (1, 4, 64):
         check_against_oracle(scaled_delta, module.FORMS["chunk"], case, chunk_size=chunk)
 
@@ -184,7 +186,7 @@ def test_wy_chunk_form_is_generic_over_the_derived_terms(tmp_path):
 def test_titans_forms_equal_the_oracle():
     variant_ = CATALOG["titans"]
     module = import_generated("titans")
-    case = make_case(variant_, batch=2, seq_len=10, heads=2, sizes={"d": 4}, chunk_size=3, requires_grad=True,
+    case = make_case(variant_, batch=2, seq_len=10, heads=2, sizes={"d": 4, "dv": 5}, chunk_size=3, requires_grad=True,
                      generator=torch.Generator().manual_seed(5))
     for form in ("recurrent", "chunk"):
         check_against_oracle(variant_, module.FORMS[form], case)
@@ -196,7 +198,7 @@ def test_gradient_then_decay_with_momentum_is_not_decay_first():
                 schedule=token_level())
     first = variant(**spec, decay=decay("decay_then_gradient"), name="first")(lambda x, W: x @ W)
     after = variant(**spec, decay=decay("gradient_then_decay"), name="after")(lambda x, W: x @ W)
-    case = make_case(first, seq_len=6, sizes={"d": 3}, decay_range=(0.3, 0.6))
+    case = make_case(first, seq_len=6, sizes={"d": 3, "dv": 4}, decay_range=(0.3, 0.6))
     assert not torch.allclose(run_direct(first, **case.kwargs())[0], run_direct(after, **case.kwargs())[0])
     with_momentum = variant(**{**spec, "schedule": chunked("update_then_apply", 2)}, momentum=momentum("token"),
                             decay=decay("gradient_then_decay"), name="mom")(lambda x, W: x @ W)

@@ -239,7 +239,7 @@ def test_lact_v2_effective_value_gives_the_oracle_increment():
 
     v2 = CATALOG["lact_v2"]
     form = derive(v2, certify=False)
-    case = make_case(v2, seq_len=5, sizes={"d": 4, "h": 3}, generator=torch.Generator().manual_seed(3))
+    case = make_case(v2, seq_len=5, sizes={"d": 4, "dv": 5, "h": 3}, generator=torch.Generator().manual_seed(3))
     W = {n: w[0, 0].clone().requires_grad_(n in v2.update) for n, w in case.initial_weights.items()}
     K, V, eta = case.k[0, :, 0], case.v[0, :, 0], case.lr[0, :, 0]
     want = increments(v2, W, K, V, {"W1": eta[:, None]}, False)["W1"]

@@ -160,3 +160,12 @@ def test_timed_tables_show_the_spread_where_recorded(table):
     assert old[4] == old[6] == "—" and old[5] != "—"
     older = {k: v for k, v in config.items() if k != "batch"}  # a file that does not record B
     assert "B·H = 4" in render(_timed_result("gla", older, SPREAD_ROWS))
+
+
+def test_readme_examples_run():
+    """Every Python block after an ``<!-- example:NAME -->`` marker in the README runs as written."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    examples = re.findall(r"<!-- example:([\w-]+) -->\n```python\n(.*?)```", text, flags=re.DOTALL)
+    assert examples, "no marked example found in README.md"
+    for name, code in examples:
+        exec(compile(code, f"README.md example {name}", "exec"), {})

@@ -31,7 +31,7 @@ GATED = ("simple_gla", "retention", "gla", "mamba2")
 
 
 def _case(v, T, seed=0, **ranges):
-    return make_case(v, batch=2, seq_len=T, heads=3, sizes={"d": 5, "e": 4}, requires_grad=True,
+    return make_case(v, batch=2, seq_len=T, heads=3, sizes={"d": 5, "dv": 6, "e": 4}, requires_grad=True,
                      generator=torch.Generator().manual_seed(seed), **ranges)
 
 
@@ -106,7 +106,7 @@ def test_per_chunk_decay_forms_equal_the_oracle(order, gate, mix):
     extra = {"momentum": momentum("chunk")} if mix else {}
     v = _declared(chunked(order, 4), gate=gate, **extra)
     assert derive(v).classification.parallel_form == "prefix_scan"
-    case = make_case(v, batch=2, seq_len=11, heads=2, sizes={"d": 3, "e": 4}, chunk_size=4, requires_grad=True,
+    case = make_case(v, batch=2, seq_len=11, heads=2, sizes={"d": 3, "dv": 4, "e": 4}, chunk_size=4, requires_grad=True,
                      generator=torch.Generator().manual_seed(1))
     with generated_forms(v) as (_, forms):
         forms, _ = usable_forms(forms)
@@ -119,7 +119,7 @@ def test_retention_decays_by_its_declared_constant():
     """retention takes no log_decay: γ_h = 1 − 2^(−5−h) per head, from the declaration."""
     v = CATALOG["retention"]
     assert v.decay.gamma_of_head(3) == [1 - 2 ** -5, 1 - 2 ** -6, 1 - 2 ** -7]
-    case = make_case(v, seq_len=3, heads=2, sizes={"d": 2})
+    case = make_case(v, seq_len=3, heads=2, sizes={"d": 2, "dv": 3})
     assert "log_decay" not in case.optional
     with pytest.raises(ValueError, match=r"takes no log_decay \(decay: constant per-head decay"):
         run_direct(v, **case.kwargs(), log_decay=torch.zeros(1, 3, 2, dtype=torch.float64))
@@ -148,7 +148,7 @@ def test_gate_declaration_errors():
 
 def test_gla_gate_shape_is_checked_by_name():
     v = CATALOG["gla"]
-    case = make_case(v, batch=1, seq_len=4, heads=2, sizes={"d": 3})
+    case = make_case(v, batch=1, seq_len=4, heads=2, sizes={"d": 3, "dv": 4})
     assert tuple(case.log_decay.shape) == (1, 4, 2, 3)
     fn = import_generated("gla").FORMS["chunk"]
     with pytest.raises(ValueError, match=r"log_decay must have shape \[B, T, H, Dk\] = \[1, 4, 2, 3\] "

@@ -59,7 +59,7 @@ def test_narrow_prediction_verifies_with_d_unlike_h(tmp_path):
         assert spec.sizes["d"] != spec.sizes["h"]
         for name in ("recurrent", "chunk"):
             assert check_form(narrow, name, forms[name], ref, torch.float64).passed
-    case = make_case(narrow, sizes={"d": 4, "h": 6}, seq_len=5, chunk_size=2)
+    case = make_case(narrow, sizes={"d": 4, "dv": 5, "h": 6}, seq_len=5, chunk_size=2)
     with pytest.raises(ValueError, match="'h'"):  # v as wide as the key, not the prediction
         forms["recurrent"](case.q, case.k, case.k, W0=case.initial_weights["W0"], lr=case.lr,
                            initial_state=case.initial_weights["W1"], chunk_size=2)

@@ -173,7 +173,7 @@ def test_lact_v2_is_chunk_momentum_then_muon_on_swiglu_features():
     and W1 ← W1 + 𝓜(M_n): momentum first, Newton–Schulz on the momentum-mixed update."""
     T, L = 23, 6
     v2 = CATALOG["lact_v2"]
-    case = make_case(v2, seq_len=T, heads=2, chunk_size=L, sizes={"d": 4, "h": 3}, generator=_gen(6))
+    case = make_case(v2, seq_len=T, heads=2, chunk_size=L, sizes={"d": 4, "dv": 5, "h": 3}, generator=_gen(6))
     o, final = run_direct(v2, **case.kwargs())
     Q, K, V = (t.transpose(1, 2) for t in (case.q, case.k, case.v))  # [B, H, T, D]
     eta, alpha = case.lr.transpose(1, 2)[..., None], case.momentum.transpose(1, 2)  # [B, H, T, 1], [B, H, T]
@@ -261,7 +261,7 @@ def test_gradcheck_every_input(name):
         v,
         seq_len=5,
         heads=1,
-        sizes={"d": 3, "h": 2},
+        sizes={"d": 3, "dv": 4, "h": 2},
         chunk_size=None if v.schedule.fixed else 2,
         generator=_gen(9),
         momentum_range=(0.2, 0.8),
@@ -299,7 +299,7 @@ def test_every_catalog_variant_runs_forward_and_backward(name):
         batch=2,
         seq_len=13,
         heads=2,
-        sizes={"d": 5, "h": 3, "e": 4},
+        sizes={"d": 5, "dv": 6, "h": 3, "e": 4},
         chunk_size=None if v.schedule.fixed else 4,
         requires_grad=True,
         generator=_gen(10),
@@ -397,7 +397,7 @@ def test_constant_lr_scales_values():
 
 def _bad_call(name, **kw):
     """A call of catalog variant ``name`` on a small case, with ``kw`` replacing its arguments."""
-    case = make_case(CATALOG[name], batch=2, seq_len=6, heads=2, sizes={"d": 4, "h": 3},
+    case = make_case(CATALOG[name], batch=2, seq_len=6, heads=2, sizes={"d": 4, "dv": 5, "h": 3},
                      chunk_size=None if CATALOG[name].schedule.fixed else 3)
     return run_direct(CATALOG[name], **{**case.kwargs(), **{k: f(case) for k, f in kw.items()}})
 

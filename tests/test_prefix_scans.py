@@ -36,7 +36,7 @@ def test_per_token_momentum_chunk_form(T, chunk, schedule):
     v = _declare(sched, momentum=momentum("token"))
     p = plan(derive(v, certify=False))
     assert p.forms["chunk"].kind == "parallel" and "per-token momentum" in p.no_triton
-    case = make_case(v, batch=2, seq_len=T, heads=2, sizes={"d": 3, "e": 4}, requires_grad=True,
+    case = make_case(v, batch=2, seq_len=T, heads=2, sizes={"d": 3, "dv": 4, "e": 4}, requires_grad=True,
                      chunk_size=None if schedule == "token_level" else chunk,
                      generator=torch.Generator().manual_seed(T), momentum_range=(0.0, 1.0))
     with generated_forms(v) as (_, forms):
@@ -46,7 +46,7 @@ def test_per_token_momentum_chunk_form(T, chunk, schedule):
 def test_per_token_momentum_with_zero_and_unit_coefficients():
     """α = 0 restarts the buffer and α = 1 keeps it whole: no division anywhere."""
     v = _declare(token_level(), momentum=momentum("token"))
-    case = make_case(v, batch=1, seq_len=10, heads=1, sizes={"d": 3, "e": 3}, requires_grad=True)
+    case = make_case(v, batch=1, seq_len=10, heads=1, sizes={"d": 3, "dv": 4, "e": 3}, requires_grad=True)
     alpha = torch.tensor([0.0, 1.0, 1.0, 0.0, 0.5, 0.0, 1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
     case.optional["momentum"] = alpha.view(1, 10, 1).clone().requires_grad_()
     with generated_forms(v) as (_, forms):
@@ -57,7 +57,8 @@ def test_per_token_momentum_with_zero_and_unit_coefficients():
 def test_rank1_learning_rate_chunk_and_triton_forms(T, chunk):
     """η_ij = a_i η_j: token p of a chunk reads S + a_p Σ_(j≤p) ΔW_j, the chunk leaves S + a_last Σ_j ΔW_j."""
     v = _declare(chunked("update_then_apply", chunk), lr={"position": True})
-    case = make_case(v, batch=2, seq_len=T, heads=2, sizes={"d": 3, "e": 4}, requires_grad=True, chunk_size=chunk,
+    case = make_case(v, batch=2, seq_len=T, heads=2, sizes={"d": 3, "dv": 4, "e": 4}, requires_grad=True,
+                     chunk_size=chunk,
                      generator=torch.Generator().manual_seed(T), lr_range=(-1.0, 2.0))
     with generated_forms(v) as (_, forms):
         forms, _ = usable_forms(forms)
@@ -94,7 +95,7 @@ def test_biased_layer_chunk_and_triton_forms(T, chunk, rule):
         v = _biased(chunked("apply_then_update", chunk), lr=per_token(), momentum=momentum("chunk"))
     p = plan(derive(v, certify=False))
     assert p.forms["chunk"].kind == "parallel" and "triton" in p.forms
-    case = make_case(v, batch=2, seq_len=T, heads=2, sizes={"d": 3, "e": 4}, requires_grad=True,
+    case = make_case(v, batch=2, seq_len=T, heads=2, sizes={"d": 3, "dv": 4, "e": 4}, requires_grad=True,
                      chunk_size=None if rule == "constant" else chunk, generator=torch.Generator().manual_seed(T))
     if rule != "constant":
         assert isinstance(case.optional["lr"], dict) and not torch.equal(*case.optional["lr"].values())

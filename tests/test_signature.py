@@ -16,7 +16,7 @@ FORM_ARGUMENTS = {"initial_state", "output_final_state", "chunk_size"}
 def test_momentum_lr_and_decay_are_exactly_the_inputs_of_titans():
     titans = CATALOG["titans"]
     assert [i.name for i in optional_inputs(titans)] == ["lr", "momentum", "log_decay"]
-    case = make_case(titans, batch=2, seq_len=5, heads=3, sizes={"d": 4}, chunk_size=2, requires_grad=True)
+    case = make_case(titans, batch=2, seq_len=5, heads=3, sizes={"d": 4, "dv": 5}, chunk_size=2, requires_grad=True)
     assert list(case.optional) == ["lr", "momentum", "log_decay"]
     assert all(t.shape == (2, 5, 3) for t in case.optional.values())
     assert case.grid is None and case.lr_position is None
@@ -39,7 +39,7 @@ def test_draws_follow_the_ranges():
 
 def test_a_learning_rate_per_updated_weight_is_a_dict():
     lact = CATALOG["lact"]
-    case = make_case(lact, seq_len=4, sizes={"d": 3, "h": 2}, chunk_size=2)
+    case = make_case(lact, seq_len=4, sizes={"d": 3, "dv": 4, "h": 2}, chunk_size=2)
     assert set(case.lr) == set(lact.update) == {"W0", "W1", "W2"}
     assert [n for n in case.leaves() if n.startswith("lr")] == ["lr[W0]", "lr[W1]", "lr[W2]"]
     cast = cast_case(case, torch.float32)
@@ -48,10 +48,10 @@ def test_a_learning_rate_per_updated_weight_is_a_dict():
 
 
 def test_spatial_and_rank1_inputs():
-    dw = make_case(CATALOG["vittt_dwconv"], seq_len=6, sizes={"d": 2})
+    dw = make_case(CATALOG["vittt_dwconv"], seq_len=6, sizes={"d": 2, "dv": 3})
     assert dw.grid == grid_for(6) == (2, 3) and "grid" not in dw.leaves()
     assert cast_case(dw, torch.float32).grid == (2, 3)
-    ttt = make_case(CATALOG["ttt_linear"], seq_len=6, sizes={"d": 2}, chunk_size=4)
+    ttt = make_case(CATALOG["ttt_linear"], seq_len=6, sizes={"d": 2, "dv": 3}, chunk_size=4)
     assert ttt.lr_position.shape == (4,) and "lr_position" in ttt.leaves()
     assert "lr_position" in form_kwargs(CATALOG["ttt_linear"], ttt)
 
@@ -63,7 +63,7 @@ def test_every_catalog_variant_gets_what_it_takes():
 
 
 def test_case_attributes_are_the_optional_inputs():
-    case = make_case(CATALOG["delta_rule"], seq_len=3, sizes={"d": 2})
+    case = make_case(CATALOG["delta_rule"], seq_len=3, sizes={"d": 2, "dv": 3})
     assert case.momentum is None
     case.lr = torch.full_like(case.lr, 0.5)
     assert torch.equal(case.optional["lr"], torch.full((1, 3, 1), 0.5, dtype=torch.float64))

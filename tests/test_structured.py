@@ -89,7 +89,7 @@ def test_oracle_equals_the_closed_form(name):
     v = CATALOG[name]
     grid = (3, 4)
     T = 12
-    case = make_case(v, batch=2, heads=2, seq_len=T, sizes={"d": 5}, grid=grid,
+    case = make_case(v, batch=2, heads=2, seq_len=T, sizes={"d": 5, "dv": 6}, grid=grid,
                      generator=torch.Generator().manual_seed(2))
     case.lr = torch.full_like(case.lr, 1.0 / T)  # η = 1/N with s = 1/3 in the loss
     o, final = run_direct(v, **case.kwargs())
@@ -175,7 +175,7 @@ def test_grid_is_drawn_among_the_divisors_of_T():
 
 
 def _case(**kw):
-    return make_case(CATALOG["vittt_dwconv"], seq_len=6, sizes={"d": 4}, **kw)
+    return make_case(CATALOG["vittt_dwconv"], seq_len=6, sizes={"d": 4, "dv": 5}, **kw)
 
 
 def test_generated_form_names_bad_arguments():

@@ -143,7 +143,7 @@ def ttt_linear_dual(Q, K, V, W0, b0, gamma, beta, eta_b, eta_a, L):
 @pytest.mark.parametrize("T,L", [(16, 16), (37, 8), (5, 16)])
 def test_ttt_linear_oracle_equals_the_dual_form(T, L):
     v = CATALOG["ttt_linear"]
-    case = make_case(v, seq_len=T, sizes={"d": 6}, chunk_size=L, generator=torch.Generator().manual_seed(T))
+    case = make_case(v, seq_len=T, sizes={"d": 6, "dv": 7}, chunk_size=L, generator=torch.Generator().manual_seed(T))
     case.lr = case.lr["W"]  # one η_j for W and b (the key factor b_j of η_ij = a_i b_j)
     eps = 0.3 * torch.randn(L, dtype=torch.float64, generator=torch.Generator().manual_seed(L))
     a = torch.clamp(1.0 / torch.arange(1, L + 1, dtype=torch.float64) + eps, min=0)
@@ -252,7 +252,7 @@ def _silu_prime(x):
 def test_vittt_glu_oracle_equals_the_closed_form(clip):
     v = CATALOG["vittt_glu" if clip else "vittt_glu_noclip"]
     T = 9
-    case = make_case(v, seq_len=T, sizes={"d": 5}, generator=torch.Generator().manual_seed(4))
+    case = make_case(v, seq_len=T, sizes={"d": 5, "dv": 6}, generator=torch.Generator().manual_seed(4))
     case.lr = torch.full_like(case.lr["W1"], 1.0 / T)  # η = 1/N: the loss −(s/N) Σ ⟨f(k), v⟩ with s = 1/3
     o, final = run_direct(v, **case.kwargs())
     Q, K, V = case.q[0, :, 0], case.k[0, :, 0], case.v[0, :, 0]

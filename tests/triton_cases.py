@@ -24,7 +24,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def inputs(variant, T, d, chunk, batch=2, heads=2, seed=0, h=None):
-    sizes = {"d": d, "h": d + 2 if h is None else h}  # h ≠ d: the state is not square for the SwiGLU variants
+    # h ≠ d and dv ≠ d: the state is not square (SwiGLU's hidden width, a value width of its own)
+    sizes = {"d": d, "h": d + 2 if h is None else h, "dv": d + 1}
     sizes = {k: n for k, n in sizes.items() if k in (*variant.dims, variant.value_dim)}
     return make_case(variant, batch=batch, seq_len=T, heads=heads, sizes=sizes, chunk_size=chunk,
                      requires_grad=True, generator=torch.Generator().manual_seed(seed))

@@ -3,12 +3,16 @@ offending argument, the expected and the given shape, dtype or device."""
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import torch
 
+from tttla_kernels.varlen import each_sequence
+
 __all__ = [
-    "check_qkv", "check_per_token", "check_state", "check_chunk_size",
+    "each_sequence",
+    "check_qkv", "check_per_token", "scaled_queries", "check_state", "check_chunk_size",
     "state_dtype", "work_dtype", "heads_first", "per_head", "token_coefficient", "channel_coefficient",
     "newton_schulz", "renormalize_columns", "chunk_means", "linear_scan", "causal_product", "split_chunks",
     "chunk_log_decay", "chunk_log_decay_totals", "chunk_decay", "decayed_scores", "last_position_factors",
@@ -103,6 +107,13 @@ def single_process(process_group, why: str) -> None:
     """Refuse a ``process_group`` where a form runs in one process, saying why."""
     if process_group is not None:
         raise ValueError(f"process_group: {why}")
+
+
+def scaled_queries(q: torch.Tensor, scale) -> torch.Tensor:
+    """q multiplied by ``scale`` (fla's ``scale``: a real number; 1 leaves q as it is)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        _fail(f"scale must be a finite real number (fla's default is Dk ** -0.5), got {scale!r}")
+    return q if scale == 1 else q * scale
 
 
 def check_chunk_size(chunk_size) -> int:

@@ -3,6 +3,7 @@ checks: each error names the argument, the expected and the given shape, dtype o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -56,6 +57,14 @@ def check_qkv(q, k, v) -> dict[str, int]:
         if t.device != q.device:
             raise ValueError(f"{name} must be on the device of q ({q.device}), got {t.device}")
     return {**dims, "Dv": v.shape[-1]}
+
+
+def check_scale(scale, reads_queries: bool) -> None:
+    """The oracle's own check of fla's ``scale`` (it imports nothing from the code it checks)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite real number (fla's default is Dk ** -0.5), got {scale!r}")
+    if scale != 1 and not reads_queries:
+        raise ValueError(f"scale multiplies the queries, which this layer does not read; it must be 1, got {scale!r}")
 
 
 def check_chunk_size(chunk_size) -> int:

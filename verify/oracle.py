@@ -20,7 +20,7 @@ from derivations.loading import load_variant
 from derivations.mat import Mat
 from derivations.spec import Orthogonalize
 from derivations.variant import Variant
-from verify.checks import check_chunk_size, check_qkv, check_tensor
+from verify.checks import check_chunk_size, check_qkv, check_scale, check_tensor
 from verify.signature import check_given, input_leaves
 
 __all__ = ["run_direct", "newton_schulz", "read_model", "increments"]
@@ -141,6 +141,7 @@ def run_direct(
     log_decay: torch.Tensor | None = None,
     grid: tuple[int, int] | None = None,
     lr_position: torch.Tensor | None = None,
+    scale: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Run the declared TTT layer literally.
 
@@ -163,6 +164,8 @@ def run_direct(
         lr_position: a ``[L]`` (L = chunk_size), only for ``per_token(position=True)``: token i of
             a mini-batch reads W_0 + a_i Σ_(j≤i) ΔW_j and the mini-batch leaves W_0 + a_last Σ_j ΔW_j
             (TTT-Linear's η_ij = a_i b_j; a partial last mini-batch uses its first positions).
+        scale: the queries are multiplied by it before the layer reads them (fla's ``scale``; the layer
+            as declared has 1, fla's default is Dk^-½); only for variants that read queries.
 
     Returns:
         ``(o, final_weights)``: ``o`` is ``[B, T, H, Dv]``; ``final_weights`` maps each updated
@@ -170,6 +173,8 @@ def run_direct(
     """
     variant = load_variant(variant)
     B, T, H = _check_inputs(variant, q, k, v, initial_weights, lr, momentum, log_decay, grid)
+    check_scale(scale, reads_queries=variant.queries != "key" and variant.spatial is None)
+    q = q * scale if scale != 1 else q
     sched = variant.schedule
     if chunk_size is None:
         chunk_size = sched.chunk_size or T

@@ -51,17 +51,32 @@ class CallHooks(HookBase):
     def _state_type(self) -> str:
         return "dict[str, torch.Tensor]" if self.c.multi_state else "torch.Tensor"
 
+    def _function_name(self, form: str) -> str:
+        return {"recurrent": "recurrent_", "chunk": "chunk_", "triton": "triton_"}[form] + self.c.name
+
+    def _varlen(self) -> bool:
+        """Whether the forms take packed sequences (``cu_seqlens``): every variant of sequences (a spatial
+        variant's tokens are one grid)."""
+        return not self.c.lowering
+
+    def _scales(self) -> bool:
+        """Whether the forms take fla's ``scale`` of the queries: every variant that reads queries."""
+        return not self.c.lowering and not self.c.queries_from_keys
+
     def signature(self, form: str) -> str:
-        c, state = self.c, self._state_type()
-        fname = {"recurrent": "recurrent_", "chunk": "chunk_", "triton": "triton_"}[form] + c.name
+        state = self._state_type()
         params = ["q: torch.Tensor", "k: torch.Tensor", "v: torch.Tensor", "*",
                   *(f"{n}: {t}" for n, t in self._keyword_inputs()),
+                  *(["scale: float = 1.0"] if self._scales() else []),
                   f"initial_state: {state} | None = None", "output_final_state: bool = False"]
+        if self._varlen():
+            params.append("cu_seqlens: torch.Tensor | None = None")
         default = self._chunk_default()
         if default is not None:
             params.append(f"chunk_size: int = {default}")
         params.append("process_group: object | None = None")
-        return f"def {fname}(\n" + "".join(f"    {p},\n" for p in params) + f") -> tuple[torch.Tensor, {state} | None]:"
+        return (f"def {self._function_name(form)}(\n" + "".join(f"    {p},\n" for p in params)
+                + f") -> tuple[torch.Tensor, {state} | None]:")
 
     def _slow_role(self, w: str) -> str:
         c = self.c
@@ -98,8 +113,15 @@ class CallHooks(HookBase):
         if c.decay and c.decay_gate != "head":
             shape, fla = ("[B, T, H]", "g") if c.decay_gate == "token" else (f"[B, T, H, {c.key_dim}]", "gk")
             args.append(f"log_decay: g = log γ ``{shape}`` (fla's {fla}). {self.decay_sentence()}")
+        if self._scales():
+            args += ["scale: the queries are multiplied by it before the layer reads them (fla's ``scale``);",
+                     "    1 is the layer as declared, fla's default is Dk ** -0.5."]
         args.append(self._initial_state_arg())
         args.append("output_final_state: also return the state after the last update.")
+        if self._varlen():
+            args += ["cu_seqlens: ``[N + 1]`` offsets of N sequences packed along T (B = 1), as in fla: each runs",
+                     "    alone from its own initial state (``[N, H, ·, ·]``, or one ``[H, ·, ·]`` for all) and",
+                     "    returns its own final state (``[N, H, ·, ·]``); see tttla_kernels/varlen.py."]
         if not c.fixed_chunk:
             args.append(f"chunk_size: tokens per inner step (default {c.default_chunk}); "
                         "T need not be a multiple of it.")
@@ -141,10 +163,31 @@ class CallHooks(HookBase):
         return (f"initial_state: the state {w} at t = 0, ``[B, H, {r}, {cols}]`` or ``[H, {r}, {cols}]``; "
                 "zeros when None.")
 
+    def _each_sequence_call(self, form: str) -> list[str]:
+        """Packed sequences: this function again on every sequence alone (runtime.each_sequence)."""
+        c = self.c
+        tokens = [n for n, _ in self._keyword_inputs() if n in ("lr", "momentum", "log_decay")]
+        slow = [w for w, _, _ in c.slow_weights]
+        options = [f"{n}={n}" for n, _ in self._keyword_inputs() if n not in (*tokens, *slow)]
+        if self._scales():
+            options.append("scale=scale")
+        if self._chunk_default() is not None:
+            options.append("chunk_size=chunk_size")
+        args = [self._function_name(form), "cu_seqlens", "q", "k", "v",
+                "tokens={" + ", ".join(f'"{n}": {n}' for n in tokens) + "}",
+                "slow={" + ", ".join(f'"{w}": {w}' for w in slow) + "}",
+                "initial_state=initial_state", "output_final_state=output_final_state", *options,
+                "process_group=process_group"]
+        return ["if cu_seqlens is not None:  # packed sequences, each run alone",
+                *("    " + row for row in call("return runtime.each_sequence", args, width=112))]
+
     def prepare_call(self, form: str) -> str:
-        """``inputs = prepare(...)``: the form's inputs checked and laid out heads first."""
+        """``inputs = prepare(...)``: the form's inputs checked and laid out heads first (after running
+        packed sequences one by one)."""
         c = self.c
         args = ["q", "k", "v", *(f"{n}={n}" for n, _ in self._keyword_inputs()), "initial_state=initial_state"]
+        if self._scales():
+            args.append("scale=scale")
         steps = []
         if c.order != "bidirectional":
             given = self._chunk_default() is not None
@@ -158,7 +201,8 @@ class CallHooks(HookBase):
         if refusal is None:
             args.append("process_group=process_group")
         single = [f"runtime.single_process(process_group, {refusal!r})"] if refusal else []
-        return lines([*single, *call("inputs = prepare", args), *steps])
+        varlen = self._each_sequence_call(form) if self._varlen() else []
+        return lines([*varlen, *single, *call("inputs = prepare", args), *steps])
 
     def _work_dtype_choice(self) -> bool:
         """Whether prepare lets a form run its token-level work in q's dtype (the prefix-scan forms)."""
@@ -213,6 +257,8 @@ class CallHooks(HookBase):
     def prepare_signature(self) -> str:
         c = self.c
         params = ["q", "k", "v", "*", *(n for n, _ in self._keyword_inputs()), "initial_state"]
+        if self._scales():
+            params.append("scale=1.0")
         if c.order != "bidirectional":
             params.append("chunk_size")
         if self._work_dtype_choice():
@@ -234,6 +280,8 @@ class CallHooks(HookBase):
                      "initial_state=initial_state",
                      ")"]
         rows.append("B, T, H, Dk, Dv = runtime.check_qkv(q, k, v)")
+        if self._scales():
+            rows.append("q = runtime.scaled_queries(q, scale)  # fla's scale of the queries")
         if c.order == "bidirectional":
             rows.append("chunk_size = T  # one step on all tokens")
         else:

@@ -7,7 +7,7 @@ from derivations.variant import variant
 
 
 @variant(
-    fast={"W": ("d", "d")},
+    fast={"W": ("d", "dv")},
     update=["W"],
     loss=lambda y, v: 0.5 * sq_norm(y - v),
     lr=per_token(),
@@ -19,7 +19,7 @@ def delta_rule(x, W):
 
 
 @variant(
-    fast={"W": ("d", "d")},
+    fast={"W": ("d", "dv")},
     update=["W"],
     loss=lambda y, v: 0.5 * sq_norm(y - v),
     lr=per_token(),

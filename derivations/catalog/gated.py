@@ -12,7 +12,7 @@ from derivations.variant import variant
 
 
 @variant(
-    fast={"W": ("d", "d")},
+    fast={"W": ("d", "dv")},
     update=["W"],
     loss=lambda y, v: -dot(y, v),
     lr=constant(1.0),
@@ -30,7 +30,7 @@ def simple_gla(x, W):
 
 
 @variant(
-    fast={"W": ("d", "d")},
+    fast={"W": ("d", "dv")},
     update=["W"],
     loss=lambda y, v: -dot(y, v),
     lr=constant(1.0),
@@ -48,7 +48,7 @@ def retention(x, W):
 
 
 @variant(
-    fast={"W": ("d", "d")},
+    fast={"W": ("d", "dv")},
     update=["W"],
     loss=lambda y, v: -dot(y, v),
     lr=constant(1.0),

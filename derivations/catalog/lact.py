@@ -59,7 +59,7 @@ def lact_v2(x, W0, W1, W2):
 
 
 @variant(
-    fast={"W": ("d", "d")},
+    fast={"W": ("d", "dv")},
     update=["W"],
     loss=lambda y, v: -dot(y, v),
     lr=per_token(),
@@ -73,7 +73,7 @@ def lact_v3(x, W):
 
 
 @variant(
-    fast={"W": ("d", "d")},
+    fast={"W": ("d", "dv")},
     update=["W"],
     loss=lambda y, v: -dot(y, v),
     lr=constant(1.0),
@@ -87,7 +87,7 @@ def lact_v4(x, W):
 
 
 @variant(
-    fast={"W": ("d", "d")},
+    fast={"W": ("d", "dv")},
     update=["W"],
     loss=lambda y, v: -dot(y, v),
     lr=constant(1.0),
@@ -100,7 +100,7 @@ def lact_v5(x, W):
 
 
 @variant(
-    fast={"W": ("d", "d")},
+    fast={"W": ("d", "dv")},
     update=["W"],
     loss=lambda y, v: -dot(y, v),
     lr=constant(1.0),

@@ -6,7 +6,7 @@ from derivations.variant import variant
 
 
 @variant(
-    fast={"W": ("d", "d")},
+    fast={"W": ("d", "dv")},
     update=["W"],
     loss=lambda y, v: -dot(y, v),
     lr=constant(1.0),

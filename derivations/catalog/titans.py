@@ -14,7 +14,7 @@ from derivations.variant import variant
 
 
 @variant(
-    fast={"M": ("d", "d")},
+    fast={"M": ("d", "dv")},
     update=["M"],
     loss=lambda y, v: 0.5 * sq_norm(y - v),
     lr=per_token(),

@@ -50,8 +50,10 @@ def recurrent_lact(
     *,
     lr: torch.Tensor | dict[str, torch.Tensor],
     momentum: torch.Tensor,
+    scale: float = 1.0,
     initial_state: dict[str, torch.Tensor] | None = None,
     output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
     chunk_size: int = 2048,
     process_group: object | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
@@ -65,8 +67,13 @@ def recurrent_lact(
         v: values ``[B, T, H, d]``.
         lr: per-token learning rates η ``[B, T, H]`` (or a dict with one per updated weight: W0, W1, W2); token t's gradient is scaled by η_t.
         momentum: per-token coefficients α ``[B, T, H]``; chunk n uses their mean ᾱ_n.
+        scale: the queries are multiplied by it before the layer reads them (fla's ``scale``);
+            1 is the layer as declared, fla's default is Dk ** -0.5.
         initial_state: the updated fast weights at t = 0, a dict {'W0': ``[B, H, d, h]``, 'W1': ``[B, H, h, d]``, 'W2': ``[B, H, d, h]``} (``[H, ...]`` is shared across the batch); zeros for a missing entry.
         output_final_state: also return the state after the last update.
+        cu_seqlens: ``[N + 1]`` offsets of N sequences packed along T (B = 1), as in fla: each runs
+            alone from its own initial state (``[N, H, ·, ·]``, or one ``[H, ·, ·]`` for all) and
+            returns its own final state (``[N, H, ·, ·]``); see tttla_kernels/varlen.py.
         chunk_size: tokens per inner step (default 2048); T need not be a multiple of it.
         process_group: must be None (one process): context parallelism runs in no form of this variant.
 
@@ -74,8 +81,14 @@ def recurrent_lact(
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
+    if cu_seqlens is not None:  # packed sequences, each run alone
+        return runtime.each_sequence(
+            recurrent_lact, cu_seqlens, q, k, v, tokens={"lr": lr, "momentum": momentum}, slow={},
+            initial_state=initial_state, output_final_state=output_final_state, scale=scale, chunk_size=chunk_size,
+            process_group=process_group,
+        )
     runtime.single_process(process_group, 'lact is not a prefix scan: the kernel is dynamic (φ_t depends on the whole history, Section 4); weight norm wraps every step, and Norm(A + B) ≠ Norm(A) + Norm(B) (Section 4)')
-    inputs = prepare(q, k, v, lr=lr, momentum=momentum, initial_state=initial_state, chunk_size=chunk_size)
+    inputs = prepare(q, k, v, lr=lr, momentum=momentum, initial_state=initial_state, scale=scale, chunk_size=chunk_size)
     # the tokens split once (one slice per step would make autograd write a full-length gradient per step)
     tokens = runtime.token_rows(inputs.chunk_size, Q=inputs.Q, K=inputs.K, V=inputs.V, eta=inputs.eta, alpha=inputs.alpha)
     state = inputs.state

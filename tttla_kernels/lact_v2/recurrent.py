@@ -44,8 +44,10 @@ def recurrent_lact_v2(
     W2: torch.Tensor,
     lr: torch.Tensor,
     momentum: torch.Tensor,
+    scale: float = 1.0,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
     chunk_size: int = 2048,
     process_group: object | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -61,8 +63,13 @@ def recurrent_lact_v2(
         W2: slow weight inside the feature map φ, ``[H, d, h]`` or ``[B, H, d, h]``.
         lr: per-token learning rates η ``[B, T, H]``; token t's gradient is scaled by η_t.
         momentum: per-token coefficients α ``[B, T, H]``; chunk n uses their mean ᾱ_n.
+        scale: the queries are multiplied by it before the layer reads them (fla's ``scale``);
+            1 is the layer as declared, fla's default is Dk ** -0.5.
         initial_state: the state W1 at t = 0, ``[B, H, h, d]`` or ``[H, h, d]``; zeros when None.
         output_final_state: also return the state after the last update.
+        cu_seqlens: ``[N + 1]`` offsets of N sequences packed along T (B = 1), as in fla: each runs
+            alone from its own initial state (``[N, H, ·, ·]``, or one ``[H, ·, ·]`` for all) and
+            returns its own final state (``[N, H, ·, ·]``); see tttla_kernels/varlen.py.
         chunk_size: tokens per inner step (default 2048); T need not be a multiple of it.
         process_group: must be None (one process): context parallelism runs in the chunk and Triton forms.
 
@@ -70,9 +77,16 @@ def recurrent_lact_v2(
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
+    if cu_seqlens is not None:  # packed sequences, each run alone
+        return runtime.each_sequence(
+            recurrent_lact_v2, cu_seqlens, q, k, v, tokens={"lr": lr, "momentum": momentum}, slow={"W0": W0, "W2": W2},
+            initial_state=initial_state, output_final_state=output_final_state, scale=scale, chunk_size=chunk_size,
+            process_group=process_group,
+        )
     runtime.single_process(process_group, 'the recurrent form runs in one process; the chunk and Triton forms run context-parallel')
     inputs = prepare(
-        q, k, v, W0=W0, W2=W2, lr=lr, momentum=momentum, initial_state=initial_state, chunk_size=chunk_size,
+        q, k, v, W0=W0, W2=W2, lr=lr, momentum=momentum, initial_state=initial_state, scale=scale,
+        chunk_size=chunk_size,
     )
     # the tokens split once (one slice per step would make autograd write a full-length gradient per step)
     tokens = runtime.token_rows(inputs.chunk_size, Q=inputs.Q, K=inputs.K, V=inputs.V, eta=inputs.eta, alpha=inputs.alpha)

@@ -74,8 +74,10 @@ def triton_lact_v2(
     W2: torch.Tensor,
     lr: torch.Tensor,
     momentum: torch.Tensor,
+    scale: float = 1.0,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
     chunk_size: int = 2048,
     process_group: object | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -91,8 +93,13 @@ def triton_lact_v2(
         W2: slow weight inside the feature map φ, ``[H, d, h]`` or ``[B, H, d, h]``.
         lr: per-token learning rates η ``[B, T, H]``; token t's gradient is scaled by η_t.
         momentum: per-token coefficients α ``[B, T, H]``; chunk n uses their mean ᾱ_n.
+        scale: the queries are multiplied by it before the layer reads them (fla's ``scale``);
+            1 is the layer as declared, fla's default is Dk ** -0.5.
         initial_state: the state W1 at t = 0, ``[B, H, h, d]`` or ``[H, h, d]``; zeros when None.
         output_final_state: also return the state after the last update.
+        cu_seqlens: ``[N + 1]`` offsets of N sequences packed along T (B = 1), as in fla: each runs
+            alone from its own initial state (``[N, H, ·, ·]``, or one ``[H, ·, ·]`` for all) and
+            returns its own final state (``[N, H, ·, ·]``); see tttla_kernels/varlen.py.
         chunk_size: tokens per inner step (default 2048); T need not be a multiple of it.
         process_group: a torch.distributed group for context parallelism, or None (one process):
             each rank passes its slice of the sequence (whole chunks on every rank but the last), in rank order, and gets its slice of o;
@@ -103,9 +110,15 @@ def triton_lact_v2(
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
+    if cu_seqlens is not None:  # packed sequences, each run alone
+        return runtime.each_sequence(
+            triton_lact_v2, cu_seqlens, q, k, v, tokens={"lr": lr, "momentum": momentum}, slow={"W0": W0, "W2": W2},
+            initial_state=initial_state, output_final_state=output_final_state, scale=scale, chunk_size=chunk_size,
+            process_group=process_group,
+        )
     inputs = prepare(
-        q, k, v, W0=W0, W2=W2, lr=lr, momentum=momentum, initial_state=initial_state, chunk_size=chunk_size,
-        work_in_q_dtype=True, process_group=process_group,
+        q, k, v, W0=W0, W2=W2, lr=lr, momentum=momentum, initial_state=initial_state, scale=scale,
+        chunk_size=chunk_size, work_in_q_dtype=True, process_group=process_group,
     )
     q_hat, k_hat = linear_features([inputs.Q, inputs.K], [inputs.slow["W0"], inputs.slow["W2"]], PHI)  # one launch
     v_hat = inputs.V  # V̂ = η ⊙ V: η is applied on load by chunk_outer

@@ -71,9 +71,10 @@ class Inputs(NamedTuple):
     shard: object  # this rank's place in a context-parallel group (context_parallel.Shard), or None
 
 
-def prepare(q, k, v, *, lr, log_decay, initial_state, chunk_size, work_in_q_dtype=False, process_group=None) -> Inputs:
+def prepare(q, k, v, *, lr, log_decay, initial_state, scale=1.0, chunk_size, work_in_q_dtype=False, process_group=None) -> Inputs:
     """Check a call's inputs (every error names the argument) and lay them out heads first."""
     B, T, H, Dk, Dv = runtime.check_qkv(q, k, v)
+    q = runtime.scaled_queries(q, scale)  # fla's scale of the queries
     chunk_size = runtime.check_chunk_size(chunk_size)
     shard = runtime.context_shard(process_group, q, v, chunk_size, aligned=False)
     dtype = runtime.state_dtype(q)

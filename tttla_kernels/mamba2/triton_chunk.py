@@ -52,8 +52,10 @@ def triton_mamba2(
     *,
     lr: torch.Tensor,
     log_decay: torch.Tensor,
+    scale: float = 1.0,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
     chunk_size: int = 64,
     process_group: object | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -67,8 +69,13 @@ def triton_mamba2(
         v: values ``[B, T, H, e]``.
         lr: per-token learning rates η ``[B, T, H]``; token t's gradient is scaled by η_t.
         log_decay: g = log γ ``[B, T, H]`` (fla's g). Each step (one per token) first decays the state, S ← γ S (γ = exp(g)), and takes its gradient there.
+        scale: the queries are multiplied by it before the layer reads them (fla's ``scale``);
+            1 is the layer as declared, fla's default is Dk ** -0.5.
         initial_state: the state W at t = 0, ``[B, H, d, e]`` or ``[H, d, e]``; zeros when None.
         output_final_state: also return the state after the last update.
+        cu_seqlens: ``[N + 1]`` offsets of N sequences packed along T (B = 1), as in fla: each runs
+            alone from its own initial state (``[N, H, ·, ·]``, or one ``[H, ·, ·]`` for all) and
+            returns its own final state (``[N, H, ·, ·]``); see tttla_kernels/varlen.py.
         chunk_size: tokens per block of the parallel computation (default 64); the
             result does not depend on it (the schedule steps once per token).
         process_group: a torch.distributed group for context parallelism, or None (one process):
@@ -80,9 +87,15 @@ def triton_mamba2(
         ``(o, final_state)``: o ``[B, T, H, e]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
+    if cu_seqlens is not None:  # packed sequences, each run alone
+        return runtime.each_sequence(
+            triton_mamba2, cu_seqlens, q, k, v, tokens={"lr": lr, "log_decay": log_decay}, slow={},
+            initial_state=initial_state, output_final_state=output_final_state, scale=scale, chunk_size=chunk_size,
+            process_group=process_group,
+        )
     inputs = prepare(
-        q, k, v, lr=lr, log_decay=log_decay, initial_state=initial_state, chunk_size=chunk_size, work_in_q_dtype=True,
-        process_group=process_group,
+        q, k, v, lr=lr, log_decay=log_decay, initial_state=initial_state, scale=scale, chunk_size=chunk_size,
+        work_in_q_dtype=True, process_group=process_group,
     )
     q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ (views of the caller's tensors where φ is the identity)
     if inputs.shard is None and max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # one process, and the state fits in one program's registers

@@ -77,8 +77,10 @@ def recurrent_ttt_linear(
     beta: torch.Tensor,
     lr: torch.Tensor | dict[str, torch.Tensor],
     lr_position: torch.Tensor,
+    scale: float = 1.0,
     initial_state: dict[str, torch.Tensor] | None = None,
     output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
     chunk_size: int = 16,
     process_group: object | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
@@ -95,8 +97,13 @@ def recurrent_ttt_linear(
         lr: per-token learning rates η ``[B, T, H]`` (or a dict with one per updated weight: W, b); token t's gradient is scaled by η_t.
         lr_position: a ``[chunk_size]``, the learning-rate factor of each mini-batch position (η_ij = a_i η_j):
             token i reads W_0 + a_i Σ_(j≤i) ΔW_j and the mini-batch leaves W_0 + a_last Σ_j ΔW_j.
+        scale: the queries are multiplied by it before the layer reads them (fla's ``scale``);
+            1 is the layer as declared, fla's default is Dk ** -0.5.
         initial_state: the updated fast weights at t = 0, a dict {'W': ``[B, H, d, d]``, 'b': ``[B, H, 1, d]``} (``[H, ...]`` is shared across the batch); zeros for a missing entry.
         output_final_state: also return the state after the last update.
+        cu_seqlens: ``[N + 1]`` offsets of N sequences packed along T (B = 1), as in fla: each runs
+            alone from its own initial state (``[N, H, ·, ·]``, or one ``[H, ·, ·]`` for all) and
+            returns its own final state (``[N, H, ·, ·]``); see tttla_kernels/varlen.py.
         chunk_size: tokens per inner step (default 16); T need not be a multiple of it.
         process_group: must be None (one process): context parallelism runs in no form of this variant.
 
@@ -104,9 +111,15 @@ def recurrent_ttt_linear(
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
+    if cu_seqlens is not None:  # packed sequences, each run alone
+        return runtime.each_sequence(
+            recurrent_ttt_linear, cu_seqlens, q, k, v, tokens={"lr": lr}, slow={"gamma": gamma, "beta": beta},
+            initial_state=initial_state, output_final_state=output_final_state, lr_position=lr_position, scale=scale,
+            chunk_size=chunk_size, process_group=process_group,
+        )
     runtime.single_process(process_group, "ttt_linear is not a prefix scan: values depend on the state, so each chunk's increment needs the previous chunk's state (exact linear attention within a chunk, whose gradients are all taken at the chunk-start state; sequential across chunks, Section 3)")
     inputs = prepare(
-        q, k, v, gamma=gamma, beta=beta, lr=lr, lr_position=lr_position, initial_state=initial_state,
+        q, k, v, gamma=gamma, beta=beta, lr=lr, lr_position=lr_position, initial_state=initial_state, scale=scale,
         chunk_size=chunk_size,
     )
     # the tokens split once (one slice per step would make autograd write a full-length gradient per step)

@@ -47,9 +47,10 @@ class Inputs(NamedTuple):
     out_dtype: torch.dtype  # q's dtype, the output's
 
 
-def prepare(q, k, v, *, gamma, beta, lr, lr_position, initial_state, chunk_size) -> Inputs:
+def prepare(q, k, v, *, gamma, beta, lr, lr_position, initial_state, scale=1.0, chunk_size) -> Inputs:
     """Check a call's inputs (every error names the argument) and lay them out heads first."""
     B, T, H, Dk, Dv = runtime.check_qkv(q, k, v)
+    q = runtime.scaled_queries(q, scale)  # fla's scale of the queries
     chunk_size = runtime.check_chunk_size(chunk_size)
     dtype = runtime.state_dtype(q)
     work = dtype

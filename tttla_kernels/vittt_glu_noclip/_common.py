@@ -43,9 +43,10 @@ class Inputs(NamedTuple):
     out_dtype: torch.dtype  # q's dtype, the output's
 
 
-def prepare(q, k, v, *, lr, initial_state) -> Inputs:
+def prepare(q, k, v, *, lr, initial_state, scale=1.0) -> Inputs:
     """Check a call's inputs (every error names the argument) and lay them out heads first."""
     B, T, H, Dk, Dv = runtime.check_qkv(q, k, v)
+    q = runtime.scaled_queries(q, scale)  # fla's scale of the queries
     chunk_size = T  # one step on all tokens
     dtype = runtime.state_dtype(q)
     work = dtype

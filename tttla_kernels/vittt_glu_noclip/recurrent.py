@@ -52,8 +52,10 @@ def recurrent_vittt_glu_noclip(
     v: torch.Tensor,
     *,
     lr: torch.Tensor | dict[str, torch.Tensor],
+    scale: float = 1.0,
     initial_state: dict[str, torch.Tensor] | None = None,
     output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
     process_group: object | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
     """Run vittt_glu_noclip as a recurrence over its inner steps.
@@ -65,16 +67,26 @@ def recurrent_vittt_glu_noclip(
         k: keys ``[B, T, H, d]``.
         v: values ``[B, T, H, d]``.
         lr: per-token learning rates η ``[B, T, H]`` (or a dict with one per updated weight: W1, W2); token t's gradient is scaled by η_t.
+        scale: the queries are multiplied by it before the layer reads them (fla's ``scale``);
+            1 is the layer as declared, fla's default is Dk ** -0.5.
         initial_state: the updated fast weights at t = 0, a dict {'W1': ``[B, H, d, d]``, 'W2': ``[B, H, d, d]``} (``[H, ...]`` is shared across the batch); zeros for a missing entry.
         output_final_state: also return the state after the last update.
+        cu_seqlens: ``[N + 1]`` offsets of N sequences packed along T (B = 1), as in fla: each runs
+            alone from its own initial state (``[N, H, ·, ·]``, or one ``[H, ·, ·]`` for all) and
+            returns its own final state (``[N, H, ·, ·]``); see tttla_kernels/varlen.py.
         process_group: must be None (one process): context parallelism runs in no form of this variant.
 
     Returns:
         ``(o, final_state)``: o ``[B, T, H, d]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
+    if cu_seqlens is not None:  # packed sequences, each run alone
+        return runtime.each_sequence(
+            recurrent_vittt_glu_noclip, cu_seqlens, q, k, v, tokens={"lr": lr}, slow={}, initial_state=initial_state,
+            output_final_state=output_final_state, scale=scale, process_group=process_group,
+        )
     runtime.single_process(process_group, 'vittt_glu_noclip takes one bidirectional step: every token reads the state after all tokens, so no slice can be finished before the others')
-    inputs = prepare(q, k, v, lr=lr, initial_state=initial_state)
+    inputs = prepare(q, k, v, lr=lr, initial_state=initial_state, scale=scale)
     # the tokens split once (one slice per step would make autograd write a full-length gradient per step)
     tokens = runtime.token_rows(inputs.chunk_size, Q=inputs.Q, K=inputs.K, V=inputs.V, eta=inputs.eta)
     state = inputs.state
