@@ -162,10 +162,16 @@ def test_timed_tables_show_the_spread_where_recorded(table):
     assert "B·H = 4" in render(_timed_result("gla", older, SPREAD_ROWS))
 
 
-def test_readme_examples_run():
-    """Every Python block after an ``<!-- example:NAME -->`` marker in the README runs as written."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    examples = re.findall(r"<!-- example:([\w-]+) -->\n```python\n(.*?)```", text, flags=re.DOTALL)
-    assert examples, "no marked example found in README.md"
+EXAMPLE = re.compile(r"<!-- example:([\w-]+) -->\n```python\n(.*?)```", flags=re.DOTALL)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/coming-from-fla.md"])
+def test_marked_examples_run(doc):
+    """Every Python block after an ``<!-- example:NAME -->`` marker runs as written (the fla page's
+    example imports fla, a test dependency)."""
+    examples = EXAMPLE.findall((ROOT / doc).read_text(encoding="utf-8"))
+    assert examples, f"no marked example found in {doc}"
     for name, code in examples:
-        exec(compile(code, f"README.md example {name}", "exec"), {})
+        if "import fla" in code or "from fla" in code:
+            pytest.importorskip("fla.ops")
+        exec(compile(code, f"{doc} example {name}", "exec"), {})
