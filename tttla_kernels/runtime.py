@@ -12,7 +12,7 @@ from tttla_kernels.varlen import each_sequence
 
 __all__ = [
     "each_sequence",
-    "check_qkv", "check_per_token", "scaled_queries", "check_state", "check_chunk_size",
+    "check_qkv", "grouped_heads", "check_per_token", "scaled_queries", "check_state", "check_chunk_size",
     "state_dtype", "work_dtype", "heads_first", "per_head", "token_coefficient", "channel_coefficient",
     "newton_schulz", "renormalize_columns", "chunk_means", "linear_scan", "causal_product", "split_chunks",
     "chunk_log_decay", "chunk_log_decay_totals", "chunk_decay", "decayed_scores", "last_position_factors",
@@ -48,6 +48,21 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, i
         if t.device != q.device:
             _fail(f"{name} must be on the device of q ({q.device}), got {t.device}")
     return B, T, H, Dk, v.shape[-1]
+
+
+def grouped_heads(q, k, v) -> tuple:
+    """Grouped value heads (fla's GVA): with ``v: [B, T, Hv, Dv]`` and ``q, k: [B, T, H, Dk]``, Hv a
+    multiple G of H, value head j reads query/key head j // G, so q and k are repeated per value head
+    (a copy, G× their size; the gradients of the repeats add up). Equal head counts pass unchanged, and
+    inputs that are not 4-D tensors are left to :func:`check_qkv`."""
+    if not all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in (q, k, v)) or v.shape[2] == q.shape[2]:
+        return q, k
+    H, Hv = q.shape[2], v.shape[2]
+    if k.shape[2] != H:
+        _fail(f"k must have as many heads as q ({H}), got {k.shape[2]}")
+    if Hv % H:
+        _fail(f"v has {Hv} heads and q and k have {H}: grouped value heads need a multiple of {H}")
+    return q.repeat_interleave(Hv // H, dim=2), k.repeat_interleave(Hv // H, dim=2)
 
 
 def check_per_token(name: str, t, q: torch.Tensor) -> None:

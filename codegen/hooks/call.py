@@ -95,8 +95,10 @@ class CallHooks(HookBase):
                     f"grid: ``(h, w)``, the token grid; each channel is convolved with its own "
                     f"{c.lowering.kernel}×{c.lowering.kernel} kernel, zero-padded."]
         else:
-            args = [f"q: queries ``[B, T, H, {c.key_dim}]``{unread}.", f"k: keys ``[B, T, H, {c.key_dim}]``.",
-                    f"v: values ``[B, T, H, {c.value_dim}]``."]
+            args = [f"q: queries ``[B, T, H, {c.key_dim}]``{unread}, or ``[B, T, H/G, {c.key_dim}]`` with k:",
+                    "    each query/key head then serves G consecutive value heads (grouped value heads, fla's GVA).",
+                    f"k: keys ``[B, T, H, {c.key_dim}]`` (or ``[B, T, H/G, {c.key_dim}]``, as q).",
+                    f"v: values ``[B, T, H, {c.value_dim}]``; H counts the value heads."]
         args += [f"{w}: {self._slow_role(w)}, ``[H, {r}, {cols}]`` or ``[B, H, {r}, {cols}]``."
                  for w, r, cols in c.slow_weights]
         if c.per_token_lr:
@@ -279,6 +281,8 @@ class CallHooks(HookBase):
                      f"    q, k, v, grid, {c.lowering.kernel}{', lr=lr' if c.per_token_lr else ''}, "
                      "initial_state=initial_state",
                      ")"]
+        if not c.lowering:
+            rows.append("q, k = runtime.grouped_heads(q, k, v)  # more value heads than query/key heads (GVA)")
         rows.append("B, T, H, Dk, Dv = runtime.check_qkv(q, k, v)")
         if self._scales():
             rows.append("q = runtime.scaled_queries(q, scale)  # fla's scale of the queries")

@@ -49,9 +49,10 @@ def recurrent_delta_rule(
     Delta rule: S_t = S_{t-1} + η_t k_tᵀ (v_t − k_t S_{t-1}), read after the step.
 
     Args:
-        q: queries ``[B, T, H, d]``.
-        k: keys ``[B, T, H, d]``.
-        v: values ``[B, T, H, dv]``.
+        q: queries ``[B, T, H, d]``, or ``[B, T, H/G, d]`` with k:
+            each query/key head then serves G consecutive value heads (grouped value heads, fla's GVA).
+        k: keys ``[B, T, H, d]`` (or ``[B, T, H/G, d]``, as q).
+        v: values ``[B, T, H, dv]``; H counts the value heads.
         lr: per-token learning rates η ``[B, T, H]``; token t's gradient is scaled by η_t.
         scale: the queries are multiplied by it before the layer reads them (fla's ``scale``);
             1 is the layer as declared, fla's default is Dk ** -0.5.

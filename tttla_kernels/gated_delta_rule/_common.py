@@ -88,6 +88,7 @@ class Inputs(NamedTuple):
 
 def prepare(q, k, v, *, lr, log_decay, initial_state, scale=1.0, chunk_size, process_group=None) -> Inputs:
     """Check a call's inputs (every error names the argument) and lay them out heads first."""
+    q, k = runtime.grouped_heads(q, k, v)  # more value heads than query/key heads (GVA)
     B, T, H, Dk, Dv = runtime.check_qkv(q, k, v)
     q = runtime.scaled_queries(q, scale)  # fla's scale of the queries
     chunk_size = runtime.check_chunk_size(chunk_size)

@@ -45,9 +45,10 @@ def chunk_gated_delta_rule(
     Gated delta rule: S_t = γ_t (I − η_t k_tᵀk_t) S_{t-1} + η_t k_tᵀ v_t with γ_t = exp(g_t), read after the step.
 
     Args:
-        q: queries ``[B, T, H, d]``.
-        k: keys ``[B, T, H, d]``.
-        v: values ``[B, T, H, dv]``.
+        q: queries ``[B, T, H, d]``, or ``[B, T, H/G, d]`` with k:
+            each query/key head then serves G consecutive value heads (grouped value heads, fla's GVA).
+        k: keys ``[B, T, H, d]`` (or ``[B, T, H/G, d]``, as q).
+        v: values ``[B, T, H, dv]``; H counts the value heads.
         lr: per-token learning rates η ``[B, T, H]``; token t's gradient is scaled by η_t.
         log_decay: g = log γ ``[B, T, H]`` (fla's g). Each step (one per token) first decays the state, S ← γ S (γ = exp(g)), and takes its gradient there.
         scale: the queries are multiplied by it before the layer reads them (fla's ``scale``);

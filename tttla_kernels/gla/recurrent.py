@@ -49,9 +49,10 @@ def recurrent_gla(
     Gated linear attention: S_t = diag(γ_t) S_{t−1} + k_tᵀ v_t, o_t = q_t S_t, a gate per key channel.
 
     Args:
-        q: queries ``[B, T, H, d]``.
-        k: keys ``[B, T, H, d]``.
-        v: values ``[B, T, H, dv]``.
+        q: queries ``[B, T, H, d]``, or ``[B, T, H/G, d]`` with k:
+            each query/key head then serves G consecutive value heads (grouped value heads, fla's GVA).
+        k: keys ``[B, T, H, d]`` (or ``[B, T, H/G, d]``, as q).
+        v: values ``[B, T, H, dv]``; H counts the value heads.
         log_decay: g = log γ ``[B, T, H, d]`` (fla's gk). Each step (one per token) first decays the state, S ← γ S (γ = exp(g), one factor per key channel scaling a row), and takes its gradient there.
         scale: the queries are multiplied by it before the layer reads them (fla's ``scale``);
             1 is the layer as declared, fla's default is Dk ** -0.5.

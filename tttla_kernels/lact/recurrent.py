@@ -62,9 +62,10 @@ def recurrent_lact(
     Full LaCT: SwiGLU fast weights, all updated, momentum, Muon, weight norm.
 
     Args:
-        q: queries ``[B, T, H, d]``.
-        k: keys ``[B, T, H, d]``.
-        v: values ``[B, T, H, d]``.
+        q: queries ``[B, T, H, d]``, or ``[B, T, H/G, d]`` with k:
+            each query/key head then serves G consecutive value heads (grouped value heads, fla's GVA).
+        k: keys ``[B, T, H, d]`` (or ``[B, T, H/G, d]``, as q).
+        v: values ``[B, T, H, d]``; H counts the value heads.
         lr: per-token learning rates η ``[B, T, H]`` (or a dict with one per updated weight: W0, W1, W2); token t's gradient is scaled by η_t.
         momentum: per-token coefficients α ``[B, T, H]``; chunk n uses their mean ᾱ_n.
         scale: the queries are multiplied by it before the layer reads them (fla's ``scale``);

@@ -61,9 +61,10 @@ def recurrent_lact_no_query(
     Baseline LaCT reading with its keys in place of queries (Table 1).
 
     Args:
-        q: queries ``[B, T, H, d]`` (not read: this variant reads with its keys).
-        k: keys ``[B, T, H, d]``.
-        v: values ``[B, T, H, d]``.
+        q: queries ``[B, T, H, d]`` (not read: this variant reads with its keys), or ``[B, T, H/G, d]`` with k:
+            each query/key head then serves G consecutive value heads (grouped value heads, fla's GVA).
+        k: keys ``[B, T, H, d]`` (or ``[B, T, H/G, d]``, as q).
+        v: values ``[B, T, H, d]``; H counts the value heads.
         lr: per-token learning rates η ``[B, T, H]`` (or a dict with one per updated weight: W0, W1, W2); token t's gradient is scaled by η_t.
         momentum: per-token coefficients α ``[B, T, H]``; chunk n uses their mean ᾱ_n.
         initial_state: the updated fast weights at t = 0, a dict {'W0': ``[B, H, d, h]``, 'W1': ``[B, H, h, d]``, 'W2': ``[B, H, d, h]``} (``[H, ...]`` is shared across the batch); zeros for a missing entry.

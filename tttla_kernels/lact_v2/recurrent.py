@@ -56,9 +56,10 @@ def recurrent_lact_v2(
     V2: V1 without weight norm (fully parallel).
 
     Args:
-        q: queries ``[B, T, H, d]``.
-        k: keys ``[B, T, H, d]``.
-        v: values ``[B, T, H, d]``.
+        q: queries ``[B, T, H, d]``, or ``[B, T, H/G, d]`` with k:
+            each query/key head then serves G consecutive value heads (grouped value heads, fla's GVA).
+        k: keys ``[B, T, H, d]`` (or ``[B, T, H/G, d]``, as q).
+        v: values ``[B, T, H, d]``; H counts the value heads.
         W0: slow weight inside the feature map φ, ``[H, d, h]`` or ``[B, H, d, h]``.
         W2: slow weight inside the feature map φ, ``[H, d, h]`` or ``[B, H, d, h]``.
         lr: per-token learning rates η ``[B, T, H]``; token t's gradient is scaled by η_t.

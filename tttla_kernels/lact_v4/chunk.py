@@ -38,9 +38,10 @@ def chunk_lact_v4(
     V4: V3 with a constant learning rate η = 1.
 
     Args:
-        q: queries ``[B, T, H, d]``.
-        k: keys ``[B, T, H, d]``.
-        v: values ``[B, T, H, dv]``.
+        q: queries ``[B, T, H, d]``, or ``[B, T, H/G, d]`` with k:
+            each query/key head then serves G consecutive value heads (grouped value heads, fla's GVA).
+        k: keys ``[B, T, H, d]`` (or ``[B, T, H/G, d]``, as q).
+        v: values ``[B, T, H, dv]``; H counts the value heads.
         momentum: per-token coefficients α ``[B, T, H]``; chunk n uses their mean ᾱ_n.
         scale: the queries are multiplied by it before the layer reads them (fla's ``scale``);
             1 is the layer as declared, fla's default is Dk ** -0.5.

@@ -47,9 +47,10 @@ def recurrent_linear_attention(
     Causal linear attention: S_t = S_{t-1} + k_tᵀ v_t, o_t = q_t S_t (token-inclusive).
 
     Args:
-        q: queries ``[B, T, H, d]``.
-        k: keys ``[B, T, H, d]``.
-        v: values ``[B, T, H, dv]``.
+        q: queries ``[B, T, H, d]``, or ``[B, T, H/G, d]`` with k:
+            each query/key head then serves G consecutive value heads (grouped value heads, fla's GVA).
+        k: keys ``[B, T, H, d]`` (or ``[B, T, H/G, d]``, as q).
+        v: values ``[B, T, H, dv]``; H counts the value heads.
         scale: the queries are multiplied by it before the layer reads them (fla's ``scale``);
             1 is the layer as declared, fla's default is Dk ** -0.5.
         initial_state: the state W at t = 0, ``[B, H, d, dv]`` or ``[H, d, dv]``; zeros when None.

@@ -64,9 +64,10 @@ def triton_mamba2(
     Mamba-2's state-space duality: S_t = γ_t S_{t−1} + Δ_t k_tᵀ v_t, o_t = q_t S_t, with γ_t = exp(Δ_t A_h).
 
     Args:
-        q: queries ``[B, T, H, d]``.
-        k: keys ``[B, T, H, d]``.
-        v: values ``[B, T, H, e]``.
+        q: queries ``[B, T, H, d]``, or ``[B, T, H/G, d]`` with k:
+            each query/key head then serves G consecutive value heads (grouped value heads, fla's GVA).
+        k: keys ``[B, T, H, d]`` (or ``[B, T, H/G, d]``, as q).
+        v: values ``[B, T, H, e]``; H counts the value heads.
         lr: per-token learning rates η ``[B, T, H]``; token t's gradient is scaled by η_t.
         log_decay: g = log γ ``[B, T, H]`` (fla's g). Each step (one per token) first decays the state, S ← γ S (γ = exp(g)), and takes its gradient there.
         scale: the queries are multiplied by it before the layer reads them (fla's ``scale``);

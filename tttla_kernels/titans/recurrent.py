@@ -53,9 +53,10 @@ def recurrent_titans(
     Titans: S_t = η_t S_{t-1} − θ_t ∇ℓ_t (at the chunk start), M_t = (1 − α_t) M_{t-1} + S_t, o_t = q_t M_t.
 
     Args:
-        q: queries ``[B, T, H, d]``.
-        k: keys ``[B, T, H, d]``.
-        v: values ``[B, T, H, dv]``.
+        q: queries ``[B, T, H, d]``, or ``[B, T, H/G, d]`` with k:
+            each query/key head then serves G consecutive value heads (grouped value heads, fla's GVA).
+        k: keys ``[B, T, H, d]`` (or ``[B, T, H/G, d]``, as q).
+        v: values ``[B, T, H, dv]``; H counts the value heads.
         lr: per-token learning rates η ``[B, T, H]``; token t's gradient is scaled by η_t.
         momentum: per-token coefficients α ``[B, T, H]``.
         log_decay: g = log γ ``[B, T, H]`` (fla's g). Each step (one per token) decays the weights after the gradient: W ← γ W + ΔW (γ = exp(g)).

@@ -102,9 +102,10 @@ def recurrent_ttt_mlp(
     TTT-MLP: f(x) = x + LN(gelu_tanh(x W1 + b1) W2 + b2), both layers updated (dynamic kernel).
 
     Args:
-        q: queries ``[B, T, H, d]``.
-        k: keys ``[B, T, H, d]``.
-        v: values ``[B, T, H, d]``.
+        q: queries ``[B, T, H, d]``, or ``[B, T, H/G, d]`` with k:
+            each query/key head then serves G consecutive value heads (grouped value heads, fla's GVA).
+        k: keys ``[B, T, H, d]`` (or ``[B, T, H/G, d]``, as q).
+        v: values ``[B, T, H, d]``; H counts the value heads.
         gamma: slow weight of the output head, ``[H, 1, d]`` or ``[B, H, 1, d]``.
         beta: slow weight of the output head, ``[H, 1, d]`` or ``[B, H, 1, d]``.
         lr: per-token learning rates η ``[B, T, H]`` (or a dict with one per updated weight: W1, b1, W2, b2); token t's gradient is scaled by η_t.

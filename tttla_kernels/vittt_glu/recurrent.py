@@ -63,9 +63,10 @@ def recurrent_vittt_glu(
     ViTTT GLU branch: (x W1) ⊙ silu(x W2), one bidirectional step, column-clipped gradients.
 
     Args:
-        q: queries ``[B, T, H, d]``.
-        k: keys ``[B, T, H, d]``.
-        v: values ``[B, T, H, d]``.
+        q: queries ``[B, T, H, d]``, or ``[B, T, H/G, d]`` with k:
+            each query/key head then serves G consecutive value heads (grouped value heads, fla's GVA).
+        k: keys ``[B, T, H, d]`` (or ``[B, T, H/G, d]``, as q).
+        v: values ``[B, T, H, d]``; H counts the value heads.
         lr: per-token learning rates η ``[B, T, H]`` (or a dict with one per updated weight: W1, W2); token t's gradient is scaled by η_t.
         scale: the queries are multiplied by it before the layer reads them (fla's ``scale``);
             1 is the layer as declared, fla's default is Dk ** -0.5.
