@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, one script for a lent NVIDIA machine (the device tool), under 8 minutes:
-#   1. the GPU tests (tests/test_gpu.py: every Triton form in fp32/fp16/bf16, forward and backward,
-#      against the fp64 oracle, up to T = 32768);
+#   1. the GPU tests: tests/test_gpu_fla.py (tttla_kernels.fla_compat against fla's own Triton kernels,
+#      fp32 and bf16, packed sequences) and tests/test_gpu.py (every Triton form in fp32/fp16/bf16,
+#      forward and backward, against the fp64 oracle, up to T = 32768);
 #   2. benchmarks/run_gpu.py: lact_v2 and lact_v6 at the paper's shape and linear_attention beside
 #      flash-linear-attention, in one run (ratios measured in that run).
 # The device machine has no network: first, on this machine,
@@ -19,7 +20,8 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu-machine.txt"
 start=$(date +%s)
 # the whole log is kept: a run stopped by its limit still shows which tests passed
-timeout "${GPU_TEST_SECONDS:-240}" python3 -m pytest -q -p no:cacheprovider -rf --durations=10 tests/test_gpu.py 2>&1 \
+timeout "${GPU_TEST_SECONDS:-240}" python3 -m pytest -q -p no:cacheprovider -rf --durations=10 \
+    tests/test_gpu_fla.py tests/test_gpu.py 2>&1 \
     | tee "$OUT/gpu-tests.txt" | tail -25
 echo "tests: $(( $(date +%s) - start )) s"
 timeout "${GPU_BENCH_SECONDS:-200}" python3 benchmarks/run_gpu.py --out "$OUT" --only lact linear \
