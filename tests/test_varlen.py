@@ -136,6 +136,22 @@ def test_an_empty_sequence_keeps_its_state_and_leaves_the_others_alone(given):
     torch.testing.assert_close(torch.cat([final[:1], final[2:]]), final_ref, rtol=0, atol=0)
 
 
+def test_an_empty_sequence_keeps_a_weight_the_initial_dict_leaves_out_at_zero():
+    """Several updated weights, the initial state given for one of them: an empty sequence's final
+    state is that one's given value and zeros for the other (as the forms start a missing entry)."""
+    variant = CATALOG["vittt_glu"]
+    fn = import_generated("vittt_glu").FORMS["chunk"]
+    case, initial, _ = _packed_case(variant)
+    first = variant.update[0]
+    with_empty = torch.tensor([0, 1, 1, sum(LENGTHS)])  # sequences of 1, 0 and the rest
+    given = torch.randn(3, *initial[first].shape[1:], dtype=torch.float64)
+    _, final = fn(case.q, case.k, case.v, initial_state={first: given}, output_final_state=True,
+                  cu_seqlens=with_empty, **case.optional)
+    torch.testing.assert_close(final[first][1], given[1], rtol=0, atol=0)
+    for other in variant.update[1:]:
+        assert torch.count_nonzero(final[other][1]) == 0
+
+
 def _bad_offsets():
     T = sum(LENGTHS)
     return {

@@ -99,10 +99,11 @@ def each_sequence(
 
 
 def _untouched(initial, i: int, like):
-    """The final state of the empty sequence ``i``: its initial state (zeros without one), shaped and
-    typed like ``like``, the final state of a sequence that ran (a dict of them for several weights)."""
+    """The final state of the empty sequence ``i``: its initial state (zeros without one, or for a weight
+    a dict leaves out), shaped and typed like ``like``, the final state of a sequence that ran (a dict
+    of them for several weights)."""
     if isinstance(like, dict):
-        return {n: _untouched(None if initial is None else initial[n], i, f) for n, f in like.items()}
+        return {n: _untouched(None if initial is None else initial.get(n), i, f) for n, f in like.items()}
     return torch.zeros_like(like) if initial is None else initial[i].to(like.dtype)
 
 
