@@ -82,7 +82,7 @@ def chunk_linear_attn(
     ones = v.new_ones(*v.shape[:-1], 1)
     o, final = run(q, k, torch.cat([v, ones], dim=-1), scale=scale, initial_state=S0,
                    output_final_state=output_final_state, cu_seqlens=cu_seqlens)
-    o = o[..., :-1] / (o[..., -1:].float() + 1e-10).to(o.dtype)
+    o = o[..., :-1] / (o[..., -1:] + 1e-10)
     if not output_final_state:
         return o, None
     return o, (final[..., :-1], final[..., -1].unsqueeze(1))
