@@ -239,6 +239,11 @@ def scan_fused_bwd_kernel(
     tl.store(ds0_ptr + i_bh * DK * DV + cells, dS, mask=inside)
 
 
+def _summed(parts: torch.Tensor) -> torch.Tensor:
+    """The sum of a backward's partial results over the value blocks (dim 0): one block's as it is."""
+    return parts[0] if parts.shape[0] == 1 else parts.sum(0)
+
+
 def _strides(x: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(x.stride())
 
@@ -331,7 +336,7 @@ def scan_fused_backward(
             q, k, v, g if g is not None else states, states, final, do, dsf, dq, dk, dv, dg, ds0, H, T, DK, DV,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do),
             HAS_GATE=g is not None, HAS_DSF=d_final is not None, BT=block_size, BK=block_covering(DK), BV=BV)
-        return dq.sum(0), dk.sum(0), (dg.sum(0) if g is not None else ds0.new_zeros(0))
+        return _summed(dq), _summed(dk), (_summed(dg) if g is not None else ds0.new_zeros(0))
 
     key = ("scan_fused_backward", q.device, q.dtype, DK, DV, block_size, g is not None, d_final is not None)
     dq, dk, dg = widest_fitting(key, value_block(B * H, DV), run)
@@ -580,7 +585,7 @@ def scan_chunks_backward(
             *_strides(q), *_strides(k), *_strides(v), *_strides(do),
             INCLUSIVE=inclusive, HAS_GATE=gc is not None, HAS_DSF=d_final is not None,
             BT=_CHUNK_TILE, BK=block_covering(DK), BV=BV)
-        return dq.sum(0), dk.sum(0), (dgc.sum(0) if gc is not None else ds0.new_zeros(0))
+        return _summed(dq), _summed(dk), (_summed(dgc) if gc is not None else ds0.new_zeros(0))
 
     key = ("scan_chunks_backward", q.device, q.dtype, DK, DV, inclusive, gc is not None, d_final is not None)
     dq, dk, dgc = widest_fitting(key, value_block(B * H, DV), run)
