@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sequence_forms import SEQUENCE_VARIANTS, SIZES, usable_form, variant_forms
 
 from codegen.generate import import_generated
 from derivations.catalog import CATALOG
-from verify.forms import form_kwargs, usable_forms
+from verify.forms import form_kwargs
 from verify.inputs import make_case
 from verify.oracle import run_direct
 
 HEADS, GROUP = 4, 2  # four value heads, two query/key heads
-SEQUENCE_VARIANTS = [n for n, v in CATALOG.items() if v.spatial is None]
 
 
 def _case(variant, T=9):
     chunk = None if variant.schedule.fixed else 4
-    case = make_case(variant, batch=2, seq_len=T, heads=HEADS, sizes={"d": 3, "dv": 4, "h": 5, "e": 2},
+    case = make_case(variant, batch=2, seq_len=T, heads=HEADS, sizes=SIZES,
                      chunk_size=chunk, requires_grad=True, generator=torch.Generator().manual_seed(3))
     gen = torch.Generator().manual_seed(4)
     q, k = (torch.nn.functional.normalize(torch.randn(2, T, HEADS // GROUP, case.q.shape[-1], generator=gen,
@@ -29,16 +29,10 @@ def _case(variant, T=9):
     return case, q, k
 
 
-def _forms():
-    for name in SEQUENCE_VARIANTS:
-        for form in usable_forms(import_generated(name).FORMS)[0]:
-            yield name, form
-
-
-@pytest.mark.parametrize(("name", "form"), list(_forms()))
+@pytest.mark.parametrize(("name", "form"), variant_forms(SEQUENCE_VARIANTS))
 def test_grouped_value_heads_are_the_oracle_on_repeated_queries_and_keys(name, form):
     variant = CATALOG[name]
-    fn = usable_forms(import_generated(name).FORMS)[0][form]
+    fn = usable_form(name, form)
     case, q, k = _case(variant)
     o, final = fn(q, k, case.v, **form_kwargs(variant, case))
     repeated = {n: t.repeat_interleave(GROUP, dim=2) for n, t in (("q", q), ("k", k))}

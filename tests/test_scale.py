@@ -7,33 +7,28 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sequence_forms import SEQUENCE_VARIANTS, SIZES, usable_form, variant_forms
 
 from codegen.generate import import_generated
 from derivations.catalog import CATALOG
-from verify.forms import form_kwargs, usable_forms
+from verify.forms import form_kwargs
 from verify.inputs import make_case
 from verify.oracle import run_direct
 
 SCALE = 0.37
-SCALED_VARIANTS = [n for n, v in CATALOG.items() if v.spatial is None and v.queries != "key"]
+SCALED_VARIANTS = [n for n in SEQUENCE_VARIANTS if CATALOG[n].queries != "key"]
 
 
 def _case(variant, T=11):
     chunk = None if variant.schedule.fixed else 4
-    return make_case(variant, batch=2, seq_len=T, heads=2, sizes={"d": 3, "dv": 4, "h": 5, "e": 2},
+    return make_case(variant, batch=2, seq_len=T, heads=2, sizes=SIZES,
                      chunk_size=chunk, requires_grad=True, generator=torch.Generator().manual_seed(5))
 
 
-def _forms():
-    for name in SCALED_VARIANTS:
-        for form in usable_forms(import_generated(name).FORMS)[0]:
-            yield name, form
-
-
-@pytest.mark.parametrize(("name", "form"), list(_forms()))
+@pytest.mark.parametrize(("name", "form"), variant_forms(SCALED_VARIANTS))
 def test_a_scaled_form_is_the_scaled_oracle_fp64(name, form):
     variant = CATALOG[name]
-    fn = usable_forms(import_generated(name).FORMS)[0][form]
+    fn = usable_form(name, form)
     case = _case(variant)
     o, final = fn(case.q, case.k, case.v, scale=SCALE, **form_kwargs(variant, case))
     o_ref, final_ref = run_direct(variant, scale=SCALE, **case.kwargs())

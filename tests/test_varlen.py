@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sequence_forms import SEQUENCE_VARIANTS, SIZES, usable_form, variant_forms
 
 from codegen.generate import import_generated
 from derivations.catalog import CATALOG
-from verify.forms import usable_forms
 from verify.inputs import make_case
 from verify.oracle import run_direct
 
 #: five sequences: one token, two of 7 (batched into one call), one chunk, three chunks; chunk 4
 LENGTHS = [1, 7, 4, 7, 12]
 CHUNK = 4
-SEQUENCE_VARIANTS = [name for name, v in CATALOG.items() if v.spatial is None]
-SIZES = {"d": 3, "dv": 4, "h": 5, "e": 2}
 
 
 def _packed_case(variant):
@@ -70,17 +68,10 @@ def _packed(variant, fn, case, initial, cu):
     return o, final if isinstance(final, dict) else {variant.update[0]: final}
 
 
-def _forms():
-    for name in SEQUENCE_VARIANTS:
-        forms, _ = usable_forms(import_generated(name).FORMS)
-        for form in forms:
-            yield name, form
-
-
-@pytest.mark.parametrize(("name", "form"), list(_forms()))
+@pytest.mark.parametrize(("name", "form"), variant_forms(SEQUENCE_VARIANTS))
 def test_packed_sequences_are_each_sequence_alone_fp64(name, form):
     variant = CATALOG[name]
-    fn = usable_forms(import_generated(name).FORMS)[0][form]
+    fn = usable_form(name, form)
     case, initial, cu = _packed_case(variant)
     o_ref, final_ref = _one_by_one(variant, case, initial, cu)
     o, final = _packed(variant, fn, case, initial, cu)
