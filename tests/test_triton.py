@@ -29,6 +29,7 @@ from triton_cases import (
 from codegen.generate import PACKAGE_ROOT, generate, import_generated, render_variant
 from derivations.catalog import CATALOG
 from tttla_kernels import triton_runtime
+from verify.inputs import make_case
 from verify.tolerances import relative_error
 
 pytestmark = pytest.mark.usefixtures("nan_fill", "reversed_grid")
@@ -73,6 +74,21 @@ def test_triton_exact_in_fp64(name):
     case = inputs(variant, 37, 8, 16)
     truth = run_form(variant, None, case, torch.float64, 16)
     got = run_form(variant, import_generated(name).FORMS["triton"], case, torch.float64, 16)
+    for ref, out in zip([truth[0], truth[1], *truth[2].values()], [got[0], got[1], *got[2].values()]):
+        assert relative_error(ref, out, "max_rel") <= 1e-9
+
+
+@pytest.mark.parametrize("name", ["delta_rule", "gated_delta_rule"])
+def test_delta_scan_split_over_value_blocks_is_exact(name):
+    """dv = 70 runs the block-state kernel as three programs per (batch, head) (value columns
+    0–31, 32–63, 64–69: value_block splits a small grid), the backward summing their partial
+    dW, dQ, dK, dP and dg: fp64 against the oracle, ≤ 1e-9 relative."""
+    variant = CATALOG[name]
+    assert triton_runtime.value_block(4, 70) == 32
+    case = make_case(variant, batch=2, seq_len=11, heads=2, sizes={"d": 8, "dv": 70}, chunk_size=4,
+                     requires_grad=True, generator=torch.Generator().manual_seed(3))
+    truth = run_form(variant, None, case, torch.float64, 4)
+    got = run_form(variant, import_generated(name).FORMS["triton"], case, torch.float64, 4)
     for ref, out in zip([truth[0], truth[1], *truth[2].values()], [got[0], got[1], *got[2].values()]):
         assert relative_error(ref, out, "max_rel") <= 1e-9
 

@@ -4,7 +4,6 @@ offending argument, the expected and the given shape, dtype or device."""
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import torch
 
@@ -460,12 +459,20 @@ class TokenRows:
         return piece[:, :, offset:offset + span.stop - span.start]
 
 
+class _Named:
+    """Attributes by name (a SimpleNamespace that torch.compile traces)."""
+
+    def __init__(self, values: dict):
+        for name, value in values.items():
+            setattr(self, name, value)
+
+
 def token_rows(size: int, **tensors):
     """Each ``[B, H, T, ·]`` tensor (or dict of them) as :class:`TokenRows` of ``size`` tokens, by name."""
     def rows(x):
         return {n: TokenRows(t, size) for n, t in x.items()} if isinstance(x, dict) else TokenRows(x, size)
 
-    return SimpleNamespace(**{name: rows(x) for name, x in tensors.items()})
+    return _Named({name: rows(x) for name, x in tensors.items()})
 
 
 def split_chunks(x: torch.Tensor, chunk_size: int) -> torch.Tensor:

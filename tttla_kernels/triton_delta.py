@@ -14,10 +14,15 @@ backward pass runs the blocks in reverse with ∂L/∂S in registers:
     dK_n = u_n dS_{n+1}ᵀ,  dQ_n = dO_n S_nᵀ,  dg_n = ⟨S_n, dS_{n+1}⟩,
     dS_n = Q_nᵀ dO_n − W_nᵀ du + g_n dS_{n+1}
 
-from the states S_n the forward pass saved. One program per (batch, head) holds the whole
-state (BK × BV, powers of two ≥ 16 covering D_k and D_v) and whole blocks (BL ≥ L); operands
-are in the state dtype (fp32, or fp64), products at full ("ieee") precision. Both passes are
-torch.library custom ops (``tttla::delta_scan``, ``tttla::delta_scan_backward``).
+from the states S_n the forward pass saved. Every recurrence above acts on each value column of S
+on its own (u, O, S_{n+1} and dS_n column by column), so one program per (batch, head, block of
+BV value columns) holds its columns of the state (BK × BV, BK a power of two ≥ 16 covering D_k)
+and whole blocks (BL ≥ L); the backward's dW, dP, dK, dQ and dg sum over the value columns, so
+each program writes its partial sums and the launcher adds them. BV starts as wide as
+``value_block`` allows and halves while the compiled kernel wants more shared memory than the GPU
+has (``widest_fitting``). Operands are in the state dtype (fp32, or fp64), products at full
+("ieee") precision. Both passes are torch.library custom ops (``tttla::delta_scan``,
+``tttla::delta_scan_backward``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ import torch
 import triton
 import triton.language as tl
 
-from tttla_kernels.triton_runtime import block_covering, check_device, drop_nonfinite, new_output
+from tttla_kernels.triton_runtime import (
+    block_covering,
+    check_device,
+    drop_nonfinite,
+    new_output,
+    summed,
+    value_block,
+    widest_fitting,
+)
 
 __all__ = ["delta_scan"]
 
@@ -52,26 +65,28 @@ def delta_scan_fwd_kernel(
     u_ptr, w_ptr, q_ptr, p_ptr, k_ptr, g_ptr, s0_ptr, o_ptr, states_ptr, final_ptr,
     N, L, DK, DV, HAS_DECAY: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
-    """One (batch, head): U, O ``[N, L, DV]``; W, Q, K ``[N, L, DK]``; P ``[N, L, L]``; g ``[N]``;
-    S_0 and the final state ``[DK, DV]``; states ``[N, DK, DV]`` (S_n before block n)."""
+    """One (batch, head) and BV value columns: U, O ``[N, L, DV]``; W, Q, K ``[N, L, DK]``; P ``[N, L, L]``;
+    g ``[N]``; S_0 and the final state ``[DK, DV]``; states ``[N, DK, DV]`` (S_n before block n)."""
     bh = tl.program_id(0).to(tl.int64)
-    S = _load(s0_ptr + bh * DK * DV, DK, DV, DK, DV, BK, BV)
+    v0 = tl.program_id(1) * BV  # this program's first value column
+    cols = DV - v0
+    S = _load(s0_ptr + bh * DK * DV + v0, DK, cols, DK, DV, BK, BV)
     for n in range(N):
         blk = bh * N + n
-        _store(states_ptr + blk * DK * DV, S, DK, DV, DV, BK, BV)
+        _store(states_ptr + blk * DK * DV + v0, S, DK, cols, DV, BK, BV)
         w = _load(w_ptr + blk * L * DK, L, DK, L, DK, BL, BK)
-        u = _load(u_ptr + blk * L * DV, L, DV, L, DV, BL, BV)
+        u = _load(u_ptr + blk * L * DV + v0, L, cols, L, DV, BL, BV)
         q = _load(q_ptr + blk * L * DK, L, DK, L, DK, BL, BK)
         p = _load(p_ptr + blk * L * L, L, L, L, L, BL, BL)
         k = _load(k_ptr + blk * L * DK, L, DK, L, DK, BL, BK)
         u = u - tl.dot(w, S, input_precision="ieee")  # the block's effective values at their own steps
         finite_u, reached = drop_nonfinite(u, True)  # P is lower triangular: u_s reaches rows t ≥ s only
         o = tl.dot(q, S, input_precision="ieee") + tl.dot(p, finite_u, input_precision="ieee")
-        _store(o_ptr + blk * L * DV, tl.where(reached, float("nan"), o), L, DV, DV, BL, BV)
+        _store(o_ptr + blk * L * DV + v0, tl.where(reached, float("nan"), o), L, cols, DV, BL, BV)
         if HAS_DECAY:
             S = tl.load(g_ptr + blk) * S
         S = S + tl.dot(tl.trans(k), u, input_precision="ieee")
-    _store(final_ptr + bh * DK * DV, S, DK, DV, DV, BK, BV)
+    _store(final_ptr + bh * DK * DV + v0, S, DK, cols, DV, BK, BV)
 
 
 @triton.jit
@@ -80,35 +95,41 @@ def delta_scan_bwd_kernel(
     du_ptr, dw_ptr, dq_ptr, dp_ptr, dk_ptr, dg_ptr, ds0_ptr,
     N, L, DK, DV, HAS_DECAY: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
-    """The reverse pass of ``delta_scan_fwd_kernel`` for one (batch, head); the gradients have
-    the shapes of their inputs."""
+    """The reverse pass of ``delta_scan_fwd_kernel`` for one (batch, head) and BV value columns: du and
+    dS_0 have the shapes of U and S_0; dW, dQ, dK, dP and dg one partial sum per value block,
+    ``[NV, B·H, …]``."""
     bh = tl.program_id(0).to(tl.int64)
-    dS = _load(dfinal_ptr + bh * DK * DV, DK, DV, DK, DV, BK, BV)  # ∂L/∂S_{n+1}
+    iv = tl.program_id(1).to(tl.int64)
+    v0 = iv * BV  # this program's first value column
+    cols = DV - v0
+    part = iv * tl.num_programs(0) * N  # this value block's slice of the partial sums, in blocks
+    dS = _load(dfinal_ptr + bh * DK * DV + v0, DK, cols, DK, DV, BK, BV)  # ∂L/∂S_{n+1}
     for i in range(N):
         n = N - 1 - i
         blk = bh * N + n
-        S = _load(states_ptr + blk * DK * DV, DK, DV, DK, DV, BK, BV)
+        S = _load(states_ptr + blk * DK * DV + v0, DK, cols, DK, DV, BK, BV)
         w = _load(w_ptr + blk * L * DK, L, DK, L, DK, BL, BK)
-        u = _load(u_ptr + blk * L * DV, L, DV, L, DV, BL, BV)
+        u = _load(u_ptr + blk * L * DV + v0, L, cols, L, DV, BL, BV)
         q = _load(q_ptr + blk * L * DK, L, DK, L, DK, BL, BK)
         p = _load(p_ptr + blk * L * L, L, L, L, L, BL, BL)
         k = _load(k_ptr + blk * L * DK, L, DK, L, DK, BL, BK)
-        do = _load(do_ptr + blk * L * DV, L, DV, L, DV, BL, BV)
+        do = _load(do_ptr + blk * L * DV + v0, L, cols, L, DV, BL, BV)
         u = u - tl.dot(w, S, input_precision="ieee")
         finite_do, reached = drop_nonfinite(do, False)  # Pᵀ is upper triangular: dO_t reaches du_s, s ≤ t only
         du = tl.where(reached, float("nan"), tl.dot(tl.trans(p), finite_do, input_precision="ieee"))
         du = du + tl.dot(k, dS, input_precision="ieee")
-        _store(du_ptr + blk * L * DV, du, L, DV, DV, BL, BV)
-        _store(dw_ptr + blk * L * DK, -tl.dot(du, tl.trans(S), input_precision="ieee"), L, DK, DK, BL, BK)
-        _store(dp_ptr + blk * L * L, tl.dot(do, tl.trans(u), input_precision="ieee"), L, L, L, BL, BL)
-        _store(dk_ptr + blk * L * DK, tl.dot(u, tl.trans(dS), input_precision="ieee"), L, DK, DK, BL, BK)
-        _store(dq_ptr + blk * L * DK, tl.dot(do, tl.trans(S), input_precision="ieee"), L, DK, DK, BL, BK)
+        _store(du_ptr + blk * L * DV + v0, du, L, cols, DV, BL, BV)
+        at = part + blk  # the partial sums of this block and value block
+        _store(dw_ptr + at * L * DK, -tl.dot(du, tl.trans(S), input_precision="ieee"), L, DK, DK, BL, BK)
+        _store(dp_ptr + at * L * L, tl.dot(do, tl.trans(u), input_precision="ieee"), L, L, L, BL, BL)
+        _store(dk_ptr + at * L * DK, tl.dot(u, tl.trans(dS), input_precision="ieee"), L, DK, DK, BL, BK)
+        _store(dq_ptr + at * L * DK, tl.dot(do, tl.trans(S), input_precision="ieee"), L, DK, DK, BL, BK)
         carry = dS
         if HAS_DECAY:
-            tl.store(dg_ptr + blk, tl.sum(tl.sum(S * dS, axis=1), axis=0))
+            tl.store(dg_ptr + at, tl.sum(tl.sum(S * dS, axis=1), axis=0))
             carry = tl.load(g_ptr + blk) * dS
         dS = carry + tl.dot(tl.trans(q), do, input_precision="ieee") - tl.dot(tl.trans(w), du, input_precision="ieee")
-    _store(ds0_ptr + bh * DK * DV, dS, DK, DV, DV, BK, BV)
+    _store(ds0_ptr + bh * DK * DV + v0, dS, DK, cols, DV, BK, BV)
 
 
 def _sizes(U: torch.Tensor, W: torch.Tensor) -> tuple[int, int, int, int, int]:
@@ -123,9 +144,13 @@ def _delta_scan(U: torch.Tensor, W: torch.Tensor, Q: torch.Tensor, P: torch.Tens
     O = new_output((BH, N, L, DV), U)
     states = new_output((BH, N, DK, DV), U)
     final = new_output((BH, DK, DV), U)
-    delta_scan_fwd_kernel[(BH,)](U, W, Q, P, K, g, S0, O, states, final, N, L, DK, DV,
-                                 HAS_DECAY=has_decay, BL=block_covering(L), BK=block_covering(DK),
-                                 BV=block_covering(DV))
+
+    def run(BV: int):
+        delta_scan_fwd_kernel[(BH, triton.cdiv(DV, BV))](U, W, Q, P, K, g, S0, O, states, final, N, L, DK, DV,
+                                                         HAS_DECAY=has_decay, BL=block_covering(L),
+                                                         BK=block_covering(DK), BV=BV)
+
+    widest_fitting(("delta_scan", U.device, U.dtype, L, DK, DV, has_decay), value_block(BH, DV), run)
     return O, states, final
 
 
@@ -140,13 +165,21 @@ def _delta_scan_backward(U: torch.Tensor, W: torch.Tensor, Q: torch.Tensor, P: t
                          g: torch.Tensor, states: torch.Tensor, dO: torch.Tensor, dfinal: torch.Tensor,
                          has_decay: bool) -> list[torch.Tensor]:
     BH, N, L, DK, DV = _sizes(U, W)
-    grads = [new_output(t.shape, t) for t in (U, W, Q, P, K)]
-    dg = torch.zeros_like(g)  # written only with a decay
+    dU = new_output(U.shape, U)
     dS0 = new_output((BH, DK, DV), U)
-    delta_scan_bwd_kernel[(BH,)](U, W, Q, P, K, g, states, dO, dfinal, *grads, dg, dS0, N, L, DK, DV,
-                                 HAS_DECAY=has_decay, BL=block_covering(L), BK=block_covering(DK),
-                                 BV=block_covering(DV))
-    return [*grads, dg, dS0]
+
+    def run(BV: int):
+        NV = triton.cdiv(DV, BV)  # dW, dQ, dP, dK and dg: one partial sum per value block
+        dW, dQ, dP, dK = (new_output((NV, *t.shape), t) for t in (W, Q, P, K))
+        dg = U.new_zeros(NV, *g.shape)  # written only with a decay
+        delta_scan_bwd_kernel[(BH, NV)](U, W, Q, P, K, g, states, dO, dfinal, dU, dW, dQ, dP, dK, dg, dS0,
+                                        N, L, DK, DV, HAS_DECAY=has_decay, BL=block_covering(L),
+                                        BK=block_covering(DK), BV=BV)
+        return [summed(t) for t in (dW, dQ, dP, dK, dg)]
+
+    dW, dQ, dP, dK, dg = widest_fitting(("delta_scan_backward", U.device, U.dtype, L, DK, DV, has_decay),
+                                        value_block(BH, DV), run)
+    return [dU, dW, dQ, dP, dK, dg, dS0]
 
 
 @_delta_scan_backward.register_fake

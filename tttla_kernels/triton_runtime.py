@@ -148,6 +148,27 @@ def launch(kernel, grid, args: tuple, flags: dict, key: tuple, candidates: list[
 _FITTING: dict[tuple, int] = {}
 
 
+#: forward programs that keep a GPU's streaming multiprocessors busy (an H100 has 132)
+TARGET_PROGRAMS = 128
+
+
+def value_block(batch_heads: int, DV: int) -> int:
+    """The value columns one forward program of a scan holds: all of them, halved while the grid of
+    B·H·⌈Dv/BV⌉ programs is below :data:`TARGET_PROGRAMS` and BV stays ≥ 32 (fla's grid over value
+    blocks × B·H). Each column block re-reads the keys and queries (from L2) and recomputes what it
+    needs of them; where a backward sums over the value columns, each block writes a partial sum
+    (:func:`summed`)."""
+    BV = block_covering(DV)
+    while batch_heads * triton.cdiv(DV, BV) < TARGET_PROGRAMS and BV >= 64:
+        BV //= 2
+    return BV
+
+
+def summed(parts: torch.Tensor) -> torch.Tensor:
+    """The sum of a backward's partial results over the value blocks (dim 0): one block's as it is."""
+    return parts[0] if parts.shape[0] == 1 else parts.sum(0)
+
+
 def widest_fitting(key: tuple, start: int, run, floor: int = 16):
     """``run(width)`` with the widest power-of-two ``width`` ≤ ``start`` whose kernel fits the GPU:
     a compiled kernel that wants more shared memory than the device has is refused by Triton before

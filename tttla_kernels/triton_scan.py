@@ -43,27 +43,20 @@ import triton
 import triton.language as tl
 
 from tttla_kernels.runtime import state_dtype
-from tttla_kernels.triton_runtime import block_covering, check_device, drop_nonfinite, new_output, widest_fitting
+from tttla_kernels.triton_runtime import (
+    block_covering,
+    check_device,
+    drop_nonfinite,
+    new_output,
+    summed,
+    value_block,
+    widest_fitting,
+)
 
 __all__ = ["fused_scan", "scan_fused", "fused_chunk_scan", "scan_chunks", "MAX_WIDTH", "value_block"]
 
 #: the widest key or value a program holds in registers
 MAX_WIDTH = 256
-
-
-#: forward programs that keep a GPU's streaming multiprocessors busy (an H100 has 132)
-TARGET_PROGRAMS = 128
-
-
-def value_block(batch_heads: int, DV: int) -> int:
-    """The value columns one forward program holds: all of them, halved while the grid of
-    B·H·⌈Dv/BV⌉ programs is below :data:`TARGET_PROGRAMS` and BV stays ≥ 32 (fla's grid over value
-    blocks × B·H). Each column block re-reads q and k (from L2) and, in the token scan, recomputes the
-    block's scores q kᵀ; the backward runs one program per (batch, head)."""
-    BV = block_covering(DV)
-    while batch_heads * triton.cdiv(DV, BV) < TARGET_PROGRAMS and BV >= 64:
-        BV //= 2
-    return BV
 
 
 @triton.jit
@@ -239,11 +232,6 @@ def scan_fused_bwd_kernel(
     tl.store(ds0_ptr + i_bh * DK * DV + cells, dS, mask=inside)
 
 
-def _summed(parts: torch.Tensor) -> torch.Tensor:
-    """The sum of a backward's partial results over the value blocks (dim 0): one block's as it is."""
-    return parts[0] if parts.shape[0] == 1 else parts.sum(0)
-
-
 def _strides(x: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(x.stride())
 
@@ -336,7 +324,7 @@ def scan_fused_backward(
             q, k, v, g if g is not None else states, states, final, do, dsf, dq, dk, dv, dg, ds0, H, T, DK, DV,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do),
             HAS_GATE=g is not None, HAS_DSF=d_final is not None, BT=block_size, BK=block_covering(DK), BV=BV)
-        return _summed(dq), _summed(dk), (_summed(dg) if g is not None else ds0.new_zeros(0))
+        return summed(dq), summed(dk), (summed(dg) if g is not None else ds0.new_zeros(0))
 
     key = ("scan_fused_backward", q.device, q.dtype, DK, DV, block_size, g is not None, d_final is not None)
     dq, dk, dg = widest_fitting(key, value_block(B * H, DV), run)
@@ -585,7 +573,7 @@ def scan_chunks_backward(
             *_strides(q), *_strides(k), *_strides(v), *_strides(do),
             INCLUSIVE=inclusive, HAS_GATE=gc is not None, HAS_DSF=d_final is not None,
             BT=_CHUNK_TILE, BK=block_covering(DK), BV=BV)
-        return _summed(dq), _summed(dk), (_summed(dgc) if gc is not None else ds0.new_zeros(0))
+        return summed(dq), summed(dk), (summed(dgc) if gc is not None else ds0.new_zeros(0))
 
     key = ("scan_chunks_backward", q.device, q.dtype, DK, DV, inclusive, gc is not None, d_final is not None)
     dq, dk, dgc = widest_fitting(key, value_block(B * H, DV), run)

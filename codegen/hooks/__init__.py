@@ -87,8 +87,20 @@ class Hooks(CallHooks, RecurrentHooks, ParallelHooks):
         def table(weights):
             return "{" + ", ".join(f'"{w}": ({r!r}, {cols!r})' for w, r, cols in weights) + "}"
 
+        dims = (c.lowering.channels,) * 2 if c.lowering else (c.key_dim, c.value_dim)  # a spatial layer's channels
         rows = ["#: Declared shapes of the slow (not updated) weights and of the state (the updated weights).",
-                f"SLOW_WEIGHT_SHAPES = {table(c.slow_weights)}", f"STATE_SHAPES = {table(c.updated)}"]
+                f"SLOW_WEIGHT_SHAPES = {table(c.slow_weights)}", f"STATE_SHAPES = {table(c.updated)}", "",
+                "#: The named sizes of q's (and k's) last dimension and of v's.",
+                f"KEY_DIM, VALUE_DIM = {dims[0]!r}, {dims[1]!r}",
+                "#: Each keyword input of a call besides q, k, v and the slow weights: its named sizes (B batch,",
+                "#: T tokens, H heads, Dk = KEY_DIM, L = chunk_size; lr may be a dict with one per updated weight).",
+                "CALL_INPUTS = {" + ", ".join(f'"{n}": {shape!r}' for n, kind, _, shape in self.call_inputs()
+                                              if kind != "slow") + "}",
+                "#: The inner loop's schedule: the order of reads and steps (\"update_then_apply\",",
+                "#: \"apply_then_update\", \"block_inclusive\" or \"bidirectional\"), and the tokens of one step",
+                "#: (None: the chunk_size argument; a fixed schedule steps once per token).",
+                f"ORDER = {c.order!r}",
+                f"TOKENS_PER_STEP = {c.default_chunk if c.fixed_chunk else None!r}"]
         if c.ns_coefficients:
             rows += ["#: Newton–Schulz steps (a, b, c): X ← a X + (b A + c A²) X with A = X Xᵀ.",
                      "NS_COEFFICIENTS = (", *(f"    {abc}," for abc in c.ns_coefficients), ")",

@@ -9,18 +9,28 @@ from codegen.hooks._base import HookBase, call, lines
 class CallHooks(HookBase):
     """The public functions (signature, docstring) and prepare / finish."""
 
+    def call_inputs(self) -> list[tuple[str, str, str, tuple[str, ...]]]:
+        """(name, kind, annotation, named sizes) of the variant's keyword inputs before ``initial_state``, in
+        order. Kinds: "grid" (a spatial layer's token grid), "slow" (a slow weight, per head), "token" (one
+        value per token and head: learning rate, momentum, decay) and "position" (per mini-batch position)."""
+        c = self.c
+        rows = [("grid", "grid", "tuple[int, int]", ("h", "w"))] if c.lowering else []
+        rows += [(w, "slow", "torch.Tensor", ("H", r, cols)) for w, r, cols in c.slow_weights]
+        if c.per_token_lr:
+            rows.append(("lr", "token", "torch.Tensor" + (" | dict[str, torch.Tensor]" if c.multi_state else ""),
+                         ("B", "T", "H")))
+        if c.lr_position:
+            rows.append(("lr_position", "position", "torch.Tensor", ("L",)))
+        if c.momentum:
+            rows.append(("momentum", "token", "torch.Tensor", ("B", "T", "H")))
+        if c.decay is not None and c.decay_gate != "head":
+            rows.append(("log_decay", "token", "torch.Tensor",
+                         ("B", "T", "H", "Dk") if c.decay_gate == "channel" else ("B", "T", "H")))
+        return rows
+
     def _keyword_inputs(self) -> list[tuple[str, str]]:
         """(name, annotation) of the variant's keyword inputs before ``initial_state``."""
-        c = self.c
-        rows = [("grid", "tuple[int, int]")] if c.lowering else []
-        rows += [(w, "torch.Tensor") for w, _, _ in c.slow_weights]
-        if c.per_token_lr:
-            rows.append(("lr", "torch.Tensor" + (" | dict[str, torch.Tensor]" if c.multi_state else "")))
-        takes_decay = c.decay is not None and c.decay_gate != "head"
-        for name, wanted in (("lr_position", c.lr_position), ("momentum", c.momentum), ("log_decay", takes_decay)):
-            if wanted:
-                rows.append((name, "torch.Tensor"))
-        return rows
+        return [(name, annotation) for name, _, annotation, _ in self.call_inputs()]
 
     def _chunk_default(self) -> int | None:
         """The default of the chunk_size argument, or None when no form takes one. Every form of a
@@ -167,10 +177,9 @@ class CallHooks(HookBase):
 
     def _each_sequence_call(self, form: str) -> list[str]:
         """Packed sequences: this function again on every sequence alone (runtime.each_sequence)."""
-        c = self.c
-        tokens = [n for n, _ in self._keyword_inputs() if n in ("lr", "momentum", "log_decay")]
-        slow = [w for w, _, _ in c.slow_weights]
-        options = [f"{n}={n}" for n, _ in self._keyword_inputs() if n not in (*tokens, *slow)]
+        tokens = [n for n, kind, _, _ in self.call_inputs() if kind == "token"]
+        slow = [n for n, kind, _, _ in self.call_inputs() if kind == "slow"]
+        options = [f"{n}={n}" for n, kind, _, _ in self.call_inputs() if kind not in ("token", "slow")]
         if self._scales():
             options.append("scale=scale")
         if self._chunk_default() is not None:

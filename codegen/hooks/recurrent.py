@@ -45,12 +45,31 @@ class RecurrentHooks(HookBase):
                 f"tokens = runtime.token_rows({size}, {', '.join(tensors)})",
                 "state = inputs.state"]
         if self.c.weight_norm_eps is not None:
-            rows.append("target_norms = {name: W.norm(dim=-2, keepdim=True) for name, W in state.items()}  "
-                        "# initial column norms")
+            rows += ["# the column norms of the state at t = 0, which weight norm restores after every step",
+                     "target_norms = carry[\"target_norms\"] if carry else "
+                     "{name: W.norm(dim=-2, keepdim=True) for name, W in state.items()}"]
         if self.c.momentum:
-            rows.append("buffers = {name: torch.zeros_like(W) for name, W in state.items()}  "
-                        "# momentum, pre-orthogonalisation")
+            rows += ["# momentum buffers, pre-orthogonalisation",
+                     "buffers = dict(carry[\"momentum\"]) if carry else "
+                     "{name: torch.zeros_like(W) for name, W in state.items()}"]
         return lines(rows)
+
+    def _carried(self) -> list[tuple[str, str, str]]:
+        """(key, variable, meaning) of what the steps carry besides the state."""
+        c = self.c
+        return [row for row, on in ((("momentum", "buffers", "the momentum buffers"), c.momentum),
+                                    (("target_norms", "target_norms", "the column norms weight norm restores"),
+                                     c.weight_norm_eps is not None)) if on]
+
+    def carry_doc(self) -> str:
+        carried = self._carried()
+        return ", ".join(f'"{key}": {meaning}' for key, _, meaning in carried) if carried else "nothing: {}"
+
+    def carry_start_doc(self) -> str:
+        return ": zero buffers" if self.c.momentum else ""
+
+    def carry_out(self) -> str:
+        return "{" + ", ".join(f'"{key}": {var}' for key, var, _ in self._carried()) + "}"
 
     def uses_step(self) -> bool:
         """Whether the recurrence takes steps (a rank-1 learning rate reads partial sums instead)."""
@@ -139,7 +158,7 @@ class RecurrentHooks(HookBase):
                           "# S ← Γ S before the gradient", *chunk_step]
         if c.order == "apply_then_update":
             rows = ["outputs.append(read(tokens.Q[start:end], state))",
-                    "if end == inputs.T:",
+                    "if end == inputs.T and not last_step_applies:",
                     "    break  # the last chunk is apply-only",
                     *chunk_step]
         elif c.order != "update_then_apply":

@@ -21,6 +21,17 @@ from tttla_kernels import runtime
 SLOW_WEIGHT_SHAPES = {}
 STATE_SHAPES = {"W": ('d', 'dv')}
 
+#: The named sizes of q's (and k's) last dimension and of v's.
+KEY_DIM, VALUE_DIM = 'd', 'dv'
+#: Each keyword input of a call besides q, k, v and the slow weights: its named sizes (B batch,
+#: T tokens, H heads, Dk = KEY_DIM, L = chunk_size; lr may be a dict with one per updated weight).
+CALL_INPUTS = {"lr": ('B', 'T', 'H')}
+#: The inner loop's schedule: the order of reads and steps ("update_then_apply",
+#: "apply_then_update", "block_inclusive" or "bidirectional"), and the tokens of one step
+#: (None: the chunk_size argument; a fixed schedule steps once per token).
+ORDER = 'update_then_apply'
+TOKENS_PER_STEP = 1
+
 
 def feature_map(x):
     """φ(x): [B, H, T, d] → [B, H, T, d]."""

@@ -77,6 +77,19 @@ def recurrent_gla(
     runtime.single_process(process_group, 'the recurrent form runs in one process; the chunk and Triton forms run context-parallel')
     inputs = prepare(q, k, v, log_decay=log_decay, initial_state=initial_state, scale=scale, chunk_size=chunk_size)
     inputs = inputs._replace(chunk_size=1)  # chunk_size was checked; the recurrence steps once per token
+    o, state, _ = run(inputs)
+    return finish(o, state, output_final_state, inputs)
+
+
+def run(inputs, carry=None, last_step_applies=False):
+    """The recurrence on inputs laid out by ``prepare``: o ``[B, H, T, dv]``, the state after the last
+    step, and what the steps carry besides the state:
+    nothing: {}.
+
+    ``carry``, the carry returned by a call that ended at a step boundary, continues that call (None: a
+    fresh start); ``last_step_applies`` also takes the step of the last chunk, which
+    an apply-then-update schedule skips because no token of the call reads it (decoding needs it).
+    """
     # the tokens split once (one slice per step would make autograd write a full-length gradient per step)
     tokens = runtime.token_rows(1, Q=inputs.Q, K=inputs.K, V=inputs.V, log_gamma=inputs.log_gamma)
     state = inputs.state
@@ -115,4 +128,4 @@ def recurrent_gla(
             state = step(state, increment, None)
             outputs.append(read(tokens.Q[t:t + 1], state))
     o = torch.cat(outputs, dim=2)  # [B, H, T, dv]
-    return finish(o, state, output_final_state, inputs)
+    return o, state, {}

@@ -20,6 +20,17 @@ from tttla_kernels import runtime
 #: Declared shapes of the slow (not updated) weights and of the state (the updated weights).
 SLOW_WEIGHT_SHAPES = {}
 STATE_SHAPES = {"W0": ('d', 'h'), "W1": ('h', 'd'), "W2": ('d', 'h')}
+
+#: The named sizes of q's (and k's) last dimension and of v's.
+KEY_DIM, VALUE_DIM = 'd', 'd'
+#: Each keyword input of a call besides q, k, v and the slow weights: its named sizes (B batch,
+#: T tokens, H heads, Dk = KEY_DIM, L = chunk_size; lr may be a dict with one per updated weight).
+CALL_INPUTS = {"lr": ('B', 'T', 'H'), "momentum": ('B', 'T', 'H')}
+#: The inner loop's schedule: the order of reads and steps ("update_then_apply",
+#: "apply_then_update", "block_inclusive" or "bidirectional"), and the tokens of one step
+#: (None: the chunk_size argument; a fixed schedule steps once per token).
+ORDER = 'apply_then_update'
+TOKENS_PER_STEP = None
 #: Newton–Schulz steps (a, b, c): X ← a X + (b A + c A²) X with A = X Xᵀ.
 NS_COEFFICIENTS = (
     (4.0848, -6.8946, 2.927),

@@ -90,11 +90,26 @@ def recurrent_lact_v1(
         q, k, v, W0=W0, W2=W2, lr=lr, momentum=momentum, initial_state=initial_state, scale=scale,
         chunk_size=chunk_size,
     )
+    o, state, _ = run(inputs)
+    return finish(o, state, output_final_state, inputs)
+
+
+def run(inputs, carry=None, last_step_applies=False):
+    """The recurrence on inputs laid out by ``prepare``: o ``[B, H, T, d]``, the state after the last
+    step, and what the steps carry besides the state:
+    "momentum": the momentum buffers, "target_norms": the column norms weight norm restores.
+
+    ``carry``, the carry returned by a call that ended at a step boundary, continues that call (None: a
+    fresh start: zero buffers); ``last_step_applies`` also takes the step of the last chunk, which
+    an apply-then-update schedule skips because no token of the call reads it (decoding needs it).
+    """
     # the tokens split once (one slice per step would make autograd write a full-length gradient per step)
     tokens = runtime.token_rows(inputs.chunk_size, Q=inputs.Q, K=inputs.K, V=inputs.V, eta=inputs.eta, alpha=inputs.alpha)
     state = inputs.state
-    target_norms = {name: W.norm(dim=-2, keepdim=True) for name, W in state.items()}  # initial column norms
-    buffers = {name: torch.zeros_like(W) for name, W in state.items()}  # momentum, pre-orthogonalisation
+    # the column norms of the state at t = 0, which weight norm restores after every step
+    target_norms = carry["target_norms"] if carry else {name: W.norm(dim=-2, keepdim=True) for name, W in state.items()}
+    # momentum buffers, pre-orthogonalisation
+    buffers = dict(carry["momentum"]) if carry else {name: torch.zeros_like(W) for name, W in state.items()}
 
     def weights(state):
         return {**inputs.slow, **state}
@@ -128,8 +143,8 @@ def recurrent_lact_v1(
     for start in range(0, inputs.T, inputs.chunk_size):
         end = min(start + inputs.chunk_size, inputs.T)
         outputs.append(read(tokens.Q[start:end], state))
-        if end == inputs.T:
+        if end == inputs.T and not last_step_applies:
             break  # the last chunk is apply-only
         state = step(state, increments(start, end, state), tokens.alpha[start:end].mean(dim=2, keepdim=True))
     o = torch.cat(outputs, dim=2)  # [B, H, T, d]
-    return finish(o, state, output_final_state, inputs)
+    return o, state, {"momentum": buffers, "target_norms": target_norms}

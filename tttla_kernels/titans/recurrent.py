@@ -85,10 +85,24 @@ def recurrent_titans(
         q, k, v, lr=lr, momentum=momentum, log_decay=log_decay, initial_state=initial_state, scale=scale,
         chunk_size=chunk_size,
     )
+    o, state, _ = run(inputs)
+    return finish(o, state, output_final_state, inputs)
+
+
+def run(inputs, carry=None, last_step_applies=False):
+    """The recurrence on inputs laid out by ``prepare``: o ``[B, H, T, dv]``, the state after the last
+    step, and what the steps carry besides the state:
+    "momentum": the momentum buffers.
+
+    ``carry``, the carry returned by a call that ended at a step boundary, continues that call (None: a
+    fresh start: zero buffers); ``last_step_applies`` also takes the step of the last chunk, which
+    an apply-then-update schedule skips because no token of the call reads it (decoding needs it).
+    """
     # the tokens split once (one slice per step would make autograd write a full-length gradient per step)
     tokens = runtime.token_rows(1, Q=inputs.Q, K=inputs.K, V=inputs.V, eta=inputs.eta, alpha=inputs.alpha, log_gamma=inputs.log_gamma)
     state = inputs.state
-    buffers = {name: torch.zeros_like(W) for name, W in state.items()}  # momentum, pre-orthogonalisation
+    # momentum buffers, pre-orthogonalisation
+    buffers = dict(carry["momentum"]) if carry else {name: torch.zeros_like(W) for name, W in state.items()}
 
     def weights(state):
         return {**inputs.slow, **state}
@@ -125,4 +139,4 @@ def recurrent_titans(
             state = step(state, increment, tokens.alpha[t:t + 1], tokens.log_gamma[t:t + 1].mT.exp())
             outputs.append(read(tokens.Q[t:t + 1], state))
     o = torch.cat(outputs, dim=2)  # [B, H, T, dv]
-    return finish(o, state, output_final_state, inputs)
+    return o, state, {"momentum": buffers}

@@ -136,6 +136,19 @@ def recurrent_ttt_mlp(
         q, k, v, gamma=gamma, beta=beta, lr=lr, lr_position=lr_position, initial_state=initial_state, scale=scale,
         chunk_size=chunk_size,
     )
+    o, state, _ = run(inputs)
+    return finish(o, state, output_final_state, inputs)
+
+
+def run(inputs, carry=None, last_step_applies=False):
+    """The recurrence on inputs laid out by ``prepare``: o ``[B, H, T, d]``, the state after the last
+    step, and what the steps carry besides the state:
+    nothing: {}.
+
+    ``carry``, the carry returned by a call that ended at a step boundary, continues that call (None: a
+    fresh start); ``last_step_applies`` also takes the step of the last chunk, which
+    an apply-then-update schedule skips because no token of the call reads it (decoding needs it).
+    """
     # the tokens split once (one slice per step would make autograd write a full-length gradient per step)
     tokens = runtime.token_rows(1, Q=inputs.Q, K=inputs.K, V=inputs.V, eta=inputs.eta)
     state = inputs.state
@@ -171,4 +184,4 @@ def recurrent_ttt_mlp(
             state = {name: chunk_start[name] + inputs.position[t - start] * total[name] for name in chunk_start}
             outputs.append(read(tokens.Q[t:t + 1], state))
     o = torch.cat(outputs, dim=2)  # [B, H, T, d]
-    return finish(o, state, output_final_state, inputs)
+    return o, state, {}

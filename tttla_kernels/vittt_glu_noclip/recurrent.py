@@ -88,6 +88,19 @@ def recurrent_vittt_glu_noclip(
         )
     runtime.single_process(process_group, 'vittt_glu_noclip takes one bidirectional step: every token reads the state after all tokens, so no slice can be finished before the others')
     inputs = prepare(q, k, v, lr=lr, initial_state=initial_state, scale=scale)
+    o, state, _ = run(inputs)
+    return finish(o, state, output_final_state, inputs)
+
+
+def run(inputs, carry=None, last_step_applies=False):
+    """The recurrence on inputs laid out by ``prepare``: o ``[B, H, T, d]``, the state after the last
+    step, and what the steps carry besides the state:
+    nothing: {}.
+
+    ``carry``, the carry returned by a call that ended at a step boundary, continues that call (None: a
+    fresh start); ``last_step_applies`` also takes the step of the last chunk, which
+    an apply-then-update schedule skips because no token of the call reads it (decoding needs it).
+    """
     # the tokens split once (one slice per step would make autograd write a full-length gradient per step)
     tokens = runtime.token_rows(inputs.chunk_size, Q=inputs.Q, K=inputs.K, V=inputs.V, eta=inputs.eta)
     state = inputs.state
@@ -122,4 +135,4 @@ def recurrent_vittt_glu_noclip(
         state = step(state, increments(start, end, state), None)
         outputs.append(read(tokens.Q[start:end], state))
     o = torch.cat(outputs, dim=2)  # [B, H, T, d]
-    return finish(o, state, output_final_state, inputs)
+    return o, state, {}

@@ -1,0 +1,94 @@
+"""Step-by-step decoding of a generated variant: the cache a layer keeps between calls, and the
+recurrence that continues it, exactly.
+
+An inner loop steps once per token (the linear-attention family, the delta rules) or once per
+chunk of L tokens (LaCT, TTT-Linear's mini-batches, Titans). A token in the middle of a chunk is
+read from the weights at the chunk's start and the chunk's earlier tokens, and the chunk's step is
+taken only when its last token has come. So the cache (:class:`DecodingState`) holds
+
+- ``state``: the fast weights at the start of the current step, ``{name: [B, H, ·, ·]}``;
+- ``carry``: what the steps carry besides the weights — momentum buffers, the column norms
+  weight norm restores (the generated ``recurrent.run`` returns it);
+- ``pending``: the current step's tokens so far (every per-token input, caller layout
+  ``[B, n, H, ·]``), fewer than L of them;
+- ``seen``: the tokens consumed.
+
+:func:`continue_recurrence` runs new tokens: it first completes the pending step (the recurrence
+runs again over the pending tokens and the new ones, from ``state``: at most L − 1 tokens twice),
+then takes every whole step in one call of the recurrence, and keeps the rest pending. Token by
+token, or a prompt then tokens, the outputs equal one forward over the whole sequence in exact
+arithmetic: the same recurrence runs over the same steps.
+
+A schedule whose tokens read the state after their own chunk's step (``block_inclusive``: a token
+reads later tokens of its chunk) or after a step on all tokens (``bidirectional``) has no causal
+decoding; :func:`decoding_refusal` says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["Cache", "DecodingState", "continue_recurrence", "decoding_refusal"]
+
+
+class Cache(dict):
+    """The decoding states of a model's layers, by ``layer_idx`` (fla's ``past_key_values``): pass the
+    same Cache to every layer, call after call."""
+
+
+@dataclass
+class DecodingState:
+    """One layer's cache between calls (see the module docstring)."""
+
+    state: dict[str, torch.Tensor]
+    carry: dict | None = None
+    pending: dict[str, torch.Tensor] = field(default_factory=dict)
+    seen: int = 0
+
+    @property
+    def pending_tokens(self) -> int:
+        return 0 if not self.pending else next(iter(self.pending.values())).shape[1]
+
+
+def decoding_refusal(order: str, variant: str) -> str | None:
+    """Why ``variant``, whose schedule has ``order``, cannot be decoded token by token; None when it can."""
+    if order == "bidirectional":
+        return (f"{variant} is bidirectional: every token reads the state updated with all tokens, so no "
+                "token's output is final before the last token has come; run it on whole inputs")
+    if order == "block_inclusive":
+        return (f"{variant}'s chunks read the state after their own step, so a token reads the later tokens "
+                "of its chunk; token-by-token decoding cannot reproduce that")
+    return None
+
+
+def continue_recurrence(run_steps, tokens: dict[str, torch.Tensor], cached: DecodingState,
+                        tokens_per_step: int) -> tuple[torch.Tensor, DecodingState]:
+    """Run the new ``tokens`` (caller layout ``[B, T, H, ·]``, every per-token input by name) after
+    ``cached``; returns their outputs ``[B, T, H, ·]`` and the cache after them.
+
+    ``run_steps(tokens, state, carry)`` runs the recurrence over whole steps of ``tokens`` (the last one
+    possibly partial) from ``state`` and ``carry`` and returns ``(o, state, carry)`` after the last step,
+    taken even when partial: only a complete step's result is kept.
+    """
+    L = tokens_per_step
+    T = next(iter(tokens.values())).shape[1]
+    state, carry, pending, done = cached.state, cached.carry, cached.pending, 0
+    outputs = []
+    while done < T:
+        waiting = 0 if not pending else next(iter(pending.values())).shape[1]
+        # complete the pending step; then every whole step at once; then the rest, pending
+        take = L - waiting if waiting else max(L * ((T - done) // L), min(L, T - done))
+        take = min(take, T - done)
+        piece = {name: t.narrow(1, done, take) for name, t in tokens.items()}
+        if waiting:
+            piece = {name: torch.cat([pending[name], t], dim=1) for name, t in piece.items()}
+        o, new_state, new_carry = run_steps(piece, state, carry)
+        outputs.append(o[:, waiting:])
+        if (waiting + take) % L == 0:
+            state, carry, pending = new_state, new_carry, {}
+        else:
+            pending = piece
+        done += take
+    return torch.cat(outputs, dim=1), DecodingState(state, carry, pending, cached.seen + T)
