@@ -15,8 +15,9 @@ from verify.oracle import run_direct
 from verify.tolerances import relative_error
 
 TRITON_VARIANTS = ["lact_v2", "lact_v3", "lact_v4", "lact_v5", "lact_v6", "linear_attention"]
-#: Triton forms checked in the interpreter only so far (no GPU run yet): the WY/UT delta form's
-#: block-state kernel, and the depthwise (per-channel) lowering through the prefix-scan kernels
+#: Triton forms not in test_gpu.py's large-shape matrix: the WY/UT delta form's block-state kernel
+#: (run on an H200 at test_triton.py's small shapes only) and the depthwise (per-channel) lowering
+#: through the prefix-scan kernels (interpreter only)
 INTERPRETER_ONLY_VARIANTS = ["delta_rule", "gated_delta_rule", "vittt_dwconv"]
 FP32_RMS_RATIO = 1e-4  # docs/maths.md section 13: fp32 against the fp64 oracle
 #: where the kernels run: the GPU, or the CPU under Triton's interpreter
