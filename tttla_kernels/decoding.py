@@ -15,7 +15,9 @@ taken only when its last token has come. So the cache (:class:`DecodingState`) h
 
 :func:`continue_recurrence` runs new tokens: it first completes the pending step (the recurrence
 runs again over the pending tokens and the new ones, from ``state``: at most L − 1 tokens twice),
-then takes every whole step in one call of the recurrence, and keeps the rest pending. Token by
+then takes every whole step in one call of the recurrence, and keeps the rest pending. Under
+apply-then-update a token reads only the weights at its step's start, so tokens that leave the
+step incomplete are read alone (the pending ones run again only when the step completes). Token by
 token, or a prompt then tokens, the outputs equal one forward over the whole sequence in exact
 arithmetic: the same recurrence runs over the same steps.
 
@@ -64,13 +66,15 @@ def decoding_refusal(order: str, variant: str) -> str | None:
 
 
 def continue_recurrence(run_steps, tokens: dict[str, torch.Tensor], cached: DecodingState,
-                        tokens_per_step: int) -> tuple[torch.Tensor, DecodingState]:
+                        tokens_per_step: int, reads_step_start: bool = False) -> tuple[torch.Tensor, DecodingState]:
     """Run the new ``tokens`` (caller layout ``[B, T, H, ·]``, every per-token input by name) after
     ``cached``; returns their outputs ``[B, T, H, ·]`` and the cache after them.
 
-    ``run_steps(tokens, state, carry)`` runs the recurrence over whole steps of ``tokens`` (the last one
-    possibly partial) from ``state`` and ``carry`` and returns ``(o, state, carry)`` after the last step,
-    taken even when partial: only a complete step's result is kept.
+    ``run_steps(tokens, state, carry, last_step_applies)`` runs the recurrence over whole steps of
+    ``tokens`` (the last one possibly partial) from ``state`` and ``carry`` and returns ``(o, state,
+    carry)``; only a complete step's result is kept. ``reads_step_start``: a token reads only the
+    weights at its step's start (apply-then-update), so tokens that do not complete a step are read
+    alone, without running the pending ones again or taking a partial step.
     """
     L = tokens_per_step
     T = next(iter(tokens.values())).shape[1]
@@ -81,12 +85,16 @@ def continue_recurrence(run_steps, tokens: dict[str, torch.Tensor], cached: Deco
         # complete the pending step; then every whole step at once; then the rest, pending
         take = L - waiting if waiting else max(L * ((T - done) // L), min(L, T - done))
         take = min(take, T - done)
-        piece = {name: t.narrow(1, done, take) for name, t in tokens.items()}
-        if waiting:
-            piece = {name: torch.cat([pending[name], t], dim=1) for name, t in piece.items()}
-        o, new_state, new_carry = run_steps(piece, state, carry)
-        outputs.append(o[:, waiting:])
-        if (waiting + take) % L == 0:
+        new = {name: t.narrow(1, done, take) for name, t in tokens.items()}
+        piece = {name: torch.cat([pending[name], t], dim=1) for name, t in new.items()} if waiting else new
+        completes = (waiting + take) % L == 0
+        if reads_step_start and not completes:
+            o, _, _ = run_steps(new, state, carry, False)  # read from the step's start; no step taken
+            outputs.append(o)
+        else:
+            o, new_state, new_carry = run_steps(piece, state, carry, True)
+            outputs.append(o[:, waiting:])
+        if completes:
             state, carry, pending = new_state, new_carry, {}
         else:
             pending = piece

@@ -280,14 +280,15 @@ class TTTLayer(nn.Module):
         if cached is None:
             cached = DecodingState(state=dict(self.initial_state))
 
-        def run_steps(piece, state, carry):
+        def run_steps(piece, state, carry, last_step_applies):
             kw = self._keywords(piece, grid)
             inputs = self.common.prepare(piece["q"], piece["k"], piece["v"], initial_state=self._as_argument(state),
                                          chunk_size=self.steps_per_token, **kw)
-            o, state, carry = self.recurrence.run(inputs, carry, last_step_applies=True)
+            o, state, carry = self.recurrence.run(inputs, carry, last_step_applies=last_step_applies)
             return o.transpose(1, 2).to(piece["q"].dtype), state, carry
 
-        return continue_recurrence(run_steps, tokens, cached, self.steps_per_token)
+        reads_step_start = self.common.ORDER == "apply_then_update"
+        return continue_recurrence(run_steps, tokens, cached, self.steps_per_token, reads_step_start)
 
 
 def _initial(shape: tuple[int, ...], name: str) -> torch.Tensor:
