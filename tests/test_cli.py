@@ -66,3 +66,16 @@ def test_bad_option_value(capsys):
 def test_console_script_help():
     res = subprocess.run([sys.executable, "-m", "tttla", "--help"], capture_output=True, text=True, check=True)
     assert "examples:" in res.stdout and "run" in res.stdout
+
+
+def test_generate_prints_how_to_build_a_layer_and_that_call_works(tmp_path, capsys):
+    assert main(["generate", "lact_v2", "--out", str(tmp_path)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    prefix = "as a layer of a model: "
+    assert line.startswith(prefix)
+    call = line[len(prefix):].replace("hidden_size=...", "hidden_size=32").replace("num_heads=...", "num_heads=2")
+    import codegen.generate
+    import tttla_kernels.layers
+
+    layer = eval(call, {"codegen": codegen, "tttla_kernels": tttla_kernels})
+    assert layer.package.VARIANT == "lact_v2" and layer.q_proj.in_features == 32

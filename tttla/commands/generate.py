@@ -14,7 +14,9 @@ examples:
   tttla generate --catalog --force                regenerate the package's own tttla_kernels/ modules
 
 The generated package is importable by path (codegen.generate.import_generated) or, once its
-folder is on sys.path, as a normal package: from my_rule import chunk_my_rule.
+folder is on sys.path, as a normal package: from my_rule import chunk_my_rule. As a layer of a
+model (projections, parameters, decoding cache): tttla_kernels.layers.build(my_rule, hidden_size=...,
+num_heads=...) with the imported package.
 """
 
 
@@ -64,4 +66,6 @@ def run(args) -> int:
         print(f"  {path.name}")
     print("forms (codegen.plan):")
     print("\n".join(f"  {line}" for line in plan(form).describe()))
+    print(f"as a layer of a model: tttla_kernels.layers.build(codegen.generate.import_generated("
+          f"{form.variant.name!r}, {str(args.out)!r}), hidden_size=..., num_heads=...)")
     return 0
