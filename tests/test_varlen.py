@@ -6,12 +6,15 @@ multiples of it. Bad offsets are refused by name."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from sequence_forms import SEQUENCE_VARIANTS, SIZES, usable_form, variant_forms
 
 from codegen.generate import import_generated
 from derivations.catalog import CATALOG
+from tttla_kernels import runtime
 from verify.inputs import make_case
 from verify.oracle import run_direct
 
@@ -180,3 +183,52 @@ def test_a_batch_of_several_rows_and_wrong_states_are_refused():
         fn(case.q, case.k, case.v, cu_seqlens=cu, initial_state=initial["W"][:3])
     with pytest.raises(ValueError, match="process_group: must be None with cu_seqlens"):
         fn(case.q, case.k, case.v, cu_seqlens=cu, process_group=object())
+
+
+@pytest.mark.parametrize("name", ["linear_attention", "simple_gla", "retention", "mamba2"])
+def test_the_fused_scan_takes_the_packed_row_as_it_is(name, monkeypatch):
+    """The Triton form of a per-token scan runs packed sequences in one fused scan, one program per
+    (sequence, head) whose blocks (16 tokens) start at the sequence's own first token: lengths that cross
+    several blocks from unaligned starts, and an empty one. Equal to the form run on each sequence alone
+    (fp64: o, each final state, every gradient), without runtime.each_sequence."""
+    package = import_generated(name)
+    common = importlib.import_module(f"tttla_kernels.{name}._common")
+    lengths, H, Dk, Dv = [1, 37, 0, 20, 33], 2, 5, 6
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    T, N = sum(lengths), len(lengths)
+    gen = torch.Generator().manual_seed(0)
+
+    def leaf(*shape, low=-1.0, high=1.0):
+        return (low + (high - low) * torch.rand(*shape, generator=gen, dtype=torch.float64)).requires_grad_()
+
+    q, k, v = leaf(1, T, H, Dk), leaf(1, T, H, Dk), leaf(1, T, H, Dv)
+    tokens = {n: leaf(1, T, H, low=-0.5 if n == "log_decay" else 0.0, high=0.0 if n == "log_decay" else 1.0)
+              for n in common.CALL_INPUTS}
+    initial = leaf(N, H, Dk, Dv)
+    fn = package.FORMS["triton"]
+
+    def not_alone(*args, **kwargs):
+        raise AssertionError("runtime.each_sequence ran: the fused scan should take the packed row")
+
+    monkeypatch.setattr(runtime, "each_sequence", not_alone)
+    o, final = fn(q, k, v, **tokens, initial_state=initial, output_final_state=True, cu_seqlens=cu, chunk_size=4)
+    monkeypatch.undo()
+    outs, finals = [], []
+    for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        if s == e:
+            finals.append(initial[i])
+            continue
+        o_i, f_i = fn(q[:, s:e], k[:, s:e], v[:, s:e], **{n: t[:, s:e] for n, t in tokens.items()},
+                      initial_state=initial[i:i + 1], output_final_state=True, chunk_size=4)
+        outs.append(o_i)
+        finals.append(f_i[0])
+    o_ref, final_ref = torch.cat(outs, dim=1), torch.stack(finals)
+    torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final, final_ref, rtol=1e-12, atol=1e-12)
+    w_o = torch.randn(o.shape, generator=gen, dtype=torch.float64)
+    w_f = torch.randn(final.shape, generator=gen, dtype=torch.float64)
+    leaves = [q, k, v, *tokens.values(), initial]
+    got = torch.autograd.grad((o * w_o).sum() + (final * w_f).sum(), leaves)
+    want = torch.autograd.grad((o_ref * w_o).sum() + (final_ref * w_f).sum(), leaves)
+    for label, a, b in zip(["q", "k", "v", *tokens, "initial_state"], got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=lambda m, at=label: f"gradient of {at}: {m}")

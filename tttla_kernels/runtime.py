@@ -7,10 +7,10 @@ import math
 
 import torch
 
-from tttla_kernels.varlen import each_sequence
+from tttla_kernels.varlen import block_log_decay, check_cu_seqlens, each_sequence, packed_initial_states
 
 __all__ = [
-    "each_sequence",
+    "each_sequence", "check_cu_seqlens", "packed_initial_states", "block_log_decay",
     "check_qkv", "grouped_heads", "check_per_token", "scaled_queries", "check_state", "check_chunk_size",
     "state_dtype", "work_dtype", "heads_first", "per_head", "token_coefficient", "channel_coefficient",
     "newton_schulz", "renormalize_columns", "chunk_means", "linear_scan", "causal_product", "split_chunks",

@@ -34,6 +34,10 @@ column block writes its share and the launcher adds them. Either pass starts fro
 :func:`value_block` and halves the column block while the compiled kernel wants more shared memory
 than the GPU has (``widest_fitting``). The forward and backward are ``torch.library`` custom ops
 (``tttla::scan_fused``, ``tttla::scan_fused_backward``).
+
+Packed sequences (fla's ``cu_seqlens``, B = 1): program (n, h) walks sequence n alone, from its own
+initial state to its own final state, its blocks starting at its first token; the states saved for
+the backward pass are laid out sequence after sequence (``block_offsets[n]`` blocks before sequence n).
 """
 
 from __future__ import annotations
@@ -107,6 +111,18 @@ def _state(ptr, cells, inside, GIVEN: tl.constexpr, acc_t: tl.constexpr, BK: tl.
 
 
 @triton.jit
+def _sequence(i_bh, H, T, NB, cu_ptr, boff_ptr, VARLEN: tl.constexpr, BT: tl.constexpr):
+    """Program i_bh's batch row, head, first token, token count and first saved block: (b, h, 0, T, 0)
+    for a batch, (0, h, cu[n], cu[n+1] − cu[n], block_offsets[n]) for sequence n of a packed row."""
+    if VARLEN:
+        i_n, i_h = i_bh // H, i_bh % H
+        bos = tl.load(cu_ptr + i_n).to(tl.int64)
+        T_seq = (tl.load(cu_ptr + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+        return 0, i_h, bos, T_seq, tl.load(boff_ptr + i_n).to(tl.int64)
+    return i_bh // H, i_bh % H, 0, T, 0
+
+
+@triton.jit
 def _read_span(q_base, o_base, S, start, end, sqt, sqd, sot, sod, DK, DV,
                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     """o_t = q_t S for the tokens [start, end), BT at a time."""
@@ -117,30 +133,31 @@ def _read_span(q_base, o_base, S, start, end, sqt, sqd, sot, sod, DK, DV,
 
 @triton.jit
 def scan_fused_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, o_ptr, final_ptr, states_ptr,
-    H, T, DK, DV,
+    q_ptr, k_ptr, v_ptr, g_ptr, s0_ptr, o_ptr, final_ptr, states_ptr, cu_ptr, boff_ptr,
+    H, T, NB, DK, DV,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
-    HAS_GATE: tl.constexpr, HAS_S0: tl.constexpr, SAVE: tl.constexpr,
+    HAS_GATE: tl.constexpr, HAS_S0: tl.constexpr, SAVE: tl.constexpr, VARLEN: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
-    """One (batch, head) and BV value columns: o, the final state ``[DK, DV]`` and, with SAVE, the state
-    before every block (states ``[N, DK, DV]``), in those columns. A program of a split grid recomputes
-    the block's scores q kᵀ, which every value column shares."""
+    """One (batch, head) — or (sequence, head) with VARLEN — and BV value columns: o, the final state
+    ``[DK, DV]`` and, with SAVE, the state before every block (NB blocks per head), in those columns. A
+    program of a split grid recomputes the block's scores q kᵀ, which every value column shares."""
     i_bh, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
+    i_b, i_h, bos, T_seq, block0 = _sequence(i_bh, H, T, NB, cu_ptr, boff_ptr, VARLEN, BT)
     acc_t = final_ptr.dtype.element_ty
     in_t = q_ptr.dtype.element_ty
     v0 = i_v * BV
-    q_base = q_ptr + i_b * sqb + i_h * sqh
-    k_base = k_ptr + i_b * skb + i_h * skh
-    v_base = v_ptr + i_b * svb + i_h * svh + v0 * svd
-    o_base = o_ptr + i_b * sob + i_h * soh + v0 * sod
-    g_base = g_ptr + i_bh * T
-    st_base = states_ptr + i_bh * tl.cdiv(T, BT) * DK * DV
+    q_base = q_ptr + i_b * sqb + i_h * sqh + bos * sqt
+    k_base = k_ptr + i_b * skb + i_h * skh + bos * skt
+    v_base = v_ptr + i_b * svb + i_h * svh + bos * svt + v0 * svd
+    o_base = o_ptr + i_b * sob + i_h * soh + bos * sot + v0 * sod
+    g_base = g_ptr + (i_b * H + i_h) * T + bos
+    st_base = states_ptr + ((i_b * H + i_h) * NB + block0) * DK * DV
     cells, inside = _state_cells(DK, DV, v0, BK, BV)
     S = _state(s0_ptr + i_bh * DK * DV, cells, inside, HAS_S0, acc_t, BK, BV)
     rt = tl.arange(0, BT)
     causal = rt[None, :] <= rt[:, None]
+    T = T_seq
     for i_n in range(0, tl.cdiv(T, BT)):
         t0 = i_n * BT
         if SAVE:
@@ -165,26 +182,30 @@ def scan_fused_fwd_kernel(
 @triton.jit
 def scan_fused_bwd_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, final_ptr, do_ptr, dsf_ptr, dq_ptr, dk_ptr, dv_ptr, dg_ptr, ds0_ptr,
-    H, T, DK, DV,
+    cu_ptr, boff_ptr, B, H, T, NB, DK, DV,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
-    HAS_GATE: tl.constexpr, HAS_DSF: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_GATE: tl.constexpr, HAS_DSF: tl.constexpr, VARLEN: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
-    """One (batch, head) and BV value columns, blocks in reverse: dv ``[T, DV]`` and dS_0 ``[DK, DV]`` in
-    those columns, and this column block's share of dq, dk ``[T, DK]`` and dG ``[T]`` (sums over the
-    value columns: one slice of ``[NV, B·H, …]`` per block, summed by the launcher)."""
+    """One (batch, head) — or (sequence, head) with VARLEN — and BV value columns, blocks in reverse: dv
+    ``[T, DV]`` and dS_0 ``[DK, DV]`` in those columns, and this column block's share of dq, dk ``[T, DK]``
+    and dG ``[T]`` (sums over the value columns: one slice of ``[NV, B·H, …]`` per block, summed by the
+    launcher)."""
     i_bh, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    part = i_v * tl.num_programs(0) + i_bh  # this program's slice of the partial sums
+    i_b, i_h, bos, T_seq, block0 = _sequence(i_bh, H, T, NB, cu_ptr, boff_ptr, VARLEN, BT)
+    row = i_b * H + i_h  # the (batch, head) row of the [B, H, T, ·] tensors
+    part = (i_v * B * H + row) * T + bos  # this program's first token in its slice of the partial sums
     acc_t = states_ptr.dtype.element_ty
     in_t = q_ptr.dtype.element_ty
     v0 = i_v * BV
-    q_base = q_ptr + i_b * sqb + i_h * sqh
-    k_base = k_ptr + i_b * skb + i_h * skh
-    v_base = v_ptr + i_b * svb + i_h * svh + v0 * svd
-    do_base = do_ptr + i_b * sob + i_h * soh + v0 * sod
-    g_base = g_ptr + i_bh * T
+    q_base = q_ptr + i_b * sqb + i_h * sqh + bos * sqt
+    k_base = k_ptr + i_b * skb + i_h * skh + bos * skt
+    v_base = v_ptr + i_b * svb + i_h * svh + bos * svt + v0 * svd
+    do_base = do_ptr + i_b * sob + i_h * soh + bos * sot + v0 * sod
+    g_base = g_ptr + row * T + bos
+    T_all, T = T, T_seq  # the row's tokens; this program's
     n_blocks = tl.cdiv(T, BT)
-    st_base = states_ptr + i_bh * n_blocks * DK * DV
+    st_base = states_ptr + (row * NB + block0) * DK * DV
     cells, inside = _state_cells(DK, DV, v0, BK, BV)
     dS = _state(dsf_ptr + i_bh * DK * DV, cells, inside, HAS_DSF, acc_t, BK, BV)
     rt = tl.arange(0, BT)
@@ -223,10 +244,10 @@ def scan_fused_bwd_kernel(
             dG = tl.sum(q.to(acc_t) * dq, axis=1) - tl.sum(k.to(acc_t) * dk, axis=1)
             at_end = t == tl.minimum(t0 + BT, T) - 1
             dG += tl.where(at_end, tl.sum(tl.sum(dS * S_after, axis=1), axis=0), 0.0)
-            tl.store(dg_ptr + part * T + t, dG, mask=t < T)
-        _put(dq_ptr + part * T * DK, dq, t0, T, DK, 1, DK, BT, BK)
-        _put(dk_ptr + part * T * DK, dk, t0, T, DK, 1, DK, BT, BK)
-        _put(dv_ptr + i_bh * T * DV + v0, dv, t0, T, DV, 1, DV - v0, BT, BV)
+            tl.store(dg_ptr + part + t, dG, mask=t < T)
+        _put(dq_ptr + part * DK, dq, t0, T, DK, 1, DK, BT, BK)
+        _put(dk_ptr + part * DK, dk, t0, T, DK, 1, DK, BT, BK)
+        _put(dv_ptr + (row * T_all + bos) * DV + v0, dv, t0, T, DV, 1, DV - v0, BT, BV)
         q_read = (q.to(acc_t) * tl.exp(G)[:, None]).to(in_t)
         dS = dS * tl.exp(last) + tl.dot(tl.trans(q_read), do, input_precision="ieee").to(acc_t)
     tl.store(ds0_ptr + i_bh * DK * DV + cells, dS, mask=inside)
@@ -247,24 +268,45 @@ def _check(q, k, v) -> None:
         raise ValueError(f"scan holds the state in registers: Dk and Dv must be <= {MAX_WIDTH}, got {DK}, {DV}")
 
 
-def fused_scan(q, k, v, g, initial, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_scan(q, k, v, g, initial, block_size: int, cu_seqlens: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(o, final state)`` of the scan; the states before every block are written for the backward
-    pass only when a gradient can flow (an inference call writes o and the final state alone)."""
+    pass only when a gradient can flow (an inference call writes o and the final state alone).
+
+    ``cu_seqlens``: N sequences packed along T of a batch of one (offsets ``[N + 1]``, checked by the
+    caller); ``initial`` and the final state are then one per sequence, ``[N, H, Dk, Dv]``."""
     save = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, g, initial))
-    o, final, _ = scan_fused(q, k, v, g, initial, block_size, save)
+    offsets = None
+    if cu_seqlens is not None:  # the saved blocks of sequence n start after those of the sequences before it
+        blocks = (cu_seqlens[1:] - cu_seqlens[:-1] + block_size - 1) // block_size
+        offsets = torch.cat([blocks.new_zeros(1), blocks.cumsum(0)[:-1]])
+    o, final, _ = scan_fused(q, k, v, g, initial, block_size, save, cu_seqlens, offsets)
     return o, final
+
+
+def _saved_blocks(T: int, block_size: int, cu_seqlens: torch.Tensor | None) -> int:
+    """Blocks of saved states per head: ⌈T / BT⌉, plus one per packed sequence (each may end in a
+    partial block), a bound that needs no host sync."""
+    return -(-T // block_size) + (0 if cu_seqlens is None else cu_seqlens.shape[0] - 1)
+
+
+def _programs(B: int, H: int, cu_seqlens: torch.Tensor | None) -> int:
+    """The scan's rows of programs: one per (batch, head), or per (sequence, head) of a packed row."""
+    return (B if cu_seqlens is None else cu_seqlens.shape[0] - 1) * H
 
 
 @torch.library.custom_op("tttla::scan_fused", mutates_args=())
 def scan_fused(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None, initial: torch.Tensor | None,
-    block_size: int, save_states: bool = True,
+    block_size: int, save_states: bool = True, cu_seqlens: torch.Tensor | None = None,
+    block_offsets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k ``[B, H, T, Dk]``, v ``[B, H, T, Dv]`` (any strides, one dtype), g the block-cumulative
     log gate ``[B, H, T]`` (state dtype) or None, initial ``[B, H, Dk, Dv]`` or None → o ``[B, H, T, Dv]``
-    (a view of a ``[B, T, H, Dv]`` tensor, q's dtype), the final state ``[B, H, Dk, Dv]`` and the state
-    before every block ``[B, H, N, Dk, Dv]`` (state dtype; empty without ``save_states``, and then
-    there is no backward)."""
+    (a view of a ``[B, T, H, Dv]`` tensor, q's dtype), the final state ``[B, H, Dk, Dv]`` and the states
+    before the blocks ``[B, H, NB, Dk, Dv]`` (state dtype; empty without ``save_states``, and then
+    there is no backward). With ``cu_seqlens`` (B = 1) and ``block_offsets`` (:func:`fused_scan`) the
+    initial and final states are ``[N, H, Dk, Dv]``, one per sequence."""
     _check(q, k, v)
     if block_size < 1 or block_size & (block_size - 1):
         raise ValueError(f"scan_fused: block_size must be a power of two, got {block_size}")
@@ -274,69 +316,78 @@ def scan_fused(
     B, H, T, DK = q.shape
     DV = v.shape[-1]
     g = g.contiguous() if g is not None else None
+    rows = _programs(B, H, cu_seqlens)
+    NB = _saved_blocks(T, block_size, cu_seqlens)
     o = new_output((B, T, H, DV), q).transpose(1, 2)
-    final = new_output((B, H, DK, DV), q, state_dtype(q))
-    states = new_output((B, H, triton.cdiv(T, block_size) if save_states else 0, DK, DV), q, state_dtype(q))
+    final = new_output((rows // H, H, DK, DV), q, state_dtype(q))
+    states = new_output((B, H, NB if save_states else 0, DK, DV), q, state_dtype(q))
     s0 = initial.contiguous() if initial is not None else final
 
     def run(BV: int):
-        scan_fused_fwd_kernel[(B * H, triton.cdiv(DV, BV))](
-            q, k, v, g if g is not None else final, s0, o, final, states, H, T, DK, DV,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-            HAS_GATE=g is not None, HAS_S0=initial is not None, SAVE=save_states,
+        scan_fused_fwd_kernel[(rows, triton.cdiv(DV, BV))](
+            q, k, v, g if g is not None else final, s0, o, final, states,
+            cu_seqlens if cu_seqlens is not None else final, block_offsets if cu_seqlens is not None else final,
+            H, T, NB, DK, DV, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+            HAS_GATE=g is not None, HAS_S0=initial is not None, SAVE=save_states, VARLEN=cu_seqlens is not None,
             BT=block_size, BK=block_covering(DK), BV=BV)
 
     key = ("scan_fused", q.device, q.dtype, DK, DV, block_size, g is not None, initial is not None, save_states)
-    widest_fitting(key, value_block(B * H, DV), run)
+    widest_fitting(key, value_block(rows, DV), run)
     return o, final, states
 
 
 @scan_fused.register_fake
-def _(q, k, v, g, initial, block_size, save_states=True):
+def _(q, k, v, g, initial, block_size, save_states=True, cu_seqlens=None, block_offsets=None):
     B, H, T, DK = q.shape
     DV = v.shape[-1]
     acc = state_dtype(q)
     o = q.new_empty(B, T, H, DV).transpose(1, 2)
-    n = -(-T // block_size) if save_states else 0
-    return o, q.new_empty(B, H, DK, DV, dtype=acc), q.new_empty(B, H, n, DK, DV, dtype=acc)
+    n = _saved_blocks(T, block_size, cu_seqlens) if save_states else 0
+    final = q.new_empty(_programs(B, H, cu_seqlens) // H, H, DK, DV, dtype=acc)
+    return o, final, q.new_empty(B, H, n, DK, DV, dtype=acc)
 
 
 @torch.library.custom_op("tttla::scan_fused_backward", mutates_args=())
 def scan_fused_backward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None, states: torch.Tensor,
     final: torch.Tensor, do: torch.Tensor, d_final: torch.Tensor | None, block_size: int,
+    cu_seqlens: torch.Tensor | None = None, block_offsets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk ``[B, H, T, Dk]``, dv ``[B, H, T, Dv]`` (q's dtype), dG ``[B, H, T]`` and dS_0
-    ``[B, H, Dk, Dv]`` (state dtype) of :func:`scan_fused`, from dO and ∂L/∂(final state)."""
+    ``[B, H, Dk, Dv]`` (``[N, H, Dk, Dv]`` packed; state dtype) of :func:`scan_fused`, from dO and
+    ∂L/∂(final state)."""
     B, H, T, DK = q.shape
     DV = v.shape[-1]
     acc = states.dtype
+    rows = _programs(B, H, cu_seqlens)
     g = g.contiguous() if g is not None else None
     dv = new_output((B, H, T, DV), q, acc)
-    ds0 = new_output((B, H, DK, DV), q, acc)
+    ds0 = new_output(final.shape, q, acc)
     dsf = d_final.contiguous() if d_final is not None else states
 
     def run(BV: int):
         NV = triton.cdiv(DV, BV)  # dq, dk and dG: one partial sum per value block
         dq, dk = (new_output((NV, B, H, T, DK), q, acc) for _ in range(2))
         dg = new_output((NV, B, H, T), q, acc) if g is not None else states
-        scan_fused_bwd_kernel[(B * H, NV)](
-            q, k, v, g if g is not None else states, states, final, do, dsf, dq, dk, dv, dg, ds0, H, T, DK, DV,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(do),
-            HAS_GATE=g is not None, HAS_DSF=d_final is not None, BT=block_size, BK=block_covering(DK), BV=BV)
+        scan_fused_bwd_kernel[(rows, NV)](
+            q, k, v, g if g is not None else states, states, final, do, dsf, dq, dk, dv, dg, ds0,
+            cu_seqlens if cu_seqlens is not None else states, block_offsets if cu_seqlens is not None else states,
+            B, H, T, states.shape[2], DK, DV, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
+            HAS_GATE=g is not None, HAS_DSF=d_final is not None, VARLEN=cu_seqlens is not None,
+            BT=block_size, BK=block_covering(DK), BV=BV)
         return summed(dq), summed(dk), (summed(dg) if g is not None else ds0.new_zeros(0))
 
     key = ("scan_fused_backward", q.device, q.dtype, DK, DV, block_size, g is not None, d_final is not None)
-    dq, dk, dg = widest_fitting(key, value_block(B * H, DV), run)
+    dq, dk, dg = widest_fitting(key, value_block(rows, DV), run)
     return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype), dg, ds0
 
 
 @scan_fused_backward.register_fake
-def _(q, k, v, g, states, final, do, d_final, block_size):
+def _(q, k, v, g, states, final, do, d_final, block_size, cu_seqlens=None, block_offsets=None):
     acc = states.dtype
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
             q.new_empty(q.shape[:3], dtype=acc) if g is not None else q.new_empty(0, dtype=acc),
-            q.new_empty(*q.shape[:2], q.shape[-1], v.shape[-1], dtype=acc))
+            q.new_empty(final.shape, dtype=acc))
 
 
 def _keep_for_backward(ctx, q, k, v, gate, initial, output) -> None:
@@ -356,14 +407,16 @@ def _kept(ctx, d_o, op: str, wrapper: str):
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, g, initial, ctx.block_size, ctx.saved_states = inputs
+    q, k, v, g, initial, ctx.block_size, ctx.saved_states, ctx.cu_seqlens, ctx.block_offsets = inputs
     _keep_for_backward(ctx, q, k, v, g, initial, output)
 
 
 def _backward(ctx, d_o, d_final, _):
     q, k, v, g, states, final, d_o = _kept(ctx, d_o, "scan_fused", "fused_scan")
-    dq, dk, dv, dg, ds0 = scan_fused_backward(q, k, v, g, states, final, d_o, d_final, ctx.block_size)
-    return dq, dk, dv, (dg if g is not None else None), (ds0 if ctx.has_initial else None), None, None
+    dq, dk, dv, dg, ds0 = scan_fused_backward(q, k, v, g, states, final, d_o, d_final, ctx.block_size,
+                                              ctx.cu_seqlens, ctx.block_offsets)
+    return (dq, dk, dv, (dg if g is not None else None), (ds0 if ctx.has_initial else None),
+            None, None, None, None)
 
 
 scan_fused.register_autograd(_backward, setup_context=_setup)

@@ -13,6 +13,11 @@ length are gathered into one batch and run as one call, and the outputs are scat
 their packed positions. Autograd carries every gradient (q, k, v, the per-token inputs, the slow
 weights and each sequence's initial state) through the gathers. It makes one call per distinct
 length, so it is exact rather than fast for many sequences of distinct lengths.
+
+The Triton forms that run the fused token scan (linear attention, simple_gla, retention, Mamba-2)
+take the packed row as it is instead: one program per (sequence, head) walks its own tokens
+(``triton_scan.fused_scan(..., cu_seqlens=...)``), with :func:`packed_initial_states` and
+:func:`block_log_decay` laying out what it reads.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["check_cu_seqlens", "each_sequence"]
+__all__ = ["check_cu_seqlens", "each_sequence", "packed_initial_states", "block_log_decay"]
 
 
 def check_cu_seqlens(cu_seqlens, q: torch.Tensor) -> list[tuple[int, int]]:
@@ -144,3 +149,37 @@ def _batch_of(w, n: int, name: str):
                              f"[1, H, ·, ·] (or [H, ·, ·]), got shape {list(w.shape)}")
         return w.expand(n, *w.shape[1:])
     return w
+
+
+def packed_initial_states(initial_state, cu_seqlens: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+    """The initial states of the packed sequences as ``[N, H, ·, ·]`` in ``like``'s dtype (``like``: the
+    ``[1, H, ·, ·]`` state a form would start one sequence from), checked: one per sequence, or one
+    ``[H, ·, ·]`` for all; None when none is given (zeros)."""
+    N = cu_seqlens.shape[0] - 1
+    states = _per_sequence(initial_state, N)
+    if states is None:
+        return None
+    if tuple(states.shape[1:]) != tuple(like.shape[1:]):
+        raise ValueError(f"initial_state: with cu_seqlens, [N, H, ·, ·] = {[N, *like.shape[1:]]} (or "
+                         f"{list(like.shape[1:])} for all), got shape {list(initial_state.shape)}")
+    if states.device != like.device:
+        raise ValueError(f"initial_state must be on the device of q ({like.device}), got {states.device}")
+    return states.to(like.dtype)
+
+
+def block_log_decay(log_gamma: torch.Tensor, block: int, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """G_t = Σ g_s over the tokens s ≤ t of t's block, blocks of ``block`` tokens counted from each
+    packed sequence's first token: ``[1, H, T, 1]`` → ``[1, H, T]``. Each block's sum is its own cumsum
+    (the tokens scattered into a padded ``[blocks, block]`` grid and gathered back), never a
+    difference of sums over the whole row."""
+    T = log_gamma.shape[2]
+    t = torch.arange(T, device=log_gamma.device)
+    seq = torch.searchsorted(cu_seqlens[1:].to(t.dtype), t, right=True)  # the sequence of token t
+    pos = t - cu_seqlens[:-1].to(t.dtype)[seq]
+    blocks = (cu_seqlens[1:] - cu_seqlens[:-1] + block - 1) // block
+    first = torch.cat([blocks.new_zeros(1), blocks.cumsum(0)[:-1]]).to(t.dtype)  # blocks before sequence n
+    slot = (first[seq] + pos // block) * block + pos % block
+    grid = log_gamma.new_zeros(*log_gamma.shape[:2], (-(-T // block) + blocks.shape[0]) * block)
+    grid = grid.index_copy(-1, slot, log_gamma[..., 0])
+    G = grid.view(*grid.shape[:2], -1, block).cumsum(-1).flatten(-2)
+    return G.index_select(-1, slot)

@@ -184,16 +184,18 @@ def _delta_scan_backward_flops(U, W, Q, P, K, g, states, dO, dfinal, has_decay):
     return blocks * (14 * L * DK * DV + 4 * L * L * DV)
 
 
-def _scan_fused_flops(q, k, v, g, initial, block_size, save_states=True):
+def _scan_fused_flops(q, k, v, g, initial, block_size, save_states=True, cu_seqlens=None, block_offsets=None):
     """Per token q̂ S and k̂ᵀ v̂ (2·Dk·Dv each); per (s ≤ t) pair of a block, the weighted value and the
-    score, once per column block of the grid (``triton_scan.value_block``)."""
+    score, once per column block of the grid (``triton_scan.value_block``). Packed sequences counted as
+    one row of T tokens (their blocks are as many or one more per sequence)."""
     B, H, T, DK = q.shape
     DV = v.shape[-1]
     splits = -(-DV // value_block(B * H, DV))
     return B * H * (4 * T * DK * DV + 2 * causal_pairs(T, block_size) * (DK * splits + DV))
 
 
-def _scan_fused_backward_flops(q, k, v, g, states, final, do, d_final, block_size):
+def _scan_fused_backward_flops(q, k, v, g, states, final, do, d_final, block_size, cu_seqlens=None,
+                               block_offsets=None):
     """Per token dO Sᵀ, v̂ dSᵀ, k̂ dS and q̂ᵀ dO (2·Dk·Dv each); per pair six products of Dk or Dv
     (the scores, dO·v̂ twice, and the three intra-block gradients)."""
     B, H, T, DK = q.shape

@@ -189,14 +189,21 @@ class CallHooks(HookBase):
                 "slow={" + ", ".join(f'"{w}": {w}' for w in slow) + "}",
                 "initial_state=initial_state", "output_final_state=output_final_state", *options,
                 "process_group=process_group"]
-        return ["if cu_seqlens is not None:  # packed sequences, each run alone",
-                *("    " + row for row in call("return runtime.each_sequence", args, width=112))]
+        return call("return runtime.each_sequence", args, width=112)
+
+    def packed_scan(self, form: str) -> bool:
+        """Whether ``form`` runs packed sequences in one fused token scan (the Triton form of a plain
+        per-token prefix scan without a bias row): one program per (sequence, head)."""
+        c = self.c
+        return form == "triton" and self._varlen() and c.plan.fused_scan == "tokens" and not c.bias
 
     def prepare_call(self, form: str) -> str:
         """``inputs = prepare(...)``: the form's inputs checked and laid out heads first (after running
         packed sequences one by one)."""
         c = self.c
-        args = ["q", "k", "v", *(f"{n}={n}" for n, _ in self._keyword_inputs()), "initial_state=initial_state"]
+        packed = self.packed_scan(form)
+        initial = "None if packed else initial_state" if packed else "initial_state"
+        args = ["q", "k", "v", *(f"{n}={n}" for n, _ in self._keyword_inputs()), f"initial_state={initial}"]
         if self._scales():
             args.append("scale=scale")
         steps = []
@@ -212,7 +219,17 @@ class CallHooks(HookBase):
         if refusal is None:
             args.append("process_group=process_group")
         single = [f"runtime.single_process(process_group, {refusal!r})"] if refusal else []
-        varlen = self._each_sequence_call(form) if self._varlen() else []
+        varlen = []
+        if packed:
+            varlen = ["# packed sequences: one fused scan over them (in one process), where the state fits",
+                      "packed = cu_seqlens is not None and process_group is None",
+                      "if packed:",
+                      "    runtime.check_cu_seqlens(cu_seqlens, q)",
+                      "elif cu_seqlens is not None:  # each run alone",
+                      *("    " + row for row in self._each_sequence_call(form))]
+        elif self._varlen():
+            varlen = ["if cu_seqlens is not None:  # packed sequences, each run alone",
+                      *("    " + row for row in self._each_sequence_call(form))]
         return lines([*varlen, *single, *call("inputs = prepare", args), *steps])
 
     def _work_dtype_choice(self) -> bool:

@@ -170,13 +170,31 @@ class ParallelHooks(HookBase):
         c = self.c
         if not c.plan.fused_scan:
             return lines(self._pipeline_features()) + "\n" + self._pipeline(c.value_on_load or None)
+        packed = self.packed_scan("triton")
         if c.plan.fused_scan == "tokens":
             gate = ("None" if not c.decay else
                     "runtime.chunk_log_decay(inputs.log_gamma, block)[..., 0].flatten(2, 3)[:, :, :inputs.T]")
             scan = ["    block = runtime.scan_block(inputs.chunk_size)  # a power of two, which does not change o",
                     *(["    # G_t = Σ_(s≤t in its block) g_s, [B, H, T]"] if c.decay else []),
-                    f"    G = {gate}",
-                    f"    o, last = fused_scan(q_hat, k_hat, v_hat, G, {self.initial_state()}, block)"]
+                    f"    G = {gate}"]
+            call_packed = ("    o, last = fused_scan(q_hat, k_hat, v_hat, G, first, block, "
+                           "cu_seqlens if packed else None)")
+            one_each = "runtime.packed_initial_states(initial_state, cu_seqlens, first)"
+            if packed and not c.decay:
+                scan += ["    # one state per packed sequence, [N, H, ·, ·]", f"    first = {self.initial_state()}",
+                         "    if packed:", f"        first = {one_each}", call_packed]
+            elif packed:
+                scan = [*scan[:1],
+                        "    if packed:  # blocks from each sequence's first token; a state per sequence [N, H, ·, ·]",
+                        "        G = runtime.block_log_decay(inputs.log_gamma, block, cu_seqlens)",
+                        f"        first = runtime.packed_initial_states(initial_state, cu_seqlens, "
+                        f"{self.initial_state()})",
+                        "    else:",
+                        *("    " + row for row in scan[1:]),
+                        f"        first = {self.initial_state()}",
+                        call_packed]
+            else:
+                scan.append(f"    o, last = fused_scan(q_hat, k_hat, v_hat, G, {self.initial_state()}, block)")
         else:
             gate = ("None" if not c.decay else
                     "runtime.chunk_log_decay_totals(inputs.log_gamma, inputs.chunk_size)[..., 0]  # [B, H, N]")
@@ -194,6 +212,8 @@ class ParallelHooks(HookBase):
             "registers",
             *scan,
             f"    return finish(o, {self.final_state()}, output_final_state, inputs)",
+            *(["if packed:  # a wider state: each sequence alone, through the pipeline",
+               *("    " + row for row in self._each_sequence_call("triton"))] if packed else []),
             f"# a wider state{other}: the three-phase pipeline, from the same features"])
         return fused + "\n" + self._pipeline(None)
 

@@ -82,21 +82,34 @@ def triton_linear_attention(
         ``(o, final_state)``: o ``[B, T, H, dv]`` in q's dtype; the final state (fp32,
         or fp64 for fp64 inputs) when ``output_final_state``, else None.
     """
-    if cu_seqlens is not None:  # packed sequences, each run alone
+    # packed sequences: one fused scan over them (in one process), where the state fits
+    packed = cu_seqlens is not None and process_group is None
+    if packed:
+        runtime.check_cu_seqlens(cu_seqlens, q)
+    elif cu_seqlens is not None:  # each run alone
         return runtime.each_sequence(
             triton_linear_attention, cu_seqlens, q, k, v, tokens={}, slow={}, initial_state=initial_state,
             output_final_state=output_final_state, scale=scale, chunk_size=chunk_size, process_group=process_group,
         )
     inputs = prepare(
-        q, k, v, initial_state=initial_state, scale=scale, chunk_size=chunk_size, work_in_q_dtype=True,
-        process_group=process_group,
+        q, k, v, initial_state=None if packed else initial_state, scale=scale, chunk_size=chunk_size,
+        work_in_q_dtype=True, process_group=process_group,
     )
     q_hat, k_hat, v_hat = features(inputs)  # φ(Q), φ(K), V̂ (views of the caller's tensors where φ is the identity)
     if inputs.shard is None and max(k_hat.shape[-1], v_hat.shape[-1]) <= MAX_WIDTH:  # one process, and the state fits in one program's registers
         block = runtime.scan_block(inputs.chunk_size)  # a power of two, which does not change o
         G = None
-        o, last = fused_scan(q_hat, k_hat, v_hat, G, inputs.state["W"], block)
+        # one state per packed sequence, [N, H, ·, ·]
+        first = inputs.state["W"]
+        if packed:
+            first = runtime.packed_initial_states(initial_state, cu_seqlens, first)
+        o, last = fused_scan(q_hat, k_hat, v_hat, G, first, block, cu_seqlens if packed else None)
         return finish(o, {**inputs.state, "W": last}, output_final_state, inputs)
+    if packed:  # a wider state: each sequence alone, through the pipeline
+        return runtime.each_sequence(
+            triton_linear_attention, cu_seqlens, q, k, v, tokens={}, slow={}, initial_state=initial_state,
+            output_final_state=output_final_state, scale=scale, chunk_size=chunk_size, process_group=process_group,
+        )
     # a wider state or a slice of a context-parallel group: the three-phase pipeline, from the same features
     updates = chunk_outer(k_hat, v_hat, inputs.chunk_size)  # ΔS_n = φ(K_n)ᵀ V̂_n: [B, H, N, d, dv]
     reads, last = scan_chunks(updates, inputs)  # the state each chunk reads; the state after the last step
