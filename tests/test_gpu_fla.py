@@ -87,8 +87,10 @@ def test_fla_compat_is_as_close_to_the_truth_as_fla(name, dtype):
     _assert_as_close_as_fla(name, _inputs(dtype), dtype)
 
 
-def test_packed_sequences_are_as_close_to_the_truth_as_fla():
+@pytest.mark.parametrize("name", ["chunk_gated_delta_rule", "chunk_simple_gla"])
+def test_packed_sequences_are_as_close_to_the_truth_as_fla(name):
+    """Each sequence alone (the delta rule), or all in one fused scan (simple_gla)."""
     x = _inputs(torch.float32, batch=1, T=300)
     x["h0"] = (0.3 * torch.randn(3, H, K, V, device="cuda")).requires_grad_()
     cu = torch.tensor([0, 1, 130, 300], device="cuda")
-    _assert_as_close_as_fla("chunk_gated_delta_rule", x, torch.float32, cu_seqlens=cu)
+    _assert_as_close_as_fla(name, x, torch.float32, cu_seqlens=cu)
