@@ -51,7 +51,12 @@ class DecodingState:
 
     @property
     def pending_tokens(self) -> int:
-        return 0 if not self.pending else next(iter(self.pending.values())).shape[1]
+        return _tokens_in(self.pending)
+
+
+def _tokens_in(inputs: dict[str, torch.Tensor]) -> int:
+    """Tokens in per-token inputs of caller layout ``[B, T, H, ·]`` (none in an empty dict)."""
+    return 0 if not inputs else next(iter(inputs.values())).shape[1]
 
 
 def decoding_refusal(order: str, variant: str) -> str | None:
@@ -77,11 +82,11 @@ def continue_recurrence(run_steps, tokens: dict[str, torch.Tensor], cached: Deco
     alone, without running the pending ones again or taking a partial step.
     """
     L = tokens_per_step
-    T = next(iter(tokens.values())).shape[1]
+    T = _tokens_in(tokens)
     state, carry, pending, done = cached.state, cached.carry, cached.pending, 0
     outputs = []
     while done < T:
-        waiting = 0 if not pending else next(iter(pending.values())).shape[1]
+        waiting = _tokens_in(pending)
         # complete the pending step; then every whole step at once; then the rest, pending
         take = L - waiting if waiting else max(L * ((T - done) // L), min(L, T - done))
         take = min(take, T - done)

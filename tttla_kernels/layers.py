@@ -146,14 +146,15 @@ class TTTLayer(nn.Module):
         self.o_norm = nn.RMSNorm(value_dim, eps=norm_eps) if output_norm else None
         # the per-token inputs, projected from the token (several learning rates: one per updated weight)
         self.token_proj = nn.ModuleDict()
-        self._token_inputs = {}  # name -> (projection key(s), trailing size)
+        # name -> ({updated weight (None: one for all): projection key}, trailing size)
+        self._token_inputs = {}
         updated = list(common.STATE_SHAPES)
         for name, shape in common.CALL_INPUTS.items():
             if name not in _SQUASH:
                 continue
             per_channel = shape[-1] == "Dk"
-            keys = [f"lr_{w}" for w in updated] if name == "lr" and len(updated) > 1 else [name]
-            for key in keys:
+            keys = {w: f"lr_{w}" for w in updated} if name == "lr" and len(updated) > 1 else {None: name}
+            for key in keys.values():
                 self.token_proj[key] = nn.Linear(hidden_size, H * (head_dim if per_channel else 1))
                 if name == "log_decay":
                     nn.init.constant_(self.token_proj[key].bias, _DECAY_BIAS)
@@ -199,7 +200,7 @@ class TTTLayer(nn.Module):
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         tokens = {"q": q, "k": k, "v": self.v_proj(x).view(B, T, H, self.value_dim)}
         for name, (keys, channels) in self._token_inputs.items():
-            for key in keys:
+            for key in keys.values():
                 raw = self.token_proj[key](x).view(B, T, H, *(() if channels is None else (channels,)))
                 tokens[key] = _SQUASH[name](raw.to(torch.promote_types(raw.dtype, torch.float32))).to(x.dtype)
         return tokens
@@ -208,7 +209,7 @@ class TTTLayer(nn.Module):
         """The form's keyword arguments besides q, k, v: per-token inputs, slow weights, options."""
         kw = {w: p for w, p in self.slow.items()}
         for name, (keys, _) in self._token_inputs.items():
-            kw[name] = {key[3:]: tokens[key] for key in keys} if len(keys) > 1 else tokens[keys[0]]
+            kw[name] = tokens[keys[None]] if None in keys else {w: tokens[key] for w, key in keys.items()}
         if self.lr_position is not None:
             kw["lr_position"] = self.lr_position
         if self.grid_input:

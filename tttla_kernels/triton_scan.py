@@ -56,6 +56,7 @@ from tttla_kernels.triton_runtime import (
     value_block,
     widest_fitting,
 )
+from tttla_kernels.varlen import block_offsets, blocks_bound
 
 __all__ = ["fused_scan", "scan_fused", "fused_chunk_scan", "scan_chunks", "MAX_WIDTH", "value_block"]
 
@@ -276,18 +277,10 @@ def fused_scan(q, k, v, g, initial, block_size: int, cu_seqlens: torch.Tensor | 
     ``cu_seqlens``: N sequences packed along T of a batch of one (offsets ``[N + 1]``, checked by the
     caller); ``initial`` and the final state are then one per sequence, ``[N, H, Dk, Dv]``."""
     save = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, g, initial))
-    offsets = None
-    if cu_seqlens is not None:  # the saved blocks of sequence n start after those of the sequences before it
-        blocks = (cu_seqlens[1:] - cu_seqlens[:-1] + block_size - 1) // block_size
-        offsets = torch.cat([blocks.new_zeros(1), blocks.cumsum(0)[:-1]])
+    # the saved blocks of sequence n start after those of the sequences before it
+    offsets = None if cu_seqlens is None else block_offsets(cu_seqlens, block_size)
     o, final, _ = scan_fused(q, k, v, g, initial, block_size, save, cu_seqlens, offsets)
     return o, final
-
-
-def _saved_blocks(T: int, block_size: int, cu_seqlens: torch.Tensor | None) -> int:
-    """Blocks of saved states per head: ⌈T / BT⌉, plus one per packed sequence (each may end in a
-    partial block), a bound that needs no host sync."""
-    return -(-T // block_size) + (0 if cu_seqlens is None else cu_seqlens.shape[0] - 1)
 
 
 def _programs(B: int, H: int, cu_seqlens: torch.Tensor | None) -> int:
@@ -317,7 +310,7 @@ def scan_fused(
     DV = v.shape[-1]
     g = g.contiguous() if g is not None else None
     rows = _programs(B, H, cu_seqlens)
-    NB = _saved_blocks(T, block_size, cu_seqlens)
+    NB = blocks_bound(T, block_size, cu_seqlens)
     o = new_output((B, T, H, DV), q).transpose(1, 2)
     final = new_output((rows // H, H, DK, DV), q, state_dtype(q))
     states = new_output((B, H, NB if save_states else 0, DK, DV), q, state_dtype(q))
@@ -342,7 +335,7 @@ def _(q, k, v, g, initial, block_size, save_states=True, cu_seqlens=None, block_
     DV = v.shape[-1]
     acc = state_dtype(q)
     o = q.new_empty(B, T, H, DV).transpose(1, 2)
-    n = _saved_blocks(T, block_size, cu_seqlens) if save_states else 0
+    n = blocks_bound(T, block_size, cu_seqlens) if save_states else 0
     final = q.new_empty(_programs(B, H, cu_seqlens) // H, H, DK, DV, dtype=acc)
     return o, final, q.new_empty(B, H, n, DK, DV, dtype=acc)
 

@@ -26,7 +26,8 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["check_cu_seqlens", "each_sequence", "packed_initial_states", "block_log_decay"]
+__all__ = ["check_cu_seqlens", "each_sequence", "packed_initial_states", "block_offsets", "blocks_bound",
+           "block_log_decay"]
 
 
 def check_cu_seqlens(cu_seqlens, q: torch.Tensor) -> list[tuple[int, int]]:
@@ -167,6 +168,19 @@ def packed_initial_states(initial_state, cu_seqlens: torch.Tensor, like: torch.T
     return states.to(like.dtype)
 
 
+def block_offsets(cu_seqlens: torch.Tensor, block: int) -> torch.Tensor:
+    """The blocks of ``block`` tokens before each packed sequence, its blocks counted from its first
+    token: ``[N]`` (the first is 0)."""
+    blocks = (cu_seqlens[1:] - cu_seqlens[:-1] + block - 1) // block
+    return torch.cat([blocks.new_zeros(1), blocks.cumsum(0)[:-1]])
+
+
+def blocks_bound(T: int, block: int, cu_seqlens: torch.Tensor | None) -> int:
+    """A bound on the blocks of a row of T tokens, known without reading the offsets on the host:
+    ⌈T / block⌉, plus one per packed sequence (each may end in a partial block)."""
+    return -(-T // block) + (0 if cu_seqlens is None else cu_seqlens.shape[0] - 1)
+
+
 def block_log_decay(log_gamma: torch.Tensor, block: int, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """G_t = Σ g_s over the tokens s ≤ t of t's block, blocks of ``block`` tokens counted from each
     packed sequence's first token: ``[1, H, T, 1]`` → ``[1, H, T]``. Each block's sum is its own cumsum
@@ -176,10 +190,9 @@ def block_log_decay(log_gamma: torch.Tensor, block: int, cu_seqlens: torch.Tenso
     t = torch.arange(T, device=log_gamma.device)
     seq = torch.searchsorted(cu_seqlens[1:].to(t.dtype), t, right=True)  # the sequence of token t
     pos = t - cu_seqlens[:-1].to(t.dtype)[seq]
-    blocks = (cu_seqlens[1:] - cu_seqlens[:-1] + block - 1) // block
-    first = torch.cat([blocks.new_zeros(1), blocks.cumsum(0)[:-1]]).to(t.dtype)  # blocks before sequence n
+    first = block_offsets(cu_seqlens, block).to(t.dtype)  # blocks before sequence n
     slot = (first[seq] + pos // block) * block + pos % block
-    grid = log_gamma.new_zeros(*log_gamma.shape[:2], (-(-T // block) + blocks.shape[0]) * block)
+    grid = log_gamma.new_zeros(*log_gamma.shape[:2], blocks_bound(T, block, cu_seqlens) * block)
     grid = grid.index_copy(-1, slot, log_gamma[..., 0])
     G = grid.view(*grid.shape[:2], -1, block).cumsum(-1).flatten(-2)
     return G.index_select(-1, slot)
